@@ -1,0 +1,75 @@
+//! Binding sockets the way servers should.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::fs::FileTypeExt;
+use std::path::Path;
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use tokio::net::{TcpListener, UdpSocket, UnixListener};
+
+/// Binds a TCP listener with `SO_REUSEADDR` (a restarted server does not
+/// wait out TIME_WAIT) and, for `[::]`, dual-stack off so that `0.0.0.0`
+/// and `[::]` can be bound side by side.
+pub(crate) fn bind_tcp(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&SockAddr::from(addr))?;
+    socket.listen(backlog)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Binds a UDP socket (with `SO_REUSEADDR`).
+pub(crate) fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&SockAddr::from(addr))?;
+    UdpSocket::from_std(socket.into())
+}
+
+/// Binds a Unix stream listener, replacing a stale socket file.
+pub(crate) fn bind_unix(path: &Path) -> io::Result<UnixListener> {
+    clear_stale_socket(path, false)?;
+    UnixListener::bind(path)
+}
+
+/// Removes `path` if it is a socket nobody listens on any more (left by a
+/// server that crashed). A live socket, or anything that is not a socket,
+/// is left alone and reported as an error.
+pub(crate) fn clear_stale_socket(path: &Path, datagram: bool) -> io::Result<()> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!(
+                "{} exists and is not a socket; refusing to replace it",
+                path.display()
+            ),
+        ));
+    }
+    let alive = if datagram {
+        std::os::unix::net::UnixDatagram::unbound().and_then(|s| s.connect(path))
+    } else {
+        std::os::unix::net::UnixStream::connect(path).map(|_| ())
+    };
+    match alive {
+        Ok(()) => Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!("another server is listening on {}", path.display()),
+        )),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => std::fs::remove_file(path),
+        Err(e) => Err(e),
+    }
+}

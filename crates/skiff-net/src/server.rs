@@ -1,0 +1,477 @@
+//! The server: listeners, the connection limit, and graceful shutdown.
+
+use std::any::Any;
+use std::io;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::datagram::bind_unix_datagram;
+use crate::listener::{bind_tcp, bind_udp, bind_unix};
+use crate::{
+    Connection, DatagramHandler, DatagramSocket, ListenAddr, PeerAddr, Stream, StreamHandler,
+};
+
+/// How many over-the-limit connections may be in the middle of being told
+/// `busy` at once; beyond that they are simply closed.
+const MAX_REJECTING: usize = 64;
+/// How long telling a client `busy` may take.
+const REJECT_DEADLINE: Duration = Duration::from_secs(2);
+
+type ConnFn = Arc<dyn Fn(Connection) -> BoxFuture<'static, ()> + Send + Sync>;
+type DatagramLoop =
+    Box<dyn FnOnce(DatagramSocket, CancellationToken, usize) -> BoxFuture<'static, ()> + Send>;
+
+struct StreamEntry {
+    addr: ListenAddr,
+    serve: ConnFn,
+    reject: ConnFn,
+}
+
+struct DatagramEntry {
+    addr: ListenAddr,
+    serve: DatagramLoop,
+}
+
+#[derive(Debug, Clone)]
+struct Config {
+    max_connections: usize,
+    idle_timeout: Option<Duration>,
+    grace_period: Duration,
+    handle_signals: bool,
+    backlog: i32,
+    datagram_buffer: usize,
+}
+
+/// Collects listeners and settings; [`bind`](Self::bind) opens the sockets.
+pub struct ServerBuilder {
+    config: Config,
+    streams: Vec<StreamEntry>,
+    datagrams: Vec<DatagramEntry>,
+    shutdown: CancellationToken,
+}
+
+impl Default for ServerBuilder {
+    fn default() -> Self {
+        ServerBuilder {
+            config: Config {
+                max_connections: 1024,
+                idle_timeout: None,
+                grace_period: Duration::from_secs(10),
+                handle_signals: false,
+                backlog: 1024,
+                datagram_buffer: 65536,
+            },
+            streams: Vec::new(),
+            datagrams: Vec::new(),
+            shutdown: CancellationToken::new(),
+        }
+    }
+}
+
+impl ServerBuilder {
+    /// Most stream connections served at once (default 1024). One more is
+    /// told `busy` and closed immediately.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.config.max_connections = n.max(1);
+        self
+    }
+
+    /// Closes a connection that makes no progress for this long (default:
+    /// never). Handlers can change it per connection with
+    /// [`Stream::set_idle_timeout`].
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.idle_timeout = timeout;
+        self
+    }
+
+    /// How long running handlers get to finish after shutdown starts before
+    /// their connections are closed (default 10 s).
+    pub fn grace_period(mut self, grace: Duration) -> Self {
+        self.config.grace_period = grace;
+        self
+    }
+
+    /// Starts a graceful shutdown on SIGINT or SIGTERM (default: off, so a
+    /// library user keeps control of signals).
+    pub fn shutdown_on_signals(mut self, yes: bool) -> Self {
+        self.config.handle_signals = yes;
+        self
+    }
+
+    /// Size of the datagram receive buffer (default 64 KiB); larger
+    /// datagrams are reported as truncated.
+    pub fn datagram_buffer(mut self, bytes: usize) -> Self {
+        self.config.datagram_buffer = bytes.max(1);
+        self
+    }
+
+    /// Serves a stream address (`tcp://` or `unix://`) with `handler`.
+    pub fn stream<H: StreamHandler>(mut self, addr: ListenAddr, handler: H) -> Self {
+        self.add_stream(addr, Arc::new(handler));
+        self
+    }
+
+    /// Serves a stream address with a handler shared with other listeners.
+    pub fn add_stream<H: StreamHandler>(&mut self, addr: ListenAddr, handler: Arc<H>) {
+        let h = handler.clone();
+        let serve: ConnFn = Arc::new(move |mut conn: Connection| {
+            let h = h.clone();
+            async move {
+                let result = match h.setup(&mut conn).await {
+                    Ok(()) => h.handle(&mut conn).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = &result {
+                    tracing::debug!(peer = %conn.peer(), error = %e, "connection ended with an error");
+                }
+                h.finish(&mut conn, &result).await;
+            }
+            .boxed()
+        });
+        let reject: ConnFn = Arc::new(move |conn: Connection| {
+            let h = handler.clone();
+            async move { h.reject_busy(conn).await }.boxed()
+        });
+        self.streams.push(StreamEntry {
+            addr,
+            serve,
+            reject,
+        });
+    }
+
+    /// Serves a datagram address (`udp://` or `unixgram://`) with `handler`.
+    pub fn datagram<H: DatagramHandler>(mut self, addr: ListenAddr, handler: H) -> Self {
+        self.add_datagram(addr, Arc::new(handler));
+        self
+    }
+
+    /// Serves a datagram address with a handler shared with other listeners.
+    pub fn add_datagram<H: DatagramHandler>(&mut self, addr: ListenAddr, handler: Arc<H>) {
+        let serve: DatagramLoop = Box::new(move |socket, stop, bufsize| {
+            datagram_loop(handler, socket, stop, bufsize).boxed()
+        });
+        self.datagrams.push(DatagramEntry { addr, serve });
+    }
+
+    /// Binds every listener. Fails (binding nothing) if any address is
+    /// unusable, saying which.
+    pub async fn bind(self) -> io::Result<Server> {
+        let mut bound_streams = Vec::new();
+        let mut bound_datagrams = Vec::new();
+        let mut local_addrs = Vec::new();
+        let mut socket_files = Vec::new();
+        let context = |addr: &ListenAddr, e: io::Error| {
+            io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+        };
+        for entry in self.streams {
+            let (listener, local) = match &entry.addr {
+                ListenAddr::Tcp(a) => {
+                    let l =
+                        bind_tcp(*a, self.config.backlog).map_err(|e| context(&entry.addr, e))?;
+                    let local = ListenAddr::Tcp(l.local_addr()?);
+                    (AnyListener::Tcp(l), local)
+                }
+                ListenAddr::Unix(p) => {
+                    let l = bind_unix(p).map_err(|e| context(&entry.addr, e))?;
+                    socket_files.push(p.clone());
+                    (AnyListener::Unix(l), entry.addr.clone())
+                }
+                other => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("{other} is a datagram address; register it with .datagram()"),
+                    ))
+                }
+            };
+            local_addrs.push(local.clone());
+            bound_streams.push((listener, local, entry.serve, entry.reject));
+        }
+        for entry in self.datagrams {
+            let socket = match &entry.addr {
+                ListenAddr::Udp(a) => {
+                    DatagramSocket::Udp(bind_udp(*a).map_err(|e| context(&entry.addr, e))?)
+                }
+                ListenAddr::UnixDatagram(p) => {
+                    let s = bind_unix_datagram(p).map_err(|e| context(&entry.addr, e))?;
+                    socket_files.push(p.clone());
+                    DatagramSocket::Unix(s)
+                }
+                other => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("{other} is a stream address; register it with .stream()"),
+                    ))
+                }
+            };
+            let local = match &socket {
+                DatagramSocket::Udp(s) => ListenAddr::Udp(s.local_addr()?),
+                DatagramSocket::Unix(_) => entry.addr.clone(),
+            };
+            local_addrs.push(local);
+            bound_datagrams.push((socket, entry.serve));
+        }
+        Ok(Server {
+            config: self.config,
+            streams: bound_streams,
+            datagrams: bound_datagrams,
+            local_addrs,
+            socket_files,
+            shutdown: self.shutdown,
+        })
+    }
+}
+
+enum AnyListener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl AnyListener {
+    async fn accept(&self, idle: Option<Duration>) -> io::Result<(Stream, PeerAddr)> {
+        match self {
+            AnyListener::Tcp(l) => {
+                let (s, peer) = l.accept().await?;
+                // Small request/response frames must not wait for Nagle.
+                let _ = s.set_nodelay(true);
+                Ok((Stream::tcp(s, idle), PeerAddr::Ip(peer)))
+            }
+            AnyListener::Unix(l) => {
+                let (s, peer) = l.accept().await?;
+                let path = peer.as_pathname().map(PathBuf::from);
+                Ok((Stream::unix(s, idle), PeerAddr::Unix(path)))
+            }
+        }
+    }
+}
+
+/// A bound server, ready to [`run`](Self::run).
+pub struct Server {
+    config: Config,
+    streams: Vec<(AnyListener, ListenAddr, ConnFn, ConnFn)>,
+    datagrams: Vec<(DatagramSocket, DatagramLoop)>,
+    local_addrs: Vec<ListenAddr>,
+    socket_files: Vec<PathBuf>,
+    shutdown: CancellationToken,
+}
+
+/// Starts a graceful shutdown of the server it came from; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle(CancellationToken);
+
+impl ShutdownHandle {
+    /// Stops accepting, lets running handlers finish within the grace
+    /// period, then closes everything and makes `run` return.
+    pub fn shutdown(&self) {
+        self.0.cancel();
+    }
+}
+
+impl Server {
+    /// A builder with default settings and no listeners.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+
+    /// The bound addresses, in the order they were added (streams first,
+    /// then datagrams), with the real port where port 0 was asked for.
+    pub fn local_addrs(&self) -> &[ListenAddr] {
+        &self.local_addrs
+    }
+
+    /// A handle that shuts the server down from elsewhere.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.shutdown.clone())
+    }
+
+    /// Serves until shutdown (a [`ShutdownHandle`], or a signal when
+    /// enabled), then drains: no new connections, running handlers get the
+    /// grace period, the rest are closed. Unix socket files are removed.
+    pub async fn run(self) -> io::Result<()> {
+        let Server {
+            config,
+            streams,
+            datagrams,
+            socket_files,
+            shutdown,
+            ..
+        } = self;
+        let hard_stop = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let limit = Arc::new(Semaphore::new(config.max_connections));
+        let rejecting = Arc::new(Semaphore::new(MAX_REJECTING));
+
+        if config.handle_signals {
+            let token = shutdown.clone();
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                tracing::info!("shutting down: finishing running requests");
+                token.cancel();
+            });
+        }
+
+        let mut accept_loops = tokio::task::JoinSet::new();
+        for (listener, local, serve, reject) in streams {
+            let ctx = AcceptContext {
+                local,
+                serve,
+                reject,
+                limit: limit.clone(),
+                rejecting: rejecting.clone(),
+                tracker: tracker.clone(),
+                shutdown: shutdown.clone(),
+                hard_stop: hard_stop.clone(),
+                idle: config.idle_timeout,
+            };
+            accept_loops.spawn(accept_loop(listener, ctx));
+        }
+        for (socket, serve) in datagrams {
+            accept_loops.spawn(serve(socket, shutdown.clone(), config.datagram_buffer));
+        }
+
+        shutdown.cancelled().await;
+        // Listeners close as their loops end.
+        while accept_loops.join_next().await.is_some() {}
+        for path in &socket_files {
+            let _ = std::fs::remove_file(path);
+        }
+        tracker.close();
+        if tokio::time::timeout(config.grace_period, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = tracker.len(),
+                "grace period over: closing remaining connections"
+            );
+            hard_stop.cancel();
+            tracker.wait().await;
+        }
+        Ok(())
+    }
+}
+
+struct AcceptContext {
+    local: ListenAddr,
+    serve: ConnFn,
+    reject: ConnFn,
+    limit: Arc<Semaphore>,
+    rejecting: Arc<Semaphore>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    hard_stop: CancellationToken,
+    idle: Option<Duration>,
+}
+
+async fn accept_loop(listener: AnyListener, ctx: AcceptContext) {
+    loop {
+        let accepted = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            r = listener.accept(ctx.idle) => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(listener = %ctx.local, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let conn = Connection::new(
+            stream,
+            peer.clone(),
+            ctx.local.clone(),
+            ctx.shutdown.clone(),
+        );
+        match ctx.limit.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let serve = ctx.serve.clone();
+                let hard_stop = ctx.hard_stop.clone();
+                ctx.tracker.spawn(async move {
+                    let _permit = permit;
+                    let run = AssertUnwindSafe(serve(conn)).catch_unwind();
+                    tokio::select! {
+                        r = run => if let Err(panic) = r {
+                            tracing::error!(%peer, panic = panic_message(&panic), "connection handler panicked");
+                        },
+                        _ = hard_stop.cancelled() => {}
+                    }
+                });
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "connection limit reached: answering busy");
+                let Ok(permit) = ctx.rejecting.clone().try_acquire_owned() else {
+                    continue; // dropping `conn` closes it at once
+                };
+                let reject = ctx.reject.clone();
+                ctx.tracker.spawn(async move {
+                    let _permit = permit;
+                    let _ = tokio::time::timeout(
+                        REJECT_DEADLINE,
+                        AssertUnwindSafe(reject(conn)).catch_unwind(),
+                    )
+                    .await;
+                });
+            }
+        }
+    }
+}
+
+async fn datagram_loop<H: DatagramHandler>(
+    handler: Arc<H>,
+    socket: DatagramSocket,
+    stop: CancellationToken,
+    bufsize: usize,
+) {
+    let mut buf = vec![0u8; bufsize];
+    loop {
+        let received = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = socket.recv_from(&mut buf) => r,
+        };
+        match received {
+            Ok(datagram) => {
+                let peer = datagram.peer.clone();
+                if let Err(panic) = AssertUnwindSafe(handler.handle(datagram, &socket))
+                    .catch_unwind()
+                    .await
+                {
+                    tracing::error!(%peer, panic = panic_message(&panic), "datagram handler panicked");
+                }
+            }
+            // ICMP errors from earlier sends surface here on UDP; keep serving.
+            Err(e) => tracing::debug!(error = %e, "datagram receive failed"),
+        }
+    }
+}
+
+fn panic_message(panic: &Box<dyn Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(non-string panic payload)".to_string()
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,162 @@
+//! The byte stream a handler talks over, with an optional idle timeout.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+use tokio::time::{Instant, Sleep};
+
+/// A connected stream socket: TCP or Unix.
+///
+/// If the server has an idle timeout, a read or write that makes no
+/// progress for that long fails with `ErrorKind::TimedOut`; any progress in
+/// either direction restarts the clock.
+#[derive(Debug)]
+pub struct Stream {
+    inner: Inner,
+    idle: Option<Idle>,
+}
+
+#[derive(Debug)]
+enum Inner {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+#[derive(Debug)]
+struct Idle {
+    timeout: Duration,
+    sleep: Pin<Box<Sleep>>,
+}
+
+impl Stream {
+    pub(crate) fn tcp(s: TcpStream, idle: Option<Duration>) -> Self {
+        Self::new(Inner::Tcp(s), idle)
+    }
+
+    pub(crate) fn unix(s: UnixStream, idle: Option<Duration>) -> Self {
+        Self::new(Inner::Unix(s), idle)
+    }
+
+    fn new(inner: Inner, idle: Option<Duration>) -> Self {
+        Stream {
+            inner,
+            idle: idle.map(|timeout| Idle {
+                timeout,
+                sleep: Box::pin(tokio::time::sleep(timeout)),
+            }),
+        }
+    }
+
+    /// Changes the idle timeout (`None`: wait forever). A handler may lift
+    /// it once a peer has authenticated, or tighten it before.
+    pub fn set_idle_timeout(&mut self, timeout: Option<Duration>) {
+        self.idle = timeout.map(|timeout| Idle {
+            timeout,
+            sleep: Box::pin(tokio::time::sleep(timeout)),
+        });
+    }
+
+    /// The TCP stream, if this is one (for socket options).
+    pub fn as_tcp(&self) -> Option<&TcpStream> {
+        match &self.inner {
+            Inner::Tcp(s) => Some(s),
+            Inner::Unix(_) => None,
+        }
+    }
+
+    /// The Unix stream, if this is one (e.g. for peer credentials).
+    pub fn as_unix(&self) -> Option<&UnixStream> {
+        match &self.inner {
+            Inner::Unix(s) => Some(s),
+            Inner::Tcp(_) => None,
+        }
+    }
+
+    /// Turns a `Pending` into a timeout error when the idle clock ran out;
+    /// restarts the clock on progress.
+    fn track<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        let Some(idle) = self.idle.as_mut() else {
+            return poll;
+        };
+        match poll {
+            Poll::Ready(r) => {
+                idle.sleep.as_mut().reset(Instant::now() + idle.timeout);
+                Poll::Ready(r)
+            }
+            Poll::Pending => match idle.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("peer idle for {:?}", idle.timeout),
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+use std::future::Future;
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let poll = match &mut this.inner {
+            Inner::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Inner::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        };
+        this.track(cx, poll)
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let poll = match &mut this.inner {
+            Inner::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Inner::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        };
+        this.track(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let poll = match &mut this.inner {
+            Inner::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Inner::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        };
+        this.track(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.inner {
+            Inner::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Inner::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.inner {
+            Inner::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Inner::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! `skiff shell`.
+
+/// Arguments of `skiff shell`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Arguments (this command is not built yet).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    rest: Vec<String>,
+}
+
+/// Runs `skiff shell`.
+pub fn run(_args: Args) -> anyhow::Result<i32> {
+    super::not_built("shell")
+}

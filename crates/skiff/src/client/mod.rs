@@ -1,0 +1,207 @@
+//! The client side: connect, authenticate, and run operations.
+
+pub mod known_servers;
+pub mod ping;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use skiff_wire::message::handshake::{Auth, Challenge, Hello, Welcome};
+use skiff_wire::{ErrorCode, ErrorMsg};
+use thiserror::Error;
+use tokio::net::{TcpStream, UnixStream};
+
+use crate::keys::UserKey;
+use crate::session::handshake::{self as hs, Block};
+use crate::session::{tls, Io, Session, SessionError};
+use crate::target::Target;
+
+/// Why a client operation failed. [`ClientError::Remote`] and
+/// [`ClientError::Local`] mean "the operation failed" (exit 1); everything
+/// else means "could not talk to the server properly" (exit 255).
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// No connection could be made.
+    #[error("cannot connect to {target}: {source}")]
+    Connect {
+        /// Where we tried.
+        target: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// The handshake failed: wrong key, unknown user, or a man in the middle.
+    #[error("authentication failed: {0}")]
+    Auth(String),
+    /// The server's certificate differs from the one pinned on first use.
+    #[error("server certificate changed for {target}: was {pinned}, now {seen}. If the server was reinstalled, remove its line from {file} and try again; otherwise someone may be intercepting the connection")]
+    CertificateChanged {
+        /// The server.
+        target: String,
+        /// The pinned fingerprint.
+        pinned: String,
+        /// The fingerprint seen now.
+        seen: String,
+        /// The known-servers file.
+        file: PathBuf,
+    },
+    /// The key file could not be used.
+    #[error(transparent)]
+    Key(#[from] crate::keys::KeyError),
+    /// The session broke (protocol error, connection lost, timeout).
+    #[error(transparent)]
+    Session(SessionError),
+    /// The server refused or failed the operation.
+    #[error("{}", .0.message)]
+    Remote(ErrorMsg),
+    /// The operation failed on the local side (a local file, say).
+    #[error("{0}")]
+    Local(String),
+}
+
+impl From<SessionError> for ClientError {
+    fn from(e: SessionError) -> Self {
+        match e {
+            SessionError::Remote(m) if m.code == ErrorCode::AuthFailed => {
+                ClientError::Auth(m.message)
+            }
+            SessionError::Remote(m) if m.code == ErrorCode::Busy => {
+                ClientError::Session(SessionError::Remote(m))
+            }
+            SessionError::Remote(m) => ClientError::Remote(m),
+            e => ClientError::Session(e),
+        }
+    }
+}
+
+/// How to connect.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Deadline for TCP connect + TLS + handshake.
+    pub timeout: Duration,
+    /// Where pinned certificates live; `None` disables pinning.
+    pub known_servers: Option<PathBuf>,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            timeout: Duration::from_secs(10),
+            known_servers: std::env::var_os("SKIFF_KNOWN_SERVERS")
+                .map(PathBuf::from)
+                .or_else(|| Some(crate::keys::config_dir().join("known_servers"))),
+        }
+    }
+}
+
+/// An authenticated session to a server.
+pub struct Client {
+    /// The framed, authenticated session.
+    pub session: Session<'static>,
+    /// What the server said in `welcome`.
+    pub welcome: Welcome,
+}
+
+/// Connects to `target`, authenticates as `key.user` and returns a ready
+/// session.
+pub async fn connect(
+    target: &Target,
+    key: &UserKey,
+    opts: &ConnectOptions,
+) -> Result<Client, ClientError> {
+    match tokio::time::timeout(opts.timeout, connect_inner(target, key, opts)).await {
+        Ok(r) => r,
+        Err(_) => Err(ClientError::Session(SessionError::Timeout(opts.timeout))),
+    }
+}
+
+async fn connect_inner(
+    target: &Target,
+    key: &UserKey,
+    opts: &ConnectOptions,
+) -> Result<Client, ClientError> {
+    let connect_err = |source| ClientError::Connect {
+        target: target.to_string(),
+        source,
+    };
+    let (io, cb): (Box<dyn Io>, Block) = match target {
+        Target::Unix(path) => {
+            let s = UnixStream::connect(path).await.map_err(connect_err)?;
+            (Box::new(s), hs::NO_BINDING)
+        }
+        Target::Plain { .. } | Target::Tls { .. } => {
+            let addr = target.host_port().unwrap_or_default();
+            let tcp = TcpStream::connect(&addr).await.map_err(connect_err)?;
+            let _ = tcp.set_nodelay(true);
+            if let Target::Tls { host, .. } = target {
+                let tls = tls::connector()
+                    .map_err(|e| ClientError::Local(e.to_string()))?
+                    .connect(tls::server_name(host), tcp)
+                    .await
+                    .map_err(connect_err)?;
+                let cert = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| c.as_ref().to_vec())
+                    .ok_or_else(|| ClientError::Auth("server sent no certificate".into()))?;
+                if let Some(file) = &opts.known_servers {
+                    known_servers::check_and_pin(file, &addr, &cert)?;
+                }
+                (Box::new(tls), hs::channel_binding(&cert))
+            } else {
+                (Box::new(tcp), hs::NO_BINDING)
+            }
+        }
+    };
+    let mut session = Session::new(io);
+    let welcome = authenticate(&mut session, key, &cb).await?;
+    Ok(Client { session, welcome })
+}
+
+/// The client's side of the handshake on a fresh session.
+pub async fn authenticate(
+    session: &mut Session<'_>,
+    key: &UserKey,
+    cb: &Block,
+) -> Result<Welcome, ClientError> {
+    let cn = hs::nonce();
+    session
+        .send(
+            &Hello {
+                v: hs::VERSION,
+                user: key.user.clone(),
+                nonce: hs::b64(&cn),
+            },
+            &[],
+        )
+        .await?;
+    let (challenge, _) = session.expect::<Challenge>().await?;
+    let sn = hs::unb64(&challenge.nonce)
+        .ok_or_else(|| ClientError::Auth("server sent a malformed challenge".into()))?;
+    let server_proof = base64_any(&challenge.proof);
+    if !hs::verify(&key.key, hs::SERVER_LABEL, cb, &cn, &sn, &server_proof) {
+        return Err(ClientError::Auth(format!(
+            "the server could not prove it knows the key of user {:?} (wrong key, unknown user, or a man in the middle)",
+            key.user
+        )));
+    }
+    let proof = hs::proof(&key.key, hs::CLIENT_LABEL, cb, &cn, &sn);
+    session
+        .send(
+            &Auth {
+                proof: hs::b64(&proof),
+            },
+            &[],
+        )
+        .await?;
+    let (welcome, _) = session.expect::<Welcome>().await?;
+    Ok(welcome)
+}
+
+fn base64_any(s: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .unwrap_or_default()
+}

@@ -1,0 +1,5 @@
+//! The `skiff` command: see `skiff --help`.
+
+fn main() {
+    std::process::exit(skiff::cli::main());
+}

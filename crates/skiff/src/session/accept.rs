@@ -1,0 +1,259 @@
+//! The server's side of the handshake, with per-address rate limiting.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use skiff_wire::message::handshake::{Auth, Challenge, Hello, Welcome};
+use skiff_wire::{ErrorCode, Message};
+
+use super::handshake::{self as hs, Block};
+use super::{Session, SessionError};
+use crate::keys::{Key, Users};
+
+/// Server-side authentication policy: who may log in, and how failures
+/// are slowed down.
+pub struct Authenticator {
+    users: Users,
+    /// Answers for unknown users, so they look exactly like wrong keys.
+    dummy_key: Key,
+    limiter: Mutex<FailureLimiter>,
+    fail_delay: Duration,
+    welcome: Welcome,
+}
+
+/// Tuning of the failure limiter.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthPolicy {
+    /// Pause before answering a failed attempt.
+    pub fail_delay: Duration,
+    /// Failed attempts per address per window before it is turned away.
+    pub max_failures: u32,
+    /// The window.
+    pub window: Duration,
+}
+
+impl Default for AuthPolicy {
+    fn default() -> Self {
+        AuthPolicy {
+            fail_delay: Duration::from_millis(500),
+            max_failures: 10,
+            window: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Authenticator {
+    /// An authenticator for `users`, announcing `welcome` on success.
+    pub fn new(users: Users, policy: AuthPolicy, welcome: Welcome) -> Authenticator {
+        Authenticator {
+            users,
+            dummy_key: Key::generate(),
+            limiter: Mutex::new(FailureLimiter::new(policy.max_failures, policy.window)),
+            fail_delay: policy.fail_delay,
+            welcome,
+        }
+    }
+
+    /// Runs the handshake on a fresh session; returns the user name. On
+    /// failure the peer has been sent an error (when possible) and the
+    /// caller closes the connection. The caller bounds this with a timeout.
+    pub async fn handshake(
+        &self,
+        session: &mut Session<'_>,
+        cb: &Block,
+        peer: Option<IpAddr>,
+    ) -> Result<String, SessionError> {
+        if let Some(ip) = peer {
+            if self.limiter().is_blocked(ip) {
+                tokio::time::sleep(self.fail_delay).await;
+                session
+                    .send_error(
+                        ErrorCode::AuthFailed,
+                        "too many failed attempts from your address; wait a minute",
+                    )
+                    .await?;
+                return Err(auth_failed());
+            }
+        }
+        let hello: Hello = expect_handshake(session).await?;
+        if hello.v != hs::VERSION {
+            session
+                .send_error(
+                    ErrorCode::Unsupported,
+                    format!(
+                        "protocol version {} is not supported (this server speaks 1)",
+                        hello.v
+                    ),
+                )
+                .await?;
+            return Err(SessionError::Remote(skiff_wire::ErrorMsg::new(
+                ErrorCode::Unsupported,
+                "version",
+            )));
+        }
+        let Some(cn) = hs::unb64(&hello.nonce) else {
+            return Err(reject(session, "hello nonce must be 32 bytes of base64").await);
+        };
+        let known = self.users.get(&hello.user);
+        let key = known.unwrap_or(&self.dummy_key);
+        let sn = hs::nonce();
+        let proof = hs::proof(key, hs::SERVER_LABEL, cb, &cn, &sn);
+        session
+            .send(
+                &Challenge {
+                    nonce: hs::b64(&sn),
+                    proof: hs::b64(&proof),
+                },
+                &[],
+            )
+            .await?;
+        let auth = match expect_handshake::<Auth>(session).await {
+            Ok(a) => a,
+            Err(e) => {
+                // A client that gives up here found our proof wrong (or
+                // never had the key): that is a failed attempt too.
+                self.record_failure(peer);
+                return Err(e);
+            }
+        };
+        let given = base64_any(&auth.proof);
+        let valid = hs::verify(key, hs::CLIENT_LABEL, cb, &cn, &sn, &given);
+        if !(valid && known.is_some()) {
+            self.record_failure(peer);
+            tokio::time::sleep(self.fail_delay).await;
+            session
+                .send_error(ErrorCode::AuthFailed, "authentication failed")
+                .await?;
+            return Err(auth_failed());
+        }
+        session.send(&self.welcome, &[]).await?;
+        Ok(hello.user)
+    }
+
+    fn limiter(&self) -> std::sync::MutexGuard<'_, FailureLimiter> {
+        self.limiter.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn record_failure(&self, peer: Option<IpAddr>) {
+        if let Some(ip) = peer {
+            self.limiter().record(ip);
+        }
+    }
+}
+
+fn auth_failed() -> SessionError {
+    SessionError::Remote(skiff_wire::ErrorMsg::new(
+        ErrorCode::AuthFailed,
+        "authentication failed",
+    ))
+}
+
+async fn reject(session: &mut Session<'_>, why: &str) -> SessionError {
+    let _ = session.send_error(ErrorCode::BadFrame, why).await;
+    SessionError::Unexpected {
+        expected: "valid handshake",
+        got: why.to_string(),
+    }
+}
+
+/// The next frame must be handshake message `M`; anything else (a service
+/// request before `welcome`, say) is answered with an error and ends it.
+async fn expect_handshake<M: Message>(session: &mut Session<'_>) -> Result<M, SessionError> {
+    let frame = session.recv_required().await?;
+    if !frame.is::<M>() {
+        let why = format!(
+            "expected \"{}\" (authenticate first), got \"{}\"",
+            M::OP,
+            frame.op()
+        );
+        return Err(reject(session, &why).await);
+    }
+    match frame.parse::<M>() {
+        Ok(m) => Ok(m),
+        Err(e) => Err(reject(session, &e.to_string()).await),
+    }
+}
+
+fn base64_any(s: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .unwrap_or_default()
+}
+
+/// Counts failed attempts per address in fixed windows. Its size is
+/// bounded: when full, expired entries go, and if none have expired the
+/// table starts over (an attacker with that many addresses gains little).
+struct FailureLimiter {
+    max_failures: u32,
+    window: Duration,
+    table: HashMap<IpAddr, (u32, Instant)>,
+}
+
+const MAX_TRACKED: usize = 4096;
+
+impl FailureLimiter {
+    fn new(max_failures: u32, window: Duration) -> Self {
+        FailureLimiter {
+            max_failures,
+            window,
+            table: HashMap::new(),
+        }
+    }
+
+    fn is_blocked(&mut self, ip: IpAddr) -> bool {
+        match self.table.get(&ip) {
+            Some(&(n, start)) if start.elapsed() < self.window => n >= self.max_failures,
+            Some(_) => {
+                self.table.remove(&ip);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn record(&mut self, ip: IpAddr) {
+        if self.table.len() >= MAX_TRACKED && !self.table.contains_key(&ip) {
+            let window = self.window;
+            self.table.retain(|_, (_, start)| start.elapsed() < window);
+            if self.table.len() >= MAX_TRACKED {
+                self.table.clear();
+            }
+        }
+        let now = Instant::now();
+        let entry = self.table.entry(ip).or_insert((0, now));
+        if entry.1.elapsed() >= self.window {
+            *entry = (0, now);
+        }
+        entry.0 = entry.0.saturating_add(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limiter_blocks_after_max_and_forgets_after_window() {
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let mut l = FailureLimiter::new(3, Duration::from_millis(50));
+        for _ in 0..3 {
+            assert!(!l.is_blocked(ip));
+            l.record(ip);
+        }
+        assert!(l.is_blocked(ip));
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(!l.is_blocked(ip));
+    }
+
+    #[test]
+    fn limiter_stays_bounded() {
+        let mut l = FailureLimiter::new(3, Duration::from_secs(60));
+        for i in 0..(MAX_TRACKED as u32 * 2) {
+            l.record(IpAddr::from(i.to_be_bytes()));
+        }
+        assert!(l.table.len() <= MAX_TRACKED);
+    }
+}

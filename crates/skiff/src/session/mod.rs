@@ -1,0 +1,248 @@
+//! Authenticated, framed sessions: TLS (or not), then the mutual HMAC
+//! handshake, then frames both ways.
+//!
+//! [`Session`] owns the read and write buffers of one connection (as
+//! mini-redis's `Connection` does); [`handshake`] holds the pure proof
+//! computations, [`accept`] the server's side of the handshake, [`tls`] the
+//! certificates.
+
+pub mod accept;
+pub mod handshake;
+pub mod tls;
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures::{SinkExt, StreamExt};
+use skiff_wire::{ErrorCode, ErrorMsg, Frame, FrameCodec, FrameError, Message};
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+/// A byte stream a session can run over: TLS, TCP or Unix.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+/// How much written data may wait in the buffer before `queue` callers
+/// should flush: large enough to batch many small frames into one TLS
+/// record burst, small enough to keep memory bounded.
+pub const WRITE_HIGH_WATER: usize = 256 * 1024;
+
+/// Why a session could not go on.
+#[derive(Debug, Error)]
+pub enum SessionError {
+    /// The peer broke the frame rules.
+    #[error("protocol error: {0}")]
+    Frame(#[from] FrameError),
+    /// The socket failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The peer closed the connection.
+    #[error("connection closed by peer")]
+    Closed,
+    /// The peer answered with an error frame.
+    #[error("{}: {}", .0.code, .0.message)]
+    Remote(ErrorMsg),
+    /// The peer sent a valid frame we did not expect here.
+    #[error("protocol error: expected {expected:?}, got {got:?}")]
+    Unexpected {
+        /// What we waited for.
+        expected: &'static str,
+        /// What came.
+        got: String,
+    },
+    /// The peer took too long.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+impl SessionError {
+    /// The error code to send the peer for this failure, if any.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            SessionError::Frame(e) => e.code(),
+            SessionError::Timeout(_) => ErrorCode::Timeout,
+            SessionError::Unexpected { .. } => ErrorCode::BadFrame,
+            SessionError::Remote(m) => m.code,
+            SessionError::Io(_) | SessionError::Closed => ErrorCode::Internal,
+        }
+    }
+}
+
+/// The receiving half of a session.
+pub struct SessionReader<'a> {
+    inner: FramedRead<ReadHalf<Box<dyn Io + 'a>>, FrameCodec>,
+}
+
+/// The sending half of a session.
+pub struct SessionWriter<'a> {
+    inner: FramedWrite<WriteHalf<Box<dyn Io + 'a>>, FrameCodec>,
+}
+
+/// One framed connection: frames in, frames out.
+pub struct Session<'a> {
+    reader: SessionReader<'a>,
+    writer: SessionWriter<'a>,
+}
+
+impl<'a> Session<'a> {
+    /// Wraps a connected (and, for TLS, already encrypted) stream.
+    pub fn new(io: Box<dyn Io + 'a>) -> Session<'a> {
+        let (r, w) = tokio::io::split(io);
+        let mut reader = FramedRead::with_capacity(r, FrameCodec::new(), 64 * 1024);
+        reader.read_buffer_mut().reserve(64 * 1024);
+        let mut writer = FramedWrite::new(w, FrameCodec::new());
+        writer.set_backpressure_boundary(WRITE_HIGH_WATER);
+        Session {
+            reader: SessionReader { inner: reader },
+            writer: SessionWriter { inner: writer },
+        }
+    }
+
+    /// Both halves, to read and write concurrently (e.g. stdin in, stdout out).
+    pub fn split(&mut self) -> (&mut SessionReader<'a>, &mut SessionWriter<'a>) {
+        (&mut self.reader, &mut self.writer)
+    }
+
+    /// See [`SessionReader::recv`].
+    pub async fn recv(&mut self) -> Result<Option<Frame>, SessionError> {
+        self.reader.recv().await
+    }
+
+    /// See [`SessionReader::recv_required`].
+    pub async fn recv_required(&mut self) -> Result<Frame, SessionError> {
+        self.reader.recv_required().await
+    }
+
+    /// See [`SessionReader::expect`].
+    pub async fn expect<M: Message>(&mut self) -> Result<(M, Frame), SessionError> {
+        self.reader.expect::<M>().await
+    }
+
+    /// See [`SessionReader::has_buffered_input`].
+    pub fn has_buffered_input(&self) -> bool {
+        self.reader.has_buffered_input()
+    }
+
+    /// See [`SessionWriter::queue`].
+    pub fn queue<M: Message>(&mut self, msg: &M, body: &[u8]) -> Result<(), SessionError> {
+        self.writer.queue(msg, body)
+    }
+
+    /// See [`SessionWriter::send`].
+    pub async fn send<M: Message>(&mut self, msg: &M, body: &[u8]) -> Result<(), SessionError> {
+        self.writer.send(msg, body).await
+    }
+
+    /// See [`SessionWriter::send_error`].
+    pub async fn send_error(
+        &mut self,
+        code: ErrorCode,
+        message: impl Into<String>,
+    ) -> Result<(), SessionError> {
+        self.writer.send_error(code, message).await
+    }
+
+    /// See [`SessionWriter::flush`].
+    pub async fn flush(&mut self) -> Result<(), SessionError> {
+        self.writer.flush().await
+    }
+
+    /// See [`SessionWriter::buffered`].
+    pub fn buffered(&self) -> usize {
+        self.writer.buffered()
+    }
+
+    /// Flushes and closes the sending direction (TLS close_notify).
+    pub async fn close(&mut self) -> Result<(), SessionError> {
+        self.writer.close().await
+    }
+}
+
+impl SessionReader<'_> {
+    /// The next frame; `None` when the peer closed cleanly between frames.
+    pub async fn recv(&mut self) -> Result<Option<Frame>, SessionError> {
+        match self.inner.next().await {
+            None => Ok(None),
+            Some(Ok(f)) => Ok(Some(f)),
+            Some(Err(FrameError::Io(msg))) => Err(SessionError::Io(std::io::Error::other(msg))),
+            Some(Err(e)) => Err(e.into()),
+        }
+    }
+
+    /// The next frame; a close is an error here.
+    pub async fn recv_required(&mut self) -> Result<Frame, SessionError> {
+        self.recv().await?.ok_or(SessionError::Closed)
+    }
+
+    /// The next frame, which must be an `M`; an `error` frame becomes
+    /// [`SessionError::Remote`].
+    pub async fn expect<M: Message>(&mut self) -> Result<(M, Frame), SessionError> {
+        let frame = self.recv_required().await?;
+        if frame.is::<M>() {
+            return Ok((frame.parse::<M>()?, frame));
+        }
+        if frame.is::<ErrorMsg>() {
+            return Err(SessionError::Remote(frame.parse::<ErrorMsg>()?));
+        }
+        Err(SessionError::Unexpected {
+            expected: M::OP,
+            got: frame.op().to_string(),
+        })
+    }
+
+    /// Whether bytes of a further frame have already arrived: a server uses
+    /// this to delay flushing while a client pipelines requests.
+    pub fn has_buffered_input(&self) -> bool {
+        !self.inner.read_buffer().is_empty()
+    }
+}
+
+impl SessionWriter<'_> {
+    /// Appends a frame to the write buffer without sending it yet.
+    pub fn queue<M: Message>(&mut self, msg: &M, body: &[u8]) -> Result<(), SessionError> {
+        let buf: &mut BytesMut = self.inner.write_buffer_mut();
+        skiff_wire::encode_frame(msg, body, buf)?;
+        Ok(())
+    }
+
+    /// Queues a frame and sends everything buffered.
+    pub async fn send<M: Message>(&mut self, msg: &M, body: &[u8]) -> Result<(), SessionError> {
+        self.queue(msg, body)?;
+        self.flush().await
+    }
+
+    /// Sends `{"op":"error","code":C,"message":M}`.
+    pub async fn send_error(
+        &mut self,
+        code: ErrorCode,
+        message: impl Into<String>,
+    ) -> Result<(), SessionError> {
+        self.send(&ErrorMsg::new(code, message), &[]).await
+    }
+
+    /// Sends everything buffered.
+    pub async fn flush(&mut self) -> Result<(), SessionError> {
+        SinkExt::<Frame>::flush(&mut self.inner)
+            .await
+            .map_err(|e| match e {
+                FrameError::Io(m) => SessionError::Io(std::io::Error::other(m)),
+                e => e.into(),
+            })
+    }
+
+    /// Bytes queued but not yet sent.
+    pub fn buffered(&self) -> usize {
+        self.inner.write_buffer().len()
+    }
+
+    /// Flushes and shuts down the sending direction.
+    pub async fn close(&mut self) -> Result<(), SessionError> {
+        SinkExt::<Frame>::close(&mut self.inner)
+            .await
+            .map_err(|e| match e {
+                FrameError::Io(m) => SessionError::Io(std::io::Error::other(m)),
+                e => e.into(),
+            })
+    }
+}

@@ -1,0 +1,126 @@
+//! Shared by the end-to-end tests: start a real `skiff serve` in a private
+//! home directory and run the real `skiff` client against it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Path of the `skiff` binary under test.
+pub fn skiff_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_skiff")
+}
+
+/// A running server with its own HOME (keys, state, known servers) and root.
+pub struct TestServer {
+    pub child: Child,
+    pub home: tempfile::TempDir,
+    /// The served directory.
+    pub root: PathBuf,
+    /// The client key file for the server's user.
+    pub key_file: PathBuf,
+    /// Every `listening on URL` line, in order.
+    pub urls: Vec<String>,
+    /// Everything else the server printed on stdout before it was ready.
+    pub banner: Vec<String>,
+}
+
+impl TestServer {
+    /// `skiff serve --listen tcp://127.0.0.1:0` plus `extra` arguments.
+    pub fn start(extra: &[&str]) -> TestServer {
+        Self::start_listening(&["tcp://127.0.0.1:0"], extra)
+    }
+
+    /// `skiff serve` with the given `--listen` URLs (use port 0) and extra
+    /// arguments. A `{home}` in any argument is replaced by the home dir.
+    pub fn start_listening(listen: &[&str], extra: &[&str]) -> TestServer {
+        let home = tempfile::tempdir().expect("tempdir");
+        let root = home.path().join("root");
+        std::fs::create_dir(&root).expect("mkdir root");
+        let h = home.path().to_string_lossy().to_string();
+        let mut cmd = Command::new(skiff_bin());
+        cmd.arg("serve").arg("--root").arg(&root);
+        for l in listen {
+            cmd.arg("--listen").arg(l.replace("{home}", &h));
+        }
+        for a in extra {
+            cmd.arg(a.replace("{home}", &h));
+        }
+        let mut child = env_for(cmd, home.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn skiff serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    // Keep draining so the server never blocks on stdout.
+                    continue;
+                }
+            }
+        });
+        let mut urls = Vec::new();
+        let mut banner = Vec::new();
+        while urls.len() < listen.len() {
+            match rx.recv_timeout(Duration::from_secs(20)) {
+                Ok(line) => match line.strip_prefix("listening on ") {
+                    Some(url) => urls.push(url.to_string()),
+                    None => banner.push(line),
+                },
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("server did not start; printed {banner:?}");
+                }
+            }
+        }
+        let key_file = home.path().join(".config/skiff/key");
+        TestServer {
+            child,
+            home,
+            root,
+            key_file,
+            urls,
+            banner,
+        }
+    }
+
+    /// The first listener's URL.
+    pub fn url(&self) -> &str {
+        &self.urls[0]
+    }
+
+    /// A `skiff` client command in the server's environment (same HOME,
+    /// so it finds the key and the pinned certificate).
+    pub fn client(&self) -> Command {
+        env_for(Command::new(skiff_bin()), self.home.path())
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Points HOME and the XDG directories at `home`, so nothing touches the
+/// real user's files.
+pub fn env_for(mut cmd: Command, home: &Path) -> Command {
+    cmd.env("HOME", home)
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("XDG_STATE_HOME")
+        .env_remove("SKIFF_KEY_FILE")
+        .env_remove("SKIFF_KNOWN_SERVERS")
+        .env("RUST_LOG", "warn");
+    cmd
+}
