@@ -145,6 +145,8 @@ impl StreamHandler for SessionHandler {
             Ok(Ok(user)) => user,
             Ok(Err(e)) => {
                 tracing::info!(%peer, error = %e, "authentication failed");
+                // Bounded: a peer that stops reading cannot hold us here.
+                let _ = tokio::time::timeout(Duration::from_secs(1), session.close()).await;
                 return Ok(());
             }
             Err(_) => {
