@@ -188,6 +188,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         .canonicalize()
         .with_context(|| format!("resolving root {}", cfg.root.display()))?;
     let users = Users::load(&cfg.users_file)?;
+    service::files::ignore_file_size_signal();
     if users.is_empty() {
         bail!(
             "{} lists no users; add one with `skiff keygen --user NAME`",
