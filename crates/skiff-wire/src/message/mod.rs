@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod handshake;
 pub mod ping;
+pub mod udp;
 
 /// A header type with its `op` name.
 pub trait Message: Serialize + DeserializeOwned {

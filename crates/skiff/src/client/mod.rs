@@ -2,6 +2,7 @@
 
 pub mod known_servers;
 pub mod ping;
+pub mod udp_ping;
 
 use std::path::PathBuf;
 use std::time::Duration;
