@@ -26,7 +26,7 @@ const LIMIT: Duration = Duration::from_secs(10);
 type Log = Arc<Mutex<Vec<String>>>;
 
 /// A line-oriented test handler: answers each line upper-cased, and obeys a
-/// few commands (`panic`, `slow`, `hang`, `wait-shutdown`). Records its life
+/// few commands (`panic`, `slow`, `work`, `hang`, `wait-shutdown`). Records its life
 /// cycle in `log`.
 #[derive(Clone, Default)]
 struct Lines {
@@ -72,6 +72,10 @@ impl StreamHandler for Lines {
                     conn.stream().write_all(b"started\n").await?;
                     tokio::time::sleep(Duration::from_millis(300)).await;
                     conn.stream().write_all(b"done\n").await?;
+                }
+                "work" => {
+                    conn.stream().write_all(b"working\n").await?;
+                    tokio::time::sleep(Duration::from_millis(1200)).await;
                 }
                 "hang" => {
                     conn.stream().write_all(b"hanging\n").await?;
@@ -421,6 +425,25 @@ async fn idle_timeout_closes_a_silent_peer_but_not_a_talking_one() {
     assert_eq!(talking.ask("alive").await.as_deref(), Some("ALIVE"));
     wait_for(|| log.lock().unwrap().iter().any(|e| e.contains("idle"))).await;
     drop(talking);
+    shut_down(server).await;
+}
+
+#[tokio::test]
+async fn time_the_server_spends_working_is_not_held_against_the_peer() {
+    let server = start(
+        Server::builder()
+            .stream(tcp("127.0.0.1:0"), Lines::default())
+            .idle_timeout(Some(Duration::from_millis(600))),
+    )
+    .await;
+    let mut c = tcp_client(&server.addrs[0]).await;
+    // The handler works for 1.2 s without touching the socket, then waits
+    // for the next line, which comes 0.1 s later: the peer was never idle
+    // for 0.6 s while the server waited for it.
+    assert_eq!(c.ask("work").await.as_deref(), Some("working"));
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(c.ask("after").await.as_deref(), Some("AFTER"));
+    drop(c);
     shut_down(server).await;
 }
 
