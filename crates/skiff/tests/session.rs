@@ -996,3 +996,28 @@ fn client_failures_are_one_line_with_exit_255() {
     cmd.args(["ping", &format!("127.0.0.1:{port}")]);
     assert_fails_with(&run_bounded(cmd, Duration::from_secs(20)), "skiff keygen");
 }
+
+#[test]
+fn busy_server_says_so_inside_tls() {
+    let server = TestServer::start(&["--max-connections", "2", "--handshake-timeout", "30"]);
+    let addr = host_port(server.url());
+    let before = open_fds(server.pid());
+    let idle: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(&addr).unwrap()).collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while open_fds(server.pid()) < before + 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = ping(&server, server.url());
+    assert_fails_with(&out, "connection limit");
+    drop(idle);
+    // The slots come back once the idle peers are gone.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = ping(&server, server.url());
+        if out.status.success() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", text(&out.stderr));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
