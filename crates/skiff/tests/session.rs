@@ -736,6 +736,27 @@ fn silent_clients_are_dropped_at_the_handshake_timeout() {
     );
     assert!(took < Duration::from_secs(8), "not dropped: {took:?}");
 
+    // TLS done, then silence: a `timeout` error inside TLS, then the close.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use tokio::io::AsyncReadExt;
+        let tcp = tokio::net::TcpStream::connect(host_port(server.url()))
+            .await
+            .unwrap();
+        let mut tls = skiff::session::tls::connector()
+            .unwrap()
+            .connect(skiff::session::tls::server_name("localhost"), tcp)
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(8), tls.read_to_end(&mut rest));
+        assert!(read.await.is_ok(), "not dropped");
+        assert!(text(&rest).contains("\"timeout\""), "{}", text(&rest));
+    });
+
     // Plain port: hello, then silence: a `timeout` error, then the close.
     let (user, _) = key_line(&server);
     let mut raw = Raw::tcp(&url_with(&server, "tcp+plain://"));
