@@ -83,14 +83,24 @@ fn p(path: &Path) -> &str {
 fn round_trips_small_and_odd_sizes() {
     let server = TestServer::start(&[]);
     let work = tempfile::tempdir().unwrap();
-    for (i, size) in [0u64, 1, 4095, 1 << 20, 3 * (1 << 20) + 7].into_iter().enumerate() {
+    for (i, size) in [0u64, 1, 4095, 1 << 20, 3 * (1 << 20) + 7]
+        .into_iter()
+        .enumerate()
+    {
         let src = work.path().join(format!("src{i}"));
         make_file(&src, size, i as u64);
         let name = format!("f{i}.bin");
         ok(&run(&server, &["put", server.url(), p(&src), &name]));
-        assert_eq!(hash(&server.root.join(&name)), hash(&src), "put size {size}");
+        assert_eq!(
+            hash(&server.root.join(&name)),
+            hash(&src),
+            "put size {size}"
+        );
         let back = work.path().join(format!("back{i}"));
-        ok(&run(&server, &["get", "--hash", "sha256", server.url(), &name, p(&back)]));
+        ok(&run(
+            &server,
+            &["get", "--hash", "sha256", server.url(), &name, p(&back)],
+        ));
         assert_eq!(hash(&back), hash(&src), "get size {size}");
     }
     // Into a directory (scp style), and mode/mtime kept.
@@ -103,9 +113,21 @@ fn round_trips_small_and_odd_sizes() {
     assert_eq!(md.mode() & 0o777, 0o750);
     assert_eq!(md.mtime(), fs::metadata(&src).unwrap().mtime());
     // Exists without --force; replaced with it.
-    fails_with(&run(&server, &["put", server.url(), p(&src), "dir/exe"]), "--force");
-    ok(&run(&server, &["put", "--force", server.url(), p(&src), "dir/exe"]));
-    fails_with(&run(&server, &["get", server.url(), "nope", p(&work.path().join("x"))]), "not found");
+    fails_with(
+        &run(&server, &["put", server.url(), p(&src), "dir/exe"]),
+        "--force",
+    );
+    ok(&run(
+        &server,
+        &["put", "--force", server.url(), p(&src), "dir/exe"],
+    ));
+    fails_with(
+        &run(
+            &server,
+            &["get", server.url(), "nope", p(&work.path().join("x"))],
+        ),
+        "not found",
+    );
     assert!(leftovers(&server.root).is_empty());
     assert!(leftovers(work.path()).is_empty());
 }
@@ -134,37 +156,88 @@ fn trees_keep_structure_modes_times_and_links() {
     fs::write(top.join("empty file"), b"").unwrap();
     make_file(&top.join("sub dir/data.bin"), 2 * (1 << 20) + 3, 1);
     for i in 0..50 {
-        fs::write(top.join(format!("sub dir/ünïcode/small {i}")), format!("{i}")).unwrap();
+        fs::write(
+            top.join(format!("sub dir/ünïcode/small {i}")),
+            format!("{i}"),
+        )
+        .unwrap();
     }
-    fs::set_permissions(top.join("sub dir/data.bin"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::set_permissions(
+        top.join("sub dir/data.bin"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
     std::os::unix::fs::symlink("sub dir/data.bin", top.join("link")).unwrap();
     // A link out of the tree is refused by the server, not followed.
     std::os::unix::fs::symlink("/etc/passwd", top.join("outside")).unwrap();
     fs::set_permissions(top.join("empty"), fs::Permissions::from_mode(0o700)).unwrap();
     let past = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
-    fs::File::open(top.join("sub dir/ünïcode/small 7")).unwrap().set_modified(past).unwrap();
-    fs::File::open(top.join("empty")).unwrap().set_modified(past).unwrap();
+    fs::File::open(top.join("sub dir/ünïcode/small 7"))
+        .unwrap()
+        .set_modified(past)
+        .unwrap();
+    fs::File::open(top.join("empty"))
+        .unwrap()
+        .set_modified(past)
+        .unwrap();
 
     let out = run(&server, &["put", "-r", server.url(), p(&top), "/"]);
     fails_with(&out, "path_escape");
     let r = server.root.join("tree");
     assert!(!r.join("outside").exists() && fs::symlink_metadata(r.join("outside")).is_err());
-    assert_eq!(fs::read_link(r.join("link")).unwrap(), Path::new("sub dir/data.bin"));
-    assert_eq!(hash(&r.join("sub dir/data.bin")), hash(&top.join("sub dir/data.bin")));
-    assert_eq!(fs::metadata(r.join("sub dir/data.bin")).unwrap().mode() & 0o777, 0o600);
+    assert_eq!(
+        fs::read_link(r.join("link")).unwrap(),
+        Path::new("sub dir/data.bin")
+    );
+    assert_eq!(
+        hash(&r.join("sub dir/data.bin")),
+        hash(&top.join("sub dir/data.bin"))
+    );
+    assert_eq!(
+        fs::metadata(r.join("sub dir/data.bin")).unwrap().mode() & 0o777,
+        0o600
+    );
     assert_eq!(fs::read(r.join("sub dir/ünïcode/small 49")).unwrap(), b"49");
-    assert_eq!(fs::metadata(r.join("sub dir/ünïcode/small 7")).unwrap().mtime(), 1_000_000_000);
-    assert_eq!(fs::metadata(r.join("empty")).unwrap().mtime(), 1_000_000_000);
+    assert_eq!(
+        fs::metadata(r.join("sub dir/ünïcode/small 7"))
+            .unwrap()
+            .mtime(),
+        1_000_000_000
+    );
+    assert_eq!(
+        fs::metadata(r.join("empty")).unwrap().mtime(),
+        1_000_000_000
+    );
     assert_eq!(fs::metadata(r.join("empty")).unwrap().mode() & 0o777, 0o700);
     assert_eq!(fs::metadata(r.join("empty file")).unwrap().len(), 0);
 
     let back = work.path().join("back");
-    ok(&run(&server, &["get", "-r", server.url(), "tree", p(&back)]));
-    assert_eq!(fs::read_link(back.join("link")).unwrap(), Path::new("sub dir/data.bin"));
-    assert_eq!(hash(&back.join("sub dir/data.bin")), hash(&top.join("sub dir/data.bin")));
-    assert_eq!(fs::read_dir(back.join("sub dir/ünïcode")).unwrap().count(), 50);
-    assert_eq!(fs::metadata(back.join("sub dir/ünïcode/small 7")).unwrap().mtime(), 1_000_000_000);
-    assert_eq!(fs::metadata(back.join("empty")).unwrap().mtime(), 1_000_000_000);
+    ok(&run(
+        &server,
+        &["get", "-r", server.url(), "tree", p(&back)],
+    ));
+    assert_eq!(
+        fs::read_link(back.join("link")).unwrap(),
+        Path::new("sub dir/data.bin")
+    );
+    assert_eq!(
+        hash(&back.join("sub dir/data.bin")),
+        hash(&top.join("sub dir/data.bin"))
+    );
+    assert_eq!(
+        fs::read_dir(back.join("sub dir/ünïcode")).unwrap().count(),
+        50
+    );
+    assert_eq!(
+        fs::metadata(back.join("sub dir/ünïcode/small 7"))
+            .unwrap()
+            .mtime(),
+        1_000_000_000
+    );
+    assert_eq!(
+        fs::metadata(back.join("empty")).unwrap().mtime(),
+        1_000_000_000
+    );
     assert!(back.join("empty").is_dir() && back.join("empty file").is_file());
     assert!(leftovers(&server.root).is_empty() && leftovers(&back).is_empty());
 
@@ -172,13 +245,19 @@ fn trees_keep_structure_modes_times_and_links() {
     let out = run(&server, &["ls", server.url(), "tree"]);
     ok(&out);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("sub dir/") && text.contains("link -> sub dir/data.bin"), "{text}");
+    assert!(
+        text.contains("sub dir/") && text.contains("link -> sub dir/data.bin"),
+        "{text}"
+    );
     let out = run(&server, &["stat", server.url(), "tree/sub dir/data.bin"]);
     ok(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("size: {}", 2 * (1 << 20) + 3)));
     ok(&run(&server, &["mkdir", "-p", server.url(), "a/b/c"]));
     fails_with(&run(&server, &["mkdir", server.url(), "a/b/c"]), "exists");
-    ok(&run(&server, &["mv", server.url(), "tree/empty file", "a/b"]));
+    ok(&run(
+        &server,
+        &["mv", server.url(), "tree/empty file", "a/b"],
+    ));
     assert!(server.root.join("a/b/empty file").is_file());
     fails_with(&run(&server, &["rm", server.url(), "a"]), "rm -r");
     ok(&run(&server, &["rm", "-r", server.url(), "a"]));
@@ -202,7 +281,14 @@ fn server_refuses_every_escape() {
     fs::write(&src, b"x").unwrap();
     let dst = work.path().join("got");
     let url = server.url();
-    for path in ["../x", "/../../etc/passwd", "a/../../x", "out/secret", "up/etc/passwd", "out/new"] {
+    for path in [
+        "../x",
+        "/../../etc/passwd",
+        "a/../../x",
+        "out/secret",
+        "up/etc/passwd",
+        "out/new",
+    ] {
         fails_with(&run(&server, &["get", url, path, p(&dst)]), "outside");
         fails_with(&run(&server, &["put", url, p(&src), path]), "outside");
         fails_with(&run(&server, &["stat", url, path]), "outside");
@@ -240,7 +326,14 @@ fn nul_and_symlink_swapped_during_upload() {
         };
         let mut c = connect(&target, &key, &opts).await.unwrap();
         let s = &mut c.session;
-        s.send(&Stat { path: "a\0b".into() }, &[]).await.unwrap();
+        s.send(
+            &Stat {
+                path: "a\0b".into(),
+            },
+            &[],
+        )
+        .await
+        .unwrap();
         let f = s.recv_required().await.unwrap();
         assert_eq!(f.parse::<ErrorMsg>().unwrap().code.as_str(), "path_escape");
 
@@ -271,8 +364,17 @@ fn nul_and_symlink_swapped_during_upload() {
         let (done, _) = s.expect::<Done>().await.unwrap();
         assert_eq!(done.size, 3 << 20);
     });
-    assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "nothing may land outside");
-    assert_eq!(fs::metadata(server.root.join("sub.moved/big")).unwrap().len(), 3 << 20);
+    assert_eq!(
+        fs::read_dir(&outside).unwrap().count(),
+        0,
+        "nothing may land outside"
+    );
+    assert_eq!(
+        fs::metadata(server.root.join("sub.moved/big"))
+            .unwrap()
+            .len(),
+        3 << 20
+    );
 }
 
 /// A malicious server answering `get -r` with names that try to escape.
@@ -281,7 +383,9 @@ fn client_refuses_malicious_server_names() {
     use skiff::keys::{UserKey, Users};
     use skiff::session::accept::{AuthPolicy, Authenticator};
     use skiff::session::Session;
-    use skiff_wire::message::files::{Data, End, Entries, Entry, EntryKind, FileHead, Get, StatReply};
+    use skiff_wire::message::files::{
+        Data, End, Entries, Entry, EntryKind, FileHead, Get, StatReply,
+    };
     use skiff_wire::message::handshake::Welcome;
 
     let work = tempfile::tempdir().unwrap();
@@ -321,14 +425,46 @@ fn client_refuses_malicious_server_names() {
             ];
             while let Ok(Some(f)) = s.recv().await {
                 match f.op() {
-                    "stat" => s.send(&StatReply { entry: entry("t", EntryKind::Dir, None) }, &[]).await.unwrap(),
-                    "ls" => s.send(&Entries { more: false }, &serde_json::to_vec(&list).unwrap()).await.unwrap(),
+                    "stat" => s
+                        .send(
+                            &StatReply {
+                                entry: entry("t", EntryKind::Dir, None),
+                            },
+                            &[],
+                        )
+                        .await
+                        .unwrap(),
+                    "ls" => s
+                        .send(
+                            &Entries { more: false },
+                            &serde_json::to_vec(&list).unwrap(),
+                        )
+                        .await
+                        .unwrap(),
                     "get" => {
                         let _g: Get = f.parse().unwrap();
-                        s.queue(&FileHead { size: 4, mode: 0o644, mtime_ns: 0, offset: 0 }, &[]).unwrap();
+                        s.queue(
+                            &FileHead {
+                                size: 4,
+                                mode: 0o644,
+                                mtime_ns: 0,
+                                offset: 0,
+                            },
+                            &[],
+                        )
+                        .unwrap();
                         s.queue(&Data {}, b"evil").unwrap();
                         let digest = blake3::hash(b"evil").to_hex().to_string();
-                        s.send(&End { size: 4, digest, abort: false }, &[]).await.unwrap();
+                        s.send(
+                            &End {
+                                size: 4,
+                                digest,
+                                abort: false,
+                            },
+                            &[],
+                        )
+                        .await
+                        .unwrap();
                     }
                     _ => {}
                 }
@@ -349,12 +485,21 @@ fn client_refuses_malicious_server_names() {
     server.join().unwrap();
     fails_with(&out, "path_escape");
     assert_eq!(fs::read(local.join("good")).unwrap(), b"evil");
-    let mut names: Vec<_> = fs::read_dir(&base).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let mut names: Vec<_> = fs::read_dir(&base)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     names.sort();
     assert_eq!(names, vec!["local"], "nothing beside LOCAL");
-    let mut inside: Vec<_> = fs::read_dir(local.join("d")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let mut inside: Vec<_> = fs::read_dir(local.join("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     inside.sort();
-    assert!(inside.is_empty(), "no links out, no files through them: {inside:?}");
+    assert!(
+        inside.is_empty(),
+        "no links out, no files through them: {inside:?}"
+    );
     assert!(!Path::new("/tmp/absolute").exists());
 }
 
@@ -371,16 +516,28 @@ fn start_slow(server: &TestServer, args: &[&str], part: &Path, min: u64) -> std:
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while fs::metadata(part).map(|m| m.len()).unwrap_or(0) < min {
-        assert!(Instant::now() < deadline, "transfer never reached {min} bytes");
+        assert!(
+            Instant::now() < deadline,
+            "transfer never reached {min} bytes"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     child
 }
 
 fn resume(server: &TestServer, args: &[&str]) {
-    let out = server.client().args(args).env("RUST_LOG", "info").output().unwrap();
+    let out = server
+        .client()
+        .args(args)
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
     ok(&out);
-    assert!(stderr(&out).contains("resuming"), "did not resume: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("resuming"),
+        "did not resume: {}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -395,7 +552,10 @@ fn resume_after_client_killed_mid_put_and_mid_get() {
     c.kill().unwrap();
     c.wait().unwrap();
     std::thread::sleep(Duration::from_millis(200));
-    assert!(!server.root.join("f").exists(), "no partial file under the real name");
+    assert!(
+        !server.root.join("f").exists(),
+        "no partial file under the real name"
+    );
     resume(&server, &["put", "--resume", &url, p(&src), "f"]);
     assert_eq!(hash(&server.root.join("f")), hash(&src));
     assert!(leftovers(&server.root).is_empty());
@@ -448,7 +608,10 @@ fn readers_never_see_a_partial_file() {
     while !seen_new {
         assert!(Instant::now() < deadline);
         let len = fs::metadata(&dest).unwrap().len();
-        assert!(len == 1 << 20 || len == 24 << 20, "a reader saw {len} bytes");
+        assert!(
+            len == 1 << 20 || len == 24 << 20,
+            "a reader saw {len} bytes"
+        );
         seen_new = len == 24 << 20;
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -489,7 +652,14 @@ fn full_disk_is_no_space_and_leaves_nothing() {
         rlim_cur: 4 << 20,
         rlim_max: 4 << 20,
     };
-    let rc = unsafe { libc::prlimit(server.pid() as libc::pid_t, libc::RLIMIT_FSIZE, &limit, std::ptr::null_mut()) };
+    let rc = unsafe {
+        libc::prlimit(
+            server.pid() as libc::pid_t,
+            libc::RLIMIT_FSIZE,
+            &limit,
+            std::ptr::null_mut(),
+        )
+    };
     assert_eq!(rc, 0);
     let work = tempfile::tempdir().unwrap();
     let big = work.path().join("big");
