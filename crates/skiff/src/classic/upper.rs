@@ -32,7 +32,7 @@ pub enum Digest {
 
 impl Digest {
     /// The length of the answer: `len(digest)`.
-    pub fn len(self) -> usize {
+    pub fn output_len(self) -> usize {
         match self {
             Digest::Md5 => 16,
             Digest::Sha256 => 32,
@@ -98,7 +98,7 @@ impl UpperServer {
         let mut challenge = [0u8; CHALLENGE_LEN];
         rand::rngs::OsRng.fill_bytes(&mut challenge);
         conn.stream().write_all(&challenge).await?;
-        let mut answer = vec![0u8; self.digest.len()];
+        let mut answer = vec![0u8; self.digest.output_len()];
         match tokio::time::timeout(self.auth_timeout, conn.stream().read_exact(&mut answer)).await {
             Ok(Ok(_)) => Ok(self.digest.verify(&self.secret, &challenge, &answer)),
             Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
