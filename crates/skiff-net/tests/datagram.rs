@@ -31,7 +31,11 @@ async fn start(
     addr: &str,
     buffer: usize,
     handler: Arc<Describe>,
-) -> (ListenAddr, ShutdownHandle, tokio::task::JoinHandle<io::Result<()>>) {
+) -> (
+    ListenAddr,
+    ShutdownHandle,
+    tokio::task::JoinHandle<io::Result<()>>,
+) {
     let mut builder = Server::builder().datagram_buffer(buffer);
     builder.add_datagram(addr.parse().unwrap(), handler);
     let server = builder.bind().await.unwrap();
