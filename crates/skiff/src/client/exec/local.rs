@@ -61,5 +61,11 @@ fn raw_fd(fd: RawFd) -> ManuallyDrop<File> {
 /// which is the point: we stop reading the session and the server stops
 /// reading the command.
 pub fn write_out(fd: RawFd, bytes: &[u8]) -> io::Result<()> {
-    tokio::task::block_in_place(|| raw_fd(fd).write_all(bytes))
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let write = || raw_fd(fd).write_all(bytes);
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        // Let the runtime move other tasks off this worker meanwhile.
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(write),
+        _ => write(),
+    }
 }

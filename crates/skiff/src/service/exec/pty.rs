@@ -51,12 +51,9 @@ impl PtyMaster {
             let mut guard = self.fd.readable().await?;
             let r = guard.try_io(|fd| {
                 // SAFETY: `buf` is valid for `buf.len()` bytes.
-                let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
+                byte_count(unsafe {
+                    libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())
+                })
             });
             match r {
                 Ok(Ok(n)) => return Ok(n),
@@ -73,12 +70,7 @@ impl PtyMaster {
             let mut guard = self.fd.writable().await?;
             let r = guard.try_io(|fd| {
                 // SAFETY: `buf` is valid for `buf.len()` bytes.
-                let n = unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
+                byte_count(unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) })
             });
             match r {
                 Ok(r) => return r,
@@ -104,4 +96,9 @@ impl PtyMaster {
         let pgrp = unsafe { libc::tcgetpgrp(self.fd.as_raw_fd()) };
         (pgrp > 0).then(|| nix::unistd::Pid::from_raw(pgrp))
     }
+}
+
+/// A read(2)/write(2) result as a byte count or the errno.
+fn byte_count(n: isize) -> io::Result<usize> {
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
