@@ -119,6 +119,25 @@ fn round_trip_stats_and_exit_codes_through_the_binary() {
     assert!(text.contains("2 pings transmitted, 0 received, 100% loss"));
     assert!(text.contains("seq=1 within"), "{text}");
 
+    // The right user with a wrong key: every request dropped, exit 1.
+    let wrong_key = server.home.path().join("wrong.key");
+    let line = UserKey {
+        user: skiff::keys::load_key(&server.key_file).unwrap().user,
+        key: Key::generate(),
+    }
+    .to_line();
+    skiff::keys::write_private_new(&wrong_key, &format!("{line}\n")).unwrap();
+    let out = server
+        .client()
+        .args(["ping", "--udp", "-c", "2", "-i", "0", "-W", "0.3", "--key"])
+        .arg(&wrong_key)
+        .arg(server.url())
+        .output()
+        .unwrap();
+    let text = stdout_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("2 pings transmitted, 0 received, 100% loss"));
+
     // Bad arguments and a missing key: 255.
     for args in [
         vec!["-s", "70000"],
