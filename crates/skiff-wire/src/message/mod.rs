@@ -8,8 +8,11 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+pub mod exec;
+pub mod files;
 pub mod handshake;
 pub mod ping;
+pub mod udp;
 
 /// A header type with its `op` name.
 pub trait Message: Serialize + DeserializeOwned {
