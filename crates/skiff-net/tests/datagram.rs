@@ -53,6 +53,24 @@ async fn stop(handle: ShutdownHandle, task: tokio::task::JoinHandle<io::Result<(
         .unwrap();
 }
 
+/// A server on `DIR/server.sock` with a [`Describe`] handler.
+async fn start_unixgram(
+    dir: &std::path::Path,
+    buffer: usize,
+) -> (
+    std::path::PathBuf,
+    Arc<Describe>,
+    ShutdownHandle,
+    tokio::task::JoinHandle<io::Result<()>>,
+) {
+    let path = dir.join("server.sock");
+    let handler = Arc::new(Describe::default());
+    let url = format!("unixgram://{}", path.display());
+    let (local, handle, task) = start(&url, buffer, handler.clone()).await;
+    assert_eq!(local, ListenAddr::UnixDatagram(path.clone()));
+    (path, handler, handle, task)
+}
+
 async fn udp_ask(client: &UdpSocket, payload: &[u8]) -> String {
     client.send(payload).await.unwrap();
     let mut buf = [0u8; 128];
@@ -85,11 +103,7 @@ async fn udp_reports_real_length_of_truncated_datagrams() {
 #[tokio::test]
 async fn unix_datagram_round_trip_and_truncation() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("server.sock");
-    let handler = Arc::new(Describe::default());
-    let url = format!("unixgram://{}", path.display());
-    let (local, handle, task) = start(&url, 16, handler.clone()).await;
-    assert_eq!(local, ListenAddr::UnixDatagram(path.clone()));
+    let (path, handler, handle, task) = start_unixgram(dir.path(), 16).await;
     let client = UnixDatagram::bind(dir.path().join("client.sock")).unwrap();
     client.connect(&path).unwrap();
     for (payload, want) in [
@@ -114,10 +128,7 @@ async fn unix_datagram_round_trip_and_truncation() {
 #[tokio::test]
 async fn unnamed_unix_sender_cannot_be_answered_and_server_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("server.sock");
-    let handler = Arc::new(Describe::default());
-    let url = format!("unixgram://{}", path.display());
-    let (_, handle, task) = start(&url, 64, handler.clone()).await;
+    let (path, handler, handle, task) = start_unixgram(dir.path(), 64).await;
     let unnamed = UnixDatagram::unbound().unwrap();
     unnamed.send_to(b"who am i", &path).await.unwrap();
     // The named client's answer proves the unnamed datagram was handled

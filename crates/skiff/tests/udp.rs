@@ -119,6 +119,25 @@ fn round_trip_stats_and_exit_codes_through_the_binary() {
     assert!(text.contains("2 pings transmitted, 0 received, 100% loss"));
     assert!(text.contains("seq=1 within"), "{text}");
 
+    // The right user with a wrong key: every request dropped, exit 1.
+    let wrong_key = server.home.path().join("wrong.key");
+    let line = UserKey {
+        user: skiff::keys::load_key(&server.key_file).unwrap().user,
+        key: Key::generate(),
+    }
+    .to_line();
+    skiff::keys::write_private_new(&wrong_key, &format!("{line}\n")).unwrap();
+    let out = server
+        .client()
+        .args(["ping", "--udp", "-c", "2", "-i", "0", "-W", "0.3", "--key"])
+        .arg(&wrong_key)
+        .arg(server.url())
+        .output()
+        .unwrap();
+    let text = stdout_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("2 pings transmitted, 0 received, 100% loss"));
+
     // Bad arguments and a missing key: 255.
     for args in [
         vec!["-s", "70000"],
@@ -422,24 +441,26 @@ fn relay(server: SocketAddr, mode: Relay) -> (SocketAddr, Arc<AtomicBool>) {
     (addr, stop)
 }
 
-fn ping_via(server: &TestServer, relay_addr: SocketAddr, count: &str) -> (i32, String) {
+/// Pings `count` times through a relay in `mode`; ping must exit 0.
+fn ping_via(server: &TestServer, addr: SocketAddr, mode: Relay, count: &str) -> String {
+    let (via, stop) = relay(addr, mode);
     let out = server
         .client()
         .args(["ping", "--udp", "-c", count, "-i", "0.02", "-W", "0.5"])
-        .arg(format!("udp://{relay_addr}"))
+        .arg(format!("udp://{via}"))
         .output()
         .unwrap();
-    (out.status.code().unwrap_or(-1), stdout_of(&out))
+    stop.store(true, Ordering::Relaxed);
+    let text = stdout_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    text
 }
 
 #[test]
 fn loss_duplicates_and_reordering_through_a_relay() {
     let (server, addr, _) = udp_server();
 
-    let (via, stop) = relay(addr, Relay::DropEveryThird);
-    let (code, text) = ping_via(&server, via, "30");
-    stop.store(true, Ordering::Relaxed);
-    assert_eq!(code, 0, "{text}");
+    let text = ping_via(&server, addr, Relay::DropEveryThird, "30");
     assert!(
         text.contains("30 pings transmitted, 20 received, 33.3% loss"),
         "{text}"
@@ -449,10 +470,7 @@ fn loss_duplicates_and_reordering_through_a_relay() {
     }
     assert!(!text.contains("duplicates") && !text.contains("reordered"));
 
-    let (via, stop) = relay(addr, Relay::DuplicateReplies);
-    let (code, text) = ping_via(&server, via, "6");
-    stop.store(true, Ordering::Relaxed);
-    assert_eq!(code, 0, "{text}");
+    let text = ping_via(&server, addr, Relay::DuplicateReplies, "6");
     // The last reply's copy may come after ping has its 6 answers and
     // stops listening (as ping(8) does); earlier copies are all seen.
     let dups = text.matches("(DUP!)").count();
@@ -464,10 +482,7 @@ fn loss_duplicates_and_reordering_through_a_relay() {
         "{text}"
     );
 
-    let (via, stop) = relay(addr, Relay::SwapReplyPairs);
-    let (code, text) = ping_via(&server, via, "6");
-    stop.store(true, Ordering::Relaxed);
-    assert_eq!(code, 0, "{text}");
+    let text = ping_via(&server, addr, Relay::SwapReplyPairs, "6");
     assert!(
         text.contains("6 pings transmitted, 6 received, 3 reordered, 0% loss"),
         "{text}"
