@@ -42,15 +42,18 @@ fn main() -> anyhow::Result<()> {
         .stdout
         .take()
         .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let mut lines = BufReader::new(stdout).lines();
     let mut urls = Vec::new();
-    for line in BufReader::new(stdout).lines() {
-        if let Some(url) = line?.strip_prefix("listening on ") {
+    while urls.len() < 2 {
+        let line = lines
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("server exited"))??;
+        if let Some(url) = line.strip_prefix("listening on ") {
             urls.push(url.to_string());
-            if urls.len() == 2 {
-                break;
-            }
         }
     }
+    // Keep reading the server's stdout so it never writes into a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
     let key = skiff::keys::load_key(&home.path().join(".config/skiff/key"))?;
     let opts = ConnectOptions {
         known_servers: None,

@@ -18,6 +18,13 @@ use crate::session::handshake::{Block, NO_BINDING};
 use crate::session::tls::ServerIdentity;
 use crate::session::{Io, Session, SessionError};
 
+/// Prints a startup line on stdout. Unlike `println!` it ignores a closed
+/// stdout (`skiff serve | head -3`), which must not bring the server down.
+pub(crate) fn announce(line: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stdout(), "{line}");
+}
+
 /// One `--listen` URL: the address and whether TLS runs on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listen {
@@ -231,12 +238,15 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let tls = if needs_tls {
         let (identity, created) = ServerIdentity::load_or_create(&cfg.state_dir)?;
         if created {
-            println!(
+            announce(format_args!(
                 "created server certificate in {}",
                 cfg.state_dir.join("cert.pem").display()
-            );
+            ));
         }
-        println!("certificate fingerprint {}", identity.fingerprint());
+        announce(format_args!(
+            "certificate fingerprint {}",
+            identity.fingerprint()
+        ));
         Some((identity.acceptor()?, identity.binding()))
     } else {
         None
@@ -264,9 +274,9 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     // skiff-net lists stream listeners first, then datagram ones (no TLS).
     tls_flags.resize(server.local_addrs().len(), false);
     for (addr, tls) in server.local_addrs().iter().zip(tls_flags) {
-        println!("listening on {}", Listen::url(addr, tls));
+        announce(format_args!("listening on {}", Listen::url(addr, tls)));
     }
-    println!("serving {}", root.display());
+    announce(format_args!("serving {}", root.display()));
     use std::io::Write;
     let _ = std::io::stdout().flush();
     server.run().await?;

@@ -101,18 +101,22 @@ fn first_run_users(users_file: &Path) -> anyhow::Result<()> {
     } else {
         let uk = UserKey::generate(&keys::current_user());
         keys::write_private_new(&key_path, &format!("{}\n", uk.to_line()))?;
-        println!("wrote client key for {} to {}", uk.user, key_path.display());
+        crate::server::announce(format_args!(
+            "wrote client key for {} to {}",
+            uk.user,
+            key_path.display()
+        ));
         uk
     };
     keys::write_private_new(
         users_file,
         &format!("# skiff users: NAME BASE64KEY per line\n{}\n", uk.to_line()),
     )?;
-    println!(
+    crate::server::announce(format_args!(
         "created users file {} with a key for {}",
         users_file.display(),
         uk.user
-    );
+    ));
     Ok(())
 }
 
