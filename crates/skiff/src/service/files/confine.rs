@@ -26,7 +26,7 @@ pub fn escape(path: &str) -> ErrorMsg {
 }
 
 /// Splits a client path into components, refusing `..` and NUL.
-pub fn components<'p>(path: &'p str) -> Result<Vec<&'p str>, ErrorMsg> {
+pub fn components(path: &str) -> Result<Vec<&str>, ErrorMsg> {
     split_remote(path).map_err(|PathRefused::Escape| escape(path))
 }
 
