@@ -1,5 +1,6 @@
 //! The client side: connect, authenticate, and run operations.
 
+pub mod bench;
 pub mod known_servers;
 pub mod ping;
 

@@ -1,0 +1,304 @@
+//! Load generation for `skiff bench`: many authenticated sessions doing
+//! round trips, with a bounded-memory latency histogram.
+//!
+//! The ping load works like redis-benchmark's `-P`: each connection queues
+//! `pipeline` pings, flushes them in one write, then reads their pongs in
+//! order; a request's latency runs from that flush to its pong. With
+//! `pipeline = 1` it is plain request/response.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::Serialize;
+use skiff_wire::message::ping::{Ping, Pong};
+
+use super::{connect, ClientError, ConnectOptions};
+use crate::keys::UserKey;
+use crate::target::Target;
+
+/// Sub-buckets per power of two: about 1.5% relative precision.
+const SUB_BUCKET_BITS: u32 = 6;
+const SUB_BUCKETS: usize = 1 << SUB_BUCKET_BITS;
+/// Values up to 2^40 ns (about 18 minutes) are kept exactly enough.
+const MAX_EXPONENT: usize = 40;
+
+/// A log-linear latency histogram (HdrHistogram's idea, in 20 KiB):
+/// recording is O(1) and memory does not grow with the number of samples,
+/// so a long run with millions of requests stays bounded.
+#[derive(Debug, Clone)]
+pub struct Histogram {
+    counts: Vec<u64>,
+    total: u64,
+    max_ns: u64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            counts: vec![0; (MAX_EXPONENT + 1) * SUB_BUCKETS],
+            total: 0,
+            max_ns: 0,
+        }
+    }
+}
+
+impl Histogram {
+    fn index(ns: u64) -> usize {
+        let ns = ns.min((1u64 << MAX_EXPONENT) - 1);
+        if ns < SUB_BUCKETS as u64 {
+            return ns as usize;
+        }
+        let exp = 63 - ns.leading_zeros();
+        let shift = exp - SUB_BUCKET_BITS;
+        let sub = ((ns >> shift) as usize) & (SUB_BUCKETS - 1);
+        (shift as usize + 1) * SUB_BUCKETS + sub
+    }
+
+    /// The largest value that falls into bucket `i` (a conservative
+    /// percentile: never below the true one by more than one bucket).
+    fn upper_bound(i: usize) -> u64 {
+        if i < SUB_BUCKETS {
+            return i as u64;
+        }
+        let shift = (i / SUB_BUCKETS - 1) as u32;
+        let sub = (i % SUB_BUCKETS) as u64;
+        ((SUB_BUCKETS as u64 + sub + 1) << shift) - 1
+    }
+
+    /// Records one latency.
+    pub fn record(&mut self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.counts[Self::index(ns)] += 1;
+        self.total += 1;
+        self.max_ns = self.max_ns.max(ns);
+    }
+
+    /// Adds another histogram's samples (one per connection, merged at the end).
+    pub fn merge(&mut self, other: &Histogram) {
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+        self.total += other.total;
+        self.max_ns = self.max_ns.max(other.max_ns);
+    }
+
+    /// Number of samples.
+    pub fn count(&self) -> u64 {
+        self.total
+    }
+
+    /// The `q`-quantile (0.0..=1.0), `None` without samples.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        if self.total == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * self.total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Some(Duration::from_nanos(Self::upper_bound(i).min(self.max_ns)));
+            }
+        }
+        Some(Duration::from_nanos(self.max_ns))
+    }
+
+    /// p50, p99, p999 and max in milliseconds, for reports.
+    pub fn summary(&self) -> LatencySummary {
+        let ms = |q: f64| self.quantile(q).map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+        LatencySummary {
+            p50_ms: ms(0.5),
+            p99_ms: ms(0.99),
+            p999_ms: ms(0.999),
+            max_ms: self.max_ns as f64 / 1e6,
+        }
+    }
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct LatencySummary {
+    /// Median.
+    pub p50_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// 99.9th percentile.
+    pub p999_ms: f64,
+    /// Slowest request.
+    pub max_ms: f64,
+}
+
+/// What `skiff bench ping` runs.
+#[derive(Debug, Clone)]
+pub struct PingLoad {
+    /// Concurrent sessions.
+    pub connections: usize,
+    /// How long to measure (connecting is not counted).
+    pub duration: Duration,
+    /// Pings in flight per connection.
+    pub pipeline: usize,
+    /// Payload bytes per ping.
+    pub size: usize,
+}
+
+/// The result of a ping load.
+#[derive(Debug, Clone, Serialize)]
+pub struct PingReport {
+    /// Concurrent sessions.
+    pub connections: usize,
+    /// Pings in flight per connection.
+    pub pipeline: usize,
+    /// Payload bytes per ping.
+    pub size: usize,
+    /// Round trips completed while measuring.
+    pub requests: u64,
+    /// Measured wall time in seconds.
+    pub seconds: f64,
+    /// Round trips per second, all connections together.
+    pub requests_per_sec: f64,
+    /// Per-request latency.
+    pub latency: LatencySummary,
+}
+
+/// Opens `load.connections` sessions, then runs pings on all of them for
+/// `load.duration` and reports throughput and latency. Any failed session
+/// fails the whole run (a benchmark that silently loses connections would
+/// report a lie).
+pub async fn ping_load(
+    target: &Target,
+    key: &UserKey,
+    opts: &ConnectOptions,
+    load: &PingLoad,
+) -> Result<PingReport, ClientError> {
+    let connections = load.connections.max(1);
+    let pipeline = load.pipeline.max(1);
+    if load.size > skiff_wire::MAX_BODY_LEN {
+        return Err(ClientError::Local(format!(
+            "--size {} exceeds the frame limit of {} bytes",
+            load.size,
+            skiff_wire::MAX_BODY_LEN
+        )));
+    }
+    // Connect everyone first, a few at a time, so handshakes are not timed.
+    let mut sessions = Vec::with_capacity(connections);
+    let mut pending = tokio::task::JoinSet::new();
+    let mut started = 0;
+    while sessions.len() < connections {
+        while started < connections && pending.len() < 16 {
+            let (t, k, o) = (target.clone(), key.clone(), opts.clone());
+            pending.spawn(async move { connect(&t, &k, &o).await });
+            started += 1;
+        }
+        match pending.join_next().await {
+            Some(Ok(client)) => sessions.push(client?),
+            Some(Err(e)) => return Err(ClientError::Local(format!("connect task failed: {e}"))),
+            None => break,
+        }
+    }
+    let payload = Bytes::from((0..load.size).map(|i| i as u8).collect::<Vec<u8>>());
+    let start = Instant::now();
+    let deadline = tokio::time::Instant::from_std(start + load.duration);
+    let mut workers = tokio::task::JoinSet::new();
+    for client in sessions {
+        let payload = payload.clone();
+        workers.spawn(async move {
+            let mut session = client.session;
+            let mut hist = Histogram::default();
+            let result = ping_loop(&mut session, &payload, pipeline, deadline, &mut hist).await;
+            let _ = session.close().await;
+            result.map(|()| hist)
+        });
+    }
+    let mut hist = Histogram::default();
+    while let Some(joined) = workers.join_next().await {
+        match joined {
+            Ok(h) => hist.merge(&h?),
+            Err(e) => return Err(ClientError::Local(format!("bench task failed: {e}"))),
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    Ok(PingReport {
+        connections,
+        pipeline,
+        size: load.size,
+        requests: hist.count(),
+        seconds,
+        requests_per_sec: hist.count() as f64 / seconds.max(1e-9),
+        latency: hist.summary(),
+    })
+}
+
+/// One connection's batches: queue `pipeline` pings, flush, read as many
+/// pongs in order; until the deadline. A batch in flight at the deadline
+/// is finished (so every request sent is answered) but still counted.
+async fn ping_loop(
+    session: &mut crate::session::Session<'static>,
+    payload: &Bytes,
+    pipeline: usize,
+    deadline: tokio::time::Instant,
+    hist: &mut Histogram,
+) -> Result<(), ClientError> {
+    // A stalled server must not hang the benchmark past its time.
+    let grace = Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
+        for _ in 0..pipeline {
+            session.queue(&Ping {}, payload)?;
+        }
+        let sent = Instant::now();
+        session.flush().await?;
+        for _ in 0..pipeline {
+            let (_, frame) = tokio::time::timeout_at(deadline + grace, session.expect::<Pong>())
+                .await
+                .map_err(|_| ClientError::Local("server stopped answering pings".into()))??;
+            if frame.body() != payload {
+                return Err(ClientError::Local(
+                    "a pong did not carry its ping's payload".into(),
+                ));
+            }
+            hist.record(sent.elapsed());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_are_within_a_bucket() {
+        let mut h = Histogram::default();
+        for us in 1..=1000u64 {
+            h.record(Duration::from_micros(us));
+        }
+        let p50 = h.quantile(0.5).unwrap().as_micros() as f64;
+        let p99 = h.quantile(0.99).unwrap().as_micros() as f64;
+        assert!((p50 - 500.0).abs() / 500.0 < 0.02, "p50 {p50}");
+        assert!((p99 - 990.0).abs() / 990.0 < 0.02, "p99 {p99}");
+        assert_eq!(h.quantile(1.0).unwrap(), Duration::from_micros(1000));
+        assert_eq!(h.count(), 1000);
+    }
+
+    #[test]
+    fn buckets_cover_their_values() {
+        for ns in [0u64, 1, 63, 64, 65, 127, 128, 1000, 123_456_789, 1 << 39] {
+            let i = Histogram::index(ns);
+            assert!(Histogram::upper_bound(i) >= ns, "{ns}");
+            if i > 0 {
+                assert!(Histogram::upper_bound(i - 1) < ns, "{ns}");
+            }
+        }
+    }
+
+    #[test]
+    fn merge_adds_counts() {
+        let mut a = Histogram::default();
+        let mut b = Histogram::default();
+        a.record(Duration::from_millis(1));
+        b.record(Duration::from_millis(3));
+        a.merge(&b);
+        assert_eq!(a.count(), 2);
+        assert_eq!(a.summary().max_ms, 3.0);
+        assert!(Histogram::default().quantile(0.5).is_none());
+    }
+}
