@@ -1,14 +1,28 @@
 //! Messages to bytes.
 
 use bytes::{BufMut, BytesMut};
+use serde::de::IgnoredAny;
+use serde::Deserialize;
 
 use crate::{FrameError, Limits, Message};
+
+/// Finds whether a serialized message has fields of its own named `op` or
+/// `len`: the frame layer owns those names, and a message `len` would make
+/// the receiver wait for a body that never comes.
+#[derive(Deserialize)]
+struct ReservedFields {
+    op: Option<IgnoredAny>,
+    len: Option<IgnoredAny>,
+}
 
 /// Appends one frame carrying `msg` and `body` to `dst`.
 ///
 /// The header is `{"op":M::OP` (plus `"len"` when `body` is not empty)
 /// followed by the message's own fields, written straight into `dst`
-/// without an intermediate JSON tree.
+/// without an intermediate JSON tree. A message that does not serialize to
+/// a JSON object, or has its own `op` or `len` field, is refused with
+/// [`FrameError::NotAnObject`] / [`FrameError::BadMessage`]: the frame layer
+/// owns those names. On error nothing is appended to `dst`.
 pub fn encode_frame<M: Message>(
     msg: &M,
     body: &[u8],
@@ -21,6 +35,17 @@ pub fn encode_frame<M: Message>(
     // `fields` is `{...}`: a struct always serializes to an object.
     if fields.first() != Some(&b'{') {
         return Err(FrameError::NotAnObject);
+    }
+    let reserved =
+        serde_json::from_slice::<ReservedFields>(&fields).map_err(|e| FrameError::BadMessage {
+            op: M::OP.to_string(),
+            reason: e.to_string(),
+        })?;
+    if reserved.op.is_some() || reserved.len.is_some() {
+        return Err(FrameError::BadMessage {
+            op: M::OP.to_string(),
+            reason: "a message may not have its own \"op\" or \"len\" field".into(),
+        });
     }
     let inner = &fields[1..fields.len() - 1];
     let mut head = Vec::with_capacity(fields.len() + M::OP.len() + 24);
@@ -65,4 +90,118 @@ pub fn encode_raw(header: &[u8], body: &[u8], dst: &mut BytesMut) -> Result<(), 
     dst.put_slice(header);
     dst.put_slice(body);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::handshake::{Hello, Welcome};
+    use crate::{ErrorCode, ErrorMsg, FrameReader, MAX_BODY_LEN, MAX_HEADER_LEN};
+    use serde::Serialize;
+
+    fn header_json(buf: &[u8]) -> serde_json::Value {
+        let h = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        serde_json::from_slice(&buf[4..4 + h]).unwrap()
+    }
+
+    #[test]
+    fn typed_message_round_trips() {
+        let hello = Hello {
+            v: 1,
+            user: "ana \"q\" é".into(),
+            nonce: "AAAA".into(),
+        };
+        let mut buf = BytesMut::new();
+        encode_frame(&hello, b"", &mut buf).unwrap();
+        let mut r = FrameReader::new();
+        r.feed(&buf);
+        let f = r.next_frame().unwrap().unwrap();
+        assert!(f.is::<Hello>());
+        assert_eq!(f.parse::<Hello>().unwrap(), hello);
+        assert!(f.parse::<Welcome>().is_err(), "op is checked");
+        assert_eq!(r.buffered(), 0);
+    }
+
+    #[test]
+    fn len_is_added_only_with_a_body() {
+        let msg = ErrorMsg::new(ErrorCode::Busy, "full");
+        let mut buf = BytesMut::new();
+        encode_frame(&msg, b"", &mut buf).unwrap();
+        let h = header_json(&buf);
+        assert_eq!(h["op"], "error");
+        assert_eq!(h["code"], "busy");
+        assert!(h.get("len").is_none());
+
+        let mut buf = BytesMut::new();
+        encode_frame(&msg, b"xyz", &mut buf).unwrap();
+        let h = header_json(&buf);
+        assert_eq!(h["len"], 3);
+        assert_eq!(&buf[buf.len() - 3..], b"xyz");
+        let mut r = FrameReader::new();
+        r.feed(&buf);
+        let f = r.next_frame().unwrap().unwrap();
+        assert_eq!(f.parse::<ErrorMsg>().unwrap(), msg);
+        assert_eq!(&f.body()[..], b"xyz");
+    }
+
+    #[test]
+    fn empty_message_is_just_the_op() {
+        let mut buf = BytesMut::new();
+        encode_frame(&crate::message::ping::Ping {}, b"", &mut buf).unwrap();
+        assert_eq!(&buf[4..], br#"{"op":"ping"}"#);
+    }
+
+    #[derive(Serialize, serde::Deserialize)]
+    struct WithLen {
+        len: u64,
+    }
+    crate::messages!(WithLen => "with_len");
+
+    #[derive(Serialize, serde::Deserialize)]
+    struct WithOp {
+        op: String,
+    }
+    crate::messages!(WithOp => "with_op");
+
+    #[derive(Serialize, serde::Deserialize)]
+    struct Unit;
+    crate::messages!(Unit => "unit");
+
+    #[test]
+    fn messages_may_not_claim_op_or_len() {
+        let mut buf = BytesMut::new();
+        assert!(matches!(
+            encode_frame(&WithLen { len: 5 }, b"", &mut buf),
+            Err(FrameError::BadMessage { .. })
+        ));
+        assert!(matches!(
+            encode_frame(&WithOp { op: "x".into() }, b"", &mut buf),
+            Err(FrameError::BadMessage { .. })
+        ));
+        assert_eq!(
+            encode_frame(&Unit, b"", &mut buf),
+            Err(FrameError::NotAnObject)
+        );
+        assert!(buf.is_empty(), "a refused message writes nothing");
+    }
+
+    #[test]
+    fn raw_frames_respect_the_limits() {
+        let mut buf = BytesMut::new();
+        assert_eq!(encode_raw(b"", b"", &mut buf), Err(FrameError::EmptyHeader));
+        assert!(matches!(
+            encode_raw(&vec![b' '; MAX_HEADER_LEN + 1], b"", &mut buf),
+            Err(FrameError::HeaderTooLarge { .. })
+        ));
+        assert!(matches!(
+            encode_raw(b"{}", &vec![0; MAX_BODY_LEN + 1], &mut buf),
+            Err(FrameError::BodyTooLarge { .. })
+        ));
+        assert!(buf.is_empty());
+        let msg = ErrorMsg::new(ErrorCode::Internal, "");
+        assert!(matches!(
+            encode_frame(&msg, &vec![0; MAX_BODY_LEN + 1], &mut buf),
+            Err(FrameError::BodyTooLarge { .. })
+        ));
+    }
 }

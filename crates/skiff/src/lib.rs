@@ -14,3 +14,4 @@ pub mod server;
 pub mod service;
 pub mod session;
 pub mod target;
+pub mod transfer;

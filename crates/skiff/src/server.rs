@@ -11,6 +11,7 @@ use skiff_net::{Connection, ListenAddr, Server, StreamHandler};
 use skiff_wire::message::handshake::Welcome;
 
 use crate::keys::Users;
+use crate::service::udp_ping::UdpPingService;
 use crate::service::{self, ServiceContext};
 use crate::session::accept::{AuthPolicy, Authenticator};
 use crate::session::handshake::{Block, NO_BINDING};
@@ -145,6 +146,8 @@ impl StreamHandler for SessionHandler {
             Ok(Ok(user)) => user,
             Ok(Err(e)) => {
                 tracing::info!(%peer, error = %e, "authentication failed");
+                // Bounded: a peer that stops reading cannot hold us here.
+                let _ = tokio::time::timeout(Duration::from_secs(1), session.close()).await;
                 return Ok(());
             }
             Err(_) => {
@@ -188,6 +191,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         .canonicalize()
         .with_context(|| format!("resolving root {}", cfg.root.display()))?;
     let users = Users::load(&cfg.users_file)?;
+    service::files::ignore_file_size_signal();
     if users.is_empty() {
         bail!(
             "{} lists no users; add one with `skiff keygen --user NAME`",
@@ -198,6 +202,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         server: format!("skiff {}", env!("CARGO_PKG_VERSION")),
         services: ServiceContext::services(!cfg.no_exec),
     };
+    let udp_ping = Arc::new(UdpPingService::new(users.clone()));
     let auth = Arc::new(Authenticator::new(users, cfg.auth, welcome));
     let needs_tls = cfg.listen.iter().any(|l| l.tls);
     let tls = if needs_tls {
@@ -219,10 +224,8 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let mut tls_flags = Vec::new();
     for l in &cfg.listen {
         if l.addr.is_datagram() {
-            bail!(
-                "{}: UDP ping is not built yet in this version of skiff",
-                l.addr
-            );
+            builder.add_datagram(l.addr.clone(), udp_ping.clone());
+            continue;
         }
         let handler = Arc::new(SessionHandler {
             tls: if l.tls { tls.clone() } else { None },
@@ -235,6 +238,8 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         tls_flags.push(l.tls);
     }
     let server = builder.bind().await?;
+    // skiff-net lists stream listeners first, then datagram ones (no TLS).
+    tls_flags.resize(server.local_addrs().len(), false);
     for (addr, tls) in server.local_addrs().iter().zip(tls_flags) {
         println!("listening on {}", Listen::url(addr, tls));
     }

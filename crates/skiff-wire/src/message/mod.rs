@@ -8,8 +8,10 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+pub mod files;
 pub mod handshake;
 pub mod ping;
+pub mod udp;
 
 /// A header type with its `op` name.
 pub trait Message: Serialize + DeserializeOwned {

@@ -22,6 +22,12 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     let line = UserKey::generate(&user).to_line();
     match args.out {
         Some(path) => {
+            if path.exists() {
+                anyhow::bail!(
+                    "{} already exists; refusing to overwrite a key (remove it first or pick another --out)",
+                    path.display()
+                );
+            }
             keys::write_private_new(&path, &format!("{line}\n"))?;
             eprintln!("wrote key for {user} to {}", path.display());
         }

@@ -1,53 +1,155 @@
-//! `skiff ping`: round trips like ping(8).
+//! `skiff ping`: round trips like ping(8), over the session or over UDP.
 
 use std::time::Duration;
 
+use anyhow::bail;
+
 use super::connect::{parse_target, KeyArg};
 use crate::client::ping::{ping_once, RttStats};
-use crate::target::Target;
+use crate::client::udp_ping::{self, PingEvent, UdpPingOptions};
+use crate::target::{split_host_port, Target, DEFAULT_PORT};
 
 /// Arguments of `skiff ping`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
     key: KeyArg,
-    /// Ping over UDP datagrams instead of the session.
+    /// Ping over UDP datagrams instead of the session (implied by a
+    /// udp:// TARGET).
     #[arg(long)]
     udp: bool,
-    /// Stop after COUNT replies (default: until Ctrl-C).
+    /// Stop after COUNT pings (default: until Ctrl-C).
     #[arg(short = 'c', value_name = "COUNT")]
     count: Option<u64>,
-    /// Seconds between pings.
+    /// Seconds between pings; 0 sends the next as soon as the previous one
+    /// is answered (or, over UDP, timed out).
     #[arg(short = 'i', value_name = "INTERVAL", default_value_t = 1.0)]
     interval: f64,
     /// Payload bytes per ping.
     #[arg(short = 's', value_name = "SIZE", default_value_t = 56)]
     size: usize,
-    /// Server: HOST[:PORT], [IPv6]:PORT or a URL.
-    #[arg(value_parser = parse_target)]
-    target: Target,
+    /// UDP: seconds to wait for each reply before counting it lost.
+    #[arg(short = 'W', value_name = "TIMEOUT", default_value_t = 2.0)]
+    timeout: f64,
+    /// Server: HOST[:PORT], [IPv6]:PORT or a URL; with --udp, HOST[:PORT]
+    /// or udp://HOST:PORT (default port 7878).
+    #[arg(value_parser = parse_ping_target)]
+    target: PingTarget,
+}
+
+/// A TARGET as written: a session target, or an explicit `udp://` URL.
+#[derive(Debug, Clone)]
+enum PingTarget {
+    Session(Target),
+    Udp { host: String, port: u16 },
+}
+
+fn parse_ping_target(s: &str) -> Result<PingTarget, String> {
+    match s.strip_prefix("udp://") {
+        Some(rest) => {
+            let (host, port) = split_host_port(rest, DEFAULT_PORT)?;
+            if host.is_empty() {
+                return Err(format!("no host in {s:?}"));
+            }
+            Ok(PingTarget::Udp { host, port })
+        }
+        None => parse_target(s).map(PingTarget::Session),
+    }
 }
 
 /// Runs the pings and prints the summary.
 pub fn run(args: Args) -> anyhow::Result<i32> {
-    if args.udp {
-        return super::not_built("ping --udp");
+    let Ok(interval) = Duration::try_from_secs_f64(args.interval) else {
+        bail!("-i {}: the interval must be a number of seconds >= 0", args.interval);
+    };
+    let udp_addr = match (&args.target, args.udp) {
+        (PingTarget::Udp { host, port }, _) => Some((host.clone(), *port)),
+        // A bare HOST[:PORT] parses as a TLS target; over UDP it is the
+        // same host and port.
+        (PingTarget::Session(Target::Tls { host, port }), true) => Some((host.clone(), *port)),
+        (PingTarget::Session(other), true) => {
+            bail!("--udp needs HOST[:PORT] or udp://HOST:PORT, not {other}")
+        }
+        (PingTarget::Session(_), false) => None,
+    };
+    let Some((host, port)) = udp_addr else {
+        if args.size > skiff_wire::MAX_BODY_LEN {
+            bail!(
+                "-s {} exceeds the frame limit of {} bytes",
+                args.size,
+                skiff_wire::MAX_BODY_LEN
+            );
+        }
+        return super::runtime()?.block_on(session_ping(args, interval));
+    };
+    let max = skiff_wire::message::udp::MAX_UDP_BODY;
+    if args.size > max {
+        bail!("-s {}: a UDP ping carries at most {max} bytes", args.size);
     }
-    if args.size > skiff_wire::MAX_BODY_LEN {
-        anyhow::bail!(
-            "-s {} exceeds the frame limit of {} bytes",
-            args.size,
-            skiff_wire::MAX_BODY_LEN
-        );
-    }
-    super::runtime()?.block_on(session_ping(args))
+    let timeout = match Duration::try_from_secs_f64(args.timeout) {
+        Ok(t) if !t.is_zero() => t,
+        _ => bail!("-W {}: the timeout must be a number of seconds > 0", args.timeout),
+    };
+    let opts = UdpPingOptions {
+        count: args.count,
+        interval,
+        size: args.size,
+        timeout,
+    };
+    let host_port = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    super::runtime()?.block_on(udp_ping(&args.key, &host_port, &opts))
 }
 
-async fn session_ping(args: Args) -> anyhow::Result<i32> {
-    let mut client = super::connect::open(&args.target, &args.key).await?;
-    println!("PING {} ({} bytes of payload)", args.target, args.size);
+async fn udp_ping(key: &KeyArg, host_port: &str, opts: &UdpPingOptions) -> anyhow::Result<i32> {
+    let key = key.load()?;
+    let socket = udp_ping::connect(host_port).await?;
+    let target = format!("udp://{host_port}");
+    println!("PING {target} ({} bytes of payload)", opts.size);
+    let stop = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let report = udp_ping::run(&socket, &key, opts, stop, |event| match event {
+        PingEvent::Reply {
+            seq,
+            bytes,
+            rtt,
+            reordered,
+        } => println!(
+            "{bytes} bytes from {target}: seq={seq} time={:.3} ms{}",
+            rtt.as_secs_f64() * 1000.0,
+            if *reordered { " (reordered)" } else { "" }
+        ),
+        PingEvent::Duplicate { seq } => println!("reply from {target}: seq={seq} (DUP!)"),
+        PingEvent::Timeout { seq } => println!(
+            "no reply from {target}: seq={seq} within {:.3} s",
+            opts.timeout.as_secs_f64()
+        ),
+    })
+    .await?;
+    print_summary(
+        &target,
+        &Totals {
+            transmitted: report.transmitted,
+            received: report.received,
+            duplicates: report.duplicates,
+            reordered: report.reordered,
+        },
+        &report.rtt,
+    );
+    Ok(if report.received > 0 { 0 } else { 1 })
+}
+
+async fn session_ping(args: Args, interval: Duration) -> anyhow::Result<i32> {
+    let PingTarget::Session(target) = &args.target else {
+        bail!("a udp:// target needs --udp");
+    };
+    let mut client = super::connect::open(target, &args.key).await?;
+    println!("PING {} ({} bytes of payload)", target, args.size);
     let payload: Vec<u8> = (0..args.size).map(|i| i as u8).collect();
-    let interval = Duration::from_secs_f64(args.interval.max(0.0));
     let mut stats = RttStats::default();
     let mut seq = 0u64;
     let interrupted = tokio::signal::ctrl_c();
@@ -64,7 +166,7 @@ async fn session_ping(args: Args) -> anyhow::Result<i32> {
         println!(
             "{} bytes from {}: seq={} time={:.3} ms",
             args.size,
-            args.target,
+            target,
             seq,
             rtt.as_secs_f64() * 1000.0
         );
@@ -77,15 +179,87 @@ async fn session_ping(args: Args) -> anyhow::Result<i32> {
             _ = &mut interrupted => break,
         }
     }
-    println!("--- {} ping statistics ---", args.target);
-    println!(
-        "{} pings transmitted, {} received, 0% loss",
-        seq,
-        stats.count()
+    let totals = Totals {
+        transmitted: seq,
+        received: stats.count() as u64,
+        ..Totals::default()
+    };
+    print_summary(&target.to_string(), &totals, &stats);
+    let _ = client.session.close().await;
+    Ok(0)
+}
+
+/// Counts for the summary's first line.
+#[derive(Debug, Default)]
+struct Totals {
+    transmitted: u64,
+    received: u64,
+    duplicates: u64,
+    reordered: u64,
+}
+
+/// The ping(8)-style summary, plus the median round trip.
+fn print_summary(target: &str, t: &Totals, stats: &RttStats) {
+    println!("--- {target} ping statistics ---");
+    let mut line = format!(
+        "{} pings transmitted, {} received",
+        t.transmitted, t.received
     );
+    if t.duplicates > 0 {
+        line.push_str(&format!(", +{} duplicates", t.duplicates));
+    }
+    if t.reordered > 0 {
+        line.push_str(&format!(", {} reordered", t.reordered));
+    }
+    println!("{line}, {} loss", loss_percent(t.transmitted, t.received));
     if let Some((min, avg, max, mdev)) = stats.summary() {
         println!("rtt min/avg/max/mdev = {min:.3}/{avg:.3}/{max:.3}/{mdev:.3} ms");
     }
-    let _ = client.session.close().await;
-    Ok(0)
+    if let Some(median) = stats.median() {
+        println!("rtt median = {median:.3} ms");
+    }
+}
+
+/// `33.3%`, `0%`, `100%`: one decimal only when it is not a whole number.
+fn loss_percent(transmitted: u64, received: u64) -> String {
+    if transmitted == 0 {
+        return "0%".to_string();
+    }
+    let lost = transmitted.saturating_sub(received) as f64;
+    let pct = (lost * 1000.0 / transmitted as f64).round() / 10.0;
+    if pct.fract() == 0.0 {
+        format!("{pct:.0}%")
+    } else {
+        format!("{pct:.1}%")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loss_is_printed_like_ping() {
+        assert_eq!(loss_percent(30, 20), "33.3%");
+        assert_eq!(loss_percent(10, 10), "0%");
+        assert_eq!(loss_percent(4, 0), "100%");
+        assert_eq!(loss_percent(0, 0), "0%");
+    }
+
+    #[test]
+    fn parses_udp_targets() {
+        assert!(matches!(
+            parse_ping_target("udp://[::1]:9"),
+            Ok(PingTarget::Udp { host, port: 9 }) if host == "::1"
+        ));
+        assert!(matches!(
+            parse_ping_target("udp://h"),
+            Ok(PingTarget::Udp { port: DEFAULT_PORT, .. })
+        ));
+        assert!(parse_ping_target("udp://").is_err());
+        assert!(matches!(
+            parse_ping_target("h:5"),
+            Ok(PingTarget::Session(_))
+        ));
+    }
 }

@@ -13,8 +13,8 @@ use crate::session::accept::AuthPolicy;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Address to listen on (repeatable): tcp://HOST:PORT (TLS),
-    /// tcp+plain://HOST:PORT (loopback only), unix:///PATH. Port 0 picks a
-    /// free port.
+    /// tcp+plain://HOST:PORT (loopback only), unix:///PATH, udp://HOST:PORT
+    /// (UDP ping). Port 0 picks a free port.
     #[arg(long, value_name = "URL", value_parser = parse_listen)]
     listen: Vec<Listen>,
     /// Directory to serve (default: the current directory).

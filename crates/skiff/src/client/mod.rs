@@ -1,8 +1,10 @@
 //! The client side: connect, authenticate, and run operations.
 
 pub mod bench;
+pub mod files;
 pub mod known_servers;
 pub mod ping;
+pub mod udp_ping;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -16,6 +18,7 @@ use crate::keys::UserKey;
 use crate::session::handshake::{self as hs, Block};
 use crate::session::{tls, Io, Session, SessionError};
 use crate::target::Target;
+use known_servers::PinState;
 
 /// Why a client operation failed. [`ClientError::Remote`] and
 /// [`ClientError::Local`] mean "the operation failed" (exit 1); everything
@@ -23,7 +26,7 @@ use crate::target::Target;
 #[derive(Debug, Error)]
 pub enum ClientError {
     /// No connection could be made.
-    #[error("cannot connect to {target}: {source}")]
+    #[error("cannot connect to {target}: {}", io_reason(.source))]
     Connect {
         /// Where we tried.
         target: String,
@@ -63,7 +66,17 @@ impl From<SessionError> for ClientError {
     fn from(e: SessionError) -> Self {
         match e {
             SessionError::Remote(m) if m.code == ErrorCode::AuthFailed => {
-                ClientError::Auth(m.message)
+                // Our Display already says "authentication failed".
+                let reason = m
+                    .message
+                    .strip_prefix("authentication failed")
+                    .unwrap_or(&m.message)
+                    .trim_start_matches([':', ' ']);
+                ClientError::Auth(if reason.is_empty() {
+                    "the server rejected our proof".to_string()
+                } else {
+                    reason.to_string()
+                })
             }
             SessionError::Remote(m) if m.code == ErrorCode::Busy => {
                 ClientError::Session(SessionError::Remote(m))
@@ -124,6 +137,9 @@ async fn connect_inner(
         target: target.to_string(),
         source,
     };
+    // A certificate seen for the first time, pinned once the server has
+    // proved it knows our key.
+    let mut to_pin: Option<(&PathBuf, String, Vec<u8>)> = None;
     let (io, cb): (Box<dyn Io>, Block) = match target {
         Target::Unix(path) => {
             let s = UnixStream::connect(path).await.map_err(connect_err)?;
@@ -146,10 +162,13 @@ async fn connect_inner(
                     .and_then(|c| c.first())
                     .map(|c| c.as_ref().to_vec())
                     .ok_or_else(|| ClientError::Auth("server sent no certificate".into()))?;
+                let cb = hs::channel_binding(&cert);
                 if let Some(file) = &opts.known_servers {
-                    known_servers::check_and_pin(file, &addr, &cert)?;
+                    if known_servers::check(file, &addr, &cert)? == PinState::New {
+                        to_pin = Some((file, addr, cert));
+                    }
                 }
-                (Box::new(tls), hs::channel_binding(&cert))
+                (Box::new(tls), cb)
             } else {
                 (Box::new(tcp), hs::NO_BINDING)
             }
@@ -157,6 +176,9 @@ async fn connect_inner(
     };
     let mut session = Session::new(io);
     let welcome = authenticate(&mut session, key, &cb).await?;
+    if let Some((file, addr, cert)) = to_pin {
+        known_servers::pin(file, &addr, &cert);
+    }
     Ok(Client { session, welcome })
 }
 
@@ -180,7 +202,7 @@ pub async fn authenticate(
     let (challenge, _) = session.expect::<Challenge>().await?;
     let sn = hs::unb64(&challenge.nonce)
         .ok_or_else(|| ClientError::Auth("server sent a malformed challenge".into()))?;
-    let server_proof = base64_any(&challenge.proof);
+    let server_proof = hs::proof_bytes(&challenge.proof);
     if !hs::verify(&key.key, hs::SERVER_LABEL, cb, &cn, &sn, &server_proof) {
         return Err(ClientError::Auth(format!(
             "the server could not prove it knows the key of user {:?} (wrong key, unknown user, or a man in the middle)",
@@ -200,9 +222,16 @@ pub async fn authenticate(
     Ok(welcome)
 }
 
-fn base64_any(s: &str) -> Vec<u8> {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD
-        .decode(s)
-        .unwrap_or_default()
+/// The usual reasons a connection fails, worded like ssh does
+/// (`connection refused`), with the OS text for anything else.
+fn io_reason(e: &std::io::Error) -> String {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::ConnectionRefused => "connection refused".to_string(),
+        K::ConnectionReset => "connection reset by peer".to_string(),
+        K::TimedOut => "connection timed out".to_string(),
+        K::NotFound => "no such socket".to_string(),
+        K::PermissionDenied => "permission denied".to_string(),
+        _ => e.to_string(),
+    }
 }

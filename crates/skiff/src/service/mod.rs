@@ -6,6 +6,7 @@
 pub mod exec;
 pub mod files;
 pub mod ping;
+pub mod udp_ping;
 
 use std::path::PathBuf;
 

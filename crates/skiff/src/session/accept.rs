@@ -67,6 +67,9 @@ impl Authenticator {
     ) -> Result<String, SessionError> {
         if let Some(ip) = peer {
             if self.limiter().is_blocked(ip) {
+                // Read the hello first, so the refusal answers it (and the
+                // close does not reset a connection with unread data).
+                let _ = session.recv_required().await;
                 tokio::time::sleep(self.fail_delay).await;
                 session
                     .send_error(
@@ -118,9 +121,12 @@ impl Authenticator {
                 return Err(e);
             }
         };
-        let given = base64_any(&auth.proof);
+        let given = hs::proof_bytes(&auth.proof);
         let valid = hs::verify(key, hs::CLIENT_LABEL, cb, &cn, &sn, &given);
-        if !(valid && known.is_some()) {
+        // Checked again here: attempts started in parallel before the
+        // address was blocked must not each get a guess.
+        let blocked = peer.is_some_and(|ip| self.limiter().is_blocked(ip));
+        if !(valid && known.is_some()) || blocked {
             self.record_failure(peer);
             tokio::time::sleep(self.fail_delay).await;
             session
@@ -161,7 +167,14 @@ async fn reject(session: &mut Session<'_>, why: &str) -> SessionError {
 /// The next frame must be handshake message `M`; anything else (a service
 /// request before `welcome`, say) is answered with an error and ends it.
 async fn expect_handshake<M: Message>(session: &mut Session<'_>) -> Result<M, SessionError> {
-    let frame = session.recv_required().await?;
+    let frame = match session.recv_required().await {
+        Ok(f) => f,
+        Err(SessionError::Frame(e)) => {
+            let _ = session.send_error(e.code(), e.to_string()).await;
+            return Err(SessionError::Frame(e));
+        }
+        Err(e) => return Err(e),
+    };
     if !frame.is::<M>() {
         let why = format!(
             "expected \"{}\" (authenticate first), got \"{}\"",
@@ -176,16 +189,23 @@ async fn expect_handshake<M: Message>(session: &mut Session<'_>) -> Result<M, Se
     }
 }
 
-fn base64_any(s: &str) -> Vec<u8> {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD
-        .decode(s)
-        .unwrap_or_default()
+/// The unit failures are counted per: an IPv4 address, or the /64 prefix
+/// of an IPv6 address (one host usually owns a whole /64, so counting
+/// single IPv6 addresses would let it rotate through 2^64 of them).
+fn source_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+    }
 }
 
-/// Counts failed attempts per address in fixed windows. Its size is
-/// bounded: when full, expired entries go, and if none have expired the
-/// table starts over (an attacker with that many addresses gains little).
+/// Counts failed attempts per source (see [`source_of`]) in fixed windows.
+/// Its size is bounded: when full, expired entries go, and if none have
+/// expired the table starts over (an attacker with that many addresses
+/// gains little).
 struct FailureLimiter {
     max_failures: u32,
     window: Duration,
@@ -204,6 +224,7 @@ impl FailureLimiter {
     }
 
     fn is_blocked(&mut self, ip: IpAddr) -> bool {
+        let ip = source_of(ip);
         match self.table.get(&ip) {
             Some(&(n, start)) if start.elapsed() < self.window => n >= self.max_failures,
             Some(_) => {
@@ -215,6 +236,7 @@ impl FailureLimiter {
     }
 
     fn record(&mut self, ip: IpAddr) {
+        let ip = source_of(ip);
         if self.table.len() >= MAX_TRACKED && !self.table.contains_key(&ip) {
             let window = self.window;
             self.table.retain(|_, (_, start)| start.elapsed() < window);
@@ -246,6 +268,18 @@ mod tests {
         assert!(l.is_blocked(ip));
         std::thread::sleep(Duration::from_millis(60));
         assert!(!l.is_blocked(ip));
+    }
+
+    #[test]
+    fn ipv6_counts_per_64_prefix() {
+        let mut l = FailureLimiter::new(2, Duration::from_secs(60));
+        l.record("2001:db8::1".parse().unwrap());
+        l.record("2001:db8::ffff:2".parse().unwrap());
+        assert!(l.is_blocked("2001:db8::3".parse().unwrap()));
+        assert!(!l.is_blocked("2001:db8:0:1::1".parse().unwrap()));
+        l.record("::ffff:192.0.2.7".parse().unwrap());
+        l.record("192.0.2.7".parse().unwrap());
+        assert!(l.is_blocked("192.0.2.7".parse().unwrap()));
     }
 
     #[test]

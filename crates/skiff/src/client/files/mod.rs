@@ -1,0 +1,101 @@
+//! File commands from the client side: `put`, `get` (single files and
+//! trees, pipelined, resumable, verified) and the small remote operations.
+//!
+//! The client is as careful as the server: everything it writes locally
+//! during `get` goes through a directory capability, names the server sends
+//! are checked component by component, and symlinks are never followed
+//! while creating files.
+
+pub mod download;
+pub mod progress;
+pub mod remote;
+pub mod upload;
+
+use skiff_wire::message::files::HashAlg;
+use skiff_wire::{ErrorCode, ErrorMsg, Frame};
+
+use super::ClientError;
+use crate::session::{SessionError, SessionReader};
+use crate::transfer::IDLE_TIMEOUT;
+
+/// How a transfer behaves.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Copy directory trees.
+    pub recursive: bool,
+    /// Continue from partial files left by an interrupted transfer.
+    pub resume: bool,
+    /// Replace existing destination files.
+    pub force: bool,
+    /// Whole-file checksum to use.
+    pub hash: HashAlg,
+    /// Show a progress bar (callers pass "stderr is a terminal").
+    pub progress: bool,
+}
+
+/// One file (or directory, or link) that could not be transferred; the
+/// rest of a tree goes on.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// The protocol code, when the server (or a local check with the same
+    /// meaning) gave one.
+    pub code: ErrorCode,
+    /// What happened and what to do.
+    pub message: String,
+}
+
+impl From<ErrorMsg> for Failure {
+    fn from(m: ErrorMsg) -> Failure {
+        Failure {
+            code: m.code,
+            message: m.message,
+        }
+    }
+}
+
+/// What a transfer did.
+#[derive(Debug, Default)]
+pub struct Summary {
+    /// Files transferred completely.
+    pub files: u64,
+    /// Bytes of those files.
+    pub bytes: u64,
+    /// What failed.
+    pub failures: Vec<Failure>,
+}
+
+/// Joins a remote directory path and a relative path.
+pub fn remote_join(dir: &str, rel: &str) -> String {
+    let d = dir.trim_end_matches('/');
+    if rel.is_empty() {
+        return if d.is_empty() { "/".into() } else { d.into() };
+    }
+    format!("{d}/{rel}")
+}
+
+/// The next frame, within the idle timeout; a closed connection is an
+/// error here.
+pub(crate) async fn recv_frame(reader: &mut SessionReader<'_>) -> Result<Frame, ClientError> {
+    match tokio::time::timeout(IDLE_TIMEOUT, reader.recv_required()).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(ClientError::Session(SessionError::Timeout(IDLE_TIMEOUT))),
+    }
+}
+
+/// An `error` frame as a [`Failure`], or a protocol error for anything else
+/// unexpected.
+pub(crate) fn failure_or_protocol(
+    frame: &Frame,
+    expected: &'static str,
+) -> Result<Failure, ClientError> {
+    if frame.is::<ErrorMsg>() {
+        return Ok(frame
+            .parse::<ErrorMsg>()
+            .map_err(SessionError::from)?
+            .into());
+    }
+    Err(ClientError::Session(SessionError::Unexpected {
+        expected,
+        got: frame.op().to_string(),
+    }))
+}

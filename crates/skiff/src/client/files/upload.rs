@@ -1,0 +1,452 @@
+//! `put`: uploads a file or a tree, pipelined.
+//!
+//! One task sends requests and data while another reads the answers, so
+//! a tree of small files costs no round trip per file: the server answers
+//! in order and the reader matches answers to what was sent. Only
+//! `--resume` waits for each file's `ready` (it needs the offset).
+
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use skiff_wire::message::files::{Data, Done, End, EntryKind, Mkdir, OkReply, Put, Ready};
+use skiff_wire::ErrorCode;
+use tokio::sync::{mpsc, oneshot};
+
+use super::progress::Progress;
+use super::{failure_or_protocol, recv_frame, remote, remote_join, Failure, Options, Summary};
+use crate::client::ClientError;
+use crate::session::{Session, SessionError, SessionWriter, WRITE_HIGH_WATER};
+use crate::transfer::pipeline::Source;
+
+/// Requests sent but not yet answered, at most.
+const PIPELINE_DEPTH: usize = 64;
+
+/// One thing to create on the server.
+#[derive(Debug)]
+enum Job {
+    Mkdir(Mkdir),
+    File {
+        local: PathBuf,
+        remote: String,
+        size: u64,
+        mode: u32,
+        mtime_ns: i64,
+    },
+    Symlink {
+        remote: String,
+        target: String,
+    },
+}
+
+/// What the reader should expect for a request the writer sent.
+enum Pending {
+    /// `ok` or `error` (mkdir, symlink).
+    Simple { label: String },
+    /// `ready` then `done`, or `error` in place of either.
+    Upload {
+        index: usize,
+        label: String,
+        offset_tx: Option<oneshot::Sender<u64>>,
+    },
+}
+
+/// Uploads `local` to `remote` (into it, when it is a directory).
+pub async fn put(
+    session: &mut Session<'_>,
+    local: &Path,
+    remote: &str,
+    opts: &Options,
+) -> Result<Summary, ClientError> {
+    let md = std::fs::metadata(local)
+        .map_err(|e| ClientError::Local(format!("{}: {e}", local.display())))?;
+    let name = local
+        .file_name()
+        .map(|n| {
+            n.to_str().map(str::to_string).ok_or_else(|| {
+                ClientError::Local(format!("{}: name is not UTF-8", local.display()))
+            })
+        })
+        .transpose()?;
+    let target = remote::stat_opt(session, remote).await?;
+    let dest = match (&target, &name) {
+        (Some(e), Some(n)) if e.kind == EntryKind::Dir => remote_join(remote, n),
+        _ => remote.to_string(),
+    };
+    let mut summary = Summary::default();
+    let (jobs, total) = if md.is_dir() {
+        if !opts.recursive {
+            return Err(ClientError::Local(format!(
+                "{}: is a directory; use put -r to copy a tree",
+                local.display()
+            )));
+        }
+        plan_tree(local, &dest, &mut summary.failures)
+    } else {
+        let job = Job::File {
+            local: local.to_path_buf(),
+            remote: dest,
+            size: md.len(),
+            mode: md.mode(),
+            mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+        };
+        (vec![job], md.len())
+    };
+    let progress = Progress::new(total, opts.progress);
+    run(session, &jobs, opts, &progress, &mut summary).await?;
+    progress.finish();
+    Ok(summary)
+}
+
+/// Walks a local tree (never following symlinks) into jobs: directories
+/// first (parents before children), files and links, then directory modes
+/// and mtimes last (writing into a directory changes its mtime).
+fn plan_tree(top: &Path, dest: &str, failures: &mut Vec<Failure>) -> (Vec<Job>, u64) {
+    let mut jobs = Vec::new();
+    let mut dir_meta = Vec::new();
+    let mut total = 0u64;
+    let mut stack = vec![(top.to_path_buf(), dest.to_string())];
+    let local_fail = |p: &Path, what: String| Failure {
+        code: ErrorCode::Internal,
+        message: format!("{}: {what}", p.display()),
+    };
+    while let Some((dir, rdir)) = stack.pop() {
+        let md = match std::fs::symlink_metadata(&dir) {
+            Ok(m) => m,
+            Err(e) => {
+                failures.push(local_fail(&dir, e.to_string()));
+                continue;
+            }
+        };
+        jobs.push(Job::Mkdir(Mkdir {
+            path: rdir.clone(),
+            exist_ok: true,
+            ..Default::default()
+        }));
+        dir_meta.push(Job::Mkdir(Mkdir {
+            path: rdir.clone(),
+            exist_ok: true,
+            mode: Some(md.mode()),
+            mtime_ns: Some(md.mtime() * 1_000_000_000 + md.mtime_nsec()),
+            ..Default::default()
+        }));
+        let mut names = Vec::new();
+        match std::fs::read_dir(&dir) {
+            Ok(rd) => {
+                for ent in rd.flatten() {
+                    names.push(ent.file_name());
+                }
+            }
+            Err(e) => failures.push(local_fail(&dir, e.to_string())),
+        }
+        names.sort();
+        let mut subdirs = Vec::new();
+        for os_name in names {
+            let path = dir.join(&os_name);
+            let Some(name) = os_name.to_str() else {
+                failures.push(local_fail(&path, "name is not UTF-8; skipped".into()));
+                continue;
+            };
+            let rpath = remote_join(&rdir, name);
+            let md = match std::fs::symlink_metadata(&path) {
+                Ok(m) => m,
+                Err(e) => {
+                    failures.push(local_fail(&path, e.to_string()));
+                    continue;
+                }
+            };
+            let ft = md.file_type();
+            if ft.is_dir() {
+                subdirs.push((path, rpath));
+            } else if ft.is_symlink() {
+                match std::fs::read_link(&path).map(|t| t.to_str().map(str::to_string)) {
+                    Ok(Some(target)) => jobs.push(Job::Symlink {
+                        remote: rpath,
+                        target,
+                    }),
+                    Ok(None) => failures.push(local_fail(&path, "link target is not UTF-8".into())),
+                    Err(e) => failures.push(local_fail(&path, e.to_string())),
+                }
+            } else if ft.is_file() {
+                total += md.len();
+                jobs.push(Job::File {
+                    local: path,
+                    remote: rpath,
+                    size: md.len(),
+                    mode: md.mode(),
+                    mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+                });
+            } else {
+                failures.push(local_fail(
+                    &path,
+                    "not a regular file, directory or symlink; skipped".into(),
+                ));
+            }
+        }
+        stack.extend(subdirs.into_iter().rev());
+    }
+    dir_meta.reverse();
+    jobs.extend(dir_meta);
+    (jobs, total)
+}
+
+/// Sends every job and reads every answer, concurrently.
+async fn run(
+    session: &mut Session<'_>,
+    jobs: &[Job],
+    opts: &Options,
+    progress: &Progress,
+    summary: &mut Summary,
+) -> Result<(), ClientError> {
+    let (reader, writer) = session.split();
+    let (tx, mut rx) = mpsc::channel::<Pending>(PIPELINE_DEPTH);
+    // Index + 1 of an upload the server refused while we were sending it.
+    let abort = AtomicUsize::new(0);
+    let failures = Mutex::new(Vec::<Failure>::new());
+    let fail = |f: Failure| {
+        if let Ok(mut v) = failures.lock() {
+            v.push(f);
+        }
+    };
+    let send = async {
+        for (index, job) in jobs.iter().enumerate() {
+            send_job(writer, &tx, index, job, opts, progress, &abort, &fail).await?;
+        }
+        drop(tx);
+        writer.flush().await?;
+        Ok::<_, ClientError>(())
+    };
+    let receive = async {
+        let mut done = (0u64, 0u64);
+        while let Some(p) = rx.recv().await {
+            match p {
+                Pending::Simple { label } => {
+                    let frame = recv_frame(reader).await?;
+                    if !frame.is::<OkReply>() {
+                        let f = failure_or_protocol(&frame, "ok")?;
+                        fail(labelled(&label, f));
+                    }
+                }
+                Pending::Upload {
+                    index,
+                    label,
+                    offset_tx,
+                } => {
+                    let frame = recv_frame(reader).await?;
+                    if let Ok(ready) = frame.parse::<Ready>() {
+                        if let Some(tx) = offset_tx {
+                            let _ = tx.send(ready.offset);
+                        }
+                        let frame = recv_frame(reader).await?;
+                        if let Ok(d) = frame.parse::<Done>() {
+                            done.0 += 1;
+                            done.1 += d.size;
+                            continue;
+                        }
+                        let f = failure_or_protocol(&frame, "done")?;
+                        abort.store(index + 1, Ordering::SeqCst);
+                        fail(labelled(&label, f));
+                    } else {
+                        let f = failure_or_protocol(&frame, "ready")?;
+                        abort.store(index + 1, Ordering::SeqCst);
+                        fail(labelled(&label, f));
+                    }
+                }
+            }
+        }
+        Ok::<_, ClientError>(done)
+    };
+    let ((), (files, bytes)) = tokio::try_join!(send, receive)?;
+    summary.files += files;
+    summary.bytes += bytes;
+    summary
+        .failures
+        .extend(failures.into_inner().unwrap_or_default());
+    Ok(())
+}
+
+fn labelled(label: &str, f: Failure) -> Failure {
+    if f.message.contains(label) {
+        f
+    } else {
+        Failure {
+            code: f.code,
+            message: format!("{label}: {}", f.message),
+        }
+    }
+}
+
+/// Hands the reader what to expect, flushing first if the pipeline is
+/// full (the answers it waits for may still sit in our buffer).
+async fn expect(
+    writer: &mut SessionWriter<'_>,
+    tx: &mpsc::Sender<Pending>,
+    p: Pending,
+) -> Result<(), ClientError> {
+    match tx.try_send(p) {
+        Ok(()) => Ok(()),
+        Err(mpsc::error::TrySendError::Full(p)) => {
+            writer.flush().await?;
+            tx.send(p).await.map_err(|_| closed())
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => Err(closed()),
+    }
+}
+
+fn closed() -> ClientError {
+    ClientError::Session(SessionError::Closed)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send_job(
+    writer: &mut SessionWriter<'_>,
+    tx: &mpsc::Sender<Pending>,
+    index: usize,
+    job: &Job,
+    opts: &Options,
+    progress: &Progress,
+    abort: &AtomicUsize,
+    fail: &(impl Fn(Failure) + Sync),
+) -> Result<(), ClientError> {
+    match job {
+        Job::Mkdir(m) => {
+            writer.queue(m, &[])?;
+            expect(
+                writer,
+                tx,
+                Pending::Simple {
+                    label: m.path.clone(),
+                },
+            )
+            .await?;
+        }
+        Job::Symlink { remote, target } => {
+            let req = Put {
+                path: remote.clone(),
+                kind: EntryKind::Symlink,
+                target: Some(target.clone()),
+                force: opts.force,
+                ..Default::default()
+            };
+            writer.queue(&req, &[])?;
+            expect(
+                writer,
+                tx,
+                Pending::Simple {
+                    label: remote.clone(),
+                },
+            )
+            .await?;
+        }
+        Job::File {
+            local,
+            remote,
+            size,
+            mode,
+            mtime_ns,
+        } => {
+            let file = match std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(local)
+            {
+                Ok(f) => f,
+                Err(e) => {
+                    fail(Failure {
+                        code: ErrorCode::Internal,
+                        message: format!("{}: {e}", local.display()),
+                    });
+                    progress.skip(*size);
+                    return Ok(());
+                }
+            };
+            let req = Put {
+                path: remote.clone(),
+                kind: EntryKind::File,
+                size: *size,
+                mode: Some(*mode),
+                mtime_ns: Some(*mtime_ns),
+                hash: opts.hash,
+                force: opts.force,
+                resume: opts.resume,
+                target: None,
+            };
+            writer.queue(&req, &[])?;
+            let (offset_tx, offset_rx) = if opts.resume {
+                let (t, r) = oneshot::channel();
+                (Some(t), Some(r))
+            } else {
+                (None, None)
+            };
+            let label = remote.clone();
+            expect(
+                writer,
+                tx,
+                Pending::Upload {
+                    index,
+                    label,
+                    offset_tx,
+                },
+            )
+            .await?;
+            let offset = match offset_rx {
+                Some(rx) => {
+                    writer.flush().await?;
+                    match rx.await {
+                        Ok(o) => o,
+                        // Refused: the server expects no data.
+                        Err(_) => {
+                            progress.skip(*size);
+                            return Ok(());
+                        }
+                    }
+                }
+                None => 0,
+            };
+            if offset > 0 {
+                tracing::info!(path = %remote, offset, "resuming upload");
+            }
+            progress.skip(offset);
+            let mut source = Source::spawn(file, offset, opts.hash);
+            let mut aborted = false;
+            while let Some(chunk) = source.next().await {
+                if abort.load(Ordering::SeqCst) == index + 1 {
+                    aborted = true;
+                    break;
+                }
+                progress.add(chunk.len() as u64);
+                writer.queue(&Data {}, &chunk)?;
+                if writer.buffered() >= WRITE_HIGH_WATER {
+                    writer.flush().await?;
+                }
+            }
+            let end = if aborted {
+                End {
+                    abort: true,
+                    ..Default::default()
+                }
+            } else {
+                match source.finish().await {
+                    Ok(d) => End {
+                        size: d.size,
+                        digest: d.digest,
+                        abort: false,
+                    },
+                    Err(e) => {
+                        fail(Failure {
+                            code: ErrorCode::Internal,
+                            message: format!("{}: {e}", local.display()),
+                        });
+                        End {
+                            abort: true,
+                            ..Default::default()
+                        }
+                    }
+                }
+            };
+            writer.queue(&end, &[])?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,270 @@
+//! `put`: an upload lands in a hidden partial file next to its destination,
+//! is hashed while it is written, fsynced, and renamed into place only when
+//! the client's whole-file digest matches. `resume` continues a partial
+//! file left by an interrupted upload.
+
+use cap_std::fs::Dir;
+use skiff_wire::message::files::{Data, Done, End, EntryKind, OkReply, Put, Ready};
+use skiff_wire::{ErrorCode, ErrorMsg, Frame};
+
+use super::confine;
+use crate::session::{Session, SessionError, WRITE_HIGH_WATER};
+use crate::transfer::checksum::digests_match;
+use crate::transfer::names::link_stays_inside;
+use crate::transfer::partfile::PartFile;
+use crate::transfer::pipeline::{Sink, SinkDone};
+use crate::transfer::{errors, IDLE_TIMEOUT};
+
+/// Handles one `put` request and, for files, the data that follows.
+pub async fn handle(session: &mut Session<'_>, root: &Dir, req: Put) -> Result<(), SessionError> {
+    match req.kind {
+        EntryKind::File => {}
+        EntryKind::Symlink => {
+            return match make_symlink(root, &req) {
+                Ok(()) => session.queue(&OkReply {}, &[]),
+                Err(m) => session.queue(&m, &[]),
+            };
+        }
+        other => {
+            let m = ErrorMsg::new(
+                ErrorCode::Unsupported,
+                format!(
+                    "{}: cannot upload a {other:?}; use mkdir for directories",
+                    req.path
+                ),
+            );
+            return session.queue(&m, &[]);
+        }
+    }
+    let prepared = match prepare(root, &req) {
+        Ok(p) => p,
+        Err(m) => {
+            session.queue(&m, &[])?;
+            // A resuming client waits for `ready`; any other has already
+            // started sending data, which is discarded.
+            if !req.resume {
+                drain(session).await?;
+            }
+            return Ok(());
+        }
+    };
+    session.queue(
+        &Ready {
+            offset: prepared.offset,
+        },
+        &[],
+    )?;
+    if !session.has_buffered_input() || session.buffered() >= WRITE_HIGH_WATER {
+        session.flush().await?;
+    }
+    receive(session, &req, prepared).await
+}
+
+/// Where an upload is being written.
+struct Prepared {
+    dest: PartFile,
+    file: std::fs::File,
+    offset: u64,
+}
+
+/// Checks the destination and opens (or resumes) the partial file.
+fn prepare(root: &Dir, req: &Put) -> Result<Prepared, ErrorMsg> {
+    let loc = confine::locate(root, &req.path, "put")?;
+    let dest = PartFile::new(loc.parent, &loc.name);
+    let io = |e: std::io::Error| errors::to_msg(&e, &req.path);
+    dest.check_destination(req.force).map_err(io)?;
+    let (file, offset) = dest.open(req.resume, req.size).map_err(io)?;
+    Ok(Prepared { dest, file, offset })
+}
+
+/// How the data phase ended.
+enum Received {
+    /// The client's `end` arrived.
+    End(End),
+    /// The disk writer stopped (its error is in the sink).
+    SinkStopped,
+    /// The client sent more than it announced.
+    TooMuch,
+}
+
+/// Streams `data` frames into the partial file, then verifies and commits.
+async fn receive(session: &mut Session<'_>, req: &Put, p: Prepared) -> Result<(), SessionError> {
+    let Prepared { dest, file, offset } = p;
+    let mut sink = Sink::spawn(file, offset, req.hash);
+    let mut received = offset;
+    let outcome = loop {
+        let frame = match next_frame(session).await {
+            Ok(f) => f,
+            Err(e) => {
+                // Connection lost: keep (and fsync) what arrived, for resume.
+                let _ = sink.finish().await;
+                return Err(e);
+            }
+        };
+        if frame.is::<Data>() {
+            received += frame.body().len() as u64;
+            if received > req.size {
+                break Received::TooMuch;
+            }
+            if !sink.write(frame.into_body()).await {
+                break Received::SinkStopped;
+            }
+        } else if frame.is::<End>() {
+            break Received::End(frame.parse()?);
+        } else {
+            let _ = sink.finish().await;
+            return Err(unexpected(&frame));
+        }
+    };
+    let remove_part = || dest.discard();
+    let err: ErrorMsg = match outcome {
+        Received::TooMuch => {
+            let _ = sink.finish().await;
+            remove_part();
+            ErrorMsg::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "{}: more data than the announced {} bytes",
+                    req.path, req.size
+                ),
+            )
+        }
+        Received::SinkStopped => {
+            let e = match sink.finish().await {
+                Ok(_) => std::io::Error::other("the disk writer stopped"),
+                Err(e) => e,
+            };
+            let m = errors::to_msg(&e, &req.path);
+            if m.code == ErrorCode::NoSpace {
+                remove_part();
+            }
+            m
+        }
+        Received::End(end) => {
+            // The client has sent `end`: nothing is left to drain.
+            let r = if end.abort {
+                let _ = sink.finish().await;
+                Err(ErrorMsg::new(
+                    ErrorCode::Internal,
+                    format!(
+                        "{}: upload aborted by the client; the partial data is kept for --resume",
+                        req.path
+                    ),
+                ))
+            } else {
+                match sink.finish().await {
+                    Err(e) => {
+                        let m = errors::to_msg(&e, &req.path);
+                        if m.code == ErrorCode::NoSpace {
+                            remove_part();
+                        }
+                        Err(m)
+                    }
+                    Ok(done) => {
+                        let r = commit(&dest, req, &end, done);
+                        if r.is_err() {
+                            remove_part();
+                        }
+                        r
+                    }
+                }
+            };
+            return reply_done(session, r);
+        }
+    };
+    session.queue(&err, &[])?;
+    drain(session).await
+}
+
+fn reply_done(session: &mut Session<'_>, r: Result<Done, ErrorMsg>) -> Result<(), SessionError> {
+    match r {
+        Ok(d) => session.queue(&d, &[]),
+        Err(m) => session.queue(&m, &[]),
+    }
+}
+
+/// Verifies size and digest, then renames the file into place.
+fn commit(dest: &PartFile, req: &Put, end: &End, done: SinkDone) -> Result<Done, ErrorMsg> {
+    if done.size != req.size || end.size != req.size {
+        return Err(errors::msg(
+            ErrorCode::ChecksumMismatch,
+            &req.path,
+            &format!("received {} bytes, expected {}", done.size, req.size),
+        ));
+    }
+    if !digests_match(&done.digest, &end.digest) {
+        return Err(errors::msg(
+            ErrorCode::ChecksumMismatch,
+            &req.path,
+            &format!(
+                "client sent {}, server computed {}",
+                end.digest, done.digest
+            ),
+        ));
+    }
+    dest.commit(
+        &done.file,
+        Some(req.mode.unwrap_or(0o644)),
+        req.mtime_ns,
+        req.force,
+    )
+    .map_err(|e| errors::to_msg(&e, &req.path))?;
+    Ok(Done {
+        size: done.size,
+        digest: done.digest,
+    })
+}
+
+/// Creates a symlink; its target must stay inside the root.
+fn make_symlink(root: &Dir, req: &Put) -> Result<(), ErrorMsg> {
+    let loc = confine::locate(root, &req.path, "put")?;
+    let target = req.target.as_deref().unwrap_or("");
+    if !link_stays_inside(loc.depth, target) {
+        return Err(errors::msg(
+            ErrorCode::PathEscape,
+            &req.path,
+            &format!("symlink target {target:?} points outside the root"),
+        ));
+    }
+    let dest = PartFile::new(loc.parent, &loc.name);
+    dest.check_destination(req.force)
+        .map_err(|e| errors::to_msg(&e, &req.path))?;
+    match dest.dir.remove_file(&dest.name) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(errors::to_msg(&e, &req.path)),
+    }
+    dest.dir
+        .symlink(target, &dest.name)
+        .map_err(|e| errors::to_msg(&e, &req.path))
+}
+
+/// The next frame of an upload, within the idle timeout.
+async fn next_frame(session: &mut Session<'_>) -> Result<Frame, SessionError> {
+    match tokio::time::timeout(IDLE_TIMEOUT, session.recv_required()).await {
+        Ok(r) => r,
+        Err(_) => Err(SessionError::Timeout(IDLE_TIMEOUT)),
+    }
+}
+
+fn unexpected(frame: &Frame) -> SessionError {
+    SessionError::Unexpected {
+        expected: "data or end",
+        got: frame.op().to_string(),
+    }
+}
+
+/// Discards the data of a refused upload, up to its `end`.
+pub async fn drain(session: &mut Session<'_>) -> Result<(), SessionError> {
+    // Let the client see the refusal promptly, so it stops sending.
+    session.flush().await?;
+    loop {
+        let frame = next_frame(session).await?;
+        if frame.is::<End>() {
+            return Ok(());
+        }
+        if !frame.is::<Data>() {
+            return Err(unexpected(&frame));
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! Test-only fault injection: corrupt one chunk of a transfer so tests can
+//! prove corruption is detected.
+//!
+//! `SKIFF_TEST_CORRUPT_CHUNK=N` (0-based) flips one byte of the N-th data
+//! chunk *after* it was hashed on the sending side (put) or *before* it is
+//! hashed on the receiving side (get) — exactly what corruption on the
+//! wire or on disk would look like. The variable is read only in debug
+//! builds (`cfg(debug_assertions)`, the profile the test suite runs); a
+//! release binary ignores it entirely.
+
+use bytes::{Bytes, BytesMut};
+
+/// Which chunk to corrupt, if the test hook is on.
+#[cfg(debug_assertions)]
+fn target_chunk() -> Option<u64> {
+    std::env::var("SKIFF_TEST_CORRUPT_CHUNK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+}
+
+#[cfg(not(debug_assertions))]
+fn target_chunk() -> Option<u64> {
+    None
+}
+
+/// Returns `chunk`, with one byte flipped if it is the chunk the test hook
+/// names. A no-op in release builds.
+pub fn maybe_corrupt(index: u64, chunk: Bytes) -> Bytes {
+    if target_chunk() != Some(index) || chunk.is_empty() {
+        return chunk;
+    }
+    let mut b = BytesMut::from(&chunk[..]);
+    let mid = b.len() / 2;
+    b[mid] ^= 0x5a;
+    b.freeze()
+}

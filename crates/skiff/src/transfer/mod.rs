@@ -1,0 +1,29 @@
+//! What both ends of a file transfer share: checksums, the disk pipelines
+//! that overlap hashing and I/O with the network, path rules, metadata and
+//! the mapping of OS errors to protocol error codes.
+//!
+//! The server's `files` service and the client's file commands are mirror
+//! images (an upload on one side is a download on the other), so the pieces
+//! that must behave identically live here once.
+
+pub mod checksum;
+pub mod errors;
+pub mod fault;
+pub mod meta;
+pub mod names;
+pub mod partfile;
+pub mod pipeline;
+
+/// Bytes of file data per `data` frame: large enough that per-frame costs
+/// (headers, channel hand-offs, syscalls) vanish, small enough that a few
+/// chunks in flight keep memory far below the 64 MiB budget.
+pub const CHUNK: usize = 1024 * 1024;
+
+/// Chunks buffered between the network task and the disk thread in each
+/// direction: the disk and the network overlap, and memory stays bounded
+/// at about `WINDOW * CHUNK` per transfer.
+pub const WINDOW: usize = 4;
+
+/// How long a receiver waits for the next frame of a transfer before it
+/// gives up on the peer.
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
