@@ -6,7 +6,9 @@ use std::time::Duration;
 use clap::Subcommand;
 
 use super::connect::{parse_target, KeyArg};
-use crate::client::bench::{ping_load, PingLoad, PingReport};
+use crate::client::bench::{
+    ping_load, transfer_load, Direction, PingLoad, PingReport, TransferLoad, TransferReport,
+};
 use crate::client::ConnectOptions;
 use crate::target::Target;
 
@@ -88,6 +90,9 @@ struct TransferArgs {
     /// Transfers running at once.
     #[arg(long, value_name = "N", default_value_t = 1)]
     parallel: usize,
+    /// Local directory for the test files (default: the system temp dir).
+    #[arg(long, value_name = "DIR")]
+    dir: Option<std::path::PathBuf>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -101,8 +106,8 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     match args.what {
         What::Ping(a) => ping(a),
         What::Exec(_) => super::not_built("bench exec (needs the exec client)"),
-        What::Put(_) => super::not_built("bench put (needs the files client)"),
-        What::Get(_) => super::not_built("bench get (needs the files client)"),
+        What::Put(a) => transfer(a, Direction::Put),
+        What::Get(a) => transfer(a, Direction::Get),
     }
 }
 
@@ -148,4 +153,45 @@ fn print_ping(target: &Target, r: &PingReport) {
         "latency ms: p50 {:.3}  p99 {:.3}  p999 {:.3}  max {:.3}",
         r.latency.p50_ms, r.latency.p99_ms, r.latency.p999_ms, r.latency.max_ms
     );
+}
+
+fn transfer(a: TransferArgs, direction: Direction) -> anyhow::Result<i32> {
+    if a.size == 0 {
+        anyhow::bail!("--size must be at least 1 byte");
+    }
+    if a.parallel == 0 || a.parallel > 64 {
+        anyhow::bail!("--parallel must be between 1 and 64");
+    }
+    let load = TransferLoad {
+        direction,
+        size: a.size,
+        parallel: a.parallel,
+        local_dir: a.dir.clone().unwrap_or_else(std::env::temp_dir),
+    };
+    let key = a.key.load()?;
+    let report = super::runtime()?.block_on(transfer_load(
+        &a.target,
+        &key,
+        &ConnectOptions::default(),
+        &load,
+    ))?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_transfer(&a.target, &report);
+    }
+    Ok(0)
+}
+
+fn print_transfer(target: &Target, r: &TransferReport) {
+    let what = match r.direction {
+        Direction::Put => "put",
+        Direction::Get => "get",
+    };
+    println!(
+        "{what} {target}: {} x {} bytes in {:.2} s",
+        r.parallel, r.size, r.seconds
+    );
+    println!("MB/s:            {:.1}", r.mb_per_sec);
+    println!("client peak RSS: {:.1} MiB", r.client_peak_rss_mib);
 }

@@ -60,7 +60,10 @@ fn parse_ping_target(s: &str) -> Result<PingTarget, String> {
 /// Runs the pings and prints the summary.
 pub fn run(args: Args) -> anyhow::Result<i32> {
     let Ok(interval) = Duration::try_from_secs_f64(args.interval) else {
-        bail!("-i {}: the interval must be a number of seconds >= 0", args.interval);
+        bail!(
+            "-i {}: the interval must be a number of seconds >= 0",
+            args.interval
+        );
     };
     let udp_addr = match (&args.target, args.udp) {
         (PingTarget::Udp { host, port }, _) => Some((host.clone(), *port)),
@@ -88,7 +91,10 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     }
     let timeout = match Duration::try_from_secs_f64(args.timeout) {
         Ok(t) if !t.is_zero() => t,
-        _ => bail!("-W {}: the timeout must be a number of seconds > 0", args.timeout),
+        _ => bail!(
+            "-W {}: the timeout must be a number of seconds > 0",
+            args.timeout
+        ),
     };
     let opts = UdpPingOptions {
         count: args.count,
@@ -254,7 +260,10 @@ mod tests {
         ));
         assert!(matches!(
             parse_ping_target("udp://h"),
-            Ok(PingTarget::Udp { port: DEFAULT_PORT, .. })
+            Ok(PingTarget::Udp {
+                port: DEFAULT_PORT,
+                ..
+            })
         ));
         assert!(parse_ping_target("udp://").is_err());
         assert!(matches!(

@@ -261,6 +261,176 @@ async fn ping_loop(
     Ok(())
 }
 
+/// Which way `skiff bench put|get` moves data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Client to server.
+    Put,
+    /// Server to client.
+    Get,
+}
+
+/// What `skiff bench put|get` runs.
+#[derive(Debug, Clone)]
+pub struct TransferLoad {
+    /// Which way.
+    pub direction: Direction,
+    /// Bytes per file.
+    pub size: u64,
+    /// Files moved at once, each on its own session.
+    pub parallel: usize,
+    /// Where the local files live while the benchmark runs.
+    pub local_dir: std::path::PathBuf,
+}
+
+/// The result of a transfer load.
+#[derive(Debug, Clone, Serialize)]
+pub struct TransferReport {
+    /// Which way.
+    pub direction: Direction,
+    /// Bytes per file.
+    pub size: u64,
+    /// Files moved at once.
+    pub parallel: usize,
+    /// Wall time of the timed transfers, in seconds.
+    pub seconds: f64,
+    /// Megabytes (10^6 bytes) per second, all transfers together.
+    pub mb_per_sec: f64,
+    /// The client process's peak resident memory, in MiB.
+    pub client_peak_rss_mib: f64,
+}
+
+/// The peak resident set size of this process in MiB.
+pub fn peak_rss_mib() -> f64 {
+    use nix::sys::resource::{getrusage, UsageWho};
+    // Linux reports ru_maxrss in KiB.
+    getrusage(UsageWho::RUSAGE_SELF).map_or(0.0, |u| u.max_rss() as f64 / 1024.0)
+}
+
+/// Writes `size` bytes of non-repeating data to `path` in 1 MiB steps (so
+/// the client's memory does not grow with the file).
+fn write_test_file(path: &std::path::Path, size: u64, seed: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    let mut x = seed | 1;
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        for w in chunk.chunks_exact_mut(8) {
+            // xorshift64: cheap, and the bytes do not compress.
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            w.copy_from_slice(&x.to_le_bytes());
+        }
+        let n = left.min(chunk.len() as u64) as usize;
+        f.write_all(&chunk[..n])?;
+        left -= n as u64;
+    }
+    f.flush()?;
+    f.get_ref().sync_all()
+}
+
+/// Moves `load.parallel` files of `load.size` bytes through the real
+/// put/get client code (verified, and fsynced on the receiving side), one
+/// session each, and reports the aggregate throughput. Files are prepared
+/// before the clock starts (for get: uploaded first) and removed after.
+pub async fn transfer_load(
+    target: &Target,
+    key: &UserKey,
+    opts: &ConnectOptions,
+    load: &TransferLoad,
+) -> Result<TransferReport, ClientError> {
+    let parallel = load.parallel.max(1);
+    let local_err = |e: std::io::Error| ClientError::Local(format!("bench file: {e}"));
+    let tag = format!("skiff-bench-{}", std::process::id());
+    let files: Vec<(std::path::PathBuf, String)> = (0..parallel)
+        .map(|i| {
+            (
+                load.local_dir.join(format!("{tag}-{i}.bin")),
+                format!("/{tag}-{i}.bin"),
+            )
+        })
+        .collect();
+    let result = async {
+        for (i, (local, _)) in files.iter().enumerate() {
+            write_test_file(local, load.size, 0x9e37_79b9_7f4a_7c15 ^ i as u64)
+                .map_err(local_err)?;
+        }
+        let files_opts = super::files::Options {
+            force: true,
+            ..Default::default()
+        };
+        if load.direction == Direction::Get {
+            let mut c = connect(target, key, opts).await?;
+            for (local, remote) in &files {
+                check(
+                    super::files::upload::put(&mut c.session, local, remote, &files_opts).await?,
+                )?;
+                std::fs::remove_file(local).map_err(local_err)?;
+            }
+            let _ = c.session.close().await;
+        }
+        let mut sessions = Vec::with_capacity(parallel);
+        for _ in 0..parallel {
+            sessions.push(connect(target, key, opts).await?);
+        }
+        let start = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for (mut c, (local, remote)) in sessions.into_iter().zip(files.clone()) {
+            let (dir, o) = (load.direction, files_opts.clone());
+            tasks.spawn(async move {
+                let s = match dir {
+                    Direction::Put => {
+                        super::files::upload::put(&mut c.session, &local, &remote, &o).await
+                    }
+                    Direction::Get => {
+                        super::files::download::get(&mut c.session, &remote, &local, &o).await
+                    }
+                };
+                let _ = c.session.close().await;
+                check(s?)
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            joined.map_err(|e| ClientError::Local(format!("transfer task failed: {e}")))??;
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        Ok::<_, ClientError>(TransferReport {
+            direction: load.direction,
+            size: load.size,
+            parallel,
+            seconds,
+            mb_per_sec: (load.size * parallel as u64) as f64 / 1e6 / seconds.max(1e-9),
+            client_peak_rss_mib: peak_rss_mib(),
+        })
+    }
+    .await;
+    // Leave nothing behind, on either side, whatever happened.
+    for (local, _) in &files {
+        let _ = std::fs::remove_file(local);
+    }
+    if let Ok(mut c) = connect(target, key, opts).await {
+        for (_, remote) in &files {
+            let _ = super::files::remote::rm(&mut c.session, remote, false).await;
+        }
+        let _ = c.session.close().await;
+    }
+    result
+}
+
+/// A transfer with failures is a failed benchmark, not a fast one.
+fn check(s: super::files::Summary) -> Result<(), ClientError> {
+    match s.failures.first() {
+        None => Ok(()),
+        Some(f) => Err(ClientError::Local(format!(
+            "transfer failed: {} [{}]",
+            f.message, f.code
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

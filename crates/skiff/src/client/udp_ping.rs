@@ -73,12 +73,18 @@ fn seal<M: Message>(
 /// Encodes a tagged request datagram. `None` when it cannot be sent (user
 /// name too long, or larger than one datagram).
 pub fn seal_request(key: &Key, stamp: Stamp, body: &[u8]) -> Option<BytesMut> {
-    seal(key, PING_LABEL, stamp, body, |stamp, tag| UdpPing { stamp, tag })
+    seal(key, PING_LABEL, stamp, body, |stamp, tag| UdpPing {
+        stamp,
+        tag,
+    })
 }
 
 /// Encodes a tagged reply datagram (the server's side).
 pub fn seal_reply(key: &Key, stamp: Stamp, body: &[u8]) -> Option<BytesMut> {
-    seal(key, PONG_LABEL, stamp, body, |stamp, tag| UdpPong { stamp, tag })
+    seal(key, PONG_LABEL, stamp, body, |stamp, tag| UdpPong {
+        stamp,
+        tag,
+    })
 }
 
 /// Reads a reply datagram and checks its tag under `key`; `None` for

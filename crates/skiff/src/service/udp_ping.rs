@@ -369,7 +369,9 @@ mod tests {
         assert_eq!(reply.len(), req.len());
         assert_eq!(svc.answer(&req, false, now), Err(DropReason::Replayed));
         // Another run of the same user has its own window.
-        assert!(svc.answer(&request(&uk, 2, 0, now, b""), false, now).is_ok());
+        assert!(svc
+            .answer(&request(&uk, 2, 0, now, b""), false, now)
+            .is_ok());
         let c = svc.counts();
         assert_eq!((c.answered, c.replayed), (2, 1));
     }
@@ -385,13 +387,19 @@ mod tests {
         assert_eq!(svc.answer(&future, false, now), Err(DropReason::Stale));
         let stranger = UserKey::generate("mallory");
         let req = request(&stranger, 1, 0, now, b"");
-        assert_eq!(svc.answer(&req, false, now), Err(DropReason::Unauthenticated));
+        assert_eq!(
+            svc.answer(&req, false, now),
+            Err(DropReason::Unauthenticated)
+        );
         let wrong_key = UserKey {
             user: "alice".into(),
             key: Key::generate(),
         };
         let req = request(&wrong_key, 1, 0, now, b"");
-        assert_eq!(svc.answer(&req, false, now), Err(DropReason::Unauthenticated));
+        assert_eq!(
+            svc.answer(&req, false, now),
+            Err(DropReason::Unauthenticated)
+        );
         let good = request(&uk, 1, 2, now, b"");
         assert_eq!(svc.answer(&good, true, now), Err(DropReason::Truncated));
         assert_eq!(svc.answer(b"junk", false, now), Err(DropReason::Malformed));
@@ -405,7 +413,9 @@ mod tests {
         let (svc, uk) = setup();
         let now = now_micros();
         for seq in [5u64, 3, 4, 2000, 1500] {
-            assert!(svc.answer(&request(&uk, 9, seq, now, b""), false, now).is_ok());
+            assert!(svc
+                .answer(&request(&uk, 9, seq, now, b""), false, now)
+                .is_ok());
         }
         for seq in [5u64, 3, 2000, 1500, 900] {
             let r = svc.answer(&request(&uk, 9, seq, now, b""), false, now);
@@ -413,7 +423,9 @@ mod tests {
         }
         // Runs are bounded per user; quiet ones are forgotten.
         for sid in 100..100 + MAX_RUNS_PER_USER as u64 - 1 {
-            assert!(svc.answer(&request(&uk, sid, 0, now, b""), false, now).is_ok());
+            assert!(svc
+                .answer(&request(&uk, sid, 0, now, b""), false, now)
+                .is_ok());
         }
         let r = svc.answer(&request(&uk, 7777, 0, now, b""), false, now);
         assert_eq!(r, Err(DropReason::TooManyRuns));
