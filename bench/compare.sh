@@ -38,14 +38,14 @@ if [ "$QUICK" = 1 ]; then
     SECS=3                      # ping / iperf3 duration
     EXEC_RUNS=20
     SSH_RUNS=5
-    REDIS_N=100000
+    REDIS_N=50000
 else
     BIG=$((2 << 30))
     OUTPUT=$((1 << 30))
     SECS=10
-    EXEC_RUNS=100
-    SSH_RUNS=20
-    REDIS_N=1000000
+    EXEC_RUNS=50
+    SSH_RUNS=10
+    REDIS_N=200000
 fi
 CONNS_LIST="50 16"
 
@@ -149,6 +149,32 @@ timed() {
     python3 -c "print($t1 - $t0)"
 }
 
+# CPU seconds (user + system) a process has used so far.
+proc_cpu() {
+    python3 -c "
+import os
+f = open('/proc/$1/stat').read().rsplit(')', 1)[1].split()
+print((int(f[11]) + int(f[12])) / os.sysconf('SC_CLK_TCK'))"
+}
+# cpu_run FILE CMD...: runs CMD (stdout passes through), writes the CPU
+# seconds it and its children used to FILE.
+cpu_run() {
+    local f=$1
+    shift
+    python3 -c "
+import resource, subprocess, sys
+rc = subprocess.call(sys.argv[2:])
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+open(sys.argv[1], 'w').write(str(r.ru_utime + r.ru_stime))
+sys.exit(rc)" "$f" "$@"
+}
+# us_per REQUESTS SERVER_CPU_BEFORE SERVER_CPU_AFTER CLIENT_CPU_FILE
+us_per() {
+    python3 -c "
+n, a, b, c = float('$1'), float('$2'), float('$3'), float(open('$4').read())
+print(f'{(b - a) * 1e6 / n:.1f} / {c * 1e6 / n:.1f}' if n > 0 else 'n/a')"
+}
+
 RESULTS="$WORK/results"
 mkdir -p "$RESULTS"
 # Report rows collected per table: "name|value|ratio..."
@@ -175,7 +201,8 @@ sk() { HOME="$SKIFF_HOME" "$SKIFF" "$@"; }
 has_exec=0; has_files=0
 if sk exec -n "$SKIFF_TLS" -- true </dev/null >/dev/null 2>"$WORK/probe.err"; then has_exec=1; fi
 echo probe >"$WORK/probe.txt"
-if sk put "$SKIFF_TLS" "$WORK/probe.txt" probe.txt >/dev/null 2>>"$WORK/probe.err"; then has_files=1; fi
+if sk put "$SKIFF_TLS" "$WORK/probe.txt" probe.txt >/dev/null 2>"$WORK/probe-files.err"; then has_files=1; fi
+FILES_WHY=$(head -c 300 "$WORK/probe-files.err" | head -n 1)
 log "skiff at $SKIFF_TLS and $SKIFF_UNIX (exec: $has_exec, files: $has_files)"
 
 # ------------------------------------------------------------------- sshd
@@ -215,7 +242,7 @@ head -c "$BIG" /dev/urandom >"$BIGFILE"
 # ============================================================ wire limits
 log "iperf3"
 IPERF_PORT=$(free_port)
-start_bg iperf3 -s -B 127.0.0.1 -p "$IPERF_PORT"
+start_bg iperf3 -s -B 127.0.0.1 -p "$IPERF_PORT" >"$WORK/iperf3-server.log" 2>&1
 IPERF_PID=${PIDS[-1]}
 wait_port "$IPERF_PORT"
 iperf3 -c 127.0.0.1 -p "$IPERF_PORT" -t "$SECS" -J >"$RESULTS/iperf.json"
@@ -359,35 +386,51 @@ start_bg python3 "$REPO/bench/py_echo_server.py" --port 0 >"$PY_OUT"
 for i in $(seq 200); do grep -q '^listening' "$PY_OUT" && break; sleep 0.1; done
 PY_PORT=$(sed -n 's/^listening on .*:\([0-9]*\)$/\1/p' "$PY_OUT")
 
-# redis_rps CONNS PIPELINE: PING_MBULK requests/s.
-redis_rps() {
-    redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -c "$1" -P "$2" -n "$REDIS_N" -t ping --csv 2>/dev/null \
+PY_PID=${PIDS[-1]}
+REDIS_PID=${PIDS[-2]}
+# Each run also records CPU microseconds per request, server / client: on a
+# busy machine throughput swings with the scheduler, CPU per request much less.
+skiff_ping() { # CONNS PIPELINE -> json file; sets SK, SKLAT, SKCPU
+    local f="$RESULTS/ping_$1_$2.json" c0 c1
+    c0=$(proc_cpu "$SKIFF_PID")
+    cpu_run "$RESULTS/cpu" env HOME="$SKIFF_HOME" "$SKIFF" bench ping "$SKIFF_TLS" -c "$1" -d "$SECS" --pipeline "$2" --json >"$f"
+    c1=$(proc_cpu "$SKIFF_PID")
+    SK=$(json "$f" "f\"{d['requests_per_sec']:.0f}\"")
+    SKLAT=$(json "$f" "f\"{d['latency']['p50_ms']:.3f} / {d['latency']['p99_ms']:.3f} / {d['latency']['p999_ms']:.3f}\"")
+    SKCPU=$(us_per "$(json "$f" "d['requests']")" "$c0" "$c1" "$RESULTS/cpu")
+}
+redis_ping() { # CONNS PIPELINE; sets RD, RDCPU
+    local c0 c1 n=$REDIS_N
+    c0=$(proc_cpu "$REDIS_PID")
+    RD=$(cpu_run "$RESULTS/cpu" redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -c "$1" -P "$2" -n "$n" -t ping_mbulk --csv 2>/dev/null \
         | python3 -c "
 import csv, sys
 rows = [r for r in csv.reader(sys.stdin) if r and r[0].startswith('PING')]
-print(max(float(r[1]) for r in rows) if rows else 'n/a')"
+print(max(float(r[1]) for r in rows) if rows else 'n/a')")
+    c1=$(proc_cpu "$REDIS_PID")
+    RDCPU=$(us_per "$n" "$c0" "$c1" "$RESULTS/cpu")
 }
-skiff_ping() { # CONNS PIPELINE -> json file
-    sk bench ping "$SKIFF_TLS" -c "$1" -d "$SECS" --pipeline "$2" --json >"$RESULTS/ping_$1_$2.json"
+py_ping() { # CONNS; sets PY, PYLAT, PYCPU
+    local f="$RESULTS/py_$1.json" c0 c1
+    c0=$(proc_cpu "$PY_PID")
+    cpu_run "$RESULTS/cpu" python3 "$REPO/bench/py_echo_client.py" --port "$PY_PORT" -c "$1" -d "$SECS" --json >"$f"
+    c1=$(proc_cpu "$PY_PID")
+    PY=$(json "$f" "f\"{d['requests_per_sec']:.0f}\"")
+    PYLAT=$(json "$f" "f\"{d['latency']['p50_ms']:.3f} / {d['latency']['p99_ms']:.3f} / {d['latency']['p999_ms']:.3f}\"")
+    PYCPU=$(us_per "$(json "$f" "d['requests']")" "$c0" "$c1" "$RESULTS/cpu")
 }
 for c in $CONNS_LIST; do
     skiff_ping "$c" 1
-    SK=$(json "$RESULTS/ping_${c}_1.json" "f\"{d['requests_per_sec']:.0f}\"")
-    SKLAT=$(json "$RESULTS/ping_${c}_1.json" "f\"{d['latency']['p50_ms']:.3f} / {d['latency']['p99_ms']:.3f} / {d['latency']['p999_ms']:.3f}\"")
-    RD=$(redis_rps "$c" 1)
-    python3 "$REPO/bench/py_echo_client.py" --port "$PY_PORT" -c "$c" -d "$SECS" --json >"$RESULTS/py_$c.json"
-    PY=$(json "$RESULTS/py_$c.json" "f\"{d['requests_per_sec']:.0f}\"")
-    PYLAT=$(json "$RESULTS/py_$c.json" "f\"{d['latency']['p50_ms']:.3f} / {d['latency']['p99_ms']:.3f} / {d['latency']['p999_ms']:.3f}\"")
-    T_PING+=("skiff bench ping -c $c (TLS, authenticated)|$SK|$SKLAT|$(ratio "$SK" "$RD")|$(ratio "$SK" "$PY")")
-    T_PING+=("redis-benchmark PING -c $c|$RD|||")
-    T_PING+=("Python ThreadingTCPServer echo -c $c|$PY|$PYLAT||")
+    redis_ping "$c" 1
+    py_ping "$c"
+    T_PING+=("skiff bench ping -c $c (TLS, authenticated)|$SK|$SKLAT|$SKCPU|$(ratio "$SK" "$RD")|$(ratio "$SK" "$PY")")
+    T_PING+=("redis-benchmark PING -c $c|$RD||$RDCPU||")
+    T_PING+=("Python ThreadingTCPServer echo -c $c|$PY|$PYLAT|$PYCPU||")
 done
 skiff_ping 50 16
-SK=$(json "$RESULTS/ping_50_16.json" "f\"{d['requests_per_sec']:.0f}\"")
-SKLAT=$(json "$RESULTS/ping_50_16.json" "f\"{d['latency']['p50_ms']:.3f} / {d['latency']['p99_ms']:.3f} / {d['latency']['p999_ms']:.3f}\"")
-RD=$(redis_rps 50 16)
-T_PING+=("skiff bench ping -c 50 --pipeline 16|$SK|$SKLAT|$(ratio "$SK" "$RD")|")
-T_PING+=("redis-benchmark PING -c 50 -P 16|$RD|||")
+redis_ping 50 16
+T_PING+=("skiff bench ping -c 50 --pipeline 16|$SK|$SKLAT|$SKCPU|$(ratio "$SK" "$RD")|")
+T_PING+=("redis-benchmark PING -c 50 -P 16|$RD||$RDCPU||")
 
 # ================================================================= report
 log "writing $OUT"
@@ -429,6 +472,7 @@ MODE=full
     echo
     table "| what | GB/s | vs scp | vs sftp | vs rsync daemon | vs socat -> file |" "| --- | --- | --- | --- | --- | --- |" "${T_BULK[@]}"
     [ -n "$RSS_NOTE" ] && { echo "Memory: $RSS_NOTE."; echo; }
+    [ "$has_files" = 1 ] || { echo "skiff put/get not measured: the probe \\`skiff put\\` of a small file failed with: \\`$FILES_WHY\\`"; echo; }
     echo "## Remote execution"
     echo
     echo "Median wall time of the whole client command (hyperfine, $EXEC_RUNS runs for skiff and ssh over ControlMaster, $SSH_RUNS for new ssh connections). \"not available\": this build has no exec service yet."
@@ -437,9 +481,9 @@ MODE=full
     [ -n "$SKIFF_EXEC_P99" ] && { echo "\`skiff bench exec -n $EXEC_RUNS\`: $SKIFF_EXEC_P99."; echo; }
     echo "## Small requests (requests/s, ${SECS} s runs)"
     echo
-    echo "skiff: \`skiff bench ping\` over TLS, authenticated sessions, empty ping bodies; redis-benchmark PING (best of PING_INLINE/PING_MBULK, $REDIS_N requests) against redis-server; Python: \`bench/py_echo_server.py\` (socketserver.ThreadingTCPServer, 4-byte length frames, upper-case echo) driven by \`bench/py_echo_client.py\`. Latency is p50 / p99 / p999 in ms."
+    echo "skiff: \`skiff bench ping\` over TLS, authenticated sessions, empty ping bodies; redis-benchmark PING (PING_MBULK, $REDIS_N requests) against redis-server; Python: \`bench/py_echo_server.py\` (socketserver.ThreadingTCPServer, 4-byte length frames, upper-case echo) driven by \`bench/py_echo_client.py\`. Latency is p50 / p99 / p999 in ms."
     echo
-    table "| what | requests/s | latency ms | skiff vs redis | skiff vs Python |" "| --- | --- | --- | --- | --- |" "${T_PING[@]}"
+    table "| what | requests/s | latency ms | CPU us/request (server / client) | skiff vs redis | skiff vs Python |" "| --- | --- | --- | --- | --- | --- |" "${T_PING[@]}"
     echo "$MARK"
     [ -n "$NOTES" ] && echo "$NOTES"
 } >"$OUT.tmp"
