@@ -472,7 +472,7 @@ MODE=full
     echo
     table "| what | GB/s | vs scp | vs sftp | vs rsync daemon | vs socat -> file |" "| --- | --- | --- | --- | --- | --- |" "${T_BULK[@]}"
     [ -n "$RSS_NOTE" ] && { echo "Memory: $RSS_NOTE."; echo; }
-    [ "$has_files" = 1 ] || { echo "skiff put/get not measured: the probe \\`skiff put\\` of a small file failed with: \\`$FILES_WHY\\`"; echo; }
+    [ "$has_files" = 1 ] || { echo "skiff put/get not measured: the probe \`skiff put\` of a small file failed with: \`$FILES_WHY\`"; echo; }
     echo "## Remote execution"
     echo
     echo "Median wall time of the whole client command (hyperfine, $EXEC_RUNS runs for skiff and ssh over ControlMaster, $SSH_RUNS for new ssh connections). \"not available\": this build has no exec service yet."
