@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::io;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::{Datagram, DatagramSocket, ListenAddr, PeerAddr, Stream};
@@ -87,8 +87,12 @@ pub trait StreamHandler: Send + Sync + 'static {
     }
 
     /// Answers a connection that arrived while the server was full. The
-    /// default sends a skiff `{"op":"error","code":"busy"}` frame and closes;
-    /// it runs under a short deadline.
+    /// default sends a skiff `{"op":"error","code":"busy"}` frame and closes
+    /// the sending direction at once, so the client reads `busy` then EOF;
+    /// it then discards what the client had already sent until the client
+    /// closes (closing with unread input would make the kernel reset the
+    /// connection, and the client could lose the `busy` frame). The server
+    /// runs it under a short deadline.
     fn reject_busy(&self, mut conn: Connection) -> impl Future<Output = ()> + Send {
         async move {
             let mut frame = bytes::BytesMut::new();
@@ -100,6 +104,15 @@ pub trait StreamHandler: Send + Sync + 'static {
                 let _ = conn.stream().write_all(&frame).await;
             }
             let _ = conn.stream().shutdown().await;
+            let mut sink = [0u8; 4096];
+            // Bounded in bytes here and in time by the server's deadline.
+            let mut left: usize = 1 << 20;
+            while left > 0 {
+                match conn.stream().read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => left = left.saturating_sub(n),
+                }
+            }
         }
     }
 }

@@ -59,17 +59,25 @@ pub(crate) fn clear_stale_socket(path: &Path, datagram: bool) -> io::Result<()> 
             ),
         ));
     }
-    let alive = if datagram {
-        std::os::unix::net::UnixDatagram::unbound().and_then(|s| s.connect(path))
-    } else {
-        std::os::unix::net::UnixStream::connect(path).map(|_| ())
-    };
-    match alive {
-        Ok(()) => Err(io::Error::new(
+    match probe_socket(path, datagram) {
+        // Only "connection refused" proves that nobody listens; anything
+        // else (including a full backlog: EAGAIN) leaves the file alone.
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => std::fs::remove_file(path),
+        // Gone in the meantime: nothing to clear.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
+        _ => Err(io::Error::new(
             io::ErrorKind::AddrInUse,
             format!("another server is listening on {}", path.display()),
         )),
-        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => std::fs::remove_file(path),
-        Err(e) => Err(e),
     }
+}
+
+/// Tries to connect to the socket at `path` without blocking (a live server
+/// with a full backlog answers `WouldBlock` instead of stalling us).
+fn probe_socket(path: &Path, datagram: bool) -> io::Result<()> {
+    let ty = if datagram { Type::DGRAM } else { Type::STREAM };
+    let socket = Socket::new(Domain::UNIX, ty, None)?;
+    socket.set_nonblocking(true)?;
+    socket.connect(&SockAddr::unix(path)?)
 }

@@ -165,10 +165,21 @@ impl ServerBuilder {
     /// Binds every listener. Fails (binding nothing) if any address is
     /// unusable, saying which.
     pub async fn bind(self) -> io::Result<Server> {
+        let mut socket_files = Vec::new();
+        let result = self.bind_all(&mut socket_files);
+        if result.is_err() {
+            // Leave no socket file behind for the listeners that did bind.
+            for path in &socket_files {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        result
+    }
+
+    fn bind_all(self, socket_files: &mut Vec<PathBuf>) -> io::Result<Server> {
         let mut bound_streams = Vec::new();
         let mut bound_datagrams = Vec::new();
         let mut local_addrs = Vec::new();
-        let mut socket_files = Vec::new();
         let context = |addr: &ListenAddr, e: io::Error| {
             io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
         };
@@ -224,7 +235,7 @@ impl ServerBuilder {
             streams: bound_streams,
             datagrams: bound_datagrams,
             local_addrs,
-            socket_files,
+            socket_files: std::mem::take(socket_files),
             shutdown: self.shutdown,
         })
     }
@@ -295,6 +306,7 @@ impl Server {
     /// Serves until shutdown (a [`ShutdownHandle`], or a signal when
     /// enabled), then drains: no new connections, running handlers get the
     /// grace period, the rest are closed. Unix socket files are removed.
+    /// Fails only if signal handling was asked for and cannot be set up.
     pub async fn run(self) -> io::Result<()> {
         let Server {
             config,
@@ -309,14 +321,20 @@ impl Server {
         let limit = Arc::new(Semaphore::new(config.max_connections));
         let rejecting = Arc::new(Semaphore::new(MAX_REJECTING));
 
-        if config.handle_signals {
+        // Signal handlers are installed here, before any client can be
+        // served, so a signal that arrives once we serve is never lost to
+        // the default action (which would kill the process).
+        let signals = if config.handle_signals {
+            let signal = shutdown_signal()?;
             let token = shutdown.clone();
-            tokio::spawn(async move {
-                wait_for_signal().await;
+            Some(tokio::spawn(async move {
+                signal.await;
                 tracing::info!("shutting down: finishing running requests");
                 token.cancel();
-            });
-        }
+            }))
+        } else {
+            None
+        };
 
         let mut accept_loops = tokio::task::JoinSet::new();
         for (listener, local, serve, reject) in streams {
@@ -334,10 +352,22 @@ impl Server {
             accept_loops.spawn(accept_loop(listener, ctx));
         }
         for (socket, serve) in datagrams {
-            accept_loops.spawn(serve(socket, shutdown.clone(), config.datagram_buffer));
+            // A datagram handler still running at shutdown gets the same
+            // grace period as a connection.
+            let serving = serve(socket, shutdown.clone(), config.datagram_buffer);
+            let hard_stop = hard_stop.clone();
+            tracker.spawn(async move {
+                tokio::select! {
+                    _ = serving => {}
+                    _ = hard_stop.cancelled() => {}
+                }
+            });
         }
 
         shutdown.cancelled().await;
+        if let Some(signals) = signals {
+            signals.abort();
+        }
         // Listeners close as their loops end.
         while accept_loops.join_next().await.is_some() {}
         for path in &socket_files {
@@ -464,14 +494,16 @@ fn panic_message(panic: &Box<dyn Any + Send>) -> String {
     }
 }
 
-async fn wait_for_signal() {
+/// Installs SIGINT and SIGTERM handlers now; the future resolves at the
+/// first of either.
+fn shutdown_signal() -> io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }

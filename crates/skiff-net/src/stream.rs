@@ -11,9 +11,11 @@ use tokio::time::{Instant, Sleep};
 
 /// A connected stream socket: TCP or Unix.
 ///
-/// If the server has an idle timeout, a read or write that makes no
-/// progress for that long fails with `ErrorKind::TimedOut`; any progress in
-/// either direction restarts the clock.
+/// If the server has an idle timeout, a read or write that has waited that
+/// long without progress fails with `ErrorKind::TimedOut`. The clock of a
+/// direction starts when it begins to wait (time the handler spends working
+/// between reads does not count against the peer), and progress in either
+/// direction restarts both: a long download keeps a waiting reader alive.
 #[derive(Debug)]
 pub struct Stream {
     inner: Inner,
@@ -26,10 +28,45 @@ enum Inner {
     Unix(UnixStream),
 }
 
+/// The idle clocks, one per direction, so that a reader and a writer
+/// waiting at the same time (a split stream) each get their own wake-up.
 #[derive(Debug)]
 struct Idle {
     timeout: Duration,
+    read: Clock,
+    write: Clock,
+}
+
+#[derive(Debug)]
+struct Clock {
+    /// Whether the deadline below belongs to the current wait.
+    armed: bool,
     sleep: Pin<Box<Sleep>>,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Clock {
+            armed: false,
+            sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Direction {
+    Read,
+    Write,
+}
+
+impl Idle {
+    fn new(timeout: Duration) -> Self {
+        Idle {
+            timeout,
+            read: Clock::new(),
+            write: Clock::new(),
+        }
+    }
 }
 
 impl Stream {
@@ -44,20 +81,14 @@ impl Stream {
     fn new(inner: Inner, idle: Option<Duration>) -> Self {
         Stream {
             inner,
-            idle: idle.map(|timeout| Idle {
-                timeout,
-                sleep: Box::pin(tokio::time::sleep(timeout)),
-            }),
+            idle: idle.map(Idle::new),
         }
     }
 
     /// Changes the idle timeout (`None`: wait forever). A handler may lift
     /// it once a peer has authenticated, or tighten it before.
     pub fn set_idle_timeout(&mut self, timeout: Option<Duration>) {
-        self.idle = timeout.map(|timeout| Idle {
-            timeout,
-            sleep: Box::pin(tokio::time::sleep(timeout)),
-        });
+        self.idle = timeout.map(Idle::new);
     }
 
     /// The TCP stream, if this is one (for socket options).
@@ -76,24 +107,43 @@ impl Stream {
         }
     }
 
-    /// Turns a `Pending` into a timeout error when the idle clock ran out;
-    /// restarts the clock on progress.
-    fn track<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+    /// Turns a `Pending` into a timeout error when this direction has waited
+    /// too long; progress disarms both clocks.
+    fn track<T>(
+        &mut self,
+        dir: Direction,
+        cx: &mut Context<'_>,
+        poll: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
         let Some(idle) = self.idle.as_mut() else {
             return poll;
         };
         match poll {
             Poll::Ready(r) => {
-                idle.sleep.as_mut().reset(Instant::now() + idle.timeout);
+                idle.read.armed = false;
+                idle.write.armed = false;
                 Poll::Ready(r)
             }
-            Poll::Pending => match idle.sleep.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("peer idle for {:?}", idle.timeout),
-                ))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                let clock = match dir {
+                    Direction::Read => &mut idle.read,
+                    Direction::Write => &mut idle.write,
+                };
+                if !clock.armed {
+                    clock.armed = true;
+                    clock.sleep.as_mut().reset(Instant::now() + idle.timeout);
+                }
+                match clock.sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        clock.armed = false;
+                        Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("peer idle for {:?}", idle.timeout),
+                        )))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 }
@@ -111,7 +161,7 @@ impl AsyncRead for Stream {
             Inner::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Inner::Unix(s) => Pin::new(s).poll_read(cx, buf),
         };
-        this.track(cx, poll)
+        this.track(Direction::Read, cx, poll)
     }
 }
 
@@ -126,7 +176,7 @@ impl AsyncWrite for Stream {
             Inner::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Inner::Unix(s) => Pin::new(s).poll_write(cx, buf),
         };
-        this.track(cx, poll)
+        this.track(Direction::Write, cx, poll)
     }
 
     fn poll_write_vectored(
@@ -139,7 +189,7 @@ impl AsyncWrite for Stream {
             Inner::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Inner::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         };
-        this.track(cx, poll)
+        this.track(Direction::Write, cx, poll)
     }
 
     fn is_write_vectored(&self) -> bool {

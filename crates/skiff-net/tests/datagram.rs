@@ -31,7 +31,11 @@ async fn start(
     addr: &str,
     buffer: usize,
     handler: Arc<Describe>,
-) -> (ListenAddr, ShutdownHandle, tokio::task::JoinHandle<io::Result<()>>) {
+) -> (
+    ListenAddr,
+    ShutdownHandle,
+    tokio::task::JoinHandle<io::Result<()>>,
+) {
     let mut builder = Server::builder().datagram_buffer(buffer);
     builder.add_datagram(addr.parse().unwrap(), handler);
     let server = builder.bind().await.unwrap();
@@ -47,6 +51,24 @@ async fn stop(handle: ShutdownHandle, task: tokio::task::JoinHandle<io::Result<(
         .expect("server stops")
         .unwrap()
         .unwrap();
+}
+
+/// A server on `DIR/server.sock` with a [`Describe`] handler.
+async fn start_unixgram(
+    dir: &std::path::Path,
+    buffer: usize,
+) -> (
+    std::path::PathBuf,
+    Arc<Describe>,
+    ShutdownHandle,
+    tokio::task::JoinHandle<io::Result<()>>,
+) {
+    let path = dir.join("server.sock");
+    let handler = Arc::new(Describe::default());
+    let url = format!("unixgram://{}", path.display());
+    let (local, handle, task) = start(&url, buffer, handler.clone()).await;
+    assert_eq!(local, ListenAddr::UnixDatagram(path.clone()));
+    (path, handler, handle, task)
 }
 
 async fn udp_ask(client: &UdpSocket, payload: &[u8]) -> String {
@@ -81,11 +103,7 @@ async fn udp_reports_real_length_of_truncated_datagrams() {
 #[tokio::test]
 async fn unix_datagram_round_trip_and_truncation() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("server.sock");
-    let handler = Arc::new(Describe::default());
-    let url = format!("unixgram://{}", path.display());
-    let (local, handle, task) = start(&url, 16, handler.clone()).await;
-    assert_eq!(local, ListenAddr::UnixDatagram(path.clone()));
+    let (path, handler, handle, task) = start_unixgram(dir.path(), 16).await;
     let client = UnixDatagram::bind(dir.path().join("client.sock")).unwrap();
     client.connect(&path).unwrap();
     for (payload, want) in [
@@ -110,10 +128,7 @@ async fn unix_datagram_round_trip_and_truncation() {
 #[tokio::test]
 async fn unnamed_unix_sender_cannot_be_answered_and_server_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("server.sock");
-    let handler = Arc::new(Describe::default());
-    let url = format!("unixgram://{}", path.display());
-    let (_, handle, task) = start(&url, 64, handler.clone()).await;
+    let (path, handler, handle, task) = start_unixgram(dir.path(), 64).await;
     let unnamed = UnixDatagram::unbound().unwrap();
     unnamed.send_to(b"who am i", &path).await.unwrap();
     // The named client's answer proves the unnamed datagram was handled

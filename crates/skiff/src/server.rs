@@ -115,6 +115,29 @@ struct SessionHandler {
 }
 
 impl StreamHandler for SessionHandler {
+    /// `busy` must reach a TLS client inside TLS, or it reads as a broken
+    /// handshake instead of "try again later".
+    async fn reject_busy(&self, mut conn: Connection) {
+        let io: Box<dyn Io + '_> = match &self.tls {
+            Some((acceptor, _)) => {
+                // skiff-net bounds the whole rejection with a short deadline.
+                match acceptor.accept(conn.stream()).await {
+                    Ok(tls) => Box::new(tls),
+                    Err(_) => return,
+                }
+            }
+            None => Box::new(conn.stream()),
+        };
+        let mut session = Session::new(io);
+        let _ = session
+            .send_error(
+                skiff_wire::ErrorCode::Busy,
+                "server is at its connection limit; try again later",
+            )
+            .await;
+        let _ = session.close().await;
+    }
+
     async fn handle(&self, conn: &mut Connection) -> std::io::Result<()> {
         let peer_ip: Option<IpAddr> = conn.peer().ip();
         let peer = conn.peer().to_string();

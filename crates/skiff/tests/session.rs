@@ -736,6 +736,27 @@ fn silent_clients_are_dropped_at_the_handshake_timeout() {
     );
     assert!(took < Duration::from_secs(8), "not dropped: {took:?}");
 
+    // TLS done, then silence: a `timeout` error inside TLS, then the close.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use tokio::io::AsyncReadExt;
+        let tcp = tokio::net::TcpStream::connect(host_port(server.url()))
+            .await
+            .unwrap();
+        let mut tls = skiff::session::tls::connector()
+            .unwrap()
+            .connect(skiff::session::tls::server_name("localhost"), tcp)
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(8), tls.read_to_end(&mut rest));
+        assert!(read.await.is_ok(), "not dropped");
+        assert!(text(&rest).contains("\"timeout\""), "{}", text(&rest));
+    });
+
     // Plain port: hello, then silence: a `timeout` error, then the close.
     let (user, _) = key_line(&server);
     let mut raw = Raw::tcp(&url_with(&server, "tcp+plain://"));
@@ -995,4 +1016,29 @@ fn client_failures_are_one_line_with_exit_255() {
     let mut cmd = common::env_for(Command::new(common::skiff_bin()), dir.path());
     cmd.args(["ping", &format!("127.0.0.1:{port}")]);
     assert_fails_with(&run_bounded(cmd, Duration::from_secs(20)), "skiff keygen");
+}
+
+#[test]
+fn busy_server_says_so_inside_tls() {
+    let server = TestServer::start(&["--max-connections", "2", "--handshake-timeout", "30"]);
+    let addr = host_port(server.url());
+    let before = open_fds(server.pid());
+    let idle: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(&addr).unwrap()).collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while open_fds(server.pid()) < before + 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = ping(&server, server.url());
+    assert_fails_with(&out, "connection limit");
+    drop(idle);
+    // The slots come back once the idle peers are gone.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = ping(&server, server.url());
+        if out.status.success() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", text(&out.stderr));
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

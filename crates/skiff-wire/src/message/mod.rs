@@ -8,6 +8,7 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+pub mod exec;
 pub mod files;
 pub mod handshake;
 pub mod ping;

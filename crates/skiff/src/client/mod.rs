@@ -1,6 +1,7 @@
 //! The client side: connect, authenticate, and run operations.
 
 pub mod bench;
+pub mod exec;
 pub mod files;
 pub mod known_servers;
 pub mod ping;
@@ -26,7 +27,7 @@ use known_servers::PinState;
 #[derive(Debug, Error)]
 pub enum ClientError {
     /// No connection could be made.
-    #[error("cannot connect to {target}: {}", io_reason(.source))]
+    #[error("cannot connect to {target}: {source}")]
     Connect {
         /// Where we tried.
         target: String,
@@ -135,7 +136,7 @@ async fn connect_inner(
 ) -> Result<Client, ClientError> {
     let connect_err = |source| ClientError::Connect {
         target: target.to_string(),
-        source,
+        source: friendly(source),
     };
     // A certificate seen for the first time, pinned once the server has
     // proved it knows our key.
@@ -223,15 +224,17 @@ pub async fn authenticate(
 }
 
 /// The usual reasons a connection fails, worded like ssh does
-/// (`connection refused`), with the OS text for anything else.
-fn io_reason(e: &std::io::Error) -> String {
+/// (`connection refused`) instead of the OS text with its errno; the kind
+/// is kept.
+fn friendly(e: std::io::Error) -> std::io::Error {
     use std::io::ErrorKind as K;
-    match e.kind() {
-        K::ConnectionRefused => "connection refused".to_string(),
-        K::ConnectionReset => "connection reset by peer".to_string(),
-        K::TimedOut => "connection timed out".to_string(),
-        K::NotFound => "no such socket".to_string(),
-        K::PermissionDenied => "permission denied".to_string(),
-        _ => e.to_string(),
-    }
+    let reason = match e.kind() {
+        K::ConnectionRefused => "connection refused",
+        K::ConnectionReset => "connection reset by peer",
+        K::TimedOut => "connection timed out",
+        K::NotFound => "no such socket",
+        K::PermissionDenied => "permission denied",
+        _ => return e,
+    };
+    std::io::Error::new(e.kind(), reason)
 }

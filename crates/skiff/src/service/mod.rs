@@ -51,7 +51,9 @@ pub async fn serve(session: &mut Session<'_>, ctx: &ServiceContext) -> Result<()
         };
         match frame.op() {
             "ping" => ping::handle(session, frame)?,
-            "exec" => exec::handle(session, ctx, frame).await?,
+            "exec" | "stdin" | "stdin_eof" | "signal" | "resize" => {
+                exec::handle(session, ctx, frame).await?
+            }
             "put" | "get" | "ls" | "stat" | "rm" | "mkdir" | "mv" => {
                 files::handle(session, ctx, frame).await?
             }

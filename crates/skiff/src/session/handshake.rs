@@ -108,6 +108,20 @@ mod tests {
             hex::encode(proof(&key, CLIENT_LABEL, &NO_BINDING, &cn, &sn)),
             include_str!("../../../../docs/vectors/client_proof_nobinding.hex").trim()
         );
+        assert_eq!(
+            hex::encode(proof(&key, SERVER_LABEL, &NO_BINDING, &cn, &sn)),
+            include_str!("../../../../docs/vectors/server_proof_nobinding.hex").trim()
+        );
+        // The base64 forms as they travel in `challenge` and `auth`.
+        assert_eq!(
+            b64(&proof(&key, SERVER_LABEL, &cb, &cn, &sn)),
+            "g78eCTM9/apY6Lj9eItICdJC6CyUXrTb1UgoQpziMPo="
+        );
+        assert_eq!(
+            b64(&proof(&key, CLIENT_LABEL, &cb, &cn, &sn)),
+            "2i4nv2GXzTvtR3obs1+xgXjlPSeF05fJvch+RKkRAP8="
+        );
+        assert_eq!(unb64(&b64(&cn)), Some(cn));
     }
 
     #[test]

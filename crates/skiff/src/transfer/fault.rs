@@ -34,3 +34,27 @@ pub fn maybe_corrupt(index: u64, chunk: Bytes) -> Bytes {
     b[mid] ^= 0x5a;
     b.freeze()
 }
+
+/// Milliseconds to pause per data chunk on the client, if the test hook
+/// `SKIFF_TEST_CHUNK_DELAY_MS` is set (debug builds only). It slows a
+/// transfer down so a test can reliably interrupt it halfway.
+#[cfg(debug_assertions)]
+fn chunk_delay() -> Option<std::time::Duration> {
+    std::env::var("SKIFF_TEST_CHUNK_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(std::time::Duration::from_millis)
+}
+
+#[cfg(not(debug_assertions))]
+fn chunk_delay() -> Option<std::time::Duration> {
+    None
+}
+
+/// Sleeps for the test hook's per-chunk delay; a no-op in release builds
+/// and when the hook is off.
+pub async fn maybe_delay() {
+    if let Some(d) = chunk_delay() {
+        tokio::time::sleep(d).await;
+    }
+}

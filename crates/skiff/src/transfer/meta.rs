@@ -62,8 +62,13 @@ pub fn apply_dir(
     mode: Option<u32>,
     mtime_ns: Option<i64>,
 ) -> io::Result<()> {
-    let f = dir.try_clone()?.into_std_file();
-    apply(&f, mode, mtime_ns)
+    apply(&open_self(dir)?, mode, mtime_ns)
+}
+
+/// The directory itself as a readable file: cap-std holds directories as
+/// `O_PATH` descriptors, on which fchmod, futimens and fsync fail.
+pub fn open_self(dir: &cap_std::fs::Dir) -> io::Result<std::fs::File> {
+    Ok(dir.open(".")?.into_std())
 }
 
 /// `ls -l` style: type letter and rwx triplets.

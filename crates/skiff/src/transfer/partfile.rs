@@ -108,7 +108,7 @@ impl PartFile {
         file.sync_all()?;
         self.check_destination(force)?;
         self.dir.rename(&self.part, &self.dir, &self.name)?;
-        self.dir.try_clone()?.into_std_file().sync_all()
+        meta::open_self(&self.dir)?.sync_all()
     }
 
     /// Removes the partial file, if any.

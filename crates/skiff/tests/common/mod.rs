@@ -124,3 +124,41 @@ pub fn env_for(mut cmd: Command, home: &Path) -> Command {
         .env("RUST_LOG", "warn");
     cmd
 }
+
+impl TestServer {
+    /// Kills the server with SIGKILL and starts it again on the same home
+    /// and root (same users, key and certificate) on a fresh TLS port, as
+    /// after a crash and restart. `urls` then holds the new address.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut cmd = Command::new(skiff_bin());
+        cmd.arg("serve")
+            .arg("--root")
+            .arg(&self.root)
+            .arg("--listen")
+            .arg("tcp://127.0.0.1:0");
+        let mut child = env_for(cmd, self.home.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("respawn skiff serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        self.child = child;
+        loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(20))
+                .expect("restarted server did not start");
+            if let Some(url) = line.strip_prefix("listening on ") {
+                self.urls = vec![url.to_string()];
+                return;
+            }
+        }
+    }
+}

@@ -313,6 +313,7 @@ async fn receive_file(
     loop {
         let frame = recv_frame(reader).await?;
         if frame.is::<Data>() {
+            fault::maybe_delay().await;
             let chunk = fault::maybe_corrupt(index, frame.into_body());
             index += 1;
             progress.add(chunk.len() as u64);

@@ -415,6 +415,7 @@ async fn send_job(
                     aborted = true;
                     break;
                 }
+                crate::transfer::fault::maybe_delay().await;
                 progress.add(chunk.len() as u64);
                 writer.queue(&Data {}, &chunk)?;
                 if writer.buffered() >= WRITE_HIGH_WATER {

@@ -100,6 +100,7 @@ fn open_listing(root: &Dir, req: &Ls) -> Result<Listing, ErrorMsg> {
         // `ls link/` style: a link to a directory inside the root is listed.
         match loc.parent.open_dir(&loc.name) {
             Ok(d) => Ok(Listing::Dir(d)),
+            Err(e) if errors::code_for(&e) == skiff_wire::ErrorCode::PathEscape => Err(io(e)),
             Err(_) => Ok(Listing::Single(entry)),
         }
     } else {

@@ -1,0 +1,675 @@
+//! End-to-end: file transfer and management through the real binary.
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::TestServer;
+
+/// Writes `size` bytes of incompressible, position-dependent data quickly:
+/// one pseudo-random 1 MiB block, stamped with its index each time.
+fn make_file(path: &Path, size: u64, seed: u64) {
+    let mut block = vec![0u8; 1 << 20];
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for b in block.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        b.copy_from_slice(&x.to_le_bytes()[..b.len()]);
+    }
+    let mut f = fs::File::create(path).unwrap();
+    let mut left = size;
+    let mut i = 0u64;
+    while left > 0 {
+        block[..8].copy_from_slice(&i.to_le_bytes());
+        let n = left.min(block.len() as u64) as usize;
+        f.write_all(&block[..n]).unwrap();
+        left -= n as u64;
+        i += 1;
+    }
+}
+
+fn hash(path: &Path) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update_reader(fs::File::open(path).unwrap()).unwrap();
+    h.finalize().to_hex().to_string()
+}
+
+fn run(server: &TestServer, args: &[&str]) -> Output {
+    server.client().args(args).output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn ok(o: &Output) {
+    assert!(o.status.success(), "failed: {}", stderr(o));
+}
+
+/// Exit code 1 and the protocol error code in the message.
+fn fails_with(o: &Output, code: &str) {
+    assert_eq!(o.status.code(), Some(1), "stderr: {}", stderr(o));
+    assert!(stderr(o).contains(code), "expected {code}: {}", stderr(o));
+}
+
+/// Every `.skiff-part` file under `dir`.
+fn leftovers(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(p);
+            } else if p.to_string_lossy().ends_with(".skiff-part") {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+#[test]
+fn round_trips_small_and_odd_sizes() {
+    let server = TestServer::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    for (i, size) in [0u64, 1, 4095, 1 << 20, 3 * (1 << 20) + 7]
+        .into_iter()
+        .enumerate()
+    {
+        let src = work.path().join(format!("src{i}"));
+        make_file(&src, size, i as u64);
+        let name = format!("f{i}.bin");
+        ok(&run(&server, &["put", server.url(), p(&src), &name]));
+        assert_eq!(
+            hash(&server.root.join(&name)),
+            hash(&src),
+            "put size {size}"
+        );
+        let back = work.path().join(format!("back{i}"));
+        ok(&run(
+            &server,
+            &["get", "--hash", "sha256", server.url(), &name, p(&back)],
+        ));
+        assert_eq!(hash(&back), hash(&src), "get size {size}");
+    }
+    // Into a directory (scp style), and mode/mtime kept.
+    fs::create_dir(server.root.join("dir")).unwrap();
+    let src = work.path().join("exe");
+    make_file(&src, 10, 9);
+    fs::set_permissions(&src, fs::Permissions::from_mode(0o750)).unwrap();
+    ok(&run(&server, &["put", server.url(), p(&src), "/dir/"]));
+    let md = fs::metadata(server.root.join("dir/exe")).unwrap();
+    assert_eq!(md.mode() & 0o777, 0o750);
+    assert_eq!(md.mtime(), fs::metadata(&src).unwrap().mtime());
+    // Exists without --force; replaced with it.
+    fails_with(
+        &run(&server, &["put", server.url(), p(&src), "dir/exe"]),
+        "--force",
+    );
+    ok(&run(
+        &server,
+        &["put", "--force", server.url(), p(&src), "dir/exe"],
+    ));
+    fails_with(
+        &run(
+            &server,
+            &["get", server.url(), "nope", p(&work.path().join("x"))],
+        ),
+        "not found",
+    );
+    assert!(leftovers(&server.root).is_empty());
+    assert!(leftovers(work.path()).is_empty());
+}
+
+#[test]
+fn one_gib_round_trip() {
+    let server = TestServer::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("big");
+    make_file(&src, 1 << 30, 42);
+    let want = hash(&src);
+    ok(&run(&server, &["put", server.url(), p(&src), "big"]));
+    assert_eq!(hash(&server.root.join("big")), want);
+    fs::remove_file(&src).unwrap();
+    ok(&run(&server, &["get", server.url(), "big", p(&src)]));
+    assert_eq!(hash(&src), want);
+}
+
+#[test]
+fn trees_keep_structure_modes_times_and_links() {
+    let server = TestServer::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let top = work.path().join("tree");
+    fs::create_dir_all(top.join("sub dir/ünïcode")).unwrap();
+    fs::create_dir(top.join("empty")).unwrap();
+    fs::write(top.join("empty file"), b"").unwrap();
+    make_file(&top.join("sub dir/data.bin"), 2 * (1 << 20) + 3, 1);
+    for i in 0..50 {
+        fs::write(
+            top.join(format!("sub dir/ünïcode/small {i}")),
+            format!("{i}"),
+        )
+        .unwrap();
+    }
+    fs::set_permissions(
+        top.join("sub dir/data.bin"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("sub dir/data.bin", top.join("link")).unwrap();
+    // A link out of the tree is refused by the server, not followed.
+    std::os::unix::fs::symlink("/etc/passwd", top.join("outside")).unwrap();
+    fs::set_permissions(top.join("empty"), fs::Permissions::from_mode(0o700)).unwrap();
+    let past = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    fs::File::open(top.join("sub dir/ünïcode/small 7"))
+        .unwrap()
+        .set_modified(past)
+        .unwrap();
+    fs::File::open(top.join("empty"))
+        .unwrap()
+        .set_modified(past)
+        .unwrap();
+
+    let out = run(&server, &["put", "-r", server.url(), p(&top), "/"]);
+    fails_with(&out, "path_escape");
+    let r = server.root.join("tree");
+    assert!(!r.join("outside").exists() && fs::symlink_metadata(r.join("outside")).is_err());
+    assert_eq!(
+        fs::read_link(r.join("link")).unwrap(),
+        Path::new("sub dir/data.bin")
+    );
+    assert_eq!(
+        hash(&r.join("sub dir/data.bin")),
+        hash(&top.join("sub dir/data.bin"))
+    );
+    assert_eq!(
+        fs::metadata(r.join("sub dir/data.bin")).unwrap().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(fs::read(r.join("sub dir/ünïcode/small 49")).unwrap(), b"49");
+    assert_eq!(
+        fs::metadata(r.join("sub dir/ünïcode/small 7"))
+            .unwrap()
+            .mtime(),
+        1_000_000_000
+    );
+    assert_eq!(
+        fs::metadata(r.join("empty")).unwrap().mtime(),
+        1_000_000_000
+    );
+    assert_eq!(fs::metadata(r.join("empty")).unwrap().mode() & 0o777, 0o700);
+    assert_eq!(fs::metadata(r.join("empty file")).unwrap().len(), 0);
+
+    let back = work.path().join("back");
+    ok(&run(
+        &server,
+        &["get", "-r", server.url(), "tree", p(&back)],
+    ));
+    assert_eq!(
+        fs::read_link(back.join("link")).unwrap(),
+        Path::new("sub dir/data.bin")
+    );
+    assert_eq!(
+        hash(&back.join("sub dir/data.bin")),
+        hash(&top.join("sub dir/data.bin"))
+    );
+    assert_eq!(
+        fs::read_dir(back.join("sub dir/ünïcode")).unwrap().count(),
+        50
+    );
+    assert_eq!(
+        fs::metadata(back.join("sub dir/ünïcode/small 7"))
+            .unwrap()
+            .mtime(),
+        1_000_000_000
+    );
+    assert_eq!(
+        fs::metadata(back.join("empty")).unwrap().mtime(),
+        1_000_000_000
+    );
+    assert!(back.join("empty").is_dir() && back.join("empty file").is_file());
+    assert!(leftovers(&server.root).is_empty() && leftovers(&back).is_empty());
+
+    // ls, stat, mv, mkdir, rm.
+    let out = run(&server, &["ls", server.url(), "tree"]);
+    ok(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("sub dir/") && text.contains("link -> sub dir/data.bin"),
+        "{text}"
+    );
+    let out = run(&server, &["stat", server.url(), "tree/sub dir/data.bin"]);
+    ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("size: {}", 2 * (1 << 20) + 3)));
+    ok(&run(&server, &["mkdir", "-p", server.url(), "a/b/c"]));
+    fails_with(&run(&server, &["mkdir", server.url(), "a/b/c"]), "exists");
+    ok(&run(
+        &server,
+        &["mv", server.url(), "tree/empty file", "a/b"],
+    ));
+    assert!(server.root.join("a/b/empty file").is_file());
+    fails_with(&run(&server, &["rm", server.url(), "a"]), "rm -r");
+    ok(&run(&server, &["rm", "-r", server.url(), "a"]));
+    assert!(!server.root.join("a").exists());
+    fails_with(&run(&server, &["rm", server.url(), "a"]), "not found");
+    // 255 when the server cannot be reached.
+    let out = run(&server, &["ls", "tcp://127.0.0.1:1", "/"]);
+    assert_eq!(out.status.code(), Some(255));
+}
+
+#[test]
+fn server_refuses_every_escape() {
+    let server = TestServer::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let outside = work.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    fs::write(outside.join("secret"), b"secret").unwrap();
+    std::os::unix::fs::symlink(&outside, server.root.join("out")).unwrap();
+    std::os::unix::fs::symlink("../../..", server.root.join("up")).unwrap();
+    let src = work.path().join("f");
+    fs::write(&src, b"x").unwrap();
+    let dst = work.path().join("got");
+    let url = server.url();
+    for path in [
+        "../x",
+        "/../../etc/passwd",
+        "a/../../x",
+        "out/secret",
+        "up/etc/passwd",
+        "out/new",
+    ] {
+        fails_with(&run(&server, &["get", url, path, p(&dst)]), "outside");
+        fails_with(&run(&server, &["put", url, p(&src), path]), "outside");
+        fails_with(&run(&server, &["stat", url, path]), "outside");
+        fails_with(&run(&server, &["rm", url, path]), "outside");
+        fails_with(&run(&server, &["mkdir", url, path]), "outside");
+        fails_with(&run(&server, &["mv", url, path, "moved"]), "outside");
+        fails_with(&run(&server, &["mv", url, "f-none", path]), "");
+    }
+    fails_with(&run(&server, &["ls", url, "out/"]), "outside");
+    assert_eq!(fs::read(outside.join("secret")).unwrap(), b"secret");
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 1);
+    assert!(!dst.exists());
+}
+
+/// A NUL byte and a directory swapped for a symlink halfway through an
+/// upload, driven through the library so the race is deterministic.
+#[test]
+fn nul_and_symlink_swapped_during_upload() {
+    use skiff::client::{connect, ConnectOptions};
+    use skiff_wire::message::files::{Data, Done, End, Put, Ready, Stat};
+    use skiff_wire::ErrorMsg;
+
+    let server = TestServer::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let outside = work.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    fs::create_dir(server.root.join("sub")).unwrap();
+    let key = skiff::keys::load_key(&server.key_file).unwrap();
+    let target: skiff::target::Target = server.url().parse().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let opts = ConnectOptions {
+            known_servers: None,
+            ..Default::default()
+        };
+        let mut c = connect(&target, &key, &opts).await.unwrap();
+        let s = &mut c.session;
+        s.send(
+            &Stat {
+                path: "a\0b".into(),
+            },
+            &[],
+        )
+        .await
+        .unwrap();
+        let f = s.recv_required().await.unwrap();
+        assert_eq!(f.parse::<ErrorMsg>().unwrap().code.as_str(), "path_escape");
+
+        let chunk = vec![7u8; 1 << 20];
+        let mut h = blake3::Hasher::new();
+        for _ in 0..3 {
+            h.update(&chunk);
+        }
+        let put = Put {
+            path: "sub/big".into(),
+            size: 3 << 20,
+            ..Default::default()
+        };
+        s.send(&put, &[]).await.unwrap();
+        s.expect::<Ready>().await.unwrap();
+        // The server opened `sub` (before `ready`) and holds the first chunk.
+        s.send(&Data {}, &chunk).await.unwrap();
+        fs::rename(server.root.join("sub"), server.root.join("sub.moved")).unwrap();
+        std::os::unix::fs::symlink(&outside, server.root.join("sub")).unwrap();
+        s.send(&Data {}, &chunk).await.unwrap();
+        s.send(&Data {}, &chunk).await.unwrap();
+        let end = End {
+            size: 3 << 20,
+            digest: h.finalize().to_hex().to_string(),
+            abort: false,
+        };
+        s.send(&end, &[]).await.unwrap();
+        let (done, _) = s.expect::<Done>().await.unwrap();
+        assert_eq!(done.size, 3 << 20);
+    });
+    assert_eq!(
+        fs::read_dir(&outside).unwrap().count(),
+        0,
+        "nothing may land outside"
+    );
+    assert_eq!(
+        fs::metadata(server.root.join("sub.moved/big"))
+            .unwrap()
+            .len(),
+        3 << 20
+    );
+}
+
+/// A malicious server answering `get -r` with names that try to escape.
+#[test]
+fn client_refuses_malicious_server_names() {
+    use skiff::keys::{UserKey, Users};
+    use skiff::session::accept::{AuthPolicy, Authenticator};
+    use skiff::session::Session;
+    use skiff_wire::message::files::{
+        Data, End, Entries, Entry, EntryKind, FileHead, Get, StatReply,
+    };
+    use skiff_wire::message::handshake::Welcome;
+
+    let work = tempfile::tempdir().unwrap();
+    let sock = work.path().join("evil.sock");
+    let key = UserKey::generate("u");
+    let key_file = work.path().join("key");
+    skiff::keys::write_private_new(&key_file, &format!("{}\n", key.to_line())).unwrap();
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let users = Users::from_keys([key.clone()]);
+    let server = std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            listener.set_nonblocking(true).unwrap();
+            let listener = tokio::net::UnixListener::from_std(listener).unwrap();
+            let (stream, _) = listener.accept().await.unwrap();
+            let auth = Authenticator::new(users, AuthPolicy::default(), Welcome::default());
+            let mut s = Session::new(Box::new(stream));
+            auth.handshake(&mut s, &[0u8; 32], None).await.unwrap();
+            let entry = |path: &str, kind, target: Option<&str>| Entry {
+                path: path.into(),
+                kind,
+                size: 4,
+                mode: 0o644,
+                target: target.map(String::from),
+                ..Default::default()
+            };
+            let list = vec![
+                entry("../escaped", EntryKind::File, None),
+                entry("/tmp/absolute", EntryKind::File, None),
+                entry("d", EntryKind::Dir, None),
+                entry("d/../../escaped2", EntryKind::File, None),
+                entry("d/up", EntryKind::Symlink, Some("../../outside")),
+                entry("d/abs", EntryKind::Symlink, Some("/etc")),
+                entry("d/up/x", EntryKind::File, None),
+                entry("d/./y", EntryKind::File, None),
+                entry("good", EntryKind::File, None),
+            ];
+            while let Ok(Some(f)) = s.recv().await {
+                match f.op() {
+                    "stat" => s
+                        .send(
+                            &StatReply {
+                                entry: entry("t", EntryKind::Dir, None),
+                            },
+                            &[],
+                        )
+                        .await
+                        .unwrap(),
+                    "ls" => s
+                        .send(
+                            &Entries { more: false },
+                            &serde_json::to_vec(&list).unwrap(),
+                        )
+                        .await
+                        .unwrap(),
+                    "get" => {
+                        let _g: Get = f.parse().unwrap();
+                        s.queue(
+                            &FileHead {
+                                size: 4,
+                                mode: 0o644,
+                                mtime_ns: 0,
+                                offset: 0,
+                            },
+                            &[],
+                        )
+                        .unwrap();
+                        s.queue(&Data {}, b"evil").unwrap();
+                        let digest = blake3::hash(b"evil").to_hex().to_string();
+                        s.send(
+                            &End {
+                                size: 4,
+                                digest,
+                                abort: false,
+                            },
+                            &[],
+                        )
+                        .await
+                        .unwrap();
+                    }
+                    _ => {}
+                }
+            }
+        });
+    });
+    let home = tempfile::tempdir().unwrap();
+    let base = work.path().join("base");
+    fs::create_dir(&base).unwrap();
+    let local = base.join("local");
+    let out = common::env_for(Command::new(common::skiff_bin()), home.path())
+        .args(["get", "-r", "--key", p(&key_file)])
+        .arg(format!("unix://{}", sock.display()))
+        .args(["t", p(&local)])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    server.join().unwrap();
+    fails_with(&out, "path_escape");
+    assert_eq!(fs::read(local.join("good")).unwrap(), b"evil");
+    let mut names: Vec<_> = fs::read_dir(&base)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["local"], "nothing beside LOCAL");
+    let mut inside: Vec<_> = fs::read_dir(local.join("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    inside.sort();
+    assert!(
+        inside.is_empty(),
+        "no links out, no files through them: {inside:?}"
+    );
+    assert!(!Path::new("/tmp/absolute").exists());
+}
+
+/// Starts a slowed-down transfer and returns once its partial file holds
+/// at least `min` bytes.
+fn start_slow(server: &TestServer, args: &[&str], part: &Path, min: u64) -> std::process::Child {
+    let child = server
+        .client()
+        .args(args)
+        .env("SKIFF_TEST_CHUNK_DELAY_MS", "25")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fs::metadata(part).map(|m| m.len()).unwrap_or(0) < min {
+        assert!(
+            Instant::now() < deadline,
+            "transfer never reached {min} bytes"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child
+}
+
+fn resume(server: &TestServer, args: &[&str]) {
+    let out = server
+        .client()
+        .args(args)
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    ok(&out);
+    assert!(
+        stderr(&out).contains("resuming"),
+        "did not resume: {}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn resume_after_client_killed_mid_put_and_mid_get() {
+    let server = TestServer::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_file(&src, 48 << 20, 5);
+    let url = server.url().to_string();
+    let part = server.root.join(".f.skiff-part");
+    let mut c = start_slow(&server, &["put", &url, p(&src), "f"], &part, 8 << 20);
+    c.kill().unwrap();
+    c.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !server.root.join("f").exists(),
+        "no partial file under the real name"
+    );
+    resume(&server, &["put", "--resume", &url, p(&src), "f"]);
+    assert_eq!(hash(&server.root.join("f")), hash(&src));
+    assert!(leftovers(&server.root).is_empty());
+
+    let dst = work.path().join("dst");
+    let part = work.path().join(".dst.skiff-part");
+    let mut c = start_slow(&server, &["get", &url, "f", p(&dst)], &part, 8 << 20);
+    c.kill().unwrap();
+    c.wait().unwrap();
+    assert!(!dst.exists());
+    resume(&server, &["get", "--resume", &url, "f", p(&dst)]);
+    assert_eq!(hash(&dst), hash(&src));
+    assert!(leftovers(work.path()).is_empty());
+}
+
+#[test]
+fn resume_after_server_killed_mid_put() {
+    let mut server = TestServer::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_file(&src, 40 << 20, 6);
+    let url = server.url().to_string();
+    let part = server.root.join(".f.skiff-part");
+    let mut c = start_slow(&server, &["put", &url, p(&src), "f"], &part, 8 << 20);
+    server.restart();
+    let status = c.wait().unwrap();
+    assert_eq!(status.code(), Some(255), "connection lost is exit 255");
+    assert!(!server.root.join("f").exists());
+    let url = server.url().to_string();
+    resume(&server, &["put", "--resume", &url, p(&src), "f"]);
+    assert_eq!(hash(&server.root.join("f")), hash(&src));
+    assert!(leftovers(&server.root).is_empty());
+}
+
+#[test]
+fn readers_never_see_a_partial_file() {
+    let server = TestServer::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let old = work.path().join("old");
+    let new = work.path().join("new");
+    make_file(&old, 1 << 20, 1);
+    make_file(&new, 24 << 20, 2);
+    let url = server.url().to_string();
+    ok(&run(&server, &["put", &url, p(&old), "f"]));
+    let dest = server.root.join("f");
+    let part = server.root.join(".f.skiff-part");
+    let mut c = start_slow(&server, &["put", "--force", &url, p(&new), "f"], &part, 1);
+    let mut seen_new = false;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !seen_new {
+        assert!(Instant::now() < deadline);
+        let len = fs::metadata(&dest).unwrap().len();
+        assert!(
+            len == 1 << 20 || len == 24 << 20,
+            "a reader saw {len} bytes"
+        );
+        seen_new = len == 24 << 20;
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(c.wait().unwrap().success());
+    assert_eq!(hash(&dest), hash(&new));
+}
+
+#[test]
+fn corrupted_chunk_is_detected_both_ways() {
+    let server = TestServer::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_file(&src, 3 << 20, 3);
+    let url = server.url().to_string();
+    let corrupt = |args: &[&str]| {
+        server
+            .client()
+            .args(args)
+            .env("SKIFF_TEST_CORRUPT_CHUNK", "1")
+            .output()
+            .unwrap()
+    };
+    fails_with(&corrupt(&["put", &url, p(&src), "f"]), "checksum_mismatch");
+    assert!(!server.root.join("f").exists());
+    assert!(leftovers(&server.root).is_empty());
+    ok(&run(&server, &["put", &url, p(&src), "f"]));
+    let dst = work.path().join("dst");
+    fails_with(&corrupt(&["get", &url, "f", p(&dst)]), "checksum_mismatch");
+    assert!(!dst.exists());
+    assert!(leftovers(work.path()).is_empty());
+}
+
+#[test]
+fn full_disk_is_no_space_and_leaves_nothing() {
+    let server = TestServer::start(&[]);
+    // RLIMIT_FSIZE stands in for a full disk: writes past 4 MiB fail.
+    let limit = libc::rlimit {
+        rlim_cur: 4 << 20,
+        rlim_max: 4 << 20,
+    };
+    let rc = unsafe {
+        libc::prlimit(
+            server.pid() as libc::pid_t,
+            libc::RLIMIT_FSIZE,
+            &limit,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0);
+    let work = tempfile::tempdir().unwrap();
+    let big = work.path().join("big");
+    make_file(&big, 16 << 20, 4);
+    let url = server.url().to_string();
+    fails_with(&run(&server, &["put", &url, p(&big), "big"]), "no_space");
+    assert!(!server.root.join("big").exists());
+    assert!(leftovers(&server.root).is_empty());
+    // The server survived and still serves.
+    let small = work.path().join("small");
+    make_file(&small, 1 << 20, 5);
+    ok(&run(&server, &["put", &url, p(&small), "small"]));
+}
