@@ -7,7 +7,8 @@ use clap::Subcommand;
 
 use super::connect::{parse_target, KeyArg};
 use crate::client::bench::{
-    ping_load, transfer_load, Direction, PingLoad, PingReport, TransferLoad, TransferReport,
+    exec_load, ping_load, transfer_load, Direction, PingLoad, PingReport, TransferLoad,
+    TransferReport,
 };
 use crate::client::ConnectOptions;
 use crate::target::Target;
@@ -105,7 +106,7 @@ struct TransferArgs {
 pub fn run(args: Args) -> anyhow::Result<i32> {
     match args.what {
         What::Ping(a) => ping(a),
-        What::Exec(_) => super::not_built("bench exec (needs the exec client)"),
+        What::Exec(a) => exec(a),
         What::Put(a) => transfer(a, Direction::Put),
         What::Get(a) => transfer(a, Direction::Get),
     }
@@ -194,4 +195,30 @@ fn print_transfer(target: &Target, r: &TransferReport) {
     );
     println!("MB/s:            {:.1}", r.mb_per_sec);
     println!("client peak RSS: {:.1} MiB", r.client_peak_rss_mib);
+}
+
+fn exec(a: ExecArgs) -> anyhow::Result<i32> {
+    if a.count == 0 || a.count > 100_000 {
+        anyhow::bail!("-n must be between 1 and 100000");
+    }
+    let key = a.key.load()?;
+    let r = super::runtime()?.block_on(exec_load(
+        &a.target,
+        &key,
+        &ConnectOptions::default(),
+        a.count,
+    ))?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "exec {}: `true` {} times, {:.2} s",
+            a.target, r.count, r.seconds
+        );
+        println!(
+            "latency ms: p50 {:.3}  p99 {:.3}  max {:.3}",
+            r.latency.p50_ms, r.latency.p99_ms, r.latency.max_ms
+        );
+    }
+    Ok(0)
 }

@@ -261,6 +261,56 @@ async fn ping_loop(
     Ok(())
 }
 
+/// The result of `skiff bench exec`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExecReport {
+    /// Commands run (one connection each).
+    pub count: usize,
+    /// Wall time of all of them, in seconds.
+    pub seconds: f64,
+    /// Per command: connect + TLS + handshake + spawn + exit.
+    pub latency: LatencySummary,
+}
+
+/// Runs `true` on the server `count` times, each on a new connection, one
+/// after another, and reports the end-to-end latency. A command that does
+/// not exit 0 fails the run.
+pub async fn exec_load(
+    target: &Target,
+    key: &UserKey,
+    opts: &ConnectOptions,
+    count: usize,
+) -> Result<ExecReport, ClientError> {
+    let req = skiff_wire::message::exec::Exec {
+        cmd: Some("true".into()),
+        ..Default::default()
+    };
+    let mut hist = Histogram::default();
+    let start = Instant::now();
+    for _ in 0..count.max(1) {
+        let t = Instant::now();
+        let mut c = connect(target, key, opts).await?;
+        let local = super::exec::LocalSide {
+            stdin: None,
+            forward_signals: false,
+        };
+        let outcome = super::exec::run(&mut c.session, &req, local).await?;
+        hist.record(t.elapsed());
+        let _ = c.session.close().await;
+        if outcome.exit_status() != 0 {
+            return Err(ClientError::Local(format!(
+                "`true` ended with status {}",
+                outcome.exit_status()
+            )));
+        }
+    }
+    Ok(ExecReport {
+        count: count.max(1),
+        seconds: start.elapsed().as_secs_f64(),
+        latency: hist.summary(),
+    })
+}
+
 /// Which way `skiff bench put|get` moves data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
