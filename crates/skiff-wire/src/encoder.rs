@@ -28,40 +28,87 @@ pub fn encode_frame<M: Message>(
     body: &[u8],
     dst: &mut BytesMut,
 ) -> Result<(), FrameError> {
-    let fields = serde_json::to_vec(msg).map_err(|e| FrameError::BadMessage {
+    let start = dst.len();
+    let result = encode_frame_into(msg, body, dst);
+    if result.is_err() {
+        dst.truncate(start);
+    }
+    result
+}
+
+/// [`encode_frame`] without the clean-up on error. The header is written
+/// in place behind a length placeholder (no intermediate buffers: this runs
+/// once per frame, and small frames are dominated by such costs).
+fn encode_frame_into<M: Message>(
+    msg: &M,
+    body: &[u8],
+    dst: &mut BytesMut,
+) -> Result<(), FrameError> {
+    let bad = |e: serde_json::Error| FrameError::BadMessage {
         op: M::OP.to_string(),
         reason: e.to_string(),
-    })?;
-    // `fields` is `{...}`: a struct always serializes to an object.
+    };
+    let start = dst.len();
+    dst.reserve(64 + body.len());
+    dst.put_u32(0);
+    dst.put_slice(b"{\"op\":");
+    // Ops are plain identifiers, but quote them properly anyway.
+    serde_json::to_writer((&mut *dst).writer(), M::OP).map_err(bad)?;
+    if !body.is_empty() {
+        use std::io::Write;
+        write!((&mut *dst).writer(), ",\"len\":{}", body.len())
+            .map_err(|e| bad(serde_json::Error::io(e)))?;
+    }
+    let fields_at = dst.len();
+    serde_json::to_writer((&mut *dst).writer(), msg).map_err(bad)?;
+    let fields = &dst[fields_at..];
+    // A struct serializes to `{...}`; anything else cannot carry op/len.
     if fields.first() != Some(&b'{') {
         return Err(FrameError::NotAnObject);
     }
-    let reserved =
-        serde_json::from_slice::<ReservedFields>(&fields).map_err(|e| FrameError::BadMessage {
-            op: M::OP.to_string(),
-            reason: e.to_string(),
-        })?;
-    if reserved.op.is_some() || reserved.len.is_some() {
-        return Err(FrameError::BadMessage {
-            op: M::OP.to_string(),
-            reason: "a message may not have its own \"op\" or \"len\" field".into(),
+    if fields == b"{}" {
+        dst.truncate(fields_at);
+        dst.put_u8(b'}');
+    } else {
+        if has_reserved_field(fields).map_err(bad)? {
+            return Err(FrameError::BadMessage {
+                op: M::OP.to_string(),
+                reason: "a message may not have its own \"op\" or \"len\" field".into(),
+            });
+        }
+        // `{a,b}` becomes `,a,b}` after the op (and len) already written.
+        dst[fields_at] = b',';
+    }
+    let limits = Limits::default();
+    let header_len = dst.len() - start - 4;
+    if header_len > limits.max_header {
+        return Err(FrameError::HeaderTooLarge {
+            len: u32::try_from(header_len).unwrap_or(u32::MAX),
+            max: limits.max_header,
         });
     }
-    let inner = &fields[1..fields.len() - 1];
-    let mut head = Vec::with_capacity(fields.len() + M::OP.len() + 24);
-    head.extend_from_slice(b"{\"op\":");
-    // Ops are plain identifiers, but quote them properly anyway.
-    head.extend_from_slice(&serde_json::to_vec(M::OP).unwrap_or_default());
-    if !body.is_empty() {
-        head.extend_from_slice(b",\"len\":");
-        head.extend_from_slice(body.len().to_string().as_bytes());
+    if body.len() > limits.max_body {
+        return Err(FrameError::BodyTooLarge {
+            len: body.len() as u64,
+            max: limits.max_body,
+        });
     }
-    if !inner.is_empty() {
-        head.push(b',');
-        head.extend_from_slice(inner);
+    dst[start..start + 4].copy_from_slice(&(header_len as u32).to_be_bytes());
+    dst.put_slice(body);
+    Ok(())
+}
+
+/// Whether a serialized object has a top-level `op` or `len` field. The
+/// full parse runs only when those names appear in the bytes at all (a
+/// key is always written as a plain `"op"` / `"len"` string), so the common
+/// case costs a byte scan.
+fn has_reserved_field(fields: &[u8]) -> Result<bool, serde_json::Error> {
+    let mentions = |needle: &[u8]| fields.windows(needle.len()).any(|w| w == needle);
+    if !mentions(b"\"op\"") && !mentions(b"\"len\"") {
+        return Ok(false);
     }
-    head.push(b'}');
-    encode_raw(&head, body, dst)
+    let reserved = serde_json::from_slice::<ReservedFields>(fields)?;
+    Ok(reserved.op.is_some() || reserved.len.is_some())
 }
 
 /// Appends one frame with an already-serialized JSON header to `dst`.

@@ -1,5 +1,6 @@
 //! The client side: connect, authenticate, and run operations.
 
+pub mod bench;
 pub mod exec;
 pub mod files;
 pub mod known_servers;
