@@ -101,10 +101,3 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()?)
 }
-
-/// The error for a subcommand whose feature has not been built yet (every
-/// command is built now; kept for branches that still call it).
-#[allow(dead_code)]
-pub(crate) fn not_built(what: &str) -> anyhow::Result<i32> {
-    anyhow::bail!("`{what}` is not built yet in this version of skiff")
-}
