@@ -135,12 +135,7 @@ fn ping(a: PingArgs) -> anyhow::Result<i32> {
         &ConnectOptions::default(),
         &load,
     ))?;
-    if a.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        print_ping(&a.target, &report);
-    }
-    Ok(0)
+    emit(a.json, &report, |r| print_ping(&a.target, r))
 }
 
 fn print_ping(target: &Target, r: &PingReport) {
@@ -176,10 +171,15 @@ fn transfer(a: TransferArgs, direction: Direction) -> anyhow::Result<i32> {
         &ConnectOptions::default(),
         &load,
     ))?;
-    if a.json {
-        println!("{}", serde_json::to_string(&report)?);
+    emit(a.json, &report, |r| print_transfer(&a.target, r))
+}
+
+/// Prints a report as one JSON line (`--json`) or as text.
+fn emit<R: serde::Serialize>(json: bool, report: &R, text: impl FnOnce(&R)) -> anyhow::Result<i32> {
+    if json {
+        println!("{}", serde_json::to_string(report)?);
     } else {
-        print_transfer(&a.target, &report);
+        text(report);
     }
     Ok(0)
 }
@@ -208,9 +208,7 @@ fn exec(a: ExecArgs) -> anyhow::Result<i32> {
         &ConnectOptions::default(),
         a.count,
     ))?;
-    if a.json {
-        println!("{}", serde_json::to_string(&r)?);
-    } else {
+    emit(a.json, &r, |r| {
         println!(
             "exec {}: `true` {} times, {:.2} s",
             a.target, r.count, r.seconds
@@ -219,6 +217,5 @@ fn exec(a: ExecArgs) -> anyhow::Result<i32> {
             "latency ms: p50 {:.3}  p99 {:.3}  max {:.3}",
             r.latency.p50_ms, r.latency.p99_ms, r.latency.max_ms
         );
-    }
-    Ok(0)
+    })
 }
