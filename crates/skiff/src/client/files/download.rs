@@ -17,9 +17,11 @@ use skiff_wire::{ErrorCode, ErrorMsg};
 use tokio::sync::mpsc;
 
 use super::progress::Progress;
-use super::{failure_or_protocol, recv_frame, remote, remote_join, Failure, Options, Summary};
+use super::{
+    failure_or_protocol, hand_to_reader, recv_frame, remote, remote_join, Failure, Options, Summary,
+};
 use crate::client::ClientError;
-use crate::session::{Session, SessionError, SessionReader, SessionWriter};
+use crate::session::{Session, SessionError, SessionReader};
 use crate::transfer::checksum::digests_match;
 use crate::transfer::names::{base_name, link_stays_inside, split_entry};
 use crate::transfer::partfile::PartFile;
@@ -236,7 +238,7 @@ async fn run(
                 hash: opts.hash,
             };
             writer.queue(&req, &[])?;
-            queue_job(writer, &tx, job).await?;
+            hand_to_reader(writer, &tx, job).await?;
         }
         drop(tx);
         writer.flush().await?;
@@ -261,25 +263,6 @@ async fn run(
     summary.failures.extend(refused);
     summary.failures.extend(got.failures);
     Ok(())
-}
-
-async fn queue_job(
-    writer: &mut SessionWriter<'_>,
-    tx: &mpsc::Sender<FileJob>,
-    job: FileJob,
-) -> Result<(), ClientError> {
-    match tx.try_send(job) {
-        Ok(()) => Ok(()),
-        Err(mpsc::error::TrySendError::Full(job)) => {
-            writer.flush().await?;
-            tx.send(job)
-                .await
-                .map_err(|_| ClientError::Session(SessionError::Closed))
-        }
-        Err(mpsc::error::TrySendError::Closed(_)) => {
-            Err(ClientError::Session(SessionError::Closed))
-        }
-    }
 }
 
 /// Receives one file's answer: `file`, `data`*, `end` (or `error`). The

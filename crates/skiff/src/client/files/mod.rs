@@ -15,7 +15,9 @@ use skiff_wire::message::files::HashAlg;
 use skiff_wire::{ErrorCode, ErrorMsg, Frame};
 
 use super::ClientError;
-use crate::session::{SessionError, SessionReader};
+use tokio::sync::mpsc;
+
+use crate::session::{SessionError, SessionReader, SessionWriter};
 use crate::transfer::IDLE_TIMEOUT;
 
 /// How a transfer behaves.
@@ -98,4 +100,25 @@ pub(crate) fn failure_or_protocol(
         expected,
         got: frame.op().to_string(),
     }))
+}
+
+/// Hands the reader task what to expect next. When its queue is full, the
+/// answers it waits for may still sit in our write buffer: flush, then wait.
+pub(crate) async fn hand_to_reader<T>(
+    writer: &mut SessionWriter<'_>,
+    tx: &mpsc::Sender<T>,
+    item: T,
+) -> Result<(), ClientError> {
+    match tx.try_send(item) {
+        Ok(()) => Ok(()),
+        Err(mpsc::error::TrySendError::Full(item)) => {
+            writer.flush().await?;
+            tx.send(item)
+                .await
+                .map_err(|_| ClientError::Session(SessionError::Closed))
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => {
+            Err(ClientError::Session(SessionError::Closed))
+        }
+    }
 }

@@ -15,9 +15,11 @@ use skiff_wire::ErrorCode;
 use tokio::sync::{mpsc, oneshot};
 
 use super::progress::Progress;
-use super::{failure_or_protocol, recv_frame, remote, remote_join, Failure, Options, Summary};
+use super::{
+    failure_or_protocol, hand_to_reader, recv_frame, remote, remote_join, Failure, Options, Summary,
+};
 use crate::client::ClientError;
-use crate::session::{Session, SessionError, SessionWriter, WRITE_HIGH_WATER};
+use crate::session::{Session, SessionWriter, WRITE_HIGH_WATER};
 use crate::transfer::pipeline::Source;
 
 /// Requests sent but not yet answered, at most.
@@ -277,27 +279,6 @@ fn labelled(label: &str, f: Failure) -> Failure {
     }
 }
 
-/// Hands the reader what to expect, flushing first if the pipeline is
-/// full (the answers it waits for may still sit in our buffer).
-async fn expect(
-    writer: &mut SessionWriter<'_>,
-    tx: &mpsc::Sender<Pending>,
-    p: Pending,
-) -> Result<(), ClientError> {
-    match tx.try_send(p) {
-        Ok(()) => Ok(()),
-        Err(mpsc::error::TrySendError::Full(p)) => {
-            writer.flush().await?;
-            tx.send(p).await.map_err(|_| closed())
-        }
-        Err(mpsc::error::TrySendError::Closed(_)) => Err(closed()),
-    }
-}
-
-fn closed() -> ClientError {
-    ClientError::Session(SessionError::Closed)
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn send_job(
     writer: &mut SessionWriter<'_>,
@@ -312,7 +293,7 @@ async fn send_job(
     match job {
         Job::Mkdir(m) => {
             writer.queue(m, &[])?;
-            expect(
+            hand_to_reader(
                 writer,
                 tx,
                 Pending::Simple {
@@ -330,7 +311,7 @@ async fn send_job(
                 ..Default::default()
             };
             writer.queue(&req, &[])?;
-            expect(
+            hand_to_reader(
                 writer,
                 tx,
                 Pending::Simple {
@@ -380,7 +361,7 @@ async fn send_job(
                 (None, None)
             };
             let label = remote.clone();
-            expect(
+            hand_to_reader(
                 writer,
                 tx,
                 Pending::Upload {
