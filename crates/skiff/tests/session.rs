@@ -107,6 +107,17 @@ fn host_port(url: &str) -> String {
     url.split_once("://").unwrap().1.to_string()
 }
 
+/// A TLS connection to `addr` (`HOST:PORT`) with skiff's client settings,
+/// before any skiff handshake.
+async fn tls_connect(addr: &str) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    skiff::session::tls::connector()
+        .unwrap()
+        .connect(skiff::session::tls::server_name("localhost"), tcp)
+        .await
+        .unwrap()
+}
+
 fn fingerprint(server: &TestServer) -> String {
     server
         .banner
@@ -480,12 +491,7 @@ impl Relay {
                     let Ok(client) = acceptor.accept(tcp).await else {
                         return;
                     };
-                    let upstream = tokio::net::TcpStream::connect(&server_addr).await.unwrap();
-                    let upstream = skiff::session::tls::connector()
-                        .unwrap()
-                        .connect(skiff::session::tls::server_name("localhost"), upstream)
-                        .await
-                        .unwrap();
+                    let upstream = tls_connect(&server_addr).await;
                     let (mut cr, mut cw) = tokio::io::split(client);
                     let (mut sr, mut sw) = tokio::io::split(upstream);
                     let up = async {
@@ -586,14 +592,7 @@ fn relay_answering_with_its_own_binding_gets_no_welcome() {
         .unwrap();
     rt.block_on(async {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let tcp = tokio::net::TcpStream::connect(host_port(server.url()))
-            .await
-            .unwrap();
-        let mut tls = skiff::session::tls::connector()
-            .unwrap()
-            .connect(skiff::session::tls::server_name("localhost"), tcp)
-            .await
-            .unwrap();
+        let mut tls = tls_connect(&host_port(server.url())).await;
         // A client proof computed with the right key but a relay's binding.
         let cn = [0x33u8; 32];
         let hello = json!({"op":"hello","v":1,"user":user,"nonce":B64.encode(cn)});
@@ -743,14 +742,7 @@ fn silent_clients_are_dropped_at_the_handshake_timeout() {
         .unwrap();
     rt.block_on(async {
         use tokio::io::AsyncReadExt;
-        let tcp = tokio::net::TcpStream::connect(host_port(server.url()))
-            .await
-            .unwrap();
-        let mut tls = skiff::session::tls::connector()
-            .unwrap()
-            .connect(skiff::session::tls::server_name("localhost"), tcp)
-            .await
-            .unwrap();
+        let mut tls = tls_connect(&host_port(server.url())).await;
         let mut rest = Vec::new();
         let read = tokio::time::timeout(Duration::from_secs(8), tls.read_to_end(&mut rest));
         assert!(read.await.is_ok(), "not dropped");
