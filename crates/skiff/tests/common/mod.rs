@@ -2,6 +2,8 @@
 //! home directory and run the real `skiff` client against it.
 #![allow(dead_code)]
 
+pub mod probe;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
