@@ -547,7 +547,20 @@ class Session:
         self._broken: Optional[str] = None
         self.welcome = welcome  #: the server's ``welcome`` message
         self.target = target  #: where this session is connected
-        self.io_timeout: Optional[float] = IO_TIMEOUT  #: read deadline for file operations
+        self._io_timeout: Optional[float] = IO_TIMEOUT
+
+    @property
+    def io_timeout(self) -> Optional[float]:
+        """Seconds any single wait for the server (an answer, or room to
+        send) may take before the session is given up with a
+        ``ProtocolError`` of code ``timeout``; ``None`` waits forever."""
+        return self._io_timeout
+
+    @io_timeout.setter
+    def io_timeout(self, seconds: Optional[float]) -> None:
+        self._io_timeout = seconds
+        if self._broken is None:
+            self._sock.settimeout(seconds)
 
     # ---------------------------------------------------------- connecting
 

@@ -670,6 +670,20 @@ class HostileServer(unittest.TestCase):
             self.assertEqual(cm.exception.code, "too_large")
         self.assertFalse(os.path.exists(os.path.join(d, "f")))
 
+    def test_server_that_never_reads_times_out(self) -> None:
+        def script(conn: socket.socket) -> None:
+            time.sleep(4)  # reads nothing after the handshake
+
+        fake = self.run_fake(script)
+        with sc.connect(fake.url, key_file=fake.key_file) as s:
+            s.io_timeout = 1
+            start = time.monotonic()
+            with self.assertRaises(sc.ProtocolError) as cm:
+                s.put_bytes("f", os.urandom(32 << 20))
+            self.assertEqual(cm.exception.code, "timeout")
+            self.assertLess(time.monotonic() - start, 3.5)
+            self.assertTrue(s.closed)
+
     def test_silent_server_times_out(self) -> None:
         def script(conn: socket.socket) -> None:
             recv_frame(conn)
