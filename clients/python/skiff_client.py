@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -56,6 +57,7 @@ from typing import (
     Optional,
     Sequence,
     Tuple,
+    TypeVar,
     Union,
 )
 
@@ -248,21 +250,45 @@ class _FrameReader:
         return bool(pending and pending() > 0)
 
     def _read_exact(self, n: int, started: bool) -> bytes:
+        if n > _RECV_SIZE and len(self._buf) < n:
+            return self._read_large(n)
         while len(self._buf) < n:
+            self._buf += self._recv_some(_RECV_SIZE, started)
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        return out
+
+    def _read_large(self, n: int) -> bytes:
+        """A large body, received straight into its own buffer."""
+        out = bytearray(n)
+        have = len(self._buf)
+        out[:have] = self._buf
+        self._buf.clear()
+        view = memoryview(out)
+        while have < n:
             try:
-                chunk = self._sock.recv(max(_RECV_SIZE, n - len(self._buf)))
+                got = self._sock.recv_into(view[have:], n - have)
             except socket.timeout:
                 raise ProtocolError("the server stopped answering", "timeout")
             except (OSError, ssl.SSLError) as e:
                 raise ProtocolError(f"connection lost: {e}")
-            if not chunk:
-                if started or self._buf:
-                    raise ProtocolError("the server closed the connection inside a frame")
-                raise ProtocolError("the server closed the connection")
-            self._buf += chunk
-        out = bytes(self._buf[:n])
-        del self._buf[:n]
-        return out
+            if not got:
+                raise ProtocolError("the server closed the connection inside a frame")
+            have += got
+        return bytes(out)
+
+    def _recv_some(self, size: int, started: bool) -> bytes:
+        try:
+            chunk = self._sock.recv(size)
+        except socket.timeout:
+            raise ProtocolError("the server stopped answering", "timeout")
+        except (OSError, ssl.SSLError) as e:
+            raise ProtocolError(f"connection lost: {e}")
+        if not chunk:
+            if started or self._buf:
+                raise ProtocolError("the server closed the connection inside a frame")
+            raise ProtocolError("the server closed the connection")
+        return chunk
 
     def read(self) -> Tuple[Dict[str, Any], bytes]:
         """The next frame's header and body."""
@@ -494,6 +520,28 @@ StdinType = Union[None, bytes, bytearray, memoryview, str, BinaryIO, IO[bytes]]
 
 # ------------------------------------------------------------------ session
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _in_step(method: _F) -> _F:
+    """Marks an operation that must leave the session in step: if it stops
+    half way for a reason it did not handle (Ctrl-C, a local I/O error, a
+    bug), the rest of its frames are unaccounted for, so the session is
+    closed rather than left out of step with the server."""
+
+    @functools.wraps(method)
+    def wrapper(self: "Session", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except SkiffError:
+            raise  # raised after the session was brought back in step, or closed
+        except BaseException as e:
+            self._fail(f"interrupted: {e!r}")
+            raise
+
+    return wrapper  # type: ignore[return-value]
+
+
 
 def connect(
     target: str,
@@ -719,6 +767,7 @@ class Session:
 
     # ---------------------------------------------------------------- ping
 
+    @_in_step
     def ping(self, payload: bytes = b"") -> float:
         """One round trip; returns its duration in seconds. The server
         echoes ``payload`` and the echo is checked."""
@@ -731,6 +780,7 @@ class Session:
 
     # ---------------------------------------------------------------- exec
 
+    @_in_step
     def exec_stream(
         self,
         cmd: Union[str, Sequence[str]],
@@ -789,6 +839,7 @@ class Session:
 
     # --------------------------------------------------------------- files
 
+    @_in_step
     def ls(self, path: str = "/", recursive: bool = False) -> List[Entry]:
         """Lists a directory (or describes a file); with ``recursive`` the
         whole tree, parents before their contents. Symlinks are not followed."""
@@ -805,6 +856,7 @@ class Session:
             if not h.get("more", False):
                 return entries
 
+    @_in_step
     def stat(self, path: str) -> Entry:
         """Describes one path (a final symlink is described, not followed)."""
         self._send({"op": "stat", "path": path})
@@ -847,6 +899,7 @@ class Session:
         and staying inside the server's root)."""
         self._simple({"op": "put", "path": path, "kind": "symlink", "target": target, "force": force})
 
+    @_in_step
     def _simple(self, req: Dict[str, Any]) -> None:
         self._send(req)
         self._answer("ok")
@@ -893,6 +946,7 @@ class Session:
 
         return self.put_fileobj(io.BytesIO(data), remote, len(data), force=force, mode=mode)
 
+    @_in_step
     def put_fileobj(
         self,
         f: BinaryIO,
@@ -929,7 +983,12 @@ class Session:
             _hash_prefix(f, hasher, offset)
         sent = offset
         while sent < size:
-            chunk = f.read(min(CHUNK, size - sent))
+            try:
+                chunk = f.read(min(CHUNK, size - sent))
+            except OSError as e:
+                self._send({"op": "end", "abort": True})
+                self._drain_put(ready)
+                raise SkiffError(f"{remote}: reading the local file failed: {e}", _errno_code(e))
             if not chunk:
                 self._send({"op": "end", "abort": True})
                 self._drain_put(ready)
@@ -973,6 +1032,7 @@ class Session:
         except RemoteError:
             pass
 
+    @_in_step
     def get(
         self,
         remote: str,
@@ -1038,7 +1098,11 @@ class Session:
                         self._fail("too much data")
                         raise ProtocolError(f"{remote}: the server sent more than {size} bytes", "too_large")
                     hasher.update(body)
-                    f.write(body)
+                    try:
+                        f.write(body)
+                    except OSError as e:
+                        self._skip_download()
+                        raise SkiffError(f"{part}: {e.strerror or e}", _errno_code(e))
                     if progress:
                         progress(received, size)
                 elif op == "end":
@@ -1077,6 +1141,7 @@ class Session:
             if h["op"] in ("end", "error"):
                 return
 
+    @_in_step
     def get_bytes(self, remote: str, limit: int = 64 * 1024 * 1024) -> bytes:
         """Downloads ``remote`` into memory (at most ``limit`` bytes) and
         checks its digest."""

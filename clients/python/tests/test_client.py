@@ -14,6 +14,7 @@ import os
 import socket
 import struct
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -479,6 +480,28 @@ class Files(Shared):
             self.assertEqual(cm.exception.code, "no_space")
             self.assertEqual(os.listdir(server.root), [])  # the partial file is gone
             s.put_bytes("small.bin", b"fits")
+
+    def test_local_disk_full_during_get_keeps_the_session(self) -> None:
+        with open(self.root("three-mib.bin"), "wb") as f:
+            f.write(os.urandom(3 << 20))
+        d = self.tmp()
+        script = f"""
+import resource, signal, sys
+sys.path.insert(0, {os.path.dirname(sc.__file__)!r})
+import skiff_client as sc
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+with sc.connect({self.server.urls["unix"]!r}, key_file={self.server.key_file!r}) as s:
+    try:
+        s.get("three-mib.bin", {d!r} + "/out.bin")
+    except sc.SkiffError as e:
+        print(e.code)
+    s.ping()
+    print(s.exec("echo in step").stdout.decode().strip())
+"""
+        r = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+        self.assertEqual(r.stdout.decode().split(), ["no_space", "in", "step"], r.stderr)
+        self.assertFalse(os.path.exists(os.path.join(d, "out.bin")))
 
     def test_put_resume(self) -> None:
         s = self.session()
