@@ -42,7 +42,7 @@ pub async fn handle(
         }
     };
     match frame.op() {
-        Put::OP => put::handle(session, &root, frame.parse()?).await,
+        Put::OP => put::handle(session, ctx, &root, frame.parse()?).await,
         Get::OP => get::handle(session, &root, frame.parse()?).await,
         Ls::OP => listing::ls(session, &root, frame.parse()?).await,
         Stat::OP => reply(session, listing::stat(&root, &frame.parse()?)),
