@@ -5,8 +5,8 @@
 //! partial file an interrupted upload of the same user and path left.
 
 use cap_std::fs::Dir;
-use skiff_wire::message::files::{Data, Done, End, EntryKind, OkReply, Put, Ready};
-use skiff_wire::{ErrorCode, ErrorMsg, Frame};
+use skiff_wire::message::files::{Done, End, EntryKind, OkReply, Put, Ready, UploadData};
+use skiff_wire::{ErrorCode, ErrorMsg, Message};
 
 use super::confine;
 use crate::service::ServiceContext;
@@ -81,7 +81,7 @@ struct Prepared {
 /// Checks the destination and creates (or takes over, for `resume`) the
 /// upload's staged file.
 fn prepare(ctx: &ServiceContext, root: &Dir, req: &Put) -> Result<Prepared, ErrorMsg> {
-    let loc = confine::locate(root, &req.path, "put")?;
+    let loc = confine::locate(root, &req.path, Put::OP)?;
     let key = StageKey::new(
         &ctx.root.to_string_lossy(),
         &ctx.user,
@@ -150,27 +150,25 @@ async fn receive(session: &mut Session<'_>, req: &Put, p: Prepared) -> Result<()
     let mut sink = Sink::spawn(file, offset, req.hash);
     let mut received = offset;
     let outcome = loop {
-        let frame = match next_frame(session).await {
-            Ok(f) => f,
+        let msg = match next_data(session).await {
+            Ok(m) => m,
             Err(e) => {
                 // Connection lost: keep (and fsync) what arrived, for resume.
                 let _ = sink.finish().await;
                 return Err(e);
             }
         };
-        if frame.is::<Data>() {
-            received += frame.body().len() as u64;
-            if received > req.size {
-                break Received::TooMuch;
+        match msg {
+            UploadData::Data(body) => {
+                received += body.len() as u64;
+                if received > req.size {
+                    break Received::TooMuch;
+                }
+                if !sink.write(body).await {
+                    break Received::SinkStopped;
+                }
             }
-            if !sink.write(frame.into_body()).await {
-                break Received::SinkStopped;
-            }
-        } else if frame.is::<End>() {
-            break Received::End(frame.parse()?);
-        } else {
-            let _ = sink.finish().await;
-            return Err(unexpected(&frame));
+            UploadData::End(end) => break Received::End(end),
         }
     };
     // Dropping `staged` keeps the partial file (for resume); `discard`
@@ -281,7 +279,7 @@ fn verify_and_commit(
 
 /// Creates a symlink; its target must stay inside the root.
 fn make_symlink(root: &Dir, req: &Put) -> Result<(), ErrorMsg> {
-    let loc = confine::locate(root, &req.path, "put")?;
+    let loc = confine::locate(root, &req.path, Put::OP)?;
     let target = req.target.as_deref().unwrap_or("");
     if !link_stays_inside(loc.depth, target) {
         return Err(errors::msg(
@@ -303,18 +301,11 @@ fn make_symlink(root: &Dir, req: &Put) -> Result<(), ErrorMsg> {
         .map_err(|e| errors::to_msg(&e, &req.path))
 }
 
-/// The next frame of an upload, within the idle timeout.
-async fn next_frame(session: &mut Session<'_>) -> Result<Frame, SessionError> {
-    match tokio::time::timeout(IDLE_TIMEOUT, session.recv_required()).await {
+/// The next frame of an upload's data, within the idle timeout.
+async fn next_data(session: &mut Session<'_>) -> Result<UploadData, SessionError> {
+    match tokio::time::timeout(IDLE_TIMEOUT, session.recv_msg::<UploadData>()).await {
         Ok(r) => r,
         Err(_) => Err(SessionError::Timeout(IDLE_TIMEOUT)),
-    }
-}
-
-fn unexpected(frame: &Frame) -> SessionError {
-    SessionError::Unexpected {
-        expected: "data or end",
-        got: frame.op().to_string(),
     }
 }
 
@@ -322,13 +313,6 @@ fn unexpected(frame: &Frame) -> SessionError {
 pub async fn drain(session: &mut Session<'_>) -> Result<(), SessionError> {
     // Let the client see the refusal promptly, so it stops sending.
     session.flush().await?;
-    loop {
-        let frame = next_frame(session).await?;
-        if frame.is::<End>() {
-            return Ok(());
-        }
-        if !frame.is::<Data>() {
-            return Err(unexpected(&frame));
-        }
-    }
+    while let UploadData::Data(_) = next_data(session).await? {}
+    Ok(())
 }
