@@ -6,7 +6,6 @@
 //! filesystem. [`client`] holds the same operations from the client side, and
 //! [`cli`] only wires things together.
 
-pub mod classic;
 pub mod cli;
 pub mod client;
 pub mod keys;
