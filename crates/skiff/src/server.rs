@@ -17,6 +17,7 @@ use crate::session::accept::{AuthPolicy, Authenticator};
 use crate::session::handshake::{Block, NO_BINDING};
 use crate::session::tls::ServerIdentity;
 use crate::session::{Io, Session, SessionError};
+use crate::transfer::staging::StagingArea;
 
 /// Prints a startup line on stdout. Unlike `println!` it ignores a closed
 /// stdout (`skiff serve | head -3`), which must not bring the server down.
@@ -111,6 +112,8 @@ pub struct ServeConfig {
     pub handshake_timeout: Duration,
     /// Failure delay and rate limit.
     pub auth: AuthPolicy,
+    /// Partial uploads untouched for longer are removed.
+    pub partial_max_age: Duration,
 }
 
 struct SessionHandler {
@@ -119,6 +122,7 @@ struct SessionHandler {
     root: PathBuf,
     exec_enabled: bool,
     handshake_timeout: Duration,
+    staging: Arc<StagingArea>,
 }
 
 impl StreamHandler for SessionHandler {
@@ -196,6 +200,7 @@ impl StreamHandler for SessionHandler {
             root: self.root.clone(),
             exec_enabled: self.exec_enabled,
             user,
+            staging: self.staging.clone(),
         };
         match service::serve(&mut session, &ctx).await {
             Ok(()) => {
@@ -207,6 +212,63 @@ impl StreamHandler for SessionHandler {
                 tracing::info!(%peer, error = %e, "session ended");
                 Ok(())
             }
+        }
+    }
+}
+
+/// Opens the staging area (`STATE_DIR/partial`), removes partial uploads
+/// older than the limit, and says what it found.
+fn open_staging(cfg: &ServeConfig, root: &std::path::Path) -> anyhow::Result<StagingArea> {
+    let path = cfg.state_dir.join("partial");
+    let staging = StagingArea::open(&path)
+        .with_context(|| format!("opening the staging directory {}", path.display()))?;
+    let report = staging
+        .sweep(crate::transfer::fault::now(), cfg.partial_max_age)
+        .with_context(|| format!("reading the staging directory {}", path.display()))?;
+    announce(format_args!(
+        "partial uploads in {}: {} kept ({} bytes), {} expired and removed ({} bytes; limit {} days)",
+        path.display(),
+        report.kept,
+        report.kept_bytes,
+        report.removed,
+        report.removed_bytes,
+        cfg.partial_max_age.as_secs_f64() / 86_400.0
+    ));
+    let root_dev = std::fs::metadata(root).map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.dev()
+    });
+    if let (Ok(a), Ok(b)) = (root_dev, staging.device()) {
+        if a != b {
+            announce(format_args!(
+                "note: {} is on another file system than the root; each upload is copied once more when it is committed (put --state-dir on the root's file system to avoid it)",
+                path.display()
+            ));
+        }
+    }
+    Ok(staging)
+}
+
+/// Expires partial uploads once an hour while the server runs.
+async fn sweep_periodically(staging: Arc<StagingArea>, max_age: Duration) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let s = staging.clone();
+        let r =
+            tokio::task::spawn_blocking(move || s.sweep(crate::transfer::fault::now(), max_age))
+                .await;
+        match r {
+            Ok(Ok(r)) if r.removed > 0 => {
+                tracing::info!(
+                    removed = r.removed,
+                    bytes = r.removed_bytes,
+                    "expired partial uploads removed"
+                )
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "sweeping the staging directory failed"),
+            _ => {}
         }
     }
 }
@@ -233,6 +295,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         server: format!("skiff {}", env!("CARGO_PKG_VERSION")),
         services: ServiceContext::services(!cfg.no_exec),
     };
+    let staging = Arc::new(open_staging(&cfg, &root)?);
     let udp_ping = Arc::new(UdpPingService::new(users.clone()));
     let auth = Arc::new(Authenticator::new(users, cfg.auth, welcome));
     let needs_tls = cfg.listen.iter().any(|l| l.tls);
@@ -270,10 +333,12 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             root: root.clone(),
             exec_enabled: !cfg.no_exec,
             handshake_timeout: cfg.handshake_timeout,
+            staging: staging.clone(),
         });
         listeners.push((builder.add_stream(l.addr.clone(), handler), l.tls));
     }
     let server = builder.bind().await?;
+    tokio::spawn(sweep_periodically(staging.clone(), cfg.partial_max_age));
     for (id, tls) in listeners {
         if let Some(addr) = server.local_addr(id) {
             announce(format_args!("listening on {}", Listen::url(addr, tls)));

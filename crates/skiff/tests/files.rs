@@ -3,81 +3,12 @@
 mod common;
 
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::TestServer;
-
-/// Writes `size` bytes of incompressible, position-dependent data quickly:
-/// one pseudo-random 1 MiB block, stamped with its index each time.
-fn make_file(path: &Path, size: u64, seed: u64) {
-    let mut block = vec![0u8; 1 << 20];
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    for b in block.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        b.copy_from_slice(&x.to_le_bytes()[..b.len()]);
-    }
-    let mut f = fs::File::create(path).unwrap();
-    let mut left = size;
-    let mut i = 0u64;
-    while left > 0 {
-        block[..8].copy_from_slice(&i.to_le_bytes());
-        let n = left.min(block.len() as u64) as usize;
-        f.write_all(&block[..n]).unwrap();
-        left -= n as u64;
-        i += 1;
-    }
-}
-
-fn hash(path: &Path) -> String {
-    let mut h = blake3::Hasher::new();
-    h.update_reader(fs::File::open(path).unwrap()).unwrap();
-    h.finalize().to_hex().to_string()
-}
-
-fn run(server: &TestServer, args: &[&str]) -> Output {
-    server.client().args(args).output().unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn ok(o: &Output) {
-    assert!(o.status.success(), "failed: {}", stderr(o));
-}
-
-/// Exit code 1 and the protocol error code in the message.
-fn fails_with(o: &Output, code: &str) {
-    assert_eq!(o.status.code(), Some(1), "stderr: {}", stderr(o));
-    assert!(stderr(o).contains(code), "expected {code}: {}", stderr(o));
-}
-
-/// Every `.skiff-part` file under `dir`.
-fn leftovers(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if e.file_type().unwrap().is_dir() {
-                stack.push(p);
-            } else if p.to_string_lossy().ends_with(".skiff-part") {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
+use common::{fails_with, hash, leftovers, make_file, ok, p, run, stderr, TestServer};
 
 #[test]
 fn round_trips_small_and_odd_sizes() {
@@ -503,9 +434,26 @@ fn client_refuses_malicious_server_names() {
     assert!(!Path::new("/tmp/absolute").exists());
 }
 
+/// How far a transfer got, for [`start_slow`].
+enum Part<'a> {
+    /// A client-side partial file.
+    Local(&'a Path),
+    /// The largest upload in the server's staging area.
+    Staged,
+}
+
+impl Part<'_> {
+    fn len(&self, server: &TestServer) -> u64 {
+        match self {
+            Part::Local(p) => fs::metadata(p).map(|m| m.len()).unwrap_or(0),
+            Part::Staged => server.staged_files().iter().map(|f| f.1).max().unwrap_or(0),
+        }
+    }
+}
+
 /// Starts a slowed-down transfer and returns once its partial file holds
 /// at least `min` bytes.
-fn start_slow(server: &TestServer, args: &[&str], part: &Path, min: u64) -> std::process::Child {
+fn start_slow(server: &TestServer, args: &[&str], part: Part<'_>, min: u64) -> std::process::Child {
     let child = server
         .client()
         .args(args)
@@ -515,7 +463,7 @@ fn start_slow(server: &TestServer, args: &[&str], part: &Path, min: u64) -> std:
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while fs::metadata(part).map(|m| m.len()).unwrap_or(0) < min {
+    while part.len(server) < min {
         assert!(
             Instant::now() < deadline,
             "transfer never reached {min} bytes"
@@ -547,8 +495,7 @@ fn resume_after_client_killed_mid_put_and_mid_get() {
     let src = work.path().join("src");
     make_file(&src, 48 << 20, 5);
     let url = server.url().to_string();
-    let part = server.root.join(".f.skiff-part");
-    let mut c = start_slow(&server, &["put", &url, p(&src), "f"], &part, 8 << 20);
+    let mut c = start_slow(&server, &["put", &url, p(&src), "f"], Part::Staged, 8 << 20);
     c.kill().unwrap();
     c.wait().unwrap();
     std::thread::sleep(Duration::from_millis(200));
@@ -556,13 +503,28 @@ fn resume_after_client_killed_mid_put_and_mid_get() {
         !server.root.join("f").exists(),
         "no partial file under the real name"
     );
+    assert!(
+        leftovers(&server.root).is_empty(),
+        "nothing partial in the root"
+    );
+    assert_eq!(fs::read_dir(&server.root).unwrap().count(), 0);
     resume(&server, &["put", "--resume", &url, p(&src), "f"]);
     assert_eq!(hash(&server.root.join("f")), hash(&src));
     assert!(leftovers(&server.root).is_empty());
+    assert!(
+        server.staged_files().is_empty(),
+        "{:?}",
+        server.staged_files()
+    );
 
     let dst = work.path().join("dst");
     let part = work.path().join(".dst.skiff-part");
-    let mut c = start_slow(&server, &["get", &url, "f", p(&dst)], &part, 8 << 20);
+    let mut c = start_slow(
+        &server,
+        &["get", &url, "f", p(&dst)],
+        Part::Local(&part),
+        8 << 20,
+    );
     c.kill().unwrap();
     c.wait().unwrap();
     assert!(!dst.exists());
@@ -578,8 +540,7 @@ fn resume_after_server_killed_mid_put() {
     let src = work.path().join("src");
     make_file(&src, 40 << 20, 6);
     let url = server.url().to_string();
-    let part = server.root.join(".f.skiff-part");
-    let mut c = start_slow(&server, &["put", &url, p(&src), "f"], &part, 8 << 20);
+    let mut c = start_slow(&server, &["put", &url, p(&src), "f"], Part::Staged, 8 << 20);
     server.restart();
     let status = c.wait().unwrap();
     assert_eq!(status.code(), Some(255), "connection lost is exit 255");
@@ -588,6 +549,7 @@ fn resume_after_server_killed_mid_put() {
     resume(&server, &["put", "--resume", &url, p(&src), "f"]);
     assert_eq!(hash(&server.root.join("f")), hash(&src));
     assert!(leftovers(&server.root).is_empty());
+    assert!(server.staged_files().is_empty());
 }
 
 #[test]
@@ -601,8 +563,12 @@ fn readers_never_see_a_partial_file() {
     let url = server.url().to_string();
     ok(&run(&server, &["put", &url, p(&old), "f"]));
     let dest = server.root.join("f");
-    let part = server.root.join(".f.skiff-part");
-    let mut c = start_slow(&server, &["put", "--force", &url, p(&new), "f"], &part, 1);
+    let mut c = start_slow(
+        &server,
+        &["put", "--force", &url, p(&new), "f"],
+        Part::Staged,
+        1,
+    );
     let mut seen_new = false;
     let deadline = Instant::now() + Duration::from_secs(30);
     while !seen_new {

@@ -71,6 +71,14 @@ pub enum ErrorCode {
     Busy,
     /// Anything else went wrong on the server.
     Internal,
+    /// The destination changed while the operation ran (another upload of
+    /// the same path committed first); nothing was replaced.
+    Conflict,
+    /// A path component is longer than the file system allows (255 bytes).
+    NameTooLong,
+    /// The request is well formed but cannot be done as asked (moving a
+    /// directory into itself, say).
+    Invalid,
     /// A code this implementation does not know.
     #[serde(other)]
     Unknown,
@@ -93,6 +101,9 @@ impl ErrorCode {
             ErrorCode::Unsupported => "unsupported",
             ErrorCode::Busy => "busy",
             ErrorCode::Internal => "internal",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::NameTooLong => "name_too_long",
+            ErrorCode::Invalid => "invalid",
             ErrorCode::Unknown => "unknown",
         }
     }

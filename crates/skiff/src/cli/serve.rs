@@ -42,6 +42,10 @@ pub struct Args {
     /// Failed authentications per address per minute before it is refused.
     #[arg(long, value_name = "N", default_value_t = 10, hide = true)]
     auth_max_failures: u32,
+    /// Days an interrupted upload is kept for `put --resume` (in
+    /// STATE_DIR/partial) before it is removed.
+    #[arg(long, value_name = "DAYS", default_value_t = 7.0)]
+    partial_max_age_days: f64,
 }
 
 fn parse_listen(s: &str) -> Result<Listen, String> {
@@ -84,6 +88,9 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             max_failures: args.auth_max_failures,
             ..AuthPolicy::default()
         },
+        partial_max_age: Duration::from_secs_f64(
+            args.partial_max_age_days.clamp(0.0, 36_500.0) * 86_400.0,
+        ),
     };
     super::runtime()?.block_on(crate::server::serve(cfg))?;
     Ok(0)

@@ -9,6 +9,7 @@ pub mod ping;
 pub mod udp_ping;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use skiff_wire::message::exec::{Exec, ExecInput};
 use skiff_wire::message::Request;
@@ -25,6 +26,9 @@ pub struct ServiceContext {
     pub exec_enabled: bool,
     /// The authenticated user.
     pub user: String,
+    /// Where uploads are written until they are verified (outside the
+    /// root, so no client path can name them).
+    pub staging: Arc<crate::transfer::staging::StagingArea>,
 }
 
 impl ServiceContext {

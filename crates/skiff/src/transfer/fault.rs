@@ -58,3 +58,24 @@ pub async fn maybe_delay() {
         tokio::time::sleep(d).await;
     }
 }
+
+/// The clock that decides when partial files expire: the system clock,
+/// moved forward by `SKIFF_TEST_CLOCK_OFFSET_SECS` seconds when that test
+/// hook is set (debug builds only), so tests can age files without waiting.
+pub fn now() -> std::time::SystemTime {
+    std::time::SystemTime::now() + clock_offset()
+}
+
+#[cfg(debug_assertions)]
+fn clock_offset() -> std::time::Duration {
+    std::env::var("SKIFF_TEST_CLOCK_OFFSET_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(std::time::Duration::from_secs)
+        .unwrap_or_default()
+}
+
+#[cfg(not(debug_assertions))]
+fn clock_offset() -> std::time::Duration {
+    std::time::Duration::ZERO
+}

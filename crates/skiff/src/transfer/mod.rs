@@ -7,12 +7,14 @@
 //! that must behave identically live here once.
 
 pub mod checksum;
+pub mod commit;
 pub mod errors;
 pub mod fault;
 pub mod meta;
 pub mod names;
 pub mod partfile;
 pub mod pipeline;
+pub mod staging;
 
 /// Bytes of file data per `data` frame: large enough that per-frame costs
 /// (headers, channel hand-offs, syscalls) vanish, small enough that a few

@@ -4,9 +4,11 @@
 
 pub mod probe;
 
+use std::fs;
+use std::io::Write as _;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -102,6 +104,26 @@ impl TestServer {
         env_for(Command::new(skiff_bin()), self.home.path())
     }
 
+    /// The server's staging directory for interrupted uploads.
+    pub fn staging_dir(&self) -> PathBuf {
+        self.home.path().join(".local/state/skiff/partial")
+    }
+
+    /// Every staged (partial) upload file, with its length.
+    pub fn staged_files(&self) -> Vec<(PathBuf, u64)> {
+        let mut out = Vec::new();
+        let Ok(users) = std::fs::read_dir(self.staging_dir()) else {
+            return out;
+        };
+        for u in users.flatten() {
+            for f in std::fs::read_dir(u.path()).into_iter().flatten().flatten() {
+                let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                out.push((f.path(), len));
+            }
+        }
+        out
+    }
+
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -132,9 +154,17 @@ impl TestServer {
     /// and root (same users, key and certificate) on a fresh TLS port, as
     /// after a crash and restart. `urls` then holds the new address.
     pub fn restart(&mut self) {
+        self.restart_with_env(&[]);
+    }
+
+    /// [`restart`](Self::restart) with extra environment variables for the
+    /// new server process; `banner` then holds what it printed before
+    /// listening.
+    pub fn restart_with_env(&mut self, env: &[(&str, &str)]) {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let mut cmd = Command::new(skiff_bin());
+        cmd.envs(env.iter().copied());
         cmd.arg("serve")
             .arg("--root")
             .arg(&self.root)
@@ -153,6 +183,7 @@ impl TestServer {
             }
         });
         self.child = child;
+        self.banner.clear();
         loop {
             let line = rx
                 .recv_timeout(Duration::from_secs(20))
@@ -161,6 +192,75 @@ impl TestServer {
                 self.urls = vec![url.to_string()];
                 return;
             }
+            self.banner.push(line);
         }
     }
+}
+
+/// Writes `size` bytes of incompressible, position-dependent data quickly:
+/// one pseudo-random 1 MiB block, stamped with its index each time.
+pub fn make_file(path: &Path, size: u64, seed: u64) {
+    let mut block = vec![0u8; 1 << 20];
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for b in block.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        b.copy_from_slice(&x.to_le_bytes()[..b.len()]);
+    }
+    let mut f = fs::File::create(path).unwrap();
+    let mut left = size;
+    let mut i = 0u64;
+    while left > 0 {
+        block[..8].copy_from_slice(&i.to_le_bytes());
+        let n = left.min(block.len() as u64) as usize;
+        f.write_all(&block[..n]).unwrap();
+        left -= n as u64;
+        i += 1;
+    }
+}
+
+pub fn hash(path: &Path) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update_reader(fs::File::open(path).unwrap()).unwrap();
+    h.finalize().to_hex().to_string()
+}
+
+pub fn run(server: &TestServer, args: &[&str]) -> Output {
+    server.client().args(args).output().unwrap()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn ok(o: &Output) {
+    assert!(o.status.success(), "failed: {}", stderr(o));
+}
+
+/// Exit code 1 and the protocol error code in the message.
+pub fn fails_with(o: &Output, code: &str) {
+    assert_eq!(o.status.code(), Some(1), "stderr: {}", stderr(o));
+    assert!(stderr(o).contains(code), "expected {code}: {}", stderr(o));
+}
+
+/// Every `.skiff-part` file under `dir`.
+pub fn leftovers(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(p);
+            } else if p.to_string_lossy().ends_with(".skiff-part") {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+pub fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
 }

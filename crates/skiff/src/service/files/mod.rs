@@ -41,7 +41,7 @@ pub async fn handle(
         }
     };
     match req {
-        Request::Put(req) => put::handle(session, &root, req).await,
+        Request::Put(req) => put::handle(session, ctx, &root, req).await,
         Request::Get(req) => get::handle(session, &root, req).await,
         Request::Ls(req) => listing::ls(session, &root, req).await,
         Request::Stat(req) => reply(session, listing::stat(&root, &req)),

@@ -1,22 +1,31 @@
-//! `put`: an upload lands in a hidden partial file next to its destination,
-//! is hashed while it is written, fsynced, and renamed into place only when
-//! the client's whole-file digest matches. `resume` continues a partial
-//! file left by an interrupted upload.
+//! `put`: an upload lands in its own staged file in the server's staging
+//! area (outside the root: no client path can name it), is hashed while it
+//! is written, fsynced, and committed by identity only when the client's
+//! whole-file digest matches (`transfer::commit`). `resume` takes over the
+//! partial file an interrupted upload of the same user and path left.
 
 use cap_std::fs::Dir;
 use skiff_wire::message::files::{Done, End, EntryKind, OkReply, Put, Ready, UploadData};
 use skiff_wire::{ErrorCode, ErrorMsg, Message};
 
 use super::confine;
+use crate::service::ServiceContext;
 use crate::session::{Session, SessionError, WRITE_HIGH_WATER};
 use crate::transfer::checksum::digests_match;
+use crate::transfer::commit::{self, CommitError, Destination, Observed};
 use crate::transfer::names::link_stays_inside;
 use crate::transfer::partfile::PartFile;
 use crate::transfer::pipeline::{Sink, SinkDone};
+use crate::transfer::staging::{StageKey, Staged};
 use crate::transfer::{errors, IDLE_TIMEOUT};
 
 /// Handles one `put` request and, for files, the data that follows.
-pub async fn handle(session: &mut Session<'_>, root: &Dir, req: Put) -> Result<(), SessionError> {
+pub async fn handle(
+    session: &mut Session<'_>,
+    ctx: &ServiceContext,
+    root: &Dir,
+    req: Put,
+) -> Result<(), SessionError> {
     match req.kind {
         EntryKind::File => {}
         EntryKind::Symlink => {
@@ -36,7 +45,7 @@ pub async fn handle(session: &mut Session<'_>, root: &Dir, req: Put) -> Result<(
             return session.queue(&m, &[]);
         }
     }
-    let prepared = match prepare(root, &req) {
+    let prepared = match prepare(ctx, root, &req) {
         Ok(p) => p,
         Err(m) => {
             session.queue(&m, &[])?;
@@ -62,19 +71,55 @@ pub async fn handle(session: &mut Session<'_>, root: &Dir, req: Put) -> Result<(
 
 /// Where an upload is being written.
 struct Prepared {
-    dest: PartFile,
-    file: std::fs::File,
+    dest: Destination,
+    /// What was at the destination when the upload started.
+    observed: Observed,
+    staged: Staged,
     offset: u64,
 }
 
-/// Checks the destination and opens (or resumes) the partial file.
-fn prepare(root: &Dir, req: &Put) -> Result<Prepared, ErrorMsg> {
+/// Checks the destination and creates (or takes over, for `resume`) the
+/// upload's staged file.
+fn prepare(ctx: &ServiceContext, root: &Dir, req: &Put) -> Result<Prepared, ErrorMsg> {
     let loc = confine::locate(root, &req.path, Put::OP)?;
-    let dest = PartFile::new(loc.parent, &loc.name);
+    let key = StageKey::new(
+        &ctx.root.to_string_lossy(),
+        &ctx.user,
+        &confine::components(&req.path)?.join("/"),
+    );
+    let dest = Destination {
+        dir: loc.parent,
+        name: loc.name,
+    };
+    let observed = dest
+        .observe(req.force)
+        .map_err(|e| commit_msg(e, &req.path))?;
     let io = |e: std::io::Error| errors::to_msg(&e, &req.path);
-    dest.check_destination(req.force).map_err(io)?;
-    let (file, offset) = dest.open(req.resume, req.size).map_err(io)?;
-    Ok(Prepared { dest, file, offset })
+    let resumed = if req.resume {
+        ctx.staging.resume(&key, req.size).map_err(io)?
+    } else {
+        None
+    };
+    let (staged, offset) = match resumed {
+        Some(x) => x,
+        None => (ctx.staging.create(&key).map_err(io)?, 0),
+    };
+    Ok(Prepared {
+        dest,
+        observed,
+        staged,
+        offset,
+    })
+}
+
+/// The answer for a commit that did not happen.
+fn commit_msg(e: CommitError, path: &str) -> ErrorMsg {
+    match e {
+        CommitError::Exists(why) => errors::msg(ErrorCode::Exists, path, why),
+        CommitError::Conflict => ErrorMsg::new(ErrorCode::Conflict, format!("{path}: {e}")),
+        CommitError::Lost => ErrorMsg::new(ErrorCode::Internal, format!("{path}: {e}")),
+        CommitError::Io(e) => errors::to_msg(&e, path),
+    }
 }
 
 /// How the data phase ended.
@@ -89,7 +134,19 @@ enum Received {
 
 /// Streams `data` frames into the partial file, then verifies and commits.
 async fn receive(session: &mut Session<'_>, req: &Put, p: Prepared) -> Result<(), SessionError> {
-    let Prepared { dest, file, offset } = p;
+    let Prepared {
+        dest,
+        observed,
+        staged,
+        offset,
+    } = p;
+    let file = match staged.file().try_clone() {
+        Ok(f) => f,
+        Err(e) => {
+            session.queue(&errors::to_msg(&e, &req.path), &[])?;
+            return drain(session).await;
+        }
+    };
     let mut sink = Sink::spawn(file, offset, req.hash);
     let mut received = offset;
     let outcome = loop {
@@ -114,11 +171,12 @@ async fn receive(session: &mut Session<'_>, req: &Put, p: Prepared) -> Result<()
             UploadData::End(end) => break Received::End(end),
         }
     };
-    let remove_part = || dest.discard();
+    // Dropping `staged` keeps the partial file (for resume); `discard`
+    // removes it.
     let err: ErrorMsg = match outcome {
         Received::TooMuch => {
             let _ = sink.finish().await;
-            remove_part();
+            staged.discard();
             ErrorMsg::new(
                 ErrorCode::TooLarge,
                 format!(
@@ -134,7 +192,7 @@ async fn receive(session: &mut Session<'_>, req: &Put, p: Prepared) -> Result<()
             };
             let m = errors::to_msg(&e, &req.path);
             if m.code == ErrorCode::NoSpace {
-                remove_part();
+                staged.discard();
             }
             m
         }
@@ -154,15 +212,13 @@ async fn receive(session: &mut Session<'_>, req: &Put, p: Prepared) -> Result<()
                     Err(e) => {
                         let m = errors::to_msg(&e, &req.path);
                         if m.code == ErrorCode::NoSpace {
-                            remove_part();
+                            staged.discard();
                         }
                         Err(m)
                     }
                     Ok(done) => {
-                        let r = commit(&dest, req, &end, done);
-                        if r.is_err() {
-                            remove_part();
-                        }
+                        let r = verify_and_commit(&staged, &dest, observed, req, &end, done);
+                        staged.discard();
                         r
                     }
                 }
@@ -181,8 +237,15 @@ fn reply_done(session: &mut Session<'_>, r: Result<Done, ErrorMsg>) -> Result<()
     }
 }
 
-/// Verifies size and digest, then renames the file into place.
-fn commit(dest: &PartFile, req: &Put, end: &End, done: SinkDone) -> Result<Done, ErrorMsg> {
+/// Verifies size and digest, then commits the staged file by identity.
+fn verify_and_commit(
+    staged: &Staged,
+    dest: &Destination,
+    observed: Observed,
+    req: &Put,
+    end: &End,
+    done: SinkDone,
+) -> Result<Done, ErrorMsg> {
     if done.size != req.size || end.size != req.size {
         return Err(errors::msg(
             ErrorCode::ChecksumMismatch,
@@ -200,13 +263,14 @@ fn commit(dest: &PartFile, req: &Put, end: &End, done: SinkDone) -> Result<Done,
             ),
         ));
     }
-    dest.commit(
-        &done.file,
+    commit::commit(
+        staged,
+        dest,
+        observed,
         Some(req.mode.unwrap_or(0o644)),
         req.mtime_ns,
-        req.force,
     )
-    .map_err(|e| errors::to_msg(&e, &req.path))?;
+    .map_err(|e| commit_msg(e, &req.path))?;
     Ok(Done {
         size: done.size,
         digest: done.digest,

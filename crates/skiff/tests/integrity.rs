@@ -1,0 +1,217 @@
+//! End-to-end: what `done` promises. Concurrent uploads of one path never
+//! mix and never report bytes that are not there; partial uploads live out
+//! of the root and expire.
+
+mod common;
+
+use std::fs;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{hash, leftovers, make_file, ok, p, run, stderr, TestServer};
+
+/// A slowed-down client (`SKIFF_TEST_CHUNK_DELAY_MS`), output captured.
+fn spawn_slow(server: &TestServer, args: &[&str], delay_ms: u32) -> Child {
+    server
+        .client()
+        .args(args)
+        .env("SKIFF_TEST_CHUNK_DELAY_MS", delay_ms.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until the staging area holds `n` files with at least `min` bytes
+/// each (so every upload has really started).
+fn wait_staged(server: &TestServer, n: usize, min: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let staged = server.staged_files();
+        if staged.iter().filter(|f| f.1 >= min).count() >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "uploads never started: {staged:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Exit code and stderr of a finished client.
+fn finish(c: Child) -> (Option<i32>, String) {
+    let out = c.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Two uploads of one path at once, both complete: exactly one wins, its
+/// bytes are the file, the other is told it lost (`exists` without
+/// `--force`, `conflict` with it) and nothing else is left behind.
+#[test]
+fn concurrent_uploads_of_one_path_one_wins_the_other_is_told() {
+    let server = TestServer::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let a = work.path().join("a");
+    let b = work.path().join("b");
+    make_file(&a, 16 << 20, 1);
+    make_file(&b, 16 << 20, 2);
+    let url = server.url().to_string();
+    for force in [false, true] {
+        let dest = server.root.join("f");
+        if force {
+            fs::write(&dest, b"old").unwrap();
+        }
+        let mut args = vec!["put"];
+        if force {
+            args.push("--force");
+        }
+        let (pa, pb) = (p(&a), p(&b));
+        let mut args_a = args.clone();
+        args_a.extend([url.as_str(), pa, "f"]);
+        let mut args_b = args.clone();
+        args_b.extend([url.as_str(), pb, "f"]);
+        let ca = spawn_slow(&server, &args_a, 50);
+        let cb = spawn_slow(&server, &args_b, 50);
+        wait_staged(&server, 2, 1 << 20);
+        let (ra, ea) = finish(ca);
+        let (rb, eb) = finish(cb);
+        let lost_code = if force { "conflict" } else { "exists" };
+        let (winner, loser_err) = match (ra, rb) {
+            (Some(0), Some(1)) => (&a, eb),
+            (Some(1), Some(0)) => (&b, ea),
+            other => panic!("exactly one upload must win: {other:?}\n{ea}\n{eb}"),
+        };
+        assert!(loser_err.contains(lost_code), "force={force}: {loser_err}");
+        assert_eq!(hash(&dest), hash(winner), "force={force}");
+        assert_eq!(fs::metadata(&dest).unwrap().len(), 16 << 20);
+        assert!(
+            server.staged_files().is_empty(),
+            "{:?}",
+            server.staged_files()
+        );
+        assert_eq!(fs::read_dir(&server.root).unwrap().count(), 1);
+        fs::remove_file(&dest).unwrap();
+    }
+}
+
+/// One upload killed halfway while another of the same path completes:
+/// the path holds the complete one; the killed one's bytes are nowhere in
+/// the root, only in the staging area, and a resume of it is refused.
+#[test]
+fn killed_upload_never_reaches_the_path() {
+    let server = TestServer::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let a = work.path().join("a");
+    let b = work.path().join("b");
+    make_file(&a, 24 << 20, 3);
+    make_file(&b, 8 << 20, 4);
+    let url = server.url().to_string();
+    let mut ca = spawn_slow(&server, &["put", "--force", &url, p(&a), "f"], 100);
+    wait_staged(&server, 1, 4 << 20);
+    ok(&run(&server, &["put", "--force", &url, p(&b), "f"]));
+    ca.kill().unwrap();
+    ca.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let dest = server.root.join("f");
+    assert_eq!(hash(&dest), hash(&b));
+    assert_eq!(fs::read_dir(&server.root).unwrap().count(), 1);
+    assert!(leftovers(&server.root).is_empty());
+    let staged = server.staged_files();
+    assert_eq!(staged.len(), 1, "{staged:?}");
+    // Listing the root shows only the file.
+    let out = run(&server, &["ls", &url, "/"]);
+    ok(&out);
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("part"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // Resuming the killed upload without --force: the path now holds
+    // another file, so it is refused, and `f` is untouched.
+    let out = run(&server, &["put", "--resume", &url, p(&a), "f"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("exists"), "{}", stderr(&out));
+    assert_eq!(hash(&dest), hash(&b));
+}
+
+/// A client uploading to the name the old code used for partial files
+/// (`.NAME.skiff-part`) gets an ordinary file of that name and touches no
+/// other upload.
+#[test]
+fn upload_to_the_old_partial_name_is_just_a_file() {
+    let server = TestServer::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let a = work.path().join("a");
+    let b = work.path().join("b");
+    make_file(&a, 16 << 20, 5);
+    make_file(&b, 2 << 20, 6);
+    let url = server.url().to_string();
+    let ca = spawn_slow(&server, &["put", &url, p(&a), "v2.bin"], 20);
+    wait_staged(&server, 1, 2 << 20);
+    ok(&run(&server, &["put", &url, p(&b), ".v2.bin.skiff-part"]));
+    let (code, err) = finish(ca);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(hash(&server.root.join("v2.bin")), hash(&a));
+    assert_eq!(hash(&server.root.join(".v2.bin.skiff-part")), hash(&b));
+}
+
+/// Interrupted uploads stay in the staging area (reported at start) until
+/// they are older than the limit; with the clock moved eight days ahead the
+/// next start removes them.
+#[test]
+fn stale_partial_uploads_are_reported_and_expire() {
+    let mut server = TestServer::start(&[]);
+    assert!(
+        server
+            .banner
+            .iter()
+            .any(|l| l.starts_with("partial uploads in ") && l.contains("0 kept")),
+        "{:?}",
+        server.banner
+    );
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_file(&src, 16 << 20, 7);
+    let url = server.url().to_string();
+    for name in ["x", "y"] {
+        let mut c = spawn_slow(&server, &["put", &url, p(&src), name], 20);
+        let before = server.staged_files().len();
+        wait_staged(&server, before + 1, 1 << 20);
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+    assert_eq!(server.staged_files().len(), 2);
+    assert_eq!(fs::read_dir(&server.root).unwrap().count(), 0);
+    server.restart();
+    assert!(
+        server.banner.iter().any(|l| l.contains("2 kept")),
+        "{:?}",
+        server.banner
+    );
+    // Six days later: still kept.
+    server.restart_with_env(&[("SKIFF_TEST_CLOCK_OFFSET_SECS", "518400")]);
+    assert!(
+        server.banner.iter().any(|l| l.contains("2 kept")),
+        "{:?}",
+        server.banner
+    );
+    // Eight days later: gone.
+    server.restart_with_env(&[("SKIFF_TEST_CLOCK_OFFSET_SECS", "691200")]);
+    assert!(
+        server
+            .banner
+            .iter()
+            .any(|l| l.contains("0 kept") && l.contains("2 expired and removed")),
+        "{:?}",
+        server.banner
+    );
+    assert!(server.staged_files().is_empty());
+    // A resume after expiry starts over and still ends complete.
+    let url = server.url().to_string();
+    ok(&run(&server, &["put", "--resume", &url, p(&src), "x"]));
+    assert_eq!(hash(&server.root.join("x")), hash(&src));
+}
