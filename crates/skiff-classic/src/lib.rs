@@ -42,6 +42,7 @@ mod gbk;
 mod prompt;
 pub mod text;
 pub mod udp;
+pub mod udp_guard;
 pub mod upload;
 pub mod upper;
 

@@ -1,26 +1,100 @@
 //! The UDP program (基于UDP的套接字): the server answers each datagram
 //! (`recvfrom`) with the same bytes upper-cased (`sendto`). No connection,
-//! no sticky packets, and no promise that anything arrives.
+//! no sticky packets, and no promise that anything arrives. Unlike the
+//! tutorial's, this server does not answer sources that could make it loop
+//! or reflect ([`crate::udp_guard`]).
 
 use std::io::{self, BufRead, Write};
 use std::net::{SocketAddr, UdpSocket};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use skiff_net::{Datagram, DatagramHandler, DatagramSocket};
+use skiff_net::{Datagram, DatagramHandler, DatagramSocket, PeerAddr};
+
+use crate::udp_guard::{RateLimit, Refusal, ReplyGuard};
 
 /// The tutorial's UDP address is `('127.0.0.1', 8080)` (its socketserver
 /// UDP example).
 pub const DEFAULT_PORT: u16 = 8080;
+/// Replies per second to one source by default: far more than a person at
+/// the prompt types, few enough that the server is no use as a reflector.
+pub const DEFAULT_REPLIES_PER_SECOND: f64 = 50.0;
 /// Receive buffer: the largest UDP payload, so nothing is cut (the
 /// tutorial's `recvfrom(1024)` would drop the rest of a longer datagram).
 pub const MAX_DATAGRAM: usize = 65_535;
 
-/// The server side: one socket, one datagram at a time.
-#[derive(Debug, Clone, Default)]
-pub struct UdpUpperServer;
+/// The server side: one socket, one datagram at a time, answering only
+/// what [`ReplyGuard`] allows (no loops, a rate per source).
+#[derive(Debug)]
+pub struct UdpUpperServer {
+    limit: RateLimit,
+    /// Made on the first datagram, when the bound port is known.
+    guard: Mutex<Option<ReplyGuard>>,
+    refused: Mutex<RefusalLog>,
+}
+
+/// Counts unanswered datagrams and logs them at most every
+/// [`LOG_EVERY`], so a flood cannot fill the log.
+#[derive(Debug, Default)]
+struct RefusalLog {
+    since_last: u64,
+    last: Option<Instant>,
+}
+
+/// How often unanswered datagrams are reported.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl UdpUpperServer {
+    /// A server answering each source at most `limit` times per second.
+    pub fn new(limit: RateLimit) -> Self {
+        UdpUpperServer {
+            limit,
+            guard: Mutex::new(None),
+            refused: Mutex::new(RefusalLog::default()),
+        }
+    }
+
+    /// Whether to answer `peer`; `socket` tells the server's own port.
+    fn allowed(&self, peer: &PeerAddr, socket: &DatagramSocket) -> Result<(), Refusal> {
+        let (PeerAddr::Ip(peer), DatagramSocket::Udp(udp)) = (peer, socket) else {
+            // A Unix datagram sender's path is set by the kernel: no forging.
+            return Ok(());
+        };
+        let mut guard = self.guard.lock().unwrap_or_else(|e| e.into_inner());
+        let guard = match &mut *guard {
+            Some(g) => g,
+            None => {
+                let own_port = udp.local_addr().map(|a| a.port()).unwrap_or(0);
+                guard.insert(ReplyGuard::new(own_port, self.limit))
+            }
+        };
+        guard.check(*peer, Instant::now())
+    }
+
+    fn log_refusal(&self, peer: &PeerAddr, refusal: Refusal) {
+        tracing::debug!(%peer, %refusal, "not answered");
+        let mut log = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        log.since_last += 1;
+        let now = Instant::now();
+        if log.last.is_none_or(|t| now.duration_since(t) >= LOG_EVERY) {
+            tracing::warn!(
+                count = log.since_last,
+                last_peer = %peer,
+                last_reason = %refusal,
+                "datagrams not answered (possible loop or reflection attempt)"
+            );
+            log.since_last = 0;
+            log.last = Some(now);
+        }
+    }
+}
 
 impl DatagramHandler for UdpUpperServer {
     async fn handle(&self, datagram: Datagram<'_>, socket: &DatagramSocket) {
+        if let Err(refusal) = self.allowed(&datagram.peer, socket) {
+            self.log_refusal(&datagram.peer, refusal);
+            return;
+        }
         if datagram.truncated() {
             tracing::warn!(peer = %datagram.peer, len = datagram.len, "datagram cut to the buffer size");
         }

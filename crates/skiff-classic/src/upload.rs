@@ -5,7 +5,9 @@
 //! Nothing from the header is trusted: the name is cut to its base name, the
 //! header is at most [`MAX_HEADER`] bytes, the size must be a whole number
 //! of bytes, the data streams into a temporary file in the root that only
-//! becomes the real file (by rename) once its md5 matches. A refused upload
+//! becomes the real file once its md5 matches, and an existing file is
+//! never replaced unless the server was started to allow it
+//! ([`UploadServer::overwrite`]). A refused upload
 //! leaves nothing behind and the connection is reset, which is the only
 //! "no" this protocol can say; a clean close means the file was stored.
 
@@ -48,6 +50,9 @@ pub enum Refusal {
     /// The header was not the JSON object the tutorial sends.
     #[error("bad header: {0}")]
     BadHeader(String),
+    /// A file of that name exists and overwriting was not allowed.
+    #[error("{0} exists; the server does not overwrite files (start it with --overwrite)")]
+    Exists(String),
     /// The data did not have the announced md5.
     #[error("md5 mismatch for {name}: header said {expected}, data has {actual}")]
     Checksum {
@@ -124,12 +129,37 @@ pub fn base_name(name: &str) -> Result<String, Refusal> {
 #[derive(Debug, Clone)]
 pub struct UploadServer {
     root: PathBuf,
+    overwrite: bool,
 }
 
 impl UploadServer {
-    /// A handler storing files in `root` (which must be a directory).
+    /// A handler storing files in `root` (which must be a directory),
+    /// refusing any name that already exists there.
     pub fn new(root: PathBuf) -> Self {
-        UploadServer { root }
+        UploadServer {
+            root,
+            overwrite: false,
+        }
+    }
+
+    /// Lets an upload replace an existing file of its name (the file, or
+    /// a symlink itself, is replaced, never followed). Off by default: the
+    /// protocol has no authentication, so anyone who can connect could
+    /// otherwise replace any file in the root (`.bashrc` in a home
+    /// directory, say).
+    pub fn overwrite(mut self, yes: bool) -> Self {
+        self.overwrite = yes;
+        self
+    }
+
+    /// Refuses early (before any data is received) a name that exists; the
+    /// commit checks again, atomically, since a file may appear meanwhile.
+    fn check_free(&self, header: &Header) -> Result<(), Refusal> {
+        let exists = std::fs::symlink_metadata(self.root.join(&header.name)).is_ok();
+        if exists && !self.overwrite {
+            return Err(Refusal::Exists(header.name.clone()));
+        }
+        Ok(())
     }
 
     /// Receives one announced file into a temporary file, checks its md5,
@@ -176,10 +206,16 @@ impl UploadServer {
         if let Err(e) = temp.file.sync_all().await {
             return Ok(Err(store(e)));
         }
-        Ok(temp
-            .commit(&self.root.join(&header.name))
-            .await
-            .map_err(store))
+        let dest = self.root.join(&header.name);
+        if self.overwrite {
+            return Ok(temp.commit_replacing(&dest).await.map_err(store));
+        }
+        Ok(match temp.commit_new(&dest).await {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                Err(Refusal::Exists(header.name.clone()))
+            }
+            r => r.map_err(store),
+        })
     }
 }
 
@@ -197,6 +233,9 @@ impl StreamHandler for UploadServer {
                 Ok(h) => h,
                 Err(refusal) => return refuse(conn, refusal),
             };
+            if let Err(refusal) = self.check_free(&header) {
+                return refuse(conn, refusal);
+            }
             let received = match self.receive(conn, &header).await {
                 Ok(r) => r,
                 Err(e) => {
@@ -270,10 +309,18 @@ impl TempFile {
 
     /// Renames the file to `dest`, replacing what was there (a symlink
     /// there is replaced, not followed).
-    async fn commit(mut self, dest: &Path) -> io::Result<()> {
+    async fn commit_replacing(mut self, dest: &Path) -> io::Result<()> {
         tokio::fs::rename(&self.path, dest).await?;
         self.committed = true;
         Ok(())
+    }
+
+    /// Links the file in as `dest` only if nothing has that name
+    /// (`link(2)` fails with `AlreadyExists` atomically, whatever is there,
+    /// a dangling symlink included); the temporary name is then removed
+    /// by `Drop`.
+    async fn commit_new(self, dest: &Path) -> io::Result<()> {
+        tokio::fs::hard_link(&self.path, dest).await
     }
 }
 

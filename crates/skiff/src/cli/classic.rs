@@ -2,6 +2,7 @@
 //! its Python code (DESIGN section 6, docs/CLASSIC.md).
 
 use std::io;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use anyhow::Context;
 use skiff_classic::cmd::{self, CmdClient, CmdConfig, CmdServer};
 use skiff_classic::text::Encoding;
 use skiff_classic::udp::{self, UdpClient, UdpUpperServer};
+use skiff_classic::udp_guard::RateLimit;
 use skiff_classic::upload::{self, UploadClient, UploadServer};
 use skiff_classic::upper::{self, Digest, UpperClient, UpperServer};
 use skiff_classic::{self as c, ServerSettings};
@@ -33,10 +35,12 @@ enum Program {
     /// The HMAC client (客户端合法): answers the challenge, then `>>: `.
     UpperClient(UpperClientArgs),
     /// Receives files sent with the custom header {file_name, file_size, md5}.
+    /// Loopback only; never overwrites unless told to.
     UploadServer(UploadServerArgs),
     /// Sends files with the custom header {file_name, file_size, md5}.
     UploadClient(UploadClientArgs),
-    /// The UDP upper-case echo server (udp服务端: recvfrom/sendto).
+    /// The UDP upper-case echo server (udp服务端: recvfrom/sendto). Does
+    /// not answer loop-prone sources, and limits replies per source.
     UdpServer(UdpServerArgs),
     /// The UDP client (udp客户端): the `>>: ` loop over datagrams.
     UdpClient(UdpClientArgs),
@@ -70,6 +74,39 @@ impl ServerFlags {
     }
 }
 
+/// The opt-in for serving an unauthenticated program beyond this machine.
+#[derive(Debug, clap::Args)]
+struct Exposure {
+    /// Listen on a non-loopback address anyway. There is no
+    /// authentication: anyone who can reach the address can use the
+    /// server as you.
+    #[arg(long)]
+    unauthenticated_remote_ok: bool,
+}
+
+impl Exposure {
+    /// Refuses a non-loopback `addr` unless the flag was given (then
+    /// warns). `danger` says what a stranger could do with `program`.
+    fn check(&self, addr: SocketAddr, program: &str, danger: &str) -> anyhow::Result<()> {
+        if c::is_loopback(&addr) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            self.unauthenticated_remote_ok,
+            "refusing to listen on {addr}: {program} {danger}, as you, with no \
+             authentication, so anyone who can reach {addr} could take over this account. \
+             Listen on a loopback address (the default is {}), use `skiff serve` for \
+             authenticated remote access, or pass --unauthenticated-remote-ok if you \
+             really mean it",
+            c::DEFAULT_HOST
+        );
+        eprintln!(
+            "skiff: WARNING: unauthenticated {program} on {addr}: anyone who can reach it can use it as you"
+        );
+        Ok(())
+    }
+}
+
 #[derive(Debug, clap::Args)]
 struct CmdServerArgs {
     #[command(flatten)]
@@ -77,10 +114,8 @@ struct CmdServerArgs {
     /// Port (0: any free port, printed as `listening on URL`).
     #[arg(long, default_value_t = cmd::DEFAULT_PORT)]
     port: u16,
-    /// Listen on a non-loopback address anyway. Anyone who can reach it can
-    /// run any command as you: there is no authentication.
-    #[arg(long)]
-    unauthenticated_remote_ok: bool,
+    #[command(flatten)]
+    exposure: Exposure,
     /// Seconds a command may run before it is killed.
     #[arg(long, value_name = "SECS", default_value_t = 300.0)]
     command_timeout: f64,
@@ -156,6 +191,12 @@ struct UploadServerArgs {
     /// Directory the files are stored in (default: the current directory).
     #[arg(long, value_name = "DIR")]
     root: Option<PathBuf>,
+    /// Let an upload replace an existing file of the same name (by
+    /// default it is refused, and the file is left as it was).
+    #[arg(long)]
+    overwrite: bool,
+    #[command(flatten)]
+    exposure: Exposure,
     #[command(flatten)]
     server: ServerFlags,
 }
@@ -182,6 +223,10 @@ struct UdpServerArgs {
     /// Port (0: any free port).
     #[arg(long, default_value_t = udp::DEFAULT_PORT)]
     port: u16,
+    /// Most replies per second to one source (an IPv4 address or an IPv6
+    /// /64), with bursts of twice that; the rest are not answered.
+    #[arg(long, value_name = "N", default_value_t = udp::DEFAULT_REPLIES_PER_SECOND)]
+    max_replies_per_sec: f64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -247,11 +292,13 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 root.display()
             );
             let addr = c::resolve(&a.host.host, a.port)?;
-            let builder = a
-                .server
-                .settings()?
-                .builder()
-                .stream(c::tcp(addr), UploadServer::new(root));
+            a.exposure.check(
+                addr,
+                "upload-server",
+                "stores any file it is sent in its root",
+            )?;
+            let handler = UploadServer::new(root).overwrite(a.overwrite);
+            let builder = a.server.settings()?.builder().stream(c::tcp(addr), handler);
             serve(builder)
         }
         Program::UploadClient(a) => {
@@ -273,10 +320,16 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         }
         Program::UdpServer(a) => {
             let addr = c::resolve(&a.host.host, a.port)?;
+            anyhow::ensure!(
+                a.max_replies_per_sec.is_finite() && a.max_replies_per_sec > 0.0,
+                "--max-replies-per-sec must be a positive number, not {}",
+                a.max_replies_per_sec
+            );
+            let handler = UdpUpperServer::new(RateLimit::per_second(a.max_replies_per_sec));
             let builder = skiff_net::Server::builder()
                 .shutdown_on_signals(true)
                 .datagram_buffer(udp::MAX_DATAGRAM)
-                .datagram(skiff_net::ListenAddr::Udp(addr), UdpUpperServer);
+                .datagram(skiff_net::ListenAddr::Udp(addr), handler);
             serve(builder)
         }
         Program::UdpClient(a) => {
@@ -292,20 +345,8 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
 
 fn cmd_server(a: CmdServerArgs) -> anyhow::Result<i32> {
     let addr = c::resolve(&a.host.host, a.port)?;
-    if !c::is_loopback(&addr) {
-        anyhow::ensure!(
-            a.unauthenticated_remote_ok,
-            "refusing to listen on {addr}: cmd-server runs every command it is sent, as you, \
-             with no authentication, so anyone who can reach {addr} could take over this \
-             account. Listen on a loopback address (the default is {}), use `skiff serve` \
-             for authenticated remote commands, or pass --unauthenticated-remote-ok if you \
-             really mean it",
-            c::DEFAULT_HOST
-        );
-        eprintln!(
-            "skiff: WARNING: unauthenticated shell on {addr}: anyone who can reach it can run commands as you"
-        );
-    }
+    a.exposure
+        .check(addr, "cmd-server", "runs every command it is sent")?;
     anyhow::ensure!(
         a.max_output <= cmd::MAX_OUTPUT_LIMIT,
         "--max-output must be at most {} (struct.pack('i') limit)",
