@@ -6,6 +6,7 @@
 //! filesystem. [`client`] holds the same operations from the client side, and
 //! [`cli`] only wires things together.
 
+pub mod auth;
 pub mod classic;
 pub mod cli;
 pub mod client;

@@ -14,7 +14,7 @@ use crate::keys::Users;
 use crate::service::udp_ping::UdpPingService;
 use crate::service::{self, ServiceContext};
 use crate::session::accept::{AuthPolicy, Authenticator};
-use crate::session::handshake::{Block, NO_BINDING};
+use crate::auth::handshake::{Block, NO_BINDING};
 use crate::session::tls::ServerIdentity;
 use crate::session::{Io, Session, SessionError};
 

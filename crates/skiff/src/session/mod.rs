@@ -2,12 +2,11 @@
 //! handshake, then frames both ways.
 //!
 //! [`Session`] owns the read and write buffers of one connection (as
-//! mini-redis's `Connection` does); [`handshake`] holds the pure proof
-//! computations, [`accept`] the server's side of the handshake, [`tls`] the
-//! certificates.
+//! mini-redis's `Connection` does); [`accept`] is the server's side of the
+//! handshake (the client's is `client::handshake`, the proofs of both are
+//! in `auth::handshake`), [`tls`] the certificates.
 
 pub mod accept;
-pub mod handshake;
 pub mod tls;
 
 use std::time::Duration;
