@@ -14,7 +14,9 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures::{SinkExt, StreamExt};
 use skiff_wire::message::Phase;
-use skiff_wire::{ErrorCode, ErrorMsg, Frame, FrameCodec, FrameError, Message, MessageError};
+use skiff_wire::{
+    CodecError, ErrorCode, ErrorMsg, Frame, FrameCodec, FrameError, Message, MessageError,
+};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio_util::codec::{FramedRead, FramedWrite};
@@ -58,6 +60,15 @@ pub enum SessionError {
     /// The peer took too long.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+}
+
+impl From<CodecError> for SessionError {
+    fn from(e: CodecError) -> Self {
+        match e {
+            CodecError::Frame(e) => SessionError::Frame(e),
+            CodecError::Io(e) => SessionError::Io(e),
+        }
+    }
 }
 
 impl SessionError {
@@ -175,7 +186,6 @@ impl SessionReader<'_> {
         match self.inner.next().await {
             None => Ok(None),
             Some(Ok(f)) => Ok(Some(f)),
-            Some(Err(FrameError::Io(msg))) => Err(SessionError::Io(std::io::Error::other(msg))),
             Some(Err(e)) => Err(e.into()),
         }
     }
@@ -240,10 +250,7 @@ impl SessionWriter<'_> {
     pub async fn flush(&mut self) -> Result<(), SessionError> {
         SinkExt::<Frame>::flush(&mut self.inner)
             .await
-            .map_err(|e| match e {
-                FrameError::Io(m) => SessionError::Io(std::io::Error::other(m)),
-                e => e.into(),
-            })
+            .map_err(SessionError::from)
     }
 
     /// Bytes queued but not yet sent.
@@ -255,9 +262,6 @@ impl SessionWriter<'_> {
     pub async fn close(&mut self) -> Result<(), SessionError> {
         SinkExt::<Frame>::close(&mut self.inner)
             .await
-            .map_err(|e| match e {
-                FrameError::Io(m) => SessionError::Io(std::io::Error::other(m)),
-                e => e.into(),
-            })
+            .map_err(SessionError::from)
     }
 }
