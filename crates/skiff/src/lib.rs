@@ -11,6 +11,7 @@ pub mod classic;
 pub mod cli;
 pub mod client;
 pub mod keys;
+mod maybe;
 pub mod server;
 pub mod service;
 pub mod session;

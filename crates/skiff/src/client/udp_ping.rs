@@ -16,6 +16,7 @@ use super::ping::RttStats;
 use super::ClientError;
 use crate::auth::udp::{now_micros, open_reply, seal_request};
 use crate::keys::UserKey;
+use crate::maybe::sleep_until;
 
 /// How many answered sequence numbers are remembered to recognize
 /// duplicates (older ones are forgotten, keeping memory bounded).
@@ -166,7 +167,7 @@ pub async fn run(
                     next_send = now;
                 }
             }
-            _ = sleep_until_opt(expiry) => {
+            _ = sleep_until(expiry) => {
                 let now = Instant::now();
                 let expired: Vec<u64> = outstanding
                     .iter()
@@ -218,11 +219,4 @@ pub async fn run(
         }
     }
     Ok(report)
-}
-
-async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }

@@ -25,10 +25,14 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
-/// How much written data may wait in the buffer before `queue` callers
-/// should flush: large enough to batch many small frames into one TLS
-/// record burst, small enough to keep memory bounded.
+/// How much written data may wait in the buffer before
+/// [`SessionWriter::write`] flushes it: large enough to batch many small
+/// frames into one TLS record burst, small enough to keep memory bounded.
 pub const WRITE_HIGH_WATER: usize = 256 * 1024;
+
+/// How long a flush may wait for a peer that does not read before the
+/// session gives up on it.
+pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Why a session could not go on.
 #[derive(Debug, Error)]
@@ -107,8 +111,7 @@ impl<'a> Session<'a> {
         let (r, w) = tokio::io::split(io);
         let mut reader = FramedRead::with_capacity(r, FrameCodec::new(), 64 * 1024);
         reader.read_buffer_mut().reserve(64 * 1024);
-        let mut writer = FramedWrite::new(w, FrameCodec::new());
-        writer.set_backpressure_boundary(WRITE_HIGH_WATER);
+        let writer = FramedWrite::new(w, FrameCodec::new());
         Session {
             reader: SessionReader { inner: reader },
             writer: SessionWriter { inner: writer },
@@ -162,6 +165,21 @@ impl<'a> Session<'a> {
         message: impl Into<String>,
     ) -> Result<(), SessionError> {
         self.writer.send_error(code, message).await
+    }
+
+    /// See [`SessionWriter::write`].
+    pub async fn write<M: Message>(&mut self, msg: &M, body: &[u8]) -> Result<(), SessionError> {
+        self.writer.write(msg, body).await
+    }
+
+    /// Ends one answer: sends what is buffered, unless the peer has already
+    /// pipelined further requests and the buffer is below its high-water
+    /// mark (then their answers go out together, in one burst).
+    pub async fn answered(&mut self) -> Result<(), SessionError> {
+        if self.reader.has_buffered_input() && self.writer.has_room() {
+            return Ok(());
+        }
+        self.writer.flush_bounded().await
     }
 
     /// See [`SessionWriter::flush`].
@@ -229,6 +247,31 @@ impl SessionWriter<'_> {
         let buf: &mut BytesMut = self.inner.write_buffer_mut();
         skiff_wire::encode_frame(msg, body, buf)?;
         Ok(())
+    }
+
+    /// Queues a frame, and sends the buffer once it is past
+    /// [`WRITE_HIGH_WATER`] (waiting at most [`WRITE_STALL_TIMEOUT`] for a
+    /// peer that does not read). The one way streams of chunks are written.
+    pub async fn write<M: Message>(&mut self, msg: &M, body: &[u8]) -> Result<(), SessionError> {
+        self.queue(msg, body)?;
+        if self.has_room() {
+            return Ok(());
+        }
+        self.flush_bounded().await
+    }
+
+    /// Whether the buffer is below [`WRITE_HIGH_WATER`]: loops that produce
+    /// output concurrently with flushing read more only while it is.
+    pub fn has_room(&self) -> bool {
+        self.buffered() < WRITE_HIGH_WATER
+    }
+
+    /// [`flush`](Self::flush) within [`WRITE_STALL_TIMEOUT`].
+    async fn flush_bounded(&mut self) -> Result<(), SessionError> {
+        match tokio::time::timeout(WRITE_STALL_TIMEOUT, self.flush()).await {
+            Ok(r) => r,
+            Err(_) => Err(SessionError::Timeout(WRITE_STALL_TIMEOUT)),
+        }
     }
 
     /// Queues a frame and sends everything buffered.

@@ -8,7 +8,7 @@ use skiff_wire::message::files::{Done, End, EntryKind, OkReply, Put, Ready, Uplo
 use skiff_wire::{ErrorCode, ErrorMsg, Message};
 
 use super::confine;
-use crate::session::{Session, SessionError, WRITE_HIGH_WATER};
+use crate::session::{Session, SessionError};
 use crate::transfer::checksum::digests_match;
 use crate::transfer::names::link_stays_inside;
 use crate::transfer::partfile::PartFile;
@@ -54,9 +54,7 @@ pub async fn handle(session: &mut Session<'_>, root: &Dir, req: Put) -> Result<(
         },
         &[],
     )?;
-    if !session.has_buffered_input() || session.buffered() >= WRITE_HIGH_WATER {
-        session.flush().await?;
-    }
+    session.answered().await?;
     receive(session, &req, prepared).await
 }
 
