@@ -1,8 +1,31 @@
-//! The `tokio_util::codec` adapter.
+//! The `tokio_util::codec` adapter (feature `codec`, on by default).
 
 use bytes::BytesMut;
 
 use crate::{Frame, FrameDecoder, FrameError, Limits};
+
+/// Why a framed stream stopped: the peer broke the frame rules, or the
+/// stream itself failed (with the real `io::Error`, kind included).
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// The bytes are not a valid frame sequence.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// Reading or writing the underlying stream failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl CodecError {
+    /// The stable error code a receiver sends back, if it still can:
+    /// the frame violation's, or `internal` for a failed stream.
+    pub fn code(&self) -> crate::ErrorCode {
+        match self {
+            CodecError::Frame(e) => e.code(),
+            CodecError::Io(_) => crate::ErrorCode::Internal,
+        }
+    }
+}
 
 /// A `tokio_util` codec: wraps [`FrameDecoder`] for reading and writes
 /// `(header, body)` pairs for sending. Use it with `Framed` /
@@ -39,21 +62,21 @@ impl FrameCodec {
 
 impl tokio_util::codec::Decoder for FrameCodec {
     type Item = Frame;
-    type Error = FrameError;
+    type Error = CodecError;
 
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
-        self.decoder.decode(src)
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        Ok(self.decoder.decode(src)?)
     }
 
-    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
-        self.decoder.decode_eof(src)
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        Ok(self.decoder.decode_eof(src)?)
     }
 }
 
 impl tokio_util::codec::Encoder<Frame> for FrameCodec {
-    type Error = FrameError;
+    type Error = CodecError;
 
-    fn encode(&mut self, item: Frame, dst: &mut BytesMut) -> Result<(), FrameError> {
-        crate::encode_raw(item.header(), item.body(), dst)
+    fn encode(&mut self, item: Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
+        Ok(crate::encode_raw(item.header(), item.body(), dst)?)
     }
 }

@@ -7,7 +7,9 @@ use thiserror::Error;
 /// Each variant names one way a peer can break the frame rules, so that the
 /// receiver can log precisely what went wrong and answer `bad_frame` or
 /// `too_large`. After any of these the stream is out of sync: the connection
-/// must be closed.
+/// must be closed. These are about the bytes alone: the crate does no I/O,
+/// and the tokio codec reports socket failures separately
+/// (`CodecError`).
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum FrameError {
     /// The 4-byte header length was zero; a header is at least `{}`.
@@ -15,7 +17,12 @@ pub enum FrameError {
     EmptyHeader,
     /// The header length exceeds the limit; nothing was allocated for it.
     #[error("frame header of {len} bytes exceeds the limit of {max} bytes")]
-    HeaderTooLarge { len: u32, max: usize },
+    HeaderTooLarge {
+        /// The announced header length.
+        len: u32,
+        /// The limit in force.
+        max: usize,
+    },
     /// The header bytes are not UTF-8.
     #[error("frame header is not valid UTF-8")]
     InvalidUtf8,
@@ -39,16 +46,26 @@ pub enum FrameError {
     NegativeLen(i64),
     /// `"len"` exceeds the body limit; nothing was allocated for it.
     #[error("frame body of {len} bytes exceeds the limit of {max} bytes")]
-    BodyTooLarge { len: u64, max: usize },
+    BodyTooLarge {
+        /// The announced body length.
+        len: u64,
+        /// The limit in force.
+        max: usize,
+    },
     /// The stream ended in the middle of a frame.
     #[error("stream ended inside a frame ({buffered} bytes of an incomplete frame)")]
-    Truncated { buffered: usize },
+    Truncated {
+        /// Bytes of the incomplete frame that had arrived.
+        buffered: usize,
+    },
     /// A typed message could not be read from a valid frame header.
     #[error("frame \"{op}\" has unexpected fields: {reason}")]
-    BadMessage { op: String, reason: String },
-    /// An I/O error from the underlying stream (codec adapter only).
-    #[error("i/o error: {0}")]
-    Io(String),
+    BadMessage {
+        /// The frame's op.
+        op: String,
+        /// What was wrong.
+        reason: String,
+    },
 }
 
 impl FrameError {
@@ -58,14 +75,7 @@ impl FrameError {
             FrameError::HeaderTooLarge { .. } | FrameError::BodyTooLarge { .. } => {
                 crate::ErrorCode::TooLarge
             }
-            FrameError::Io(_) => crate::ErrorCode::Internal,
             _ => crate::ErrorCode::BadFrame,
         }
-    }
-}
-
-impl From<std::io::Error> for FrameError {
-    fn from(e: std::io::Error) -> Self {
-        FrameError::Io(e.to_string())
     }
 }

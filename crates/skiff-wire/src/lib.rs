@@ -13,9 +13,13 @@
 //! is a specific [`FrameError`], never a panic.
 //!
 //! The crate is sans-IO: [`FrameDecoder`] turns bytes into [`Frame`]s,
-//! [`encode_frame`] turns messages into bytes, and [`FrameCodec`] adapts both
-//! to `tokio_util::codec` for callers that want a `Framed` stream.
+//! [`encode_frame`] turns messages into bytes, and `FrameCodec` (feature
+//! `codec`, on by default) adapts both to `tokio_util::codec` for callers
+//! that want a `Framed` stream.
 
+#![warn(missing_docs)]
+
+#[cfg(feature = "codec")]
 mod codec;
 mod decoder;
 mod encoder;
@@ -23,7 +27,8 @@ mod error;
 mod frame;
 pub mod message;
 
-pub use codec::FrameCodec;
+#[cfg(feature = "codec")]
+pub use codec::{CodecError, FrameCodec};
 pub use decoder::{FrameDecoder, FrameReader};
 pub use encoder::{encode_frame, encode_raw};
 pub use error::FrameError;

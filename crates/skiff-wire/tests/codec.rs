@@ -4,7 +4,7 @@
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use skiff_wire::message::handshake::Hello;
-use skiff_wire::{encode_frame, ErrorCode, ErrorMsg, Frame, FrameCodec, FrameError};
+use skiff_wire::{encode_frame, CodecError, ErrorCode, ErrorMsg, Frame, FrameCodec, FrameError};
 use tokio::io::AsyncWriteExt;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
@@ -91,7 +91,7 @@ async fn truncated_stream_is_an_error_after_the_complete_frames() {
     assert_eq!(r.next().await.unwrap().unwrap(), frames[1]);
     assert!(matches!(
         r.next().await,
-        Some(Err(FrameError::Truncated { .. }))
+        Some(Err(CodecError::Frame(FrameError::Truncated { .. })))
     ));
     assert!(r.next().await.is_none(), "the stream ends after an error");
 }

@@ -6,9 +6,11 @@
 //! filesystem. [`client`] holds the same operations from the client side, and
 //! [`cli`] only wires things together.
 
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod keys;
+mod maybe;
 pub mod server;
 pub mod service;
 pub mod session;

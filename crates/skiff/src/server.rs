@@ -10,11 +10,11 @@ use anyhow::{bail, Context};
 use skiff_net::{Connection, ListenAddr, Server, StreamHandler};
 use skiff_wire::message::handshake::Welcome;
 
+use crate::auth::handshake::{Block, NO_BINDING};
 use crate::keys::Users;
 use crate::service::udp_ping::UdpPingService;
 use crate::service::{self, ServiceContext};
 use crate::session::accept::{AuthPolicy, Authenticator};
-use crate::session::handshake::{Block, NO_BINDING};
 use crate::session::tls::ServerIdentity;
 use crate::session::{Io, Session, SessionError};
 use crate::transfer::staging::StagingArea;

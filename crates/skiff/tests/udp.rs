@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::TestServer;
-use skiff::client::udp_ping::{now_micros, open_reply, seal_reply, seal_request, tag};
+use skiff::auth::udp::{now_micros, open_reply, seal_reply, seal_request, tag};
 use skiff::keys::{Key, UserKey};
 use skiff_wire::message::udp::{Stamp, MAX_UDP_BODY, PING_LABEL};
 

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod exec;
 pub mod files;
+pub mod handshake;
 pub mod known_servers;
 pub mod ping;
 pub mod udp_ping;
@@ -10,15 +11,16 @@ pub mod udp_ping;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use skiff_wire::message::handshake::{Auth, Challenge, Hello, Welcome};
+use skiff_wire::message::handshake::Welcome;
 use skiff_wire::{ErrorCode, ErrorMsg};
 use thiserror::Error;
 use tokio::net::{TcpStream, UnixStream};
 
+use crate::auth::handshake::{self as hs, Block};
 use crate::keys::UserKey;
-use crate::session::handshake::{self as hs, Block};
 use crate::session::{tls, Io, Session, SessionError};
 use crate::target::Target;
+use handshake::authenticate;
 use known_servers::PinState;
 
 /// Why a client operation failed. [`ClientError::Remote`] and
@@ -181,46 +183,6 @@ async fn connect_inner(
         known_servers::pin(file, &addr, &cert);
     }
     Ok(Client { session, welcome })
-}
-
-/// The client's side of the handshake on a fresh session.
-pub async fn authenticate(
-    session: &mut Session<'_>,
-    key: &UserKey,
-    cb: &Block,
-) -> Result<Welcome, ClientError> {
-    let cn = hs::nonce();
-    session
-        .send(
-            &Hello {
-                v: hs::VERSION,
-                user: key.user.clone(),
-                nonce: hs::b64(&cn),
-            },
-            &[],
-        )
-        .await?;
-    let (challenge, _) = session.expect::<Challenge>().await?;
-    let sn = hs::unb64(&challenge.nonce)
-        .ok_or_else(|| ClientError::Auth("server sent a malformed challenge".into()))?;
-    let server_proof = hs::proof_bytes(&challenge.proof);
-    if !hs::verify(&key.key, hs::SERVER_LABEL, cb, &cn, &sn, &server_proof) {
-        return Err(ClientError::Auth(format!(
-            "the server could not prove it knows the key of user {:?} (wrong key, unknown user, or a man in the middle)",
-            key.user
-        )));
-    }
-    let proof = hs::proof(&key.key, hs::CLIENT_LABEL, cb, &cn, &sn);
-    session
-        .send(
-            &Auth {
-                proof: hs::b64(&proof),
-            },
-            &[],
-        )
-        .await?;
-    let (welcome, _) = session.expect::<Welcome>().await?;
-    Ok(welcome)
 }
 
 /// The usual reasons a connection fails, worded like ssh does

@@ -62,11 +62,7 @@ pub async fn serve(session: &mut Session<'_>, ctx: &ServiceContext) -> Result<()
             Err(e) if ExecInput::knows(e.op()) => {}
             Err(e) => session.queue(&refusal(&e), &[])?,
         }
-        // Answers to pipelined requests are batched: flush only when no
-        // further request is already waiting, or when the buffer is large.
-        if !session.has_buffered_input() || session.buffered() >= crate::session::WRITE_HIGH_WATER {
-            session.flush().await?;
-        }
+        session.answered().await?;
     }
 }
 

@@ -26,7 +26,7 @@ use bytes::BytesMut;
 use skiff_net::{Datagram, DatagramHandler, DatagramSocket, PeerAddr};
 use skiff_wire::message::udp::{decode_datagram, UdpPing, PING_LABEL};
 
-use crate::client::udp_ping::{now_micros, seal_reply, verify_tag};
+use crate::auth::udp::{now_micros, seal_reply, verify_tag};
 use crate::keys::{Key, Users};
 
 /// How far a request's timestamp may be from the server's clock.
@@ -341,7 +341,7 @@ impl DatagramHandler for UdpPingService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::udp_ping::seal_request;
+    use crate::auth::udp::seal_request;
     use crate::keys::UserKey;
     use skiff_wire::message::udp::Stamp;
 

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use skiff_wire::message::handshake::{Auth, Challenge, Hello, Welcome};
 use skiff_wire::{ErrorCode, Message};
 
-use super::handshake::{self as hs, Block};
 use super::{Session, SessionError};
+use crate::auth::handshake::{self as hs, Block};
 use crate::keys::{Key, Users};
 
 /// Server-side authentication policy: who may log in, and how failures

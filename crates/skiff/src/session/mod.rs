@@ -2,12 +2,11 @@
 //! handshake, then frames both ways.
 //!
 //! [`Session`] owns the read and write buffers of one connection (as
-//! mini-redis's `Connection` does); [`handshake`] holds the pure proof
-//! computations, [`accept`] the server's side of the handshake, [`tls`] the
-//! certificates.
+//! mini-redis's `Connection` does); [`accept`] is the server's side of the
+//! handshake (the client's is `client::handshake`, the proofs of both are
+//! in `auth::handshake`), [`tls`] the certificates.
 
 pub mod accept;
-pub mod handshake;
 pub mod tls;
 
 use std::time::Duration;
@@ -16,7 +15,8 @@ use bytes::BytesMut;
 use futures::{SinkExt, StreamExt};
 use skiff_wire::message::Phase;
 use skiff_wire::{
-    ErrorCode, ErrorMsg, Frame, FrameCodec, FrameError, Limits, Message, MessageError,
+    CodecError, ErrorCode, ErrorMsg, Frame, FrameCodec, FrameError, Limits, Message,
+    MessageError,
 };
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
@@ -26,9 +26,9 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
-/// How much written data may wait in the buffer before `queue` callers
-/// should flush: large enough to batch many small frames into one TLS
-/// record burst, small enough to keep memory bounded.
+/// How much written data may wait in the buffer before
+/// [`SessionWriter::write`] flushes it: large enough to batch many small
+/// frames into one TLS record burst, small enough to keep memory bounded.
 pub const WRITE_HIGH_WATER: usize = 256 * 1024;
 
 /// The read buffer a session starts with: room for one header (or a
@@ -40,6 +40,10 @@ fn read_capacity(limits: Limits) -> usize {
         64 * 1024
     }
 }
+
+/// How long a flush may wait for a peer that does not read before the
+/// session gives up on it.
+pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Why a session could not go on.
 #[derive(Debug, Error)]
@@ -71,6 +75,15 @@ pub enum SessionError {
     /// The peer took too long.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+}
+
+impl From<CodecError> for SessionError {
+    fn from(e: CodecError) -> Self {
+        match e {
+            CodecError::Frame(e) => SessionError::Frame(e),
+            CodecError::Io(e) => SessionError::Io(e),
+        }
+    }
 }
 
 impl SessionError {
@@ -120,8 +133,7 @@ impl<'a> Session<'a> {
         let (r, w) = tokio::io::split(io);
         let capacity = read_capacity(limits);
         let reader = FramedRead::with_capacity(r, FrameCodec::with_limits(limits), capacity);
-        let mut writer = FramedWrite::new(w, FrameCodec::new());
-        writer.set_backpressure_boundary(WRITE_HIGH_WATER);
+        let writer = FramedWrite::new(w, FrameCodec::new());
         Session {
             reader: SessionReader { inner: reader },
             writer: SessionWriter { inner: writer },
@@ -187,6 +199,21 @@ impl<'a> Session<'a> {
         self.writer.send_error(code, message).await
     }
 
+    /// See [`SessionWriter::write`].
+    pub async fn write<M: Message>(&mut self, msg: &M, body: &[u8]) -> Result<(), SessionError> {
+        self.writer.write(msg, body).await
+    }
+
+    /// Ends one answer: sends what is buffered, unless the peer has already
+    /// pipelined further requests and the buffer is below its high-water
+    /// mark (then their answers go out together, in one burst).
+    pub async fn answered(&mut self) -> Result<(), SessionError> {
+        if self.reader.has_buffered_input() && self.writer.has_room() {
+            return Ok(());
+        }
+        self.writer.flush_bounded().await
+    }
+
     /// See [`SessionWriter::flush`].
     pub async fn flush(&mut self) -> Result<(), SessionError> {
         self.writer.flush().await
@@ -209,7 +236,6 @@ impl SessionReader<'_> {
         match self.inner.next().await {
             None => Ok(None),
             Some(Ok(f)) => Ok(Some(f)),
-            Some(Err(FrameError::Io(msg))) => Err(SessionError::Io(std::io::Error::other(msg))),
             Some(Err(e)) => Err(e.into()),
         }
     }
@@ -255,6 +281,31 @@ impl SessionWriter<'_> {
         Ok(())
     }
 
+    /// Queues a frame, and sends the buffer once it is past
+    /// [`WRITE_HIGH_WATER`] (waiting at most [`WRITE_STALL_TIMEOUT`] for a
+    /// peer that does not read). The one way streams of chunks are written.
+    pub async fn write<M: Message>(&mut self, msg: &M, body: &[u8]) -> Result<(), SessionError> {
+        self.queue(msg, body)?;
+        if self.has_room() {
+            return Ok(());
+        }
+        self.flush_bounded().await
+    }
+
+    /// Whether the buffer is below [`WRITE_HIGH_WATER`]: loops that produce
+    /// output concurrently with flushing read more only while it is.
+    pub fn has_room(&self) -> bool {
+        self.buffered() < WRITE_HIGH_WATER
+    }
+
+    /// [`flush`](Self::flush) within [`WRITE_STALL_TIMEOUT`].
+    async fn flush_bounded(&mut self) -> Result<(), SessionError> {
+        match tokio::time::timeout(WRITE_STALL_TIMEOUT, self.flush()).await {
+            Ok(r) => r,
+            Err(_) => Err(SessionError::Timeout(WRITE_STALL_TIMEOUT)),
+        }
+    }
+
     /// Queues a frame and sends everything buffered.
     pub async fn send<M: Message>(&mut self, msg: &M, body: &[u8]) -> Result<(), SessionError> {
         self.queue(msg, body)?;
@@ -274,10 +325,7 @@ impl SessionWriter<'_> {
     pub async fn flush(&mut self) -> Result<(), SessionError> {
         SinkExt::<Frame>::flush(&mut self.inner)
             .await
-            .map_err(|e| match e {
-                FrameError::Io(m) => SessionError::Io(std::io::Error::other(m)),
-                e => e.into(),
-            })
+            .map_err(SessionError::from)
     }
 
     /// Bytes queued but not yet sent.
@@ -289,9 +337,6 @@ impl SessionWriter<'_> {
     pub async fn close(&mut self) -> Result<(), SessionError> {
         SinkExt::<Frame>::close(&mut self.inner)
             .await
-            .map_err(|e| match e {
-                FrameError::Io(m) => SessionError::Io(std::io::Error::other(m)),
-                e => e.into(),
-            })
+            .map_err(SessionError::from)
     }
 }

@@ -18,7 +18,7 @@ use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
-use super::handshake::{channel_binding, Block};
+use crate::auth::handshake::{channel_binding, Block};
 use crate::keys;
 
 /// The crypto provider: ring, TLS 1.3 suites with AES-128-GCM first (fast

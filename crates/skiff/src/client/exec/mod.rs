@@ -1,10 +1,10 @@
 //! Running a command on the server: the client's half of the `exec`
 //! protocol (docs/PROTOCOL.md section 5).
 //!
-//! [`run`] sends the request and then drives one `select!` loop until the
-//! `exit` frame: remote output is written to our stdout/stderr as it comes
-//! (blocking on a slow local reader, so the server in turn stalls the
-//! command), local stdin is forwarded within the server's credit window,
+//! [`run`] sends the request and then drives one `select!` loop (a
+//! `RemoteExec`, one method per event) until the `exit` frame: remote
+//! output is written to our stdout/stderr as it comes (blocking on a slow
+//! local reader, so the server in turn stalls the command), local stdin is forwarded within the server's credit window,
 //! SIGINT/SIGTERM are forwarded as `signal`, and on a pty SIGWINCH becomes
 //! `resize`.
 
@@ -15,10 +15,11 @@ use bytes::Bytes;
 use skiff_wire::message::exec::{
     Exec, ExecOutput, Exit, Resize, Signal, SignalSpec, Stdin, StdinEof, STDIN_WINDOW,
 };
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal as UnixSignal, SignalKind};
 
 use super::ClientError;
-use crate::session::{Session, SessionError, WRITE_HIGH_WATER};
+use crate::maybe::or_pending;
+use crate::session::{Session, SessionError, SessionReader, SessionWriter};
 
 pub use local::{stdin_reader, StdinChunks};
 
@@ -69,120 +70,165 @@ pub async fn run(
     req: &Exec,
     local: LocalSide<'_>,
 ) -> Result<Outcome, ClientError> {
-    let pty = req.pty.is_some();
-    let mut sigint = local
-        .forward_signals
-        .then(|| signal(SignalKind::interrupt()).ok())
-        .flatten();
-    let mut sigterm = local
-        .forward_signals
-        .then(|| signal(SignalKind::terminate()).ok())
-        .flatten();
-    let mut sighup = local
-        .forward_signals
-        .then(|| signal(SignalKind::hangup()).ok())
-        .flatten();
-    let mut sigwinch = pty
-        .then(|| signal(SignalKind::window_change()).ok())
-        .flatten();
-    let mut interrupts = 0;
-
     let (reader, writer) = session.split();
     writer.queue(req, &[])?;
-    let mut stdin = local.stdin;
-    if stdin.is_none() {
+    if local.stdin.is_none() {
         writer.queue(&StdinEof {}, &[])?;
     }
-    let mut credit = STDIN_WINDOW;
-    let mut held: Option<Bytes> = None;
-    let mut stdin_ended = false;
+    let mut exec = RemoteExec {
+        signals: LocalSignals::new(local.forward_signals, req.pty.is_some()),
+        stdin: local.stdin,
+        credit: STDIN_WINDOW,
+        held: None,
+        stdin_ended: false,
+        interrupts: 0,
+    };
+    exec.drive(reader, writer).await
+}
 
-    loop {
-        // Stdin read earlier goes out as far as the credit allows.
-        if let Some(chunk) = held.as_mut() {
+/// The local signals an exec listens to (each absent when not wanted).
+struct LocalSignals {
+    int: Option<UnixSignal>,
+    term: Option<UnixSignal>,
+    hup: Option<UnixSignal>,
+    winch: Option<UnixSignal>,
+}
+
+impl LocalSignals {
+    fn new(forward: bool, pty: bool) -> LocalSignals {
+        let listen = |on: bool, kind: SignalKind| on.then(|| signal(kind).ok()).flatten();
+        LocalSignals {
+            int: listen(forward, SignalKind::interrupt()),
+            term: listen(forward, SignalKind::terminate()),
+            hup: listen(forward, SignalKind::hangup()),
+            winch: listen(pty, SignalKind::window_change()),
+        }
+    }
+}
+
+/// The client's side of one running command: local stdin forwarded within
+/// the server's credit, remote output written out, local signals passed
+/// on. [`RemoteExec::drive`] waits on all of it and hands each event to
+/// its own method.
+struct RemoteExec<'a> {
+    signals: LocalSignals,
+    /// Local stdin still to read; `None` once `stdin_eof` is queued.
+    stdin: Option<&'a mut StdinChunks>,
+    /// Bytes of stdin the server will still take.
+    credit: u64,
+    /// Stdin read but not yet sent (waiting for credit).
+    held: Option<Bytes>,
+    stdin_ended: bool,
+    interrupts: u32,
+}
+
+impl RemoteExec<'_> {
+    async fn drive(
+        &mut self,
+        reader: &mut SessionReader<'_>,
+        writer: &mut SessionWriter<'_>,
+    ) -> Result<Outcome, ClientError> {
+        loop {
+            self.forward_stdin(writer)?;
+            let want_stdin = self.stdin.is_some()
+                && !self.stdin_ended
+                && self.held.is_none()
+                && writer.has_room();
+            let s = &mut self.signals;
+            let ended = tokio::select! {
+                m = reader.recv_msg::<ExecOutput>() => self.on_output(m?)?,
+                c = or_pending(self.stdin.as_mut().map(|rx| rx.recv())), if want_stdin => {
+                    self.on_stdin(c);
+                    None
+                }
+                r = writer.flush(), if writer.buffered() > 0 => {
+                    r?;
+                    None
+                }
+                _ = or_pending(s.int.as_mut().map(|s| s.recv())) => self.on_interrupt(writer, "INT")?,
+                _ = or_pending(s.term.as_mut().map(|s| s.recv())) => self.on_interrupt(writer, "TERM")?,
+                // Our terminal went away: nobody is left to see the output.
+                _ = or_pending(s.hup.as_mut().map(|s| s.recv())) => Some(Outcome::Interrupted),
+                _ = or_pending(s.winch.as_mut().map(|s| s.recv())) => {
+                    let (rows, cols) = terminal::window_size();
+                    writer.queue(&Resize { rows, cols }, &[])?;
+                    None
+                }
+            };
+            if let Some(outcome) = ended {
+                return Ok(outcome);
+            }
+        }
+    }
+
+    /// Sends stdin read earlier as far as the credit allows, and
+    /// `stdin_eof` once all of it is out.
+    fn forward_stdin(&mut self, writer: &mut SessionWriter<'_>) -> Result<(), SessionError> {
+        if let Some(chunk) = self.held.as_mut() {
             let n = chunk
                 .len()
-                .min(usize::try_from(credit).unwrap_or(usize::MAX));
+                .min(usize::try_from(self.credit).unwrap_or(usize::MAX));
             if n > 0 {
                 writer.queue(&Stdin {}, &chunk.split_to(n))?;
-                credit -= n as u64;
+                self.credit -= n as u64;
             }
             if chunk.is_empty() {
-                held = None;
+                self.held = None;
             }
         }
-        if stdin_ended && held.is_none() && stdin.is_some() {
+        if self.stdin_ended && self.held.is_none() && self.stdin.is_some() {
             writer.queue(&StdinEof {}, &[])?;
-            stdin = None;
+            self.stdin = None;
         }
-        let want_stdin = stdin.is_some()
-            && !stdin_ended
-            && held.is_none()
-            && writer.buffered() < WRITE_HIGH_WATER;
-        tokio::select! {
-            m = reader.recv_msg::<ExecOutput>() => match m? {
-                ExecOutput::Stdout(body) => {
-                    if local::write_out(1, &body).is_err() {
-                        return Ok(Outcome::StdoutClosed);
-                    }
+        Ok(())
+    }
+
+    /// A frame from the server; the outcome when the exec is over.
+    fn on_output(&mut self, output: ExecOutput) -> Result<Option<Outcome>, ClientError> {
+        match output {
+            ExecOutput::Stdout(body) => {
+                if local::write_out(1, &body).is_err() {
+                    return Ok(Some(Outcome::StdoutClosed));
                 }
-                ExecOutput::Stderr(body) => {
-                    let _ = local::write_out(2, &body);
-                }
-                ExecOutput::StdinCredit(c) => {
-                    credit = credit.saturating_add(c.bytes).min(STDIN_WINDOW);
-                }
-                ExecOutput::Exit(exit) => return Ok(Outcome::Exited(exit)),
-                ExecOutput::Error(e) => return Err(SessionError::Remote(e).into()),
-            },
-            c = next_chunk(&mut stdin), if want_stdin => match c {
-                Some(chunk) => held = Some(chunk),
-                None => stdin_ended = true,
-            },
-            r = writer.flush(), if writer.buffered() > 0 => r?,
-            _ = next_signal(&mut sigint) => {
-                interrupts += 1;
-                if interrupts >= 2 {
-                    return Ok(Outcome::Interrupted);
-                }
-                writer.queue(&signal_msg("INT"), &[])?;
             }
-            _ = next_signal(&mut sigterm) => {
-                interrupts += 1;
-                if interrupts >= 2 {
-                    return Ok(Outcome::Interrupted);
-                }
-                writer.queue(&signal_msg("TERM"), &[])?;
+            ExecOutput::Stderr(body) => {
+                let _ = local::write_out(2, &body);
             }
-            // Our terminal went away: nobody is left to see the output.
-            _ = next_signal(&mut sighup) => return Ok(Outcome::Interrupted),
-            _ = next_signal(&mut sigwinch) => {
-                let (rows, cols) = terminal::window_size();
-                writer.queue(&Resize { rows, cols }, &[])?;
+            ExecOutput::StdinCredit(c) => {
+                self.credit = self.credit.saturating_add(c.bytes).min(STDIN_WINDOW);
             }
+            ExecOutput::Exit(exit) => return Ok(Some(Outcome::Exited(exit))),
+            ExecOutput::Error(e) => return Err(SessionError::Remote(e).into()),
         }
+        Ok(None)
+    }
+
+    /// A chunk of local stdin, or its end.
+    fn on_stdin(&mut self, chunk: Option<Bytes>) {
+        match chunk {
+            Some(chunk) => self.held = Some(chunk),
+            None => self.stdin_ended = true,
+        }
+    }
+
+    /// SIGINT or SIGTERM: forwarded the first time, a disconnect the second.
+    fn on_interrupt(
+        &mut self,
+        writer: &mut SessionWriter<'_>,
+        name: &str,
+    ) -> Result<Option<Outcome>, ClientError> {
+        self.interrupts += 1;
+        if self.interrupts >= 2 {
+            return Ok(Some(Outcome::Interrupted));
+        }
+        writer.queue(&signal_msg(name), &[])?;
+        Ok(None)
     }
 }
 
 fn signal_msg(name: &str) -> Signal {
     Signal {
         signal: SignalSpec::Name(name.to_string()),
-    }
-}
-
-async fn next_chunk(stdin: &mut Option<&mut StdinChunks>) -> Option<Bytes> {
-    match stdin {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn next_signal(s: &mut Option<tokio::signal::unix::Signal>) {
-    match s {
-        Some(s) => {
-            s.recv().await;
-        }
-        None => std::future::pending().await,
     }
 }
 

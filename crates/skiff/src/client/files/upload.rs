@@ -21,7 +21,7 @@ use super::{
     failure_or_protocol, hand_to_reader, recv_msg, remote, remote_join, Failure, Options, Summary,
 };
 use crate::client::ClientError;
-use crate::session::{Session, SessionWriter, WRITE_HIGH_WATER};
+use crate::session::{Session, SessionWriter};
 use crate::transfer::pipeline::Source;
 
 /// Requests sent but not yet answered, at most.
@@ -31,17 +31,18 @@ const PIPELINE_DEPTH: usize = 64;
 #[derive(Debug)]
 enum Job {
     Mkdir(Mkdir),
-    File {
-        local: PathBuf,
-        remote: String,
-        size: u64,
-        mode: u32,
-        mtime_ns: i64,
-    },
-    Symlink {
-        remote: String,
-        target: String,
-    },
+    File(FileJob),
+    Symlink { remote: String, target: String },
+}
+
+/// A local file to upload to `remote`, with the metadata to give it.
+#[derive(Debug)]
+struct FileJob {
+    local: PathBuf,
+    remote: String,
+    size: u64,
+    mode: u32,
+    mtime_ns: i64,
 }
 
 /// What the reader should expect for a request the writer sent.
@@ -88,13 +89,13 @@ pub async fn put(
         }
         plan_tree(local, &dest, &mut summary.failures)
     } else {
-        let job = Job::File {
+        let job = Job::File(FileJob {
             local: local.to_path_buf(),
             remote: dest,
             size: md.len(),
             mode: md.mode(),
             mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
-        };
+        });
         (vec![job], md.len())
     };
     let progress = Progress::new(total, opts.progress);
@@ -174,13 +175,13 @@ fn plan_tree(top: &Path, dest: &str, failures: &mut Vec<Failure>) -> (Vec<Job>, 
                 }
             } else if ft.is_file() {
                 total += md.len();
-                jobs.push(Job::File {
+                jobs.push(Job::File(FileJob {
                     local: path,
                     remote: rpath,
                     size: md.len(),
                     mode: md.mode(),
                     mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
-                });
+                }));
             } else {
                 failures.push(local_fail(
                     &path,
@@ -214,9 +215,18 @@ async fn run(
         }
     };
     let send = async {
+        let mut sender = Sender {
+            writer,
+            tx,
+            opts,
+            progress,
+            abort: &abort,
+            fail: &fail,
+        };
         for (index, job) in jobs.iter().enumerate() {
-            send_job(writer, &tx, index, job, opts, progress, &abort, &fail).await?;
+            sender.send(index, job).await?;
         }
+        let Sender { writer, tx, .. } = sender;
         drop(tx);
         writer.flush().await?;
         Ok::<_, ClientError>(())
@@ -277,156 +287,154 @@ fn labelled(label: &str, f: Failure) -> Failure {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn send_job(
-    writer: &mut SessionWriter<'_>,
-    tx: &mpsc::Sender<Pending>,
-    index: usize,
-    job: &Job,
-    opts: &Options,
-    progress: &Progress,
-    abort: &AtomicUsize,
-    fail: &(impl Fn(Failure) + Sync),
-) -> Result<(), ClientError> {
-    match job {
-        Job::Mkdir(m) => {
-            writer.queue(m, &[])?;
-            hand_to_reader(
-                writer,
-                tx,
-                Pending::Simple {
-                    label: m.path.clone(),
-                },
-            )
-            .await?;
-        }
-        Job::Symlink { remote, target } => {
-            let req = Put {
-                path: remote.clone(),
-                kind: EntryKind::Symlink,
-                target: Some(target.clone()),
-                force: opts.force,
-                ..Default::default()
-            };
-            writer.queue(&req, &[])?;
-            hand_to_reader(
-                writer,
-                tx,
-                Pending::Simple {
-                    label: remote.clone(),
-                },
-            )
-            .await?;
-        }
-        Job::File {
-            local,
-            remote,
-            size,
-            mode,
-            mtime_ns,
-        } => {
-            let file = match std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(local)
-            {
-                Ok(f) => f,
-                Err(e) => {
-                    fail(Failure {
-                        code: ErrorCode::Internal,
-                        message: format!("{}: {e}", local.display()),
-                    });
-                    progress.skip(*size);
-                    return Ok(());
-                }
-            };
-            let req = Put {
-                path: remote.clone(),
-                kind: EntryKind::File,
-                size: *size,
-                mode: Some(*mode),
-                mtime_ns: Some(*mtime_ns),
-                hash: opts.hash,
-                force: opts.force,
-                resume: opts.resume,
-                target: None,
-            };
-            writer.queue(&req, &[])?;
-            let (offset_tx, offset_rx) = if opts.resume {
-                let (t, r) = oneshot::channel();
-                (Some(t), Some(r))
-            } else {
-                (None, None)
-            };
-            let label = remote.clone();
-            hand_to_reader(
-                writer,
-                tx,
-                Pending::Upload {
-                    index,
-                    label,
-                    offset_tx,
-                },
-            )
-            .await?;
-            let offset = match offset_rx {
-                Some(rx) => {
-                    writer.flush().await?;
-                    match rx.await {
-                        Ok(o) => o,
-                        // Refused: the server expects no data.
-                        Err(_) => {
-                            progress.skip(*size);
-                            return Ok(());
-                        }
-                    }
-                }
-                None => 0,
-            };
-            if offset > 0 {
-                tracing::info!(path = %remote, offset, "resuming upload");
-            }
-            progress.skip(offset);
-            let mut source = Source::spawn(file, offset, opts.hash);
-            let mut aborted = false;
-            while let Some(chunk) = source.next().await {
-                if abort.load(Ordering::SeqCst) == index + 1 {
-                    aborted = true;
-                    break;
-                }
-                crate::transfer::fault::maybe_delay().await;
-                progress.add(chunk.len() as u64);
-                writer.queue(&Data {}, &chunk)?;
-                if writer.buffered() >= WRITE_HIGH_WATER {
-                    writer.flush().await?;
-                }
-            }
-            let end = if aborted {
-                End {
-                    abort: true,
+/// The sending half of an upload pipeline: writes each job's request (and
+/// a file's data) and hands the reader what answer to expect.
+struct Sender<'s, 'w, F> {
+    writer: &'s mut SessionWriter<'w>,
+    tx: mpsc::Sender<Pending>,
+    opts: &'s Options,
+    progress: &'s Progress,
+    /// Index + 1 of an upload the server refused while we were sending it.
+    abort: &'s AtomicUsize,
+    fail: &'s F,
+}
+
+impl<F: Fn(Failure) + Sync> Sender<'_, '_, F> {
+    /// Sends one job.
+    async fn send(&mut self, index: usize, job: &Job) -> Result<(), ClientError> {
+        match job {
+            Job::Mkdir(m) => self.one_frame(m, &m.path).await,
+            Job::Symlink { remote, target } => {
+                let req = Put {
+                    path: remote.clone(),
+                    kind: EntryKind::Symlink,
+                    target: Some(target.clone()),
+                    force: self.opts.force,
                     ..Default::default()
-                }
-            } else {
-                match source.finish().await {
-                    Ok(d) => End {
-                        size: d.size,
-                        digest: d.digest,
-                        abort: false,
-                    },
-                    Err(e) => {
-                        fail(Failure {
-                            code: ErrorCode::Internal,
-                            message: format!("{}: {e}", local.display()),
-                        });
-                        End {
-                            abort: true,
-                            ..Default::default()
-                        }
-                    }
-                }
-            };
-            writer.queue(&end, &[])?;
+                };
+                self.one_frame(&req, remote).await
+            }
+            Job::File(file) => self.file(index, file).await,
         }
     }
-    Ok(())
+
+    /// A request answered by one `ok` (or `error`).
+    async fn one_frame<M: Message>(&mut self, req: &M, label: &str) -> Result<(), ClientError> {
+        self.writer.queue(req, &[])?;
+        let pending = Pending::Simple {
+            label: label.to_string(),
+        };
+        hand_to_reader(self.writer, &self.tx, pending).await
+    }
+
+    /// A file: the `put`, then (after `ready`, when resuming) its data and
+    /// `end`.
+    async fn file(&mut self, index: usize, job: &FileJob) -> Result<(), ClientError> {
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&job.local)
+        {
+            Ok(f) => f,
+            Err(e) => {
+                (self.fail)(local_failure(&job.local, &e));
+                self.progress.skip(job.size);
+                return Ok(());
+            }
+        };
+        let req = Put {
+            path: job.remote.clone(),
+            kind: EntryKind::File,
+            size: job.size,
+            mode: Some(job.mode),
+            mtime_ns: Some(job.mtime_ns),
+            hash: self.opts.hash,
+            force: self.opts.force,
+            resume: self.opts.resume,
+            target: None,
+        };
+        self.writer.queue(&req, &[])?;
+        let Some(offset) = self.start_offset(index, job).await? else {
+            // Refused while resuming: the server expects no data.
+            self.progress.skip(job.size);
+            return Ok(());
+        };
+        if offset > 0 {
+            tracing::info!(path = %job.remote, offset, "resuming upload");
+        }
+        self.progress.skip(offset);
+        let end = self.stream(index, job, file, offset).await?;
+        self.writer.queue(&end, &[])?;
+        Ok(())
+    }
+
+    /// Hands the reader this upload and learns where its data starts: 0,
+    /// or with `--resume` the offset in the server's `ready` (`None` when
+    /// the server refused instead).
+    async fn start_offset(
+        &mut self,
+        index: usize,
+        job: &FileJob,
+    ) -> Result<Option<u64>, ClientError> {
+        let (offset_tx, offset_rx) = if self.opts.resume {
+            let (t, r) = oneshot::channel();
+            (Some(t), Some(r))
+        } else {
+            (None, None)
+        };
+        let pending = Pending::Upload {
+            index,
+            label: job.remote.clone(),
+            offset_tx,
+        };
+        hand_to_reader(self.writer, &self.tx, pending).await?;
+        let Some(rx) = offset_rx else {
+            return Ok(Some(0));
+        };
+        self.writer.flush().await?;
+        Ok(rx.await.ok())
+    }
+
+    /// Streams the file's data from `offset`; the `end` that closes it
+    /// (an abort when the server refused meanwhile or reading failed).
+    async fn stream(
+        &mut self,
+        index: usize,
+        job: &FileJob,
+        file: std::fs::File,
+        offset: u64,
+    ) -> Result<End, ClientError> {
+        let aborted = End {
+            abort: true,
+            ..Default::default()
+        };
+        let mut source = Source::spawn(file, offset, self.opts.hash);
+        while let Some(chunk) = source.next().await {
+            if self.abort.load(Ordering::SeqCst) == index + 1 {
+                return Ok(aborted);
+            }
+            crate::transfer::fault::maybe_delay().await;
+            self.progress.add(chunk.len() as u64);
+            self.writer.write(&Data {}, &chunk).await?;
+        }
+        match source.finish().await {
+            Ok(d) => Ok(End {
+                size: d.size,
+                digest: d.digest,
+                abort: false,
+            }),
+            Err(e) => {
+                (self.fail)(local_failure(&job.local, &e));
+                Ok(aborted)
+            }
+        }
+    }
+}
+
+/// A local file that could not be read.
+fn local_failure(path: &Path, e: &std::io::Error) -> Failure {
+    Failure {
+        code: ErrorCode::Internal,
+        message: format!("{}: {e}", path.display()),
+    }
 }

@@ -6,7 +6,7 @@
 //! so nothing waits on anything else:
 //!
 //! - child output is read only while the session's write buffer is below
-//!   [`WRITE_HIGH_WATER`]; a slow client therefore stalls the command
+//!   its high-water mark ([`crate::session::WRITE_HIGH_WATER`]); a slow client therefore stalls the command
 //!   through its pipe instead of growing our memory;
 //! - stdin the command does not read is held back by the client's credit
 //!   window ([`STDIN_WINDOW`]), so frames are always read and a signal or a
@@ -23,7 +23,6 @@ mod child;
 mod pty;
 
 use std::collections::VecDeque;
-use std::future::pending;
 use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
@@ -34,7 +33,7 @@ use nix::sys::signal::{killpg, Signal};
 use skiff_wire::message::exec::{
     Exec, ExecInput, Exit, Stderr, StdinCredit, Stdout, MAX_CHUNK, STDIN_WINDOW,
 };
-use skiff_wire::{ErrorCode, ErrorMsg, MessageError};
+use skiff_wire::{ErrorCode, ErrorMsg, Frame, MessageError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout};
 use tokio::time::Instant;
@@ -42,7 +41,8 @@ use tokio::time::Instant;
 use self::child::{GroupGuard, SpawnError, Started, Streams};
 use self::pty::PtyMaster;
 use super::ServiceContext;
-use crate::session::{Session, SessionError, SessionWriter, WRITE_HIGH_WATER};
+use crate::maybe::{or_pending, sleep_until};
+use crate::session::{Session, SessionError, SessionReader, SessionWriter};
 
 /// How long a group gets between SIGTERM and SIGKILL when the client is
 /// gone or the timeout passed (well inside the 2 s promise).
@@ -117,27 +117,6 @@ impl Sink<'_> {
     }
 }
 
-async fn read_from(src: &mut Option<Source<'_>>, buf: &mut [u8]) -> io::Result<usize> {
-    match src {
-        Some(s) => s.read(buf).await,
-        None => pending().await,
-    }
-}
-
-async fn write_to(sink: &mut Option<Sink<'_>>, buf: Option<&Bytes>) -> io::Result<usize> {
-    match (sink, buf) {
-        (Some(s), Some(b)) => s.write(b).await,
-        _ => pending().await,
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => pending().await,
-    }
-}
-
 /// Stdin waiting for the command to read it, bounded by the client's
 /// credit window.
 #[derive(Default)]
@@ -164,6 +143,26 @@ impl StdinQueue {
         }
         Ok(())
     }
+
+    /// The command read `n` bytes of the front chunk.
+    fn consumed(&mut self, n: usize) {
+        self.len -= n as u64;
+        self.uncredited += n as u64;
+        if let Some(front) = self.chunks.front_mut() {
+            let _ = front.split_to(n);
+            if front.is_empty() {
+                self.chunks.pop_front();
+            }
+        }
+    }
+
+    /// Drops what is waiting (the command no longer reads stdin); it is
+    /// credited back all the same.
+    fn discard(&mut self) {
+        self.uncredited += self.len;
+        self.len = 0;
+        self.chunks.clear();
+    }
 }
 
 /// The running command's loop; returns once `exit` is queued.
@@ -173,12 +172,12 @@ async fn run(
     timeout: Option<Duration>,
 ) -> Result<(), SessionError> {
     let Started {
-        mut child,
-        mut group,
+        child,
+        group,
         streams,
     } = started;
     let master;
-    let (mut out, mut err, mut sink) = match streams {
+    let (out, err, sink) = match streams {
         Streams::Pipes {
             stdin,
             stdout,
@@ -193,135 +192,210 @@ async fn run(
             (Some(Source::Pty(&master)), None, Some(Sink::Pty(&master)))
         }
     };
-    let is_pty = err.is_none();
-    let mut out_buf = vec![0u8; MAX_CHUNK];
-    let mut err_buf = vec![0u8; 64 * 1024];
-    let mut stdin = StdinQueue::default();
-    let mut status: Option<ExitStatus> = None;
-    let mut deadline = timeout.map(|t| Instant::now() + t);
-    let mut timed_out = false;
-    let mut kill_at: Option<Instant> = None;
-    let mut quiet_at: Option<Instant> = None;
+    let mut running = Running {
+        child,
+        group,
+        is_pty: err.is_none(),
+        out,
+        err,
+        sink,
+        stdin: StdinQueue::default(),
+        status: None,
+        deadline: timeout.map(|t| Instant::now() + t),
+        timed_out: false,
+        kill_at: None,
+        quiet_at: None,
+    };
     let (reader, writer) = session.split();
-
-    loop {
-        if status.is_some() && out.is_none() && err.is_none() {
-            break;
-        }
-        let room = writer.buffered() < WRITE_HIGH_WATER;
-        tokio::select! {
-            r = read_from(&mut out, &mut out_buf), if room && out.is_some() => match r {
-                Ok(n) if n > 0 => {
-                    writer.queue(&Stdout {}, &out_buf[..n])?;
-                    if quiet_at.is_some() {
-                        quiet_at = Some(Instant::now() + PTY_DRAIN_QUIET);
-                    }
-                }
-                _ => out = None,
-            },
-            r = read_from(&mut err, &mut err_buf), if room && err.is_some() => match r {
-                Ok(n) if n > 0 => writer.queue(&Stderr {}, &err_buf[..n])?,
-                _ => err = None,
-            },
-            r = writer.flush(), if writer.buffered() > 0 => {
-                if let Err(e) = r {
-                    abandon(&mut child, &group).await;
-                    return Err(e);
-                }
-            }
-            r = write_to(&mut sink, stdin.chunks.front()), if sink.is_some() && !stdin.chunks.is_empty() => {
-                match r {
-                    Ok(n) => {
-                        stdin.len -= n as u64;
-                        stdin.uncredited += n as u64;
-                        if let Some(front) = stdin.chunks.front_mut() {
-                            let _ = front.split_to(n);
-                            if front.is_empty() {
-                                stdin.chunks.pop_front();
-                            }
-                        }
-                    }
-                    // The command closed its stdin: the rest is discarded.
-                    Err(_) => {
-                        sink = None;
-                        stdin.uncredited += stdin.len;
-                        stdin.len = 0;
-                        stdin.chunks.clear();
-                    }
-                }
-                if stdin.chunks.is_empty() && stdin.eof {
-                    close_stdin(&mut sink).await;
-                }
-                stdin.credit(writer)?;
-            }
-            s = child.wait(), if status.is_none() => {
-                let s = s.map_err(SessionError::Io)?;
-                status = Some(s);
-                if is_pty {
-                    quiet_at = Some(Instant::now() + PTY_DRAIN_QUIET);
-                }
-            }
-            _ = sleep_until(quiet_at) => {
-                out = None;
-                quiet_at = None;
-            }
-            _ = sleep_until(deadline) => {
-                deadline = None;
-                timed_out = true;
-                group.signal(Signal::SIGTERM);
-                kill_at = Some(Instant::now() + KILL_GRACE);
-            }
-            _ = sleep_until(kill_at) => {
-                kill_at = None;
-                group.signal(Signal::SIGKILL);
-            }
-            f = reader.recv() => {
-                let frame = match f {
-                    Ok(Some(f)) => f,
-                    Ok(None) | Err(SessionError::Io(_)) => {
-                        abandon(&mut child, &group).await;
-                        return Err(SessionError::Closed);
-                    }
-                    Err(e) => {
-                        let _ = writer.send_error(e.code(), e.to_string()).await;
-                        abandon(&mut child, &group).await;
-                        return Err(e);
-                    }
-                };
-                let applied = ExecInput::from_frame(frame)
-                    .map_err(|e| input_refusal(&e))
-                    .and_then(|input| on_input(input, &mut stdin, &group, master_of(&out)));
-                if let Err(refusal) = applied {
-                    let _ = writer.send(&refusal, &[]).await;
-                    abandon(&mut child, &group).await;
-                    return Err(SessionError::Remote(refusal));
-                }
-                if sink.is_none() || stdin.chunks.is_empty() {
-                    if sink.is_none() {
-                        stdin.uncredited += stdin.len;
-                        stdin.len = 0;
-                        stdin.chunks.clear();
-                    }
-                    if stdin.eof {
-                        close_stdin(&mut sink).await;
-                    }
-                    stdin.credit(writer)?;
-                }
-            }
+    match running.drive(reader, writer).await {
+        Ok(exit) => writer.queue(&exit, &[]),
+        Err(e) => {
+            running.abandon().await;
+            Err(e)
         }
     }
-    // The command ended on its own (or by our timeout kill): whatever of
-    // its group still lives detached from our pipes is left alone.
-    group.disarm();
-    let Some(status) = status else {
-        return Err(SessionError::Closed);
-    };
-    let exit = Exit {
-        code: status.code(),
-        signal: status.signal(),
-        timed_out,
-    };
-    writer.queue(&exit, &[])
+}
+
+/// One running command: its streams, its timers and the stdin the client
+/// sent. [`Running::drive`] waits on all of them at once and hands each
+/// event to its own method.
+struct Running<'m> {
+    child: Child,
+    group: GroupGuard,
+    is_pty: bool,
+    out: Option<Source<'m>>,
+    err: Option<Source<'m>>,
+    sink: Option<Sink<'m>>,
+    stdin: StdinQueue,
+    status: Option<ExitStatus>,
+    /// When `timeout_ms` passes.
+    deadline: Option<Instant>,
+    timed_out: bool,
+    /// When the SIGTERMed group gets SIGKILL.
+    kill_at: Option<Instant>,
+    /// When a pty that stayed quiet after the exit is closed.
+    quiet_at: Option<Instant>,
+}
+
+impl Running<'_> {
+    /// Runs until the command has exited and its output is drained; the
+    /// `exit` to send. On an error the caller abandons the command.
+    async fn drive(
+        &mut self,
+        reader: &mut SessionReader<'_>,
+        writer: &mut SessionWriter<'_>,
+    ) -> Result<Exit, SessionError> {
+        let mut out_buf = vec![0u8; MAX_CHUNK];
+        let mut err_buf = vec![0u8; 64 * 1024];
+        while self.status.is_none() || self.out.is_some() || self.err.is_some() {
+            let room = writer.has_room();
+            tokio::select! {
+                r = or_pending(self.out.as_mut().map(|s| s.read(&mut out_buf))), if room && self.out.is_some() => {
+                    self.on_stdout(writer, r, &out_buf)?;
+                }
+                r = or_pending(self.err.as_mut().map(|s| s.read(&mut err_buf))), if room && self.err.is_some() => {
+                    self.on_stderr(writer, r, &err_buf)?;
+                }
+                r = writer.flush(), if writer.buffered() > 0 => r?,
+                r = or_pending(self.sink.as_mut().zip(self.stdin.chunks.front()).map(|(s, b)| s.write(b))),
+                    if self.sink.is_some() && !self.stdin.chunks.is_empty() => {
+                    self.on_stdin_written(writer, r).await?;
+                }
+                s = self.child.wait(), if self.status.is_none() => self.on_exit(s?),
+                _ = sleep_until(self.quiet_at) => self.on_quiet(),
+                _ = sleep_until(self.deadline) => self.on_deadline(),
+                _ = sleep_until(self.kill_at) => self.on_kill_grace_over(),
+                f = reader.recv() => self.on_frame(writer, f).await?,
+            }
+        }
+        // The command ended on its own (or by our timeout kill): whatever of
+        // its group still lives detached from our pipes is left alone.
+        self.group.disarm();
+        let status = self.status.ok_or(SessionError::Closed)?;
+        Ok(Exit {
+            code: status.code(),
+            signal: status.signal(),
+            timed_out: self.timed_out,
+        })
+    }
+
+    fn on_stdout(
+        &mut self,
+        writer: &mut SessionWriter<'_>,
+        read: io::Result<usize>,
+        buf: &[u8],
+    ) -> Result<(), SessionError> {
+        match read {
+            Ok(n) if n > 0 => {
+                writer.queue(&Stdout {}, &buf[..n])?;
+                if self.quiet_at.is_some() {
+                    self.quiet_at = Some(Instant::now() + PTY_DRAIN_QUIET);
+                }
+            }
+            _ => self.out = None,
+        }
+        Ok(())
+    }
+
+    fn on_stderr(
+        &mut self,
+        writer: &mut SessionWriter<'_>,
+        read: io::Result<usize>,
+        buf: &[u8],
+    ) -> Result<(), SessionError> {
+        match read {
+            Ok(n) if n > 0 => writer.queue(&Stderr {}, &buf[..n])?,
+            _ => self.err = None,
+        }
+        Ok(())
+    }
+
+    async fn on_stdin_written(
+        &mut self,
+        writer: &mut SessionWriter<'_>,
+        written: io::Result<usize>,
+    ) -> Result<(), SessionError> {
+        match written {
+            Ok(n) => self.stdin.consumed(n),
+            // The command closed its stdin: the rest is discarded.
+            Err(_) => {
+                self.sink = None;
+                self.stdin.discard();
+            }
+        }
+        if self.stdin.chunks.is_empty() && self.stdin.eof {
+            close_stdin(&mut self.sink).await;
+        }
+        self.stdin.credit(writer)
+    }
+
+    fn on_exit(&mut self, status: ExitStatus) {
+        self.status = Some(status);
+        if self.is_pty {
+            self.quiet_at = Some(Instant::now() + PTY_DRAIN_QUIET);
+        }
+    }
+
+    fn on_quiet(&mut self) {
+        self.out = None;
+        self.quiet_at = None;
+    }
+
+    fn on_deadline(&mut self) {
+        self.deadline = None;
+        self.timed_out = true;
+        self.group.signal(Signal::SIGTERM);
+        self.kill_at = Some(Instant::now() + KILL_GRACE);
+    }
+
+    fn on_kill_grace_over(&mut self) {
+        self.kill_at = None;
+        self.group.signal(Signal::SIGKILL);
+    }
+
+    /// A frame from the client: stdin, its end, a signal or a resize.
+    /// Anything else is refused and ends the session.
+    async fn on_frame(
+        &mut self,
+        writer: &mut SessionWriter<'_>,
+        received: Result<Option<Frame>, SessionError>,
+    ) -> Result<(), SessionError> {
+        let frame = match received {
+            Ok(Some(f)) => f,
+            Ok(None) | Err(SessionError::Io(_)) => return Err(SessionError::Closed),
+            Err(e) => {
+                let _ = writer.send_error(e.code(), e.to_string()).await;
+                return Err(e);
+            }
+        };
+        let master = master_of(&self.out);
+        let applied = ExecInput::from_frame(frame)
+            .map_err(|e| input_refusal(&e))
+            .and_then(|input| on_input(input, &mut self.stdin, &self.group, master));
+        if let Err(refusal) = applied {
+            let _ = writer.send(&refusal, &[]).await;
+            return Err(SessionError::Remote(refusal));
+        }
+        if self.sink.is_none() || self.stdin.chunks.is_empty() {
+            if self.sink.is_none() {
+                self.stdin.discard();
+            }
+            if self.stdin.eof {
+                close_stdin(&mut self.sink).await;
+            }
+            self.stdin.credit(writer)?;
+        }
+        Ok(())
+    }
+
+    /// The client is gone (or broke the protocol): SIGTERM the group, give
+    /// it [`KILL_GRACE`], then SIGKILL whatever is left and reap the child.
+    async fn abandon(&mut self) {
+        self.group.signal(Signal::SIGTERM);
+        let _ = tokio::time::timeout(KILL_GRACE, self.child.wait()).await;
+        self.group.signal(Signal::SIGKILL);
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.child.wait()).await;
+    }
 }
 
 fn master_of<'a>(out: &'a Option<Source<'_>>) -> Option<&'a PtyMaster> {
@@ -395,13 +469,4 @@ fn on_input(
         }
     }
     Ok(())
-}
-
-/// The client is gone (or broke the protocol): SIGTERM the group, give it
-/// [`KILL_GRACE`], then SIGKILL whatever is left and reap the child.
-async fn abandon(child: &mut Child, group: &GroupGuard) {
-    group.signal(Signal::SIGTERM);
-    let _ = tokio::time::timeout(KILL_GRACE, child.wait()).await;
-    group.signal(Signal::SIGKILL);
-    let _ = tokio::time::timeout(Duration::from_secs(1), child.wait()).await;
 }

@@ -8,9 +8,9 @@ use skiff_wire::message::files::{Data, End, FileHead, Get};
 use skiff_wire::{ErrorCode, ErrorMsg};
 
 use super::confine;
-use crate::session::{Session, SessionError, WRITE_HIGH_WATER};
+use crate::session::{Session, SessionError};
+use crate::transfer::errors;
 use crate::transfer::pipeline::Source;
-use crate::transfer::{errors, IDLE_TIMEOUT};
 
 /// Handles one `get` request.
 pub async fn handle(session: &mut Session<'_>, root: &Dir, req: Get) -> Result<(), SessionError> {
@@ -21,10 +21,7 @@ pub async fn handle(session: &mut Session<'_>, root: &Dir, req: Get) -> Result<(
     session.queue(&head, &[])?;
     let mut source = Source::spawn(file, head.offset, req.hash);
     while let Some(chunk) = source.next().await {
-        session.queue(&Data {}, &chunk)?;
-        if session.buffered() >= WRITE_HIGH_WATER {
-            flush(session).await?;
-        }
+        session.write(&Data {}, &chunk).await?;
     }
     match source.finish().await {
         Ok(done) => session.queue(
@@ -36,14 +33,6 @@ pub async fn handle(session: &mut Session<'_>, root: &Dir, req: Get) -> Result<(
             &[],
         ),
         Err(e) => session.queue(&errors::to_msg(&e, &req.path), &[]),
-    }
-}
-
-/// Sends what is buffered, giving up on a client that stops reading.
-async fn flush(session: &mut Session<'_>) -> Result<(), SessionError> {
-    match tokio::time::timeout(IDLE_TIMEOUT, session.flush()).await {
-        Ok(r) => r,
-        Err(_) => Err(SessionError::Timeout(IDLE_TIMEOUT)),
     }
 }
 

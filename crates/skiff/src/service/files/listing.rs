@@ -9,7 +9,7 @@ use skiff_wire::{ErrorMsg, Message};
 use tokio::sync::mpsc;
 
 use super::confine;
-use crate::session::{Session, SessionError, WRITE_HIGH_WATER};
+use crate::session::{Session, SessionError};
 use crate::transfer::{errors, meta};
 
 /// Most serialized bytes in one `entries` body.
@@ -60,10 +60,7 @@ pub async fn ls(session: &mut Session<'_>, root: &Dir, req: Ls) -> Result<(), Se
     while let Some(batch) = rx.recv().await {
         match batch {
             Ok(body) => {
-                session.queue(&Entries { more: true }, &body)?;
-                if session.buffered() >= WRITE_HIGH_WATER {
-                    session.flush().await?;
-                }
+                session.write(&Entries { more: true }, &body).await?;
             }
             Err(e) => {
                 drop(rx);

@@ -10,7 +10,7 @@ use skiff_wire::{ErrorCode, ErrorMsg, Message};
 
 use super::confine;
 use crate::service::ServiceContext;
-use crate::session::{Session, SessionError, WRITE_HIGH_WATER};
+use crate::session::{Session, SessionError};
 use crate::transfer::checksum::digests_match;
 use crate::transfer::commit::{self, CommitError, Destination, Observed};
 use crate::transfer::names::link_stays_inside;
@@ -63,9 +63,7 @@ pub async fn handle(
         },
         &[],
     )?;
-    if !session.has_buffered_input() || session.buffered() >= WRITE_HIGH_WATER {
-        session.flush().await?;
-    }
+    session.answered().await?;
     receive(session, &req, prepared).await
 }
 

@@ -1,4 +1,4 @@
-//! The handshake's cryptography (DESIGN section 3), free of I/O.
+//! The handshake's proofs (PROTOCOL.md section 3.4), free of I/O.
 //!
 //! ```text
 //! server proof = HMAC-SHA256(K, "skiff/1 server" | cb | cn | sn)
@@ -46,9 +46,7 @@ pub fn nonce() -> Block {
 }
 
 fn mac(key: &Key, label: &[u8], cb: &Block, cn: &Block, sn: &Block) -> Hmac<Sha256> {
-    // HMAC accepts keys of any length; 32 bytes cannot fail.
-    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key.as_bytes())
-        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+    let mut m = super::keyed(key);
     m.update(label);
     m.update(cb);
     m.update(cn);
