@@ -363,10 +363,13 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let mut builder = Server::builder()
         .max_connections(cfg.max_connections)
         .shutdown_on_signals(true);
-    let mut tls_flags = Vec::new();
+    let mut listeners = Vec::new();
     for l in &cfg.listen {
         if l.addr.is_datagram() {
-            builder.add_datagram(l.addr.clone(), udp_ping.clone());
+            listeners.push((
+                builder.add_datagram(l.addr.clone(), udp_ping.clone()),
+                false,
+            ));
             continue;
         }
         let handler = Arc::new(SessionHandler {
@@ -378,17 +381,12 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             audit: audit.clone(),
             live: live.clone(),
         });
-        builder.add_stream(l.addr.clone(), handler);
-        tls_flags.push(l.tls);
+        listeners.push((builder.add_stream(l.addr.clone(), handler), l.tls));
     }
     let server = builder.bind().await?;
-    // skiff-net lists stream listeners first, then datagram ones (no TLS).
-    tls_flags.resize(server.local_addrs().len(), false);
-    let urls: Vec<String> = server
-        .local_addrs()
-        .iter()
-        .zip(tls_flags)
-        .map(|(addr, tls)| Listen::url(addr, tls))
+    let urls: Vec<String> = listeners
+        .into_iter()
+        .filter_map(|(id, tls)| server.local_addr(id).map(|addr| Listen::url(addr, tls)))
         .collect();
     for url in &urls {
         announce(format_args!("listening on {url}"));
