@@ -7,7 +7,6 @@
 //! [`cli`] only wires things together.
 
 pub mod audit;
-pub mod classic;
 pub mod cli;
 pub mod client;
 pub mod keys;

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::classic::cmd::{self, CmdClient, CmdConfig, CmdServer};
-use crate::classic::text::Encoding;
-use crate::classic::udp::{self, UdpClient, UdpUpperServer};
-use crate::classic::upload::{self, UploadClient, UploadServer};
-use crate::classic::upper::{self, Digest, UpperClient, UpperServer};
-use crate::classic::{self as c, ServerSettings};
+use skiff_classic::cmd::{self, CmdClient, CmdConfig, CmdServer};
+use skiff_classic::text::Encoding;
+use skiff_classic::udp::{self, UdpClient, UdpUpperServer};
+use skiff_classic::upload::{self, UploadClient, UploadServer};
+use skiff_classic::upper::{self, Digest, UpperClient, UpperServer};
+use skiff_classic::{self as c, ServerSettings};
 
 /// Arguments of `skiff classic`.
 #[derive(Debug, clap::Args)]

@@ -57,7 +57,7 @@ impl UdpClient {
         socket.set_read_timeout(Some(self.timeout))?;
         let mut buf = vec![0u8; MAX_DATAGRAM];
         let mut lost = 0u64;
-        super::prompt::each_line(input, out, |msg, out| {
+        crate::prompt::each_line(input, out, |msg, out| {
             socket.send(msg)?;
             match socket.recv(&mut buf) {
                 Ok(n) => {

@@ -22,7 +22,8 @@ pub const CHALLENGE_LEN: usize = 32;
 pub const BUFSIZE: usize = 1024;
 
 /// The HMAC's hash (`hmac.new(key, msg, 'md5')` in the tutorial).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Digest {
     /// HMAC-MD5, Python 2's `hmac.new` default that the tutorial relied on.
     Md5,
@@ -148,12 +149,12 @@ pub struct UpperClient {
 impl UpperClient {
     /// Authenticates, then sends each line of `input` and prints the echo.
     pub fn run(&self, input: &mut impl BufRead, out: &mut impl Write) -> io::Result<()> {
-        let mut conn = super::connect(self.addr, self.timeout)?;
+        let mut conn = crate::connect(self.addr, self.timeout)?;
         let mut challenge = [0u8; CHALLENGE_LEN];
         conn.read_exact(&mut challenge)
-            .map_err(|e| super::explain_timeout(e, "challenge", self.timeout))?;
+            .map_err(|e| crate::explain_timeout(e, "challenge", self.timeout))?;
         conn.write_all(&self.digest.mac(&self.secret, &challenge))?;
-        super::prompt::each_line(input, out, |msg, out| {
+        crate::prompt::each_line(input, out, |msg, out| {
             conn.write_all(msg)?;
             // The echo has exactly as many bytes as the message, so read
             // them all (the tutorial's single recv(1024) may get a part).
@@ -163,7 +164,7 @@ impl UpperClient {
                     io::ErrorKind::PermissionDenied,
                     "the server closed the connection: wrong secret or --digest?",
                 ),
-                _ => super::explain_timeout(e, "echo", self.timeout),
+                _ => crate::explain_timeout(e, "echo", self.timeout),
             })?;
             out.write_all(String::from_utf8_lossy(&echo).as_bytes())?;
             out.write_all(b"\n")

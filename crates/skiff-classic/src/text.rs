@@ -5,16 +5,17 @@
 //! reply never has to sit in memory, and replaces bad bytes with U+FFFD
 //! instead of crashing as Python's strict decoding does.
 
-use super::gbk::GbkDecoder;
+use crate::gbk::GbkDecoder;
 
 /// The text encoding of a server's output (`--encoding`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Encoding {
     /// UTF-8, what Linux and macOS commands print.
-    #[value(name = "utf-8", alias = "utf8")]
+    #[cfg_attr(feature = "clap", value(name = "utf-8", alias = "utf8"))]
     Utf8,
     /// GBK, what Chinese Windows commands print (`decode('gbk')`).
-    #[value(name = "gbk", alias = "cp936")]
+    #[cfg_attr(feature = "clap", value(name = "gbk", alias = "cp936"))]
     Gbk,
 }
 

@@ -19,7 +19,7 @@ use std::time::Duration;
 use skiff_net::{Connection, StreamHandler};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
 
-use super::text::{Decoder, Encoding};
+use crate::text::{Decoder, Encoding};
 
 /// The tutorial's port for this program.
 pub const DEFAULT_PORT: u16 = 8080;
@@ -66,7 +66,7 @@ impl StreamHandler for CmdServer {
             let reply = run(&cmd[..n], &self.config).await;
             let stream = conn.stream();
             stream
-                .write_all(&super::pack_len(reply.len_usize()?)?)
+                .write_all(&crate::pack_len(reply.len_usize()?)?)
                 .await?;
             reply.send(stream).await?;
         }
@@ -263,8 +263,8 @@ impl CmdClient {
     /// Sends each line of `input` as a command and prints each reply on
     /// `out`, until `quit` or end of input.
     pub fn run(&self, input: &mut impl BufRead, out: &mut impl Write) -> io::Result<()> {
-        let mut conn = super::connect(self.addr, self.timeout)?;
-        super::prompt::each_line(input, out, |cmd, out| {
+        let mut conn = crate::connect(self.addr, self.timeout)?;
+        crate::prompt::each_line(input, out, |cmd, out| {
             if cmd.len() > COMMAND_MAX {
                 // The server reads one recv(1024): the rest would run as a
                 // second command.
@@ -283,7 +283,7 @@ impl CmdClient {
     fn print_reply(&self, conn: &mut impl Read, out: &mut dyn Write) -> io::Result<()> {
         let mut head = [0u8; 4];
         conn.read_exact(&mut head)
-            .map_err(|e| super::explain_timeout(e, "reply length", self.timeout))?;
+            .map_err(|e| crate::explain_timeout(e, "reply length", self.timeout))?;
         let n = i32::from_le_bytes(head);
         let Ok(mut left) = u64::try_from(n) else {
             return Err(io::Error::new(
@@ -299,7 +299,7 @@ impl CmdClient {
             let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
             let got = conn
                 .read(&mut buf[..want])
-                .map_err(|e| super::explain_timeout(e, "rest of the reply", self.timeout))?;
+                .map_err(|e| crate::explain_timeout(e, "rest of the reply", self.timeout))?;
             if got == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,

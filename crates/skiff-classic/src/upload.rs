@@ -214,8 +214,7 @@ impl StreamHandler for UploadServer {
         }
     }
 
-    /// Over the connection limit: the protocol's only "no", a reset (see
-    /// [`reset`]).
+    /// Over the connection limit: the protocol's only "no", a reset.
     async fn reject_busy(&self, mut conn: Connection) {
         reset(&mut conn);
     }
@@ -352,7 +351,7 @@ impl UploadClient {
         let md5_hex = hex::encode(md5.finalize());
         let header = python_json_header(&name, size, &md5_hex);
 
-        let mut conn = super::connect(self.addr, self.timeout)?;
+        let mut conn = crate::connect(self.addr, self.timeout)?;
         let refused = |e: io::Error| match e.kind() {
             io::ErrorKind::ConnectionReset
             | io::ErrorKind::BrokenPipe
@@ -362,7 +361,7 @@ impl UploadClient {
             ),
             _ => e,
         };
-        conn.write_all(&super::pack_len(header.len())?)
+        conn.write_all(&crate::pack_len(header.len())?)
             .map_err(refused)?;
         conn.write_all(header.as_bytes()).map_err(refused)?;
         let mut file = std::fs::File::open(path)?;
@@ -381,7 +380,7 @@ impl UploadClient {
                 io::ErrorKind::InvalidData,
                 "the server answered something; the tutorial's server answers nothing",
             )),
-            Err(e) => Err(super::explain_timeout(refused(e), "verdict", self.timeout)),
+            Err(e) => Err(crate::explain_timeout(refused(e), "verdict", self.timeout)),
         }
     }
 }

@@ -1,14 +1,41 @@
 //! The socket tutorial's programs, speaking their exact wire formats, so the
-//! tutorial's Python clients and servers work against skiff (DESIGN section
-//! 6), and a learner can swap either side and see the same bytes.
+//! tutorial's Python clients and servers work against skiff's, and a
+//! learner can swap either side and see the same bytes. `skiff classic`
+//! is their command line; this crate is usable on its own.
 //!
 //! One module per program, each with its server (a [`skiff_net`] handler,
 //! one task per connection, as the tutorial's `ThreadingTCPServer`) and its
 //! client (plain blocking sockets with timeouts, as the tutorial's clients):
 //! [`cmd`] (the custom-header command server), [`upper`] (the HMAC
 //! challenge, then upper-case echo), [`upload`] (the header with file name,
-//! size and md5) and [`udp`] (`recvfrom`/`sendto` echo). What each program
-//! fixes in the tutorial, and why, is in `docs/CLASSIC.md`.
+//! size and md5) and [`udp`] (`recvfrom`/`sendto` echo). [`text`] decodes
+//! a server's output as the tutorial's client does (UTF-8, or GBK as
+//! Python's own codec). What each program fixes in the tutorial, and why,
+//! is in `docs/CLASSIC.md`.
+//!
+//! A server is a skiff-net handler, so serving one is a few lines:
+//!
+//! ```no_run
+//! use skiff_classic::upper::{Digest, UpperServer, DEFAULT_SECRET};
+//! use skiff_classic::{resolve, serve, tcp, ServerSettings, DEFAULT_IDLE_TIMEOUT};
+//! use std::time::Duration;
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! let settings = ServerSettings {
+//!     max_connections: 256,
+//!     idle_timeout: DEFAULT_IDLE_TIMEOUT,
+//! };
+//! let handler = UpperServer::new(
+//!     DEFAULT_SECRET.as_bytes().to_vec(),
+//!     Digest::Md5,
+//!     Duration::from_secs(10),
+//! );
+//! let addr = resolve("127.0.0.1", 9999)?;
+//! serve(settings.builder().stream(tcp(addr), handler)).await
+//! # }
+//! ```
+
+#![warn(missing_docs)]
 
 pub mod cmd;
 mod gbk;
