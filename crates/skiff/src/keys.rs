@@ -1,11 +1,11 @@
-//! Keys, the users file and the client key file.
+//! Keys and the client key file (the server's users file is in
+//! [`crate::users`]).
 //!
 //! A key is 32 random bytes per user, written as one line `NAME BASE64KEY`.
 //! The server's users file holds such lines (`#` starts a comment); a
 //! client's key file holds its user's one line. Like ssh, we refuse files
 //! that group or others can read or write.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -208,46 +208,6 @@ pub fn load_key(path: &Path) -> Result<UserKey, KeyError> {
         })
 }
 
-/// The server's table of users and their keys.
-#[derive(Debug, Default, Clone)]
-pub struct Users {
-    keys: HashMap<String, Key>,
-}
-
-impl Users {
-    /// Reads a users file.
-    pub fn load(path: &Path) -> Result<Users, KeyError> {
-        let text = read_private(path)?;
-        let mut keys = HashMap::new();
-        for uk in parse_lines(path, &text)? {
-            keys.insert(uk.user, uk.key);
-        }
-        Ok(Users { keys })
-    }
-
-    /// A table from user keys (tests, embedding).
-    pub fn from_keys(list: impl IntoIterator<Item = UserKey>) -> Users {
-        Users {
-            keys: list.into_iter().map(|uk| (uk.user, uk.key)).collect(),
-        }
-    }
-
-    /// The key of `user`, if known.
-    pub fn get(&self, user: &str) -> Option<&Key> {
-        self.keys.get(user)
-    }
-
-    /// Number of users.
-    pub fn len(&self) -> usize {
-        self.keys.len()
-    }
-
-    /// Whether there are no users.
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
-}
-
 /// Writes `contents` to a new file with mode 0600 (parents 0700), failing if
 /// it exists.
 pub fn write_private_new(path: &Path, contents: &str) -> Result<(), KeyError> {
@@ -336,10 +296,9 @@ mod tests {
         let path = dir.path().join("users");
         let uk = UserKey::generate("bob");
         write_private_new(&path, &format!("# users\n{}\n\n", uk.to_line())).unwrap();
-        let users = Users::load(&path).unwrap();
-        assert_eq!(users.get("bob"), Some(&uk.key));
+        assert_eq!(load_key(&path).unwrap(), uk);
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let err = Users::load(&path).unwrap_err();
+        let err = load_key(&path).unwrap_err();
         assert!(err.to_string().contains("chmod 600"), "{err}");
     }
 }

@@ -6,13 +6,17 @@
 //! filesystem. [`client`] holds the same operations from the client side, and
 //! [`cli`] only wires things together.
 
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod keys;
 mod maybe;
+pub mod policy;
+pub mod serve_config;
 pub mod server;
 pub mod service;
 pub mod session;
 pub mod target;
 pub mod transfer;
+pub mod users;

@@ -3,21 +3,24 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use skiff_net::{Connection, ListenAddr, Server, StreamHandler};
 use skiff_wire::message::handshake::Welcome;
 
+use crate::audit::{Audit, Destination, Event};
 use crate::auth::handshake::{Block, NO_BINDING};
-use crate::keys::Users;
+use crate::policy::env::AcceptEnv;
+use crate::serve_config::{ConfigSource, ServeFile};
 use crate::service::udp_ping::UdpPingService;
 use crate::service::{self, ServiceContext};
 use crate::session::accept::{AuthPolicy, Authenticator};
 use crate::session::tls::ServerIdentity;
 use crate::session::{Io, Session, SessionError};
 use crate::transfer::staging::StagingArea;
+use crate::users::live::LiveUsers;
 
 /// Prints a startup line on stdout. Unlike `println!` it ignores a closed
 /// stdout (`skiff serve | head -3`), which must not bring the server down.
@@ -83,6 +86,12 @@ impl std::str::FromStr for Listen {
     }
 }
 
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&Listen::url(&self.addr, self.tls))
+    }
+}
+
 impl Listen {
     /// The URL users connect to, with the real port.
     pub fn url(addr: &ListenAddr, tls: bool) -> String {
@@ -93,7 +102,7 @@ impl Listen {
     }
 }
 
-/// Everything `skiff serve` needs, resolved from flags and defaults.
+/// Everything `skiff serve` needs, resolved from flags, file and defaults.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     /// Listeners.
@@ -114,6 +123,20 @@ pub struct ServeConfig {
     pub auth: AuthPolicy,
     /// Partial uploads untouched for longer are removed.
     pub partial_max_age: Duration,
+    /// Where audit events go, if anywhere.
+    pub audit: Option<Destination>,
+    /// `accept-env` patterns for restricted users.
+    pub accept_env: Vec<String>,
+    /// The configuration these settings came from (what
+    /// `--print-config` shows), to tell on reload what changed.
+    pub effective: ServeFile,
+    /// How to read the configuration again (SIGHUP).
+    pub source: ConfigSource,
+}
+
+/// What a session needs that a reload may change.
+struct LiveSettings {
+    accept_env: Arc<AcceptEnv>,
 }
 
 struct SessionHandler {
@@ -123,6 +146,21 @@ struct SessionHandler {
     exec_enabled: bool,
     handshake_timeout: Duration,
     staging: Arc<StagingArea>,
+    audit: Audit,
+    live: Arc<RwLock<LiveSettings>>,
+}
+
+impl SessionHandler {
+    /// A failed handshake: one log line and one audit event.
+    fn refused(&self, peer: &str, user: Option<&str>, reason: &str, penalty: bool) {
+        tracing::info!(peer, user = user.unwrap_or("-"), "login refused: {reason}");
+        let (user, peer, reason) = (user.map(String::from), peer.to_string(), reason.to_string());
+        self.audit.record(if penalty {
+            Event::Penalty { user, peer, reason }
+        } else {
+            Event::AuthFailed { user, peer, reason }
+        });
+    }
 }
 
 impl StreamHandler for SessionHandler {
@@ -159,11 +197,11 @@ impl StreamHandler for SessionHandler {
                 match tokio::time::timeout_at(deadline, accept).await {
                     Ok(Ok(tls)) => (Box::new(tls), *cb),
                     Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        self.refused(&peer, None, &tls_failure(&e), false);
                         return Ok(());
                     }
                     Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
+                        self.refused(&peer, None, "TLS handshake timed out", false);
                         return Ok(());
                     }
                 }
@@ -171,15 +209,15 @@ impl StreamHandler for SessionHandler {
             None => (Box::new(conn.stream()), NO_BINDING),
         };
         let mut session = Session::unauthenticated(io);
-        let user = match tokio::time::timeout_at(
+        let login = match tokio::time::timeout_at(
             deadline,
             self.auth.handshake(&mut session, &cb, peer_ip),
         )
         .await
         {
-            Ok(Ok(user)) => user,
-            Ok(Err(e)) => {
-                tracing::info!(%peer, error = %e, "authentication failed");
+            Ok(Ok(login)) => login,
+            Ok(Err(f)) => {
+                self.refused(&peer, f.user.as_deref(), &f.reason, f.blocked);
                 // Bounded: a peer that stops reading cannot hold us here.
                 let _ = tokio::time::timeout(Duration::from_secs(1), session.close()).await;
                 return Ok(());
@@ -190,29 +228,62 @@ impl StreamHandler for SessionHandler {
                     session.send_error(skiff_wire::ErrorCode::Timeout, "handshake timed out"),
                 )
                 .await;
-                tracing::info!(%peer, "handshake timed out");
+                self.refused(&peer, None, "authentication timed out", false);
                 return Ok(());
             }
         };
-        tracing::info!(%peer, %user, "authenticated");
+        let user = login.user.clone();
+        let root = match login.policy.resolve_root(&self.root) {
+            Ok(r) => r,
+            Err(refusal) => {
+                tracing::warn!(%peer, %user, "session refused: {refusal}");
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    session.send_error(skiff_wire::ErrorCode::Permission, refusal.to_string()),
+                )
+                .await;
+                return Ok(());
+            }
+        };
+        let started = std::time::Instant::now();
+        tracing::info!(%peer, %user, "session start");
+        self.audit.record(Event::AuthOk {
+            user: user.clone(),
+            peer: peer.clone(),
+        });
+        let _accept_env = self
+            .live
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .accept_env
+            .clone();
         session.set_read_limits(skiff_wire::Limits::default());
         let ctx = ServiceContext {
-            root: self.root.clone(),
+            root,
             exec_enabled: self.exec_enabled,
-            user,
+            user: user.clone(),
             staging: self.staging.clone(),
         };
-        match service::serve(&mut session, &ctx).await {
+        let (result, reason) = match service::serve(&mut session, &ctx).await {
             Ok(()) => {
                 let _ = session.close().await;
-                Ok(())
+                (Ok(()), "closed".to_string())
             }
-            Err(SessionError::Io(e)) => Err(e),
-            Err(e) => {
-                tracing::info!(%peer, error = %e, "session ended");
-                Ok(())
+            Err(SessionError::Io(e)) => {
+                let reason = format!("connection error: {e}");
+                (Err(e), reason)
             }
-        }
+            Err(e) => (Ok(()), e.to_string()),
+        };
+        let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        tracing::info!(%peer, %user, duration_ms, "session end: {reason}");
+        self.audit.record(Event::SessionEnd {
+            user,
+            peer,
+            duration_ms,
+            reason,
+        });
+        result
     }
 }
 
@@ -273,9 +344,37 @@ async fn sweep_periodically(staging: Arc<StagingArea>, max_age: Duration) {
     }
 }
 
-/// Binds every listener, prints `listening on URL` for each, and serves
-/// until SIGINT/SIGTERM.
+/// Says in words why a TLS handshake failed, for the log.
+fn tls_failure(e: &std::io::Error) -> String {
+    use rustls::AlertDescription as A;
+    let inner = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
+    match inner {
+        Some(rustls::Error::AlertReceived(A::BadCertificate | A::UnknownCA | A::CertificateUnknown)) => {
+            "the client does not trust this server's certificate (not pinned, or the fingerprint changed)".into()
+        }
+        Some(rustls::Error::AlertReceived(alert)) => format!("the client aborted TLS: {alert:?}"),
+        Some(rustls::Error::InvalidMessage(_)) => {
+            "not a TLS client: it sent something else (plain skiff on a tcp:// port, or another protocol)".into()
+        }
+        Some(rustls::Error::PeerIncompatible(why)) => {
+            format!("the client's TLS is incompatible (skiff needs TLS 1.3): {why:?}")
+        }
+        Some(other) => format!("TLS handshake failed: {other}"),
+        None if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            "the client closed the connection during the TLS handshake".into()
+        }
+        None => format!("TLS handshake failed: {e}"),
+    }
+}
+
+/// Binds every listener, prints how to connect, and serves until
+/// SIGINT/SIGTERM. SIGHUP re-reads the users file and the configuration
+/// and reopens the audit log; it never stops the server.
 pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
+    // First, so that a SIGHUP at any moment from here on reloads instead
+    // of killing us.
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
     if !cfg.root.is_dir() {
         bail!("root {} is not a directory", cfg.root.display());
     }
@@ -283,22 +382,31 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         .root
         .canonicalize()
         .with_context(|| format!("resolving root {}", cfg.root.display()))?;
-    let users = Users::load(&cfg.users_file)?;
+    let users = LiveUsers::open(&cfg.users_file)?;
     service::files::ignore_file_size_signal();
-    if users.is_empty() {
+    if users.snapshot().is_empty() {
         bail!(
             "{} lists no users; add one with `skiff keygen --user NAME`",
             cfg.users_file.display()
         );
     }
+    let audit = match &cfg.audit {
+        Some(dest) => Audit::open(dest.clone())?,
+        None => Audit::disabled(),
+    };
+    let accept_env = AcceptEnv::new(&cfg.accept_env).map_err(anyhow::Error::msg)?;
+    let live = Arc::new(RwLock::new(LiveSettings {
+        accept_env: Arc::new(accept_env),
+    }));
     let welcome = Welcome {
         server: format!("skiff {}", env!("CARGO_PKG_VERSION")),
         services: ServiceContext::services(!cfg.no_exec),
     };
     let staging = Arc::new(open_staging(&cfg, &root)?);
     let udp_ping = Arc::new(UdpPingService::new(users.clone()));
-    let auth = Arc::new(Authenticator::new(users, cfg.auth, welcome));
+    let auth = Arc::new(Authenticator::new(users.clone(), cfg.auth, welcome));
     let needs_tls = cfg.listen.iter().any(|l| l.tls);
+    let mut fingerprint = None;
     let tls = if needs_tls {
         let (identity, created) = ServerIdentity::load_or_create(&cfg.state_dir)?;
         if created {
@@ -311,6 +419,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             "certificate fingerprint {}",
             identity.fingerprint()
         ));
+        fingerprint = Some(identity.fingerprint());
         Some((identity.acceptor()?, identity.binding()))
     } else {
         None
@@ -334,21 +443,126 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             exec_enabled: !cfg.no_exec,
             handshake_timeout: cfg.handshake_timeout,
             staging: staging.clone(),
+            audit: audit.clone(),
+            live: live.clone(),
         });
         listeners.push((builder.add_stream(l.addr.clone(), handler), l.tls));
     }
     let server = builder.bind().await?;
     tokio::spawn(sweep_periodically(staging.clone(), cfg.partial_max_age));
-    for (id, tls) in listeners {
-        if let Some(addr) = server.local_addr(id) {
-            announce(format_args!("listening on {}", Listen::url(addr, tls)));
-        }
+    let urls: Vec<String> = listeners
+        .into_iter()
+        .filter_map(|(id, tls)| server.local_addr(id).map(|addr| Listen::url(addr, tls)))
+        .collect();
+    for url in &urls {
+        announce(format_args!("listening on {url}"));
     }
     announce(format_args!("serving {}", root.display()));
+    announce_how_to_connect(&urls, &users, fingerprint.as_deref(), cfg.audit.as_ref());
     use std::io::Write;
     let _ = std::io::stdout().flush();
+    tokio::spawn(on_hangups(hangups, cfg, users, audit, live));
     server.run().await?;
     Ok(())
+}
+
+/// The lines after `listening on`: where the users are, and the two
+/// commands that let someone on another machine in.
+fn announce_how_to_connect(
+    urls: &[String],
+    users: &LiveUsers,
+    fingerprint: Option<&str>,
+    audit: Option<&Destination>,
+) {
+    let n = users.snapshot().len();
+    let file = users.path().display();
+    announce(format_args!(
+        "users file {file} ({n} user{}; re-read when it changes)",
+        if n == 1 { "" } else { "s" }
+    ));
+    match audit {
+        Some(Destination::File(p)) => announce(format_args!("audit log {}", p.display())),
+        Some(Destination::Stderr) => announce(format_args!("audit log on stderr")),
+        None => {}
+    }
+    let Some(url) = urls.iter().find(|u| u.starts_with("tcp://")) else {
+        return;
+    };
+    let hostport = url.trim_start_matches("tcp://");
+    let (host, port) = hostport.rsplit_once(':').unwrap_or((hostport, "7878"));
+    let wildcard = host == "0.0.0.0" || host == "[::]";
+    let host = if wildcard { "THIS_HOST" } else { host };
+    let target = if port == crate::target::DEFAULT_PORT.to_string() {
+        host.to_string()
+    } else {
+        format!("{host}:{port}")
+    };
+    announce(format_args!("to connect from another machine:"));
+    announce(format_args!(
+        "  there: skiff keygen --user NAME --out ~/.config/skiff/key"
+    ));
+    announce(format_args!(
+        "  here:  append the line it prints to {file} (no restart needed)"
+    ));
+    match fingerprint {
+        Some(fp) => announce(format_args!(
+            "  then:  skiff exec NAME@{target} -- uname   (first use pins {fp})"
+        )),
+        None => announce(format_args!("  then:  skiff exec NAME@{target} -- uname")),
+    }
+}
+
+/// SIGHUP: users file, audit log, configuration. Reports what changed and
+/// what needs a restart; a bad file changes nothing.
+async fn on_hangups(
+    mut hangups: tokio::signal::unix::Signal,
+    cfg: ServeConfig,
+    users: LiveUsers,
+    audit: Audit,
+    live: Arc<RwLock<LiveSettings>>,
+) {
+    let mut running = cfg.effective.clone();
+    while hangups.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading");
+        users.reload();
+        audit.reopen();
+        let new = match cfg.source.effective() {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!("configuration not reloaded, keeping the running one: {e}");
+                continue;
+            }
+        };
+        let changed = running.changed_keys(&new);
+        let mut applied = Vec::new();
+        let mut restart = Vec::new();
+        for key in changed {
+            match key {
+                "accept-env" => {
+                    let patterns = new.accept_env.clone().unwrap_or_default();
+                    match AcceptEnv::new(&patterns) {
+                        Ok(a) => {
+                            live.write().unwrap_or_else(|p| p.into_inner()).accept_env =
+                                Arc::new(a);
+                            running.accept_env = new.accept_env.clone();
+                            applied.push(key);
+                        }
+                        Err(e) => tracing::warn!("accept-env not applied: {e}"),
+                    }
+                }
+                other => restart.push(other),
+            }
+        }
+        if !applied.is_empty() {
+            tracing::info!("configuration reloaded: {} applied", applied.join(", "));
+        }
+        if !restart.is_empty() {
+            tracing::warn!(
+                "configuration changed but needs a restart to apply: {}",
+                restart.join(", ")
+            );
+        }
+    }
 }
 
 #[cfg(test)]

@@ -311,9 +311,10 @@ fn nul_and_symlink_swapped_during_upload() {
 /// A malicious server answering `get -r` with names that try to escape.
 #[test]
 fn client_refuses_malicious_server_names() {
-    use skiff::keys::{UserKey, Users};
+    use skiff::keys::UserKey;
     use skiff::session::accept::{AuthPolicy, Authenticator};
     use skiff::session::Session;
+    use skiff::users::{live::LiveUsers, Users};
     use skiff_wire::message::files::{
         Data, End, Entries, Entry, EntryKind, FileHead, Get, StatReply,
     };
@@ -325,7 +326,7 @@ fn client_refuses_malicious_server_names() {
     let key_file = work.path().join("key");
     skiff::keys::write_private_new(&key_file, &format!("{}\n", key.to_line())).unwrap();
     let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
-    let users = Users::from_keys([key.clone()]);
+    let users = LiveUsers::fixed(Users::from_keys([key.clone()]));
     let server = std::thread::spawn(move || {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async move {

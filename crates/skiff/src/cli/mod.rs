@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod classic;
 mod connect;
+mod docs;
 mod exec;
 mod files;
 mod keygen;
@@ -16,10 +17,14 @@ mod shell;
 
 pub use output::{exit_code_for, EXIT_CONNECTION};
 
+/// The version `skiff --version` shows: the package version and, when
+/// built from a git checkout, the revision.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), env!("SKIFF_VERSION_SUFFIX"));
+
 /// skiff: run commands and move files between your machines, authenticated,
 /// encrypted and verified.
 #[derive(Debug, Parser)]
-#[command(name = "skiff", version, about, long_about = None)]
+#[command(name = "skiff", version = VERSION, about, long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -55,12 +60,22 @@ enum Command {
     Bench(bench::Args),
     /// The socket tutorial's own programs, wire-compatible.
     Classic(classic::Args),
+    /// Print a shell completion script (bash, zsh, fish, ...).
+    Completions(docs::CompletionsArgs),
+    /// Write man pages, one per subcommand, into a directory.
+    Man(docs::ManArgs),
 }
 
 /// Parses the command line, runs it, and returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    init_tracing();
+    // A server's log is its record: `info` by default. A client says
+    // nothing unless something is wrong.
+    init_tracing(if matches!(cli.command, Command::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    });
     let result = match cli.command {
         Command::Keygen(a) => keygen::run(a),
         Command::Serve(a) => serve::run(a),
@@ -76,6 +91,8 @@ pub fn main() -> i32 {
         Command::Ping(a) => ping::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Classic(a) => classic::run(a),
+        Command::Completions(a) => docs::completions(a),
+        Command::Man(a) => docs::man(a),
     };
     match result {
         Ok(code) => code,
@@ -86,12 +103,18 @@ pub fn main() -> i32 {
     }
 }
 
-fn init_tracing() {
+/// Logs to stderr at `default` (or `$RUST_LOG`), with colours only on a
+/// terminal. rustls' own messages stay at `error`: skiff logs handshake
+/// failures itself, in words.
+fn init_tracing(default: &str) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let filter = EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(format!("{default},rustls=error")));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }
 

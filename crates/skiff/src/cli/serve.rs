@@ -6,22 +6,33 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::keys::{self, UserKey};
+use crate::serve_config::{self, ConfigSource, ServeFile};
 use crate::server::{Listen, ServeConfig};
 use crate::session::accept::AuthPolicy;
 
-/// Arguments of `skiff serve`.
+/// Arguments of `skiff serve`. Every setting can also live in the
+/// configuration file (same names); flags win.
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// Configuration file (TOML; default: /etc/skiff/serve.toml for root,
+    /// ~/.config/skiff/serve.toml otherwise, when it exists).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the effective configuration (defaults, file, flags) as TOML
+    /// and exit.
+    #[arg(long)]
+    print_config: bool,
     /// Address to listen on (repeatable): tcp://HOST:PORT (TLS),
     /// tcp+plain://HOST:PORT (loopback only), unix:///PATH, udp://HOST:PORT
-    /// (UDP ping). Port 0 picks a free port.
+    /// (UDP ping). Port 0 picks a free port. Default: tcp://127.0.0.1:7878.
     #[arg(long, value_name = "URL", value_parser = parse_listen)]
     listen: Vec<Listen>,
     /// Directory to serve (default: the current directory).
     #[arg(long, value_name = "DIR")]
     root: Option<PathBuf>,
-    /// Users file, lines `NAME BASE64KEY` (default: STATE_DIR/users; created
-    /// with a key for the current user when missing).
+    /// Users file, lines `NAME BASE64KEY [OPTION]...` (default:
+    /// STATE_DIR/users; created with a key for the current user when
+    /// missing). Re-read when it changes and on SIGHUP.
     #[arg(long, value_name = "FILE")]
     users: Option<PathBuf>,
     /// Where the certificate lives (default: ~/.local/state/skiff).
@@ -30,70 +41,145 @@ pub struct Args {
     /// Refuse remote command execution.
     #[arg(long)]
     no_exec: bool,
-    /// Most connections served at once; more get a `busy` error.
-    #[arg(long, value_name = "N", default_value_t = 1024)]
-    max_connections: usize,
+    /// Most connections served at once; more get a `busy` error
+    /// (default: 1024).
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Audit log: one JSON line per login, command, file change and
+    /// session end; `-` for stderr. Reopened on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    audit_log: Option<String>,
     /// Seconds a client gets to complete TLS and authentication.
-    #[arg(long, value_name = "SECS", default_value_t = 10.0, hide = true)]
-    handshake_timeout: f64,
+    #[arg(long, value_name = "SECS", hide = true)]
+    handshake_timeout: Option<f64>,
     /// Milliseconds to wait before answering a failed authentication.
-    #[arg(long, value_name = "MS", default_value_t = 500, hide = true)]
-    auth_fail_delay_ms: u64,
+    #[arg(long, value_name = "MS", hide = true)]
+    auth_fail_delay_ms: Option<u64>,
     /// Failed authentications per address per minute before it is refused.
-    #[arg(long, value_name = "N", default_value_t = 10, hide = true)]
-    auth_max_failures: u32,
+    #[arg(long, value_name = "N", hide = true)]
+    auth_max_failures: Option<u32>,
     /// Days an interrupted upload is kept for `put --resume` (in
-    /// STATE_DIR/partial) before it is removed.
-    #[arg(long, value_name = "DAYS", default_value_t = 7.0)]
-    partial_max_age_days: f64,
+    /// STATE_DIR/partial) before it is removed (default: 7).
+    #[arg(long, value_name = "DAYS")]
+    partial_max_age_days: Option<f64>,
 }
 
 fn parse_listen(s: &str) -> Result<Listen, String> {
     s.parse()
 }
 
-/// Runs the server until SIGINT/SIGTERM.
+impl Args {
+    /// What the command line says, as a configuration layer.
+    fn as_layer(&self, cwd: &Path) -> ServeFile {
+        let mut layer = ServeFile {
+            listen: (!self.listen.is_empty())
+                .then(|| self.listen.iter().map(Listen::to_string).collect()),
+            root: self.root.clone(),
+            users: self.users.clone(),
+            state_dir: self.state_dir.clone(),
+            no_exec: self.no_exec.then_some(true),
+            max_connections: self.max_connections,
+            audit_log: self.audit_log.clone(),
+            accept_env: None,
+            handshake_timeout: self.handshake_timeout,
+            auth_fail_delay_ms: self.auth_fail_delay_ms,
+            auth_max_failures: self.auth_max_failures,
+            partial_max_age_days: self.partial_max_age_days,
+        };
+        layer.absolutize(cwd);
+        layer
+    }
+}
+
+/// Runs the server until SIGINT/SIGTERM (or prints its configuration).
 pub fn run(args: Args) -> anyhow::Result<i32> {
+    let cwd = std::env::current_dir().context("finding the current directory")?;
+    let file = match &args.config {
+        Some(f) => Some(f.clone()),
+        None => Some(serve_config::default_path()).filter(|p| p.exists()),
+    };
+    let source = ConfigSource {
+        file,
+        flags: args.as_layer(&cwd),
+        cwd,
+    };
+    let effective = source.effective()?;
+    let cfg = server_config(&effective, source)?;
+    if args.print_config {
+        let from = match &cfg.source.file {
+            Some(f) => format!("{}, the command line and defaults", f.display()),
+            None => "the command line and defaults".to_string(),
+        };
+        let text = format!(
+            "# skiff serve: effective configuration from {from}\n{}",
+            effective.to_toml()
+        );
+        let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
+        return Ok(0);
+    }
     raise_fd_limit();
-    let state_dir = args.state_dir.unwrap_or_else(keys::state_dir);
-    let users_file = match args.users {
-        Some(u) => u,
-        None => {
-            let u = state_dir.join("users");
-            if !u.exists() {
-                first_run_users(&u)?;
-            }
-            u
-        }
-    };
-    let root = match args.root {
-        Some(r) => r,
-        None => std::env::current_dir().context("finding the current directory")?,
-    };
-    let listen = if args.listen.is_empty() {
-        vec![parse_listen("tcp://127.0.0.1:7878").map_err(anyhow::Error::msg)?]
-    } else {
-        args.listen
-    };
-    let cfg = ServeConfig {
-        listen,
-        root,
-        users_file,
-        state_dir,
-        no_exec: args.no_exec,
-        max_connections: args.max_connections,
-        handshake_timeout: Duration::from_secs_f64(args.handshake_timeout.max(0.05)),
-        auth: AuthPolicy {
-            fail_delay: Duration::from_millis(args.auth_fail_delay_ms),
-            max_failures: args.auth_max_failures,
-            ..AuthPolicy::default()
-        },
-        partial_max_age: Duration::from_secs_f64(
-            args.partial_max_age_days.clamp(0.0, 36_500.0) * 86_400.0,
-        ),
-    };
+    // Zero config: only the default users file is created when missing;
+    // one the administrator named must exist.
+    if cfg.users_file == cfg.state_dir.join("users") && !cfg.users_file.exists() {
+        first_run_users(&cfg.users_file)?;
+    }
     super::runtime()?.block_on(crate::server::serve(cfg))?;
     Ok(0)
+}
+
+/// The server's settings from a resolved configuration.
+pub fn server_config(eff: &ServeFile, source: ConfigSource) -> anyhow::Result<ServeConfig> {
+    let missing = |k: &str| anyhow::anyhow!("configuration has no {k}");
+    let listen = eff
+        .listen
+        .as_ref()
+        .ok_or_else(|| missing("listen"))?
+        .iter()
+        .map(|l| l.parse::<Listen>().map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if listen.is_empty() {
+        anyhow::bail!("listen is empty: give at least one address");
+    }
+    let accept_env = eff.accept_env.clone().unwrap_or_default();
+    crate::policy::env::AcceptEnv::new(&accept_env).map_err(anyhow::Error::msg)?;
+    Ok(ServeConfig {
+        listen,
+        root: eff.root.clone().ok_or_else(|| missing("root"))?,
+        users_file: eff.users.clone().ok_or_else(|| missing("users"))?,
+        state_dir: eff.state_dir.clone().ok_or_else(|| missing("state-dir"))?,
+        no_exec: eff.no_exec.unwrap_or(false),
+        max_connections: eff
+            .max_connections
+            .unwrap_or(serve_config::DEFAULT_MAX_CONNECTIONS),
+        handshake_timeout: Duration::from_secs_f64(
+            eff.handshake_timeout
+                .unwrap_or(serve_config::DEFAULT_HANDSHAKE_TIMEOUT)
+                .max(0.05),
+        ),
+        auth: AuthPolicy {
+            fail_delay: Duration::from_millis(
+                eff.auth_fail_delay_ms
+                    .unwrap_or(serve_config::DEFAULT_AUTH_FAIL_DELAY_MS),
+            ),
+            max_failures: eff
+                .auth_max_failures
+                .unwrap_or(serve_config::DEFAULT_AUTH_MAX_FAILURES),
+            ..AuthPolicy::default()
+        },
+        audit: eff
+            .audit_log
+            .as_deref()
+            .map(crate::audit::Destination::parse),
+        accept_env,
+        partial_max_age: Duration::from_secs_f64(
+            eff.partial_max_age_days
+                .unwrap_or(serve_config::DEFAULT_PARTIAL_MAX_AGE_DAYS)
+                .clamp(0.0, 36_500.0)
+                * 86_400.0,
+        ),
+        effective: eff.clone(),
+        source,
+    })
 }
 
 /// Zero config: creates the users file with a key for the current user, and

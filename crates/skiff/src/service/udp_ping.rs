@@ -27,7 +27,8 @@ use skiff_net::{Datagram, DatagramHandler, DatagramSocket, PeerAddr};
 use skiff_wire::message::udp::{decode_datagram, UdpPing, PING_LABEL};
 
 use crate::auth::udp::{now_micros, seal_reply, verify_tag};
-use crate::keys::{Key, Users};
+use crate::keys::Key;
+use crate::users::live::LiveUsers;
 
 /// How far a request's timestamp may be from the server's clock.
 pub const FRESHNESS: Duration = Duration::from_secs(30);
@@ -214,7 +215,7 @@ impl ReplayGuard {
 
 /// The UDP ping service: one per server, shared by its UDP listeners.
 pub struct UdpPingService {
-    users: Users,
+    users: LiveUsers,
     /// Checked for unknown users, so they cost and look like a bad tag.
     dummy_key: Key,
     fresh_us: u64,
@@ -224,8 +225,9 @@ pub struct UdpPingService {
 }
 
 impl UdpPingService {
-    /// A service answering `users`, with the default [`FRESHNESS`].
-    pub fn new(users: Users) -> UdpPingService {
+    /// A service answering `users` (the table in force, which the stream
+    /// side keeps current), with the default [`FRESHNESS`].
+    pub fn new(users: LiveUsers) -> UdpPingService {
         UdpPingService {
             users,
             dummy_key: Key::generate(),
@@ -268,7 +270,8 @@ impl UdpPingService {
         let ping = frame
             .parse::<UdpPing>()
             .map_err(|_| DropReason::Malformed)?;
-        let (key, known) = match self.users.get(&ping.stamp.user) {
+        let users = self.users.snapshot();
+        let (key, known) = match users.get(&ping.stamp.user) {
             Some(k) => (k, true),
             None => (&self.dummy_key, false),
         };
@@ -343,11 +346,15 @@ mod tests {
     use super::*;
     use crate::auth::udp::seal_request;
     use crate::keys::UserKey;
+    use crate::users::Users;
     use skiff_wire::message::udp::Stamp;
 
     fn setup() -> (UdpPingService, UserKey) {
         let uk = UserKey::generate("alice");
-        (UdpPingService::new(Users::from_keys([uk.clone()])), uk)
+        (
+            UdpPingService::new(LiveUsers::fixed(Users::from_keys([uk.clone()]))),
+            uk,
+        )
     }
 
     fn request(uk: &UserKey, sid: u64, seq: u64, ts: u64, body: &[u8]) -> Vec<u8> {

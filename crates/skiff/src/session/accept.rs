@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use skiff_wire::message::handshake::{Auth, Challenge, Hello, Welcome};
@@ -10,12 +10,14 @@ use skiff_wire::{ErrorCode, Message};
 
 use super::{Session, SessionError};
 use crate::auth::handshake::{self as hs, Block};
-use crate::keys::{Key, Users};
+use crate::keys::Key;
+use crate::policy::Policy;
+use crate::users::live::LiveUsers;
 
 /// Server-side authentication policy: who may log in, and how failures
 /// are slowed down.
 pub struct Authenticator {
-    users: Users,
+    users: LiveUsers,
     /// Answers for unknown users, so they look exactly like wrong keys.
     dummy_key: Key,
     limiter: Mutex<FailureLimiter>,
@@ -45,8 +47,9 @@ impl Default for AuthPolicy {
 }
 
 impl Authenticator {
-    /// An authenticator for `users`, announcing `welcome` on success.
-    pub fn new(users: Users, policy: AuthPolicy, welcome: Welcome) -> Authenticator {
+    /// An authenticator for `users` (re-read on each handshake when the
+    /// file changed), announcing `welcome` on success.
+    pub fn new(users: LiveUsers, policy: AuthPolicy, welcome: Welcome) -> Authenticator {
         Authenticator {
             users,
             dummy_key: Key::generate(),
@@ -56,7 +59,7 @@ impl Authenticator {
         }
     }
 
-    /// Runs the handshake on a fresh session; returns the user name. On
+    /// Runs the handshake on a fresh session; returns who logged in. On
     /// failure the peer has been sent an error (when possible) and the
     /// caller closes the connection. The caller bounds this with a timeout.
     pub async fn handshake(
@@ -64,25 +67,40 @@ impl Authenticator {
         session: &mut Session<'_>,
         cb: &Block,
         peer: Option<IpAddr>,
-    ) -> Result<String, SessionError> {
+    ) -> Result<LoggedIn, AuthFailure> {
         if let Some(ip) = peer {
             if self.limiter().is_blocked(ip) {
                 // Read the hello first, so the refusal answers it (and the
                 // close does not reset a connection with unread data).
-                let _ = session.recv_required().await;
+                let user = match session.recv_required().await {
+                    Ok(f) => f.parse::<Hello>().ok().map(|h| h.user),
+                    Err(_) => None,
+                };
                 tokio::time::sleep(self.fail_delay).await;
-                session
+                let _ = session
                     .send_error(
                         ErrorCode::AuthFailed,
                         "too many failed attempts from your address; wait a minute",
                     )
-                    .await?;
-                return Err(auth_failed());
+                    .await;
+                return Err(AuthFailure {
+                    user,
+                    reason: "too many failed attempts from this address".into(),
+                    blocked: true,
+                });
             }
         }
-        let hello: Hello = expect_handshake(session).await?;
+        let fail = |user: Option<&str>, reason: String| AuthFailure {
+            user: user.map(String::from),
+            reason,
+            blocked: false,
+        };
+        let hello: Hello = expect_handshake(session)
+            .await
+            .map_err(|e| fail(None, e.to_string()))?;
+        let who = Some(hello.user.as_str());
         if hello.v != hs::VERSION {
-            session
+            let _ = session
                 .send_error(
                     ErrorCode::Unsupported,
                     format!(
@@ -90,17 +108,20 @@ impl Authenticator {
                         hello.v
                     ),
                 )
-                .await?;
-            return Err(SessionError::Remote(skiff_wire::ErrorMsg::new(
-                ErrorCode::Unsupported,
-                "version",
-            )));
+                .await;
+            return Err(fail(
+                who,
+                format!("unsupported protocol version {}", hello.v),
+            ));
         }
         let Some(cn) = hs::unb64(&hello.nonce) else {
-            return Err(reject(session, "hello nonce must be 32 bytes of base64").await);
+            let why = "hello nonce must be 32 bytes of base64";
+            reject(session, why).await;
+            return Err(fail(who, why.into()));
         };
-        let known = self.users.get(&hello.user);
-        let key = known.unwrap_or(&self.dummy_key);
+        let users = self.users.current();
+        let known = users.entry(&hello.user);
+        let key = known.map(|e| &e.key).unwrap_or(&self.dummy_key);
         let sn = hs::nonce();
         let proof = hs::proof(key, hs::SERVER_LABEL, cb, &cn, &sn);
         session
@@ -111,14 +132,19 @@ impl Authenticator {
                 },
                 &[],
             )
-            .await?;
+            .await
+            .map_err(|e| fail(who, e.to_string()))?;
         let auth = match expect_handshake::<Auth>(session).await {
             Ok(a) => a,
             Err(e) => {
                 // A client that gives up here found our proof wrong (or
                 // never had the key): that is a failed attempt too.
                 self.record_failure(peer);
-                return Err(e);
+                let reason = match known {
+                    Some(_) => format!("client left before proving its key ({e}); it may not trust this server's proof"),
+                    None => format!("unknown user; client left before proving a key ({e})"),
+                };
+                return Err(fail(who, reason));
             }
         };
         let given = hs::proof_bytes(&auth.proof);
@@ -126,16 +152,47 @@ impl Authenticator {
         // Checked again here: attempts started in parallel before the
         // address was blocked must not each get a guess.
         let blocked = peer.is_some_and(|ip| self.limiter().is_blocked(ip));
-        if !(valid && known.is_some()) || blocked {
-            self.record_failure(peer);
-            tokio::time::sleep(self.fail_delay).await;
-            session
-                .send_error(ErrorCode::AuthFailed, "authentication failed")
-                .await?;
-            return Err(auth_failed());
+        let entry = match known {
+            Some(entry) if valid && !blocked => entry,
+            _ => {
+                self.record_failure(peer);
+                tokio::time::sleep(self.fail_delay).await;
+                let _ = session
+                    .send_error(ErrorCode::AuthFailed, "authentication failed")
+                    .await;
+                let reason = if blocked {
+                    "too many failed attempts from this address"
+                } else if known.is_none() {
+                    "unknown user"
+                } else {
+                    "wrong key"
+                };
+                return Err(AuthFailure {
+                    user: who.map(String::from),
+                    reason: reason.into(),
+                    blocked,
+                });
+            }
+        };
+        // The key was right, so saying why is no enumeration.
+        if let Err(refusal) = entry.policy.check_login(peer) {
+            let _ = session
+                .send_error(ErrorCode::Permission, refusal.to_string())
+                .await;
+            return Err(fail(who, refusal.0));
         }
-        session.send(&self.welcome, &[]).await?;
-        Ok(hello.user)
+        let mut welcome = self.welcome.clone();
+        if !entry.policy.may_exec() {
+            welcome.services.retain(|s| s != "exec");
+        }
+        session
+            .send(&welcome, &[])
+            .await
+            .map_err(|e| fail(who, e.to_string()))?;
+        Ok(LoggedIn {
+            user: hello.user,
+            policy: entry.policy.clone(),
+        })
     }
 
     fn limiter(&self) -> std::sync::MutexGuard<'_, FailureLimiter> {
@@ -149,11 +206,24 @@ impl Authenticator {
     }
 }
 
-fn auth_failed() -> SessionError {
-    SessionError::Remote(skiff_wire::ErrorMsg::new(
-        ErrorCode::AuthFailed,
-        "authentication failed",
-    ))
+/// A user who passed the handshake.
+#[derive(Debug, Clone)]
+pub struct LoggedIn {
+    /// The user name.
+    pub user: String,
+    /// What the user may do.
+    pub policy: Arc<Policy>,
+}
+
+/// A handshake that did not end in `welcome`, for the logs.
+#[derive(Debug, Clone)]
+pub struct AuthFailure {
+    /// The user the client claimed to be, when it got that far.
+    pub user: Option<String>,
+    /// Why, in words for an administrator.
+    pub reason: String,
+    /// The source address is over its failure limit (a penalty).
+    pub blocked: bool,
 }
 
 async fn reject(session: &mut Session<'_>, why: &str) -> SessionError {

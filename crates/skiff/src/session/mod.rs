@@ -15,8 +15,7 @@ use bytes::BytesMut;
 use futures::{SinkExt, StreamExt};
 use skiff_wire::message::Phase;
 use skiff_wire::{
-    CodecError, ErrorCode, ErrorMsg, Frame, FrameCodec, FrameError, Limits, Message,
-    MessageError,
+    CodecError, ErrorCode, ErrorMsg, Frame, FrameCodec, FrameError, Limits, Message, MessageError,
 };
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
