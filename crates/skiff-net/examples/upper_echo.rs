@@ -8,7 +8,13 @@
 //!
 //! Other addresses: `upper_echo TCP_URL UDP_URL` (port 0 picks a free one).
 //! Ctrl-C or SIGTERM stops it gracefully: no new clients, connected ones get
-//! five seconds to finish.
+//! five seconds to finish. A client beyond the 100th at once is told
+//! `busy, try again later` and closed (skiff-net's default would close it
+//! without a word).
+//!
+//! Everything a server built on skiff-net needs is here: a stream handler,
+//! a datagram handler, a refusal in the program's own protocol, the
+//! builder's limits and timeouts, and the bound addresses by listener id.
 
 use std::time::Duration;
 
@@ -33,6 +39,13 @@ impl StreamHandler for UpperStream {
             conn.stream().write_all(&buf[..n]).await?;
         }
     }
+
+    /// Over the limit: say so in this protocol's terms (a line), then close
+    /// so that the client reads the line before EOF.
+    async fn reject_busy(&self, mut conn: Connection) {
+        let _ = conn.stream().write_all(b"busy, try again later\n").await;
+        let _ = conn.stream().close_gracefully().await;
+    }
 }
 
 /// One datagram in, the same upper-cased back to its sender.
@@ -50,6 +63,7 @@ pub fn upper_echo(tcp: ListenAddr, udp: ListenAddr) -> ServerBuilder {
     Server::builder()
         .stream(tcp, UpperStream)
         .datagram(udp, UpperDatagram)
+        .max_connections(100)
         .idle_timeout(Some(Duration::from_secs(300)))
         .grace_period(Duration::from_secs(5))
         .shutdown_on_signals(true)
@@ -70,7 +84,7 @@ async fn main() -> std::io::Result<()> {
         .unwrap_or("udp://127.0.0.1:8080".into())
         .parse()?;
     let server = upper_echo(tcp, udp).bind().await?;
-    for addr in server.local_addrs() {
+    for (_, addr) in server.listeners() {
         println!("listening on {addr}");
     }
     server.run().await

@@ -9,7 +9,7 @@ use std::str::FromStr;
 /// Where a listener binds, written as a URL: `tcp://HOST:PORT`,
 /// `udp://HOST:PORT`, `unix:///path/to/sock`, `unixgram:///path/to/sock`.
 /// IPv6 hosts go in brackets (`tcp://[::1]:7878`). Port 0 picks a free port;
-/// [`Server::local_addrs`](crate::Server::local_addrs) tells which.
+/// [`Server::local_addr`](crate::Server::local_addr) tells which.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ListenAddr {
     /// A TCP stream listener.

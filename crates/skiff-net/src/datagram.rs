@@ -1,9 +1,10 @@
 //! Datagram sockets (UDP and Unix datagram) with truncation detection.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::mem::MaybeUninit;
 use std::path::Path;
 
+use socket2::{SockAddr, SockRef};
 use tokio::io::Interest;
 use tokio::net::{UdpSocket, UnixDatagram};
 
@@ -60,12 +61,28 @@ impl DatagramSocket {
     pub async fn recv_from<'b>(&self, buf: &'b mut [u8]) -> io::Result<Datagram<'b>> {
         let (len, peer) = match self {
             DatagramSocket::Udp(s) => {
-                s.async_io(Interest::READABLE, || recv_trunc_ip(s.as_raw_fd(), buf))
-                    .await?
+                let (len, from) = s
+                    .async_io(Interest::READABLE, || recv_trunc(SockRef::from(s), buf))
+                    .await?;
+                let ip = from.as_socket().ok_or_else(|| {
+                    io::Error::other(format!(
+                        "UDP datagram from a non-IP address (family {})",
+                        from.family()
+                    ))
+                })?;
+                (len, PeerAddr::Ip(ip))
             }
             DatagramSocket::Unix(s) => {
-                s.async_io(Interest::READABLE, || recv_trunc_unix(s.as_raw_fd(), buf))
-                    .await?
+                let (len, from) = s
+                    .async_io(Interest::READABLE, || recv_trunc(SockRef::from(s), buf))
+                    .await?;
+                // An unnamed sender comes with an empty address (no family
+                // at all); an abstract one has no path: neither can be
+                // answered by path.
+                (
+                    len,
+                    PeerAddr::Unix(from.as_pathname().map(Path::to_path_buf)),
+                )
             }
         };
         let kept = len.min(buf.len());
@@ -77,90 +94,17 @@ impl DatagramSocket {
     }
 }
 
-fn recv_trunc_ip(fd: i32, buf: &mut [u8]) -> io::Result<(usize, PeerAddr)> {
-    // SAFETY: sockaddr_storage is plain data; recvfrom writes at most
-    // `addr_len` bytes into it and at most `buf.len()` bytes into `buf`.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut addr_len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    let n = unsafe {
-        libc::recvfrom(
-            fd,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            libc::MSG_TRUNC,
-            (&mut storage as *mut libc::sockaddr_storage).cast(),
-            &mut addr_len,
-        )
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let addr = sockaddr_to_std(&storage)?;
-    Ok((n as usize, PeerAddr::Ip(addr)))
-}
-
-fn sockaddr_to_std(storage: &libc::sockaddr_storage) -> io::Result<std::net::SocketAddr> {
-    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
-    match storage.ss_family as i32 {
-        libc::AF_INET => {
-            // SAFETY: the family says this storage holds a sockaddr_in.
-            let a: &libc::sockaddr_in =
-                unsafe { &*(storage as *const _ as *const libc::sockaddr_in) };
-            Ok(SocketAddrV4::new(
-                Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
-                u16::from_be(a.sin_port),
-            )
-            .into())
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the family says this storage holds a sockaddr_in6.
-            let a: &libc::sockaddr_in6 =
-                unsafe { &*(storage as *const _ as *const libc::sockaddr_in6) };
-            Ok(SocketAddrV6::new(
-                Ipv6Addr::from(a.sin6_addr.s6_addr),
-                u16::from_be(a.sin6_port),
-                a.sin6_flowinfo,
-                a.sin6_scope_id,
-            )
-            .into())
-        }
-        f => Err(io::Error::other(format!("unexpected address family {f}"))),
-    }
-}
-
-fn recv_trunc_unix(fd: i32, buf: &mut [u8]) -> io::Result<(usize, PeerAddr)> {
-    // SAFETY: as in recv_trunc_ip, with a sockaddr_un.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    let mut addr_len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-    let n = unsafe {
-        libc::recvfrom(
-            fd,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            libc::MSG_TRUNC,
-            (&mut addr as *mut libc::sockaddr_un).cast(),
-            &mut addr_len,
-        )
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let path_offset = std::mem::size_of::<libc::sa_family_t>();
-    let path_len = (addr_len as usize).saturating_sub(path_offset);
-    let peer = if path_len == 0 || addr.sun_path[0] == 0 {
-        None
-    } else {
-        let bytes: Vec<u8> = addr.sun_path[..path_len.min(addr.sun_path.len())]
-            .iter()
-            .take_while(|&&c| c != 0)
-            .map(|&c| c as u8)
-            .collect();
-        use std::os::unix::ffi::OsStringExt;
-        Some(std::path::PathBuf::from(std::ffi::OsString::from_vec(
-            bytes,
-        )))
-    };
-    Ok((n as usize, PeerAddr::Unix(peer)))
+/// One `recvfrom` with `MSG_TRUNC`, which makes the kernel return the
+/// datagram's real length (UDP and Unix datagram alike on Linux) while
+/// writing at most `buf.len()` bytes.
+fn recv_trunc(socket: SockRef<'_>, buf: &mut [u8]) -> io::Result<(usize, SockAddr)> {
+    // SAFETY: `recv_from_with_flags` takes `MaybeUninit` only so it can
+    // accept uninitialised buffers; socket2 documents that it never writes
+    // uninitialised bytes into it (it hands the buffer to recvfrom(2)), so
+    // viewing an initialised `[u8]` this way is sound (socket2's own `Read`
+    // impl does the same cast). Same length, same layout.
+    let uninit = unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) };
+    socket.recv_from_with_flags(uninit, libc::MSG_TRUNC)
 }
 
 pub(crate) fn bind_unix_datagram(path: &Path) -> io::Result<UnixDatagram> {

@@ -3,10 +3,9 @@
 use std::future::Future;
 use std::io;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::{Datagram, DatagramSocket, ListenAddr, PeerAddr, Stream};
+use crate::{Datagram, DatagramSocket, ListenAddr, ListenerId, PeerAddr, Stream};
 
 /// One accepted stream connection, handed to a [`StreamHandler`]: the
 /// counterpart of socketserver's `self.request` and `self.client_address`.
@@ -15,6 +14,7 @@ pub struct Connection {
     stream: Stream,
     peer: PeerAddr,
     local: ListenAddr,
+    listener: ListenerId,
     shutdown: CancellationToken,
 }
 
@@ -23,12 +23,14 @@ impl Connection {
         stream: Stream,
         peer: PeerAddr,
         local: ListenAddr,
+        listener: ListenerId,
         shutdown: CancellationToken,
     ) -> Self {
         Connection {
             stream,
             peer,
             local,
+            listener,
             shutdown,
         }
     }
@@ -46,6 +48,14 @@ impl Connection {
     /// The listener this connection arrived on (with its real port).
     pub fn local(&self) -> &ListenAddr {
         &self.local
+    }
+
+    /// Which listener accepted this connection, as returned by
+    /// [`ServerBuilder::add_stream`](crate::ServerBuilder::add_stream): a
+    /// handler shared by several listeners tells them apart by it (say,
+    /// TLS on one and plain text on another).
+    pub fn listener(&self) -> ListenerId {
+        self.listener
     }
 
     /// Resolves when the server starts shutting down: a long-running handler
@@ -87,33 +97,14 @@ pub trait StreamHandler: Send + Sync + 'static {
     }
 
     /// Answers a connection that arrived while the server was full. The
-    /// default sends a skiff `{"op":"error","code":"busy"}` frame and closes
-    /// the sending direction at once, so the client reads `busy` then EOF;
-    /// it then discards what the client had already sent until the client
-    /// closes (closing with unread input would make the kernel reset the
-    /// connection, and the client could lose the `busy` frame). The server
-    /// runs it under a short deadline.
-    fn reject_busy(&self, mut conn: Connection) -> impl Future<Output = ()> + Send {
-        async move {
-            let mut frame = bytes::BytesMut::new();
-            let msg = skiff_wire::ErrorMsg::new(
-                skiff_wire::ErrorCode::Busy,
-                "server is at its connection limit; try again later",
-            );
-            if skiff_wire::encode_frame(&msg, &[], &mut frame).is_ok() {
-                let _ = conn.stream().write_all(&frame).await;
-            }
-            let _ = conn.stream().shutdown().await;
-            let mut sink = [0u8; 4096];
-            // Bounded in bytes here and in time by the server's deadline.
-            let mut left: usize = 1 << 20;
-            while left > 0 {
-                match conn.stream().read(&mut sink).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => left = left.saturating_sub(n),
-                }
-            }
-        }
+    /// default says nothing: dropping `conn` closes it at once. A protocol
+    /// that can say "busy" overrides this to write its own refusal, then
+    /// usually [`Stream::close_gracefully`] so the client gets to read it.
+    /// The server runs it under a short deadline (2 s), and at most 64 at
+    /// once; beyond that, connections are closed without calling it.
+    fn reject_busy(&self, conn: Connection) -> impl Future<Output = ()> + Send {
+        drop(conn);
+        async {}
     }
 }
 

@@ -1,5 +1,7 @@
-//! Binding sockets the way servers should.
+//! Listeners: how they are named, and binding their sockets the way
+//! servers should.
 
+use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::FileTypeExt;
@@ -7,6 +9,21 @@ use std::path::Path;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::net::{TcpListener, UdpSocket, UnixListener};
+
+/// Names one listener of a [`Server`](crate::Server): returned when it is
+/// added to the [`ServerBuilder`](crate::ServerBuilder), carried by every
+/// [`Connection`](crate::Connection) it accepts, and the key for its bound
+/// address ([`Server::local_addr`](crate::Server::local_addr)). Code that
+/// keeps per-listener settings (TLS or not, which service) looks them up by
+/// id, never by position in a list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ListenerId(pub(crate) usize);
+
+impl fmt::Display for ListenerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "listener #{}", self.0)
+    }
+}
 
 /// Binds a TCP listener with `SO_REUSEADDR` (a restarted server does not
 /// wait out TIME_WAIT) and, for `[::]`, dual-stack off so that `0.0.0.0`

@@ -17,13 +17,15 @@ use tokio_util::task::TaskTracker;
 use crate::datagram::bind_unix_datagram;
 use crate::listener::{bind_tcp, bind_udp, bind_unix};
 use crate::{
-    Connection, DatagramHandler, DatagramSocket, ListenAddr, PeerAddr, Stream, StreamHandler,
+    Connection, DatagramHandler, DatagramSocket, ListenAddr, ListenerId, PeerAddr, Stream,
+    StreamHandler,
 };
 
-/// How many over-the-limit connections may be in the middle of being told
-/// `busy` at once; beyond that they are simply closed.
+/// How many over-the-limit connections may be in the middle of
+/// [`StreamHandler::reject_busy`] at once; beyond that they are simply
+/// closed.
 const MAX_REJECTING: usize = 64;
-/// How long telling a client `busy` may take.
+/// How long [`StreamHandler::reject_busy`] may take for one connection.
 const REJECT_DEADLINE: Duration = Duration::from_secs(2);
 
 type ConnFn = Arc<dyn Fn(Connection) -> BoxFuture<'static, ()> + Send + Sync>;
@@ -31,12 +33,14 @@ type DatagramLoop =
     Box<dyn FnOnce(DatagramSocket, CancellationToken, usize) -> BoxFuture<'static, ()> + Send>;
 
 struct StreamEntry {
+    id: ListenerId,
     addr: ListenAddr,
     serve: ConnFn,
     reject: ConnFn,
 }
 
 struct DatagramEntry {
+    id: ListenerId,
     addr: ListenAddr,
     serve: DatagramLoop,
 }
@@ -56,6 +60,7 @@ pub struct ServerBuilder {
     config: Config,
     streams: Vec<StreamEntry>,
     datagrams: Vec<DatagramEntry>,
+    next_id: usize,
     shutdown: CancellationToken,
 }
 
@@ -72,6 +77,7 @@ impl Default for ServerBuilder {
             },
             streams: Vec::new(),
             datagrams: Vec::new(),
+            next_id: 0,
             shutdown: CancellationToken::new(),
         }
     }
@@ -79,7 +85,8 @@ impl Default for ServerBuilder {
 
 impl ServerBuilder {
     /// Most stream connections served at once (default 1024). One more is
-    /// told `busy` and closed immediately.
+    /// handed to [`StreamHandler::reject_busy`], which by default closes it
+    /// at once.
     pub fn max_connections(mut self, n: usize) -> Self {
         self.config.max_connections = n.max(1);
         self
@@ -114,14 +121,28 @@ impl ServerBuilder {
         self
     }
 
+    fn new_id(&mut self) -> ListenerId {
+        let id = ListenerId(self.next_id);
+        self.next_id += 1;
+        id
+    }
+
     /// Serves a stream address (`tcp://` or `unix://`) with `handler`.
+    /// Chains; use [`add_stream`](Self::add_stream) to keep the listener's
+    /// id.
     pub fn stream<H: StreamHandler>(mut self, addr: ListenAddr, handler: H) -> Self {
         self.add_stream(addr, Arc::new(handler));
         self
     }
 
-    /// Serves a stream address with a handler shared with other listeners.
-    pub fn add_stream<H: StreamHandler>(&mut self, addr: ListenAddr, handler: Arc<H>) {
+    /// Serves a stream address with a handler that may be shared with other
+    /// listeners; the id names this listener from now on.
+    pub fn add_stream<H: StreamHandler>(
+        &mut self,
+        addr: ListenAddr,
+        handler: Arc<H>,
+    ) -> ListenerId {
+        let id = self.new_id();
         let h = handler.clone();
         let serve: ConnFn = Arc::new(move |mut conn: Connection| {
             let h = h.clone();
@@ -142,24 +163,35 @@ impl ServerBuilder {
             async move { h.reject_busy(conn).await }.boxed()
         });
         self.streams.push(StreamEntry {
+            id,
             addr,
             serve,
             reject,
         });
+        id
     }
 
     /// Serves a datagram address (`udp://` or `unixgram://`) with `handler`.
+    /// Chains; use [`add_datagram`](Self::add_datagram) to keep the
+    /// listener's id.
     pub fn datagram<H: DatagramHandler>(mut self, addr: ListenAddr, handler: H) -> Self {
         self.add_datagram(addr, Arc::new(handler));
         self
     }
 
-    /// Serves a datagram address with a handler shared with other listeners.
-    pub fn add_datagram<H: DatagramHandler>(&mut self, addr: ListenAddr, handler: Arc<H>) {
+    /// Serves a datagram address with a handler that may be shared with
+    /// other listeners; the id names this listener from now on.
+    pub fn add_datagram<H: DatagramHandler>(
+        &mut self,
+        addr: ListenAddr,
+        handler: Arc<H>,
+    ) -> ListenerId {
+        let id = self.new_id();
         let serve: DatagramLoop = Box::new(move |socket, stop, bufsize| {
             datagram_loop(handler, socket, stop, bufsize).boxed()
         });
-        self.datagrams.push(DatagramEntry { addr, serve });
+        self.datagrams.push(DatagramEntry { id, addr, serve });
+        id
     }
 
     /// Binds every listener. Fails (binding nothing) if any address is
@@ -203,8 +235,14 @@ impl ServerBuilder {
                     ))
                 }
             };
-            local_addrs.push(local.clone());
-            bound_streams.push((listener, local, entry.serve, entry.reject));
+            local_addrs.push((entry.id, local.clone()));
+            bound_streams.push(BoundStream {
+                id: entry.id,
+                listener,
+                local,
+                serve: entry.serve,
+                reject: entry.reject,
+            });
         }
         for entry in self.datagrams {
             let socket = match &entry.addr {
@@ -227,9 +265,10 @@ impl ServerBuilder {
                 DatagramSocket::Udp(s) => ListenAddr::Udp(s.local_addr()?),
                 DatagramSocket::Unix(_) => entry.addr.clone(),
             };
-            local_addrs.push(local);
+            local_addrs.push((entry.id, local));
             bound_datagrams.push((socket, entry.serve));
         }
+        local_addrs.sort_by_key(|(id, _)| *id);
         Ok(Server {
             config: self.config,
             streams: bound_streams,
@@ -264,12 +303,21 @@ impl AnyListener {
     }
 }
 
+struct BoundStream {
+    id: ListenerId,
+    listener: AnyListener,
+    local: ListenAddr,
+    serve: ConnFn,
+    reject: ConnFn,
+}
+
 /// A bound server, ready to [`run`](Self::run).
 pub struct Server {
     config: Config,
-    streams: Vec<(AnyListener, ListenAddr, ConnFn, ConnFn)>,
+    streams: Vec<BoundStream>,
     datagrams: Vec<(DatagramSocket, DatagramLoop)>,
-    local_addrs: Vec<ListenAddr>,
+    /// In the order the listeners were added (ids ascending).
+    local_addrs: Vec<(ListenerId, ListenAddr)>,
     socket_files: Vec<PathBuf>,
     shutdown: CancellationToken,
 }
@@ -292,10 +340,18 @@ impl Server {
         ServerBuilder::default()
     }
 
-    /// The bound addresses, in the order they were added (streams first,
-    /// then datagrams), with the real port where port 0 was asked for.
-    pub fn local_addrs(&self) -> &[ListenAddr] {
-        &self.local_addrs
+    /// The bound address of a listener, with the real port where port 0
+    /// was asked for; `None` for an id from another server.
+    pub fn local_addr(&self, id: ListenerId) -> Option<&ListenAddr> {
+        self.local_addrs
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, addr)| addr)
+    }
+
+    /// Every listener with its bound address, in the order they were added.
+    pub fn listeners(&self) -> impl Iterator<Item = (ListenerId, &ListenAddr)> {
+        self.local_addrs.iter().map(|(id, addr)| (*id, addr))
     }
 
     /// A handle that shuts the server down from elsewhere.
@@ -337,8 +393,16 @@ impl Server {
         };
 
         let mut accept_loops = tokio::task::JoinSet::new();
-        for (listener, local, serve, reject) in streams {
+        for BoundStream {
+            id,
+            listener,
+            local,
+            serve,
+            reject,
+        } in streams
+        {
             let ctx = AcceptContext {
+                id,
                 local,
                 serve,
                 reject,
@@ -390,6 +454,7 @@ impl Server {
 }
 
 struct AcceptContext {
+    id: ListenerId,
     local: ListenAddr,
     serve: ConnFn,
     reject: ConnFn,
@@ -420,6 +485,7 @@ async fn accept_loop(listener: AnyListener, ctx: AcceptContext) {
             stream,
             peer.clone(),
             ctx.local.clone(),
+            ctx.id,
             ctx.shutdown.clone(),
         );
         match ctx.limit.clone().try_acquire_owned() {
@@ -438,7 +504,7 @@ async fn accept_loop(listener: AnyListener, ctx: AcceptContext) {
                 });
             }
             Err(_) => {
-                tracing::debug!(%peer, "connection limit reached: answering busy");
+                tracing::debug!(%peer, "connection limit reached: rejecting");
                 let Ok(permit) = ctx.rejecting.clone().try_acquire_owned() else {
                     continue; // dropping `conn` closes it at once
                 };

@@ -91,6 +91,28 @@ impl Stream {
         self.idle = timeout.map(Idle::new);
     }
 
+    /// Ends a connection after a last reply without losing that reply:
+    /// closes the sending direction (the peer reads the reply, then EOF),
+    /// then discards what the peer still sends, at most 1 MiB, until it
+    /// closes too. Closing a socket with unread input makes the kernel send
+    /// a reset, which can destroy the reply in the peer's receive buffer
+    /// before it is read. Bounded in bytes here; the caller bounds it in
+    /// time (the idle timeout, or the deadline `reject_busy` runs under).
+    pub async fn close_gracefully(&mut self) -> io::Result<()> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        const DISCARD_LIMIT: usize = 1 << 20;
+        self.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        let mut left = DISCARD_LIMIT;
+        while left > 0 {
+            match self.read(&mut sink).await? {
+                0 => break,
+                n => left = left.saturating_sub(n),
+            }
+        }
+        Ok(())
+    }
+
     /// The TCP stream, if this is one (for socket options).
     pub fn as_tcp(&self) -> Option<&TcpStream> {
         match &self.inner {

@@ -37,9 +37,9 @@ async fn start(
     tokio::task::JoinHandle<io::Result<()>>,
 ) {
     let mut builder = Server::builder().datagram_buffer(buffer);
-    builder.add_datagram(addr.parse().unwrap(), handler);
+    let id = builder.add_datagram(addr.parse().unwrap(), handler);
     let server = builder.bind().await.unwrap();
-    let local = server.local_addrs()[0].clone();
+    let local = server.local_addr(id).unwrap().clone();
     let stop = server.shutdown_handle();
     (local, stop, tokio::spawn(server.run()))
 }

@@ -11,10 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use skiff_net::{
-    Connection, Datagram, DatagramHandler, DatagramSocket, ListenAddr, Server, ServerBuilder,
-    ShutdownHandle, StreamHandler,
+    Connection, Datagram, DatagramHandler, DatagramSocket, ListenAddr, ListenerId, Server,
+    ServerBuilder, ShutdownHandle, StreamHandler,
 };
-use skiff_wire::{ErrorCode, ErrorMsg, FrameReader};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket, UnixStream};
 use tokio::task::JoinHandle;
@@ -26,12 +25,15 @@ const LIMIT: Duration = Duration::from_secs(10);
 type Log = Arc<Mutex<Vec<String>>>;
 
 /// A line-oriented test handler: answers each line upper-cased, and obeys a
-/// few commands (`panic`, `slow`, `work`, `hang`, `wait-shutdown`). Records its life
-/// cycle in `log`.
+/// few commands (`panic`, `slow`, `work`, `hang`, `wait-shutdown`,
+/// `listener`). Records its life cycle in `log`. Over the connection limit
+/// it answers `busy` when `busy_reply` is set, else keeps skiff-net's
+/// default (close at once).
 #[derive(Clone, Default)]
 struct Lines {
     log: Log,
     fail_setup: bool,
+    busy_reply: bool,
 }
 
 impl Lines {
@@ -81,6 +83,10 @@ impl StreamHandler for Lines {
                     conn.stream().write_all(b"hanging\n").await?;
                     std::future::pending::<()>().await;
                 }
+                "listener" => {
+                    let reply = format!("{}\n", conn.listener());
+                    conn.stream().write_all(reply.as_bytes()).await?;
+                }
                 "wait-shutdown" => {
                     conn.stream().write_all(b"waiting\n").await?;
                     conn.shutdown_requested().await;
@@ -102,6 +108,21 @@ impl StreamHandler for Lines {
             Err(e) => format!("finish err {e}"),
         });
     }
+
+    async fn reject_busy(&self, mut conn: Connection) {
+        self.record("reject");
+        if self.busy_reply {
+            let _ = conn.stream().write_all(b"busy\n").await;
+            let _ = conn.stream().close_gracefully().await;
+        }
+    }
+}
+
+fn busy_lines() -> Lines {
+    Lines {
+        busy_reply: true,
+        ..Lines::default()
+    }
 }
 
 struct Running {
@@ -112,7 +133,7 @@ struct Running {
 
 async fn start(builder: ServerBuilder) -> Running {
     let server = builder.bind().await.unwrap();
-    let addrs = server.local_addrs().to_vec();
+    let addrs = server.listeners().map(|(_, addr)| addr.clone()).collect();
     let handle = server.shutdown_handle();
     let task = tokio::spawn(server.run());
     Running {
@@ -235,6 +256,47 @@ async fn tcp_on_ipv4_and_ipv6_loopback() {
 }
 
 #[tokio::test]
+async fn listeners_are_named_by_id_whatever_their_kind_or_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = Arc::new(Lines::default());
+    let mut builder = Server::builder();
+    // A datagram listener first: ids follow the order of adding, not
+    // "streams first".
+    let udp = builder.add_datagram(
+        "udp://127.0.0.1:0".parse().unwrap(),
+        Arc::new(UpperDatagram),
+    );
+    let first = builder.add_stream(tcp("127.0.0.1:0"), lines.clone());
+    let second = builder.add_stream(unix(&dir.path().join("id.sock")), lines);
+    let server = builder.bind().await.unwrap();
+    let ids: Vec<ListenerId> = server.listeners().map(|(id, _)| id).collect();
+    assert_eq!(ids, [udp, first, second]);
+    assert!(matches!(server.local_addr(udp), Some(ListenAddr::Udp(a)) if a.port() != 0));
+    let tcp_addr = server.local_addr(first).unwrap().clone();
+    assert!(matches!(tcp_addr, ListenAddr::Tcp(a) if a.port() != 0));
+    assert_eq!(
+        server.local_addr(second),
+        Some(&unix(&dir.path().join("id.sock")))
+    );
+    assert_ne!(first.to_string(), second.to_string());
+    let handle = server.shutdown_handle();
+    let task = tokio::spawn(server.run());
+
+    // A handler shared by two listeners learns which one a connection came in on.
+    let mut c = tcp_client(&tcp_addr).await;
+    assert_eq!(c.ask("listener").await, Some(first.to_string()));
+    let mut u = Client {
+        io: UnixStream::connect(dir.path().join("id.sock"))
+            .await
+            .unwrap(),
+    };
+    assert_eq!(u.ask("listener").await, Some(second.to_string()));
+    drop((c, u));
+    handle.shutdown();
+    timeout(LIMIT, task).await.unwrap().unwrap().unwrap();
+}
+
+#[tokio::test]
 async fn unix_stream_listener() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.sock");
@@ -315,35 +377,31 @@ async fn setup_handle_finish_run_in_order() {
     shut_down(server2).await;
 }
 
-/// Reads the `busy` frame and then EOF.
+/// Reads the handler's `busy` line and then EOF.
 async fn expect_busy<S: AsyncRead + Unpin>(io: &mut S) {
-    let mut reader = FrameReader::new();
+    let mut got = Vec::new();
     let mut buf = [0u8; 512];
-    let frame = loop {
+    while !got.ends_with(b"\n") {
         let n = timeout(LIMIT, io.read(&mut buf))
             .await
             .expect("a busy client must not hang")
             .unwrap();
-        assert!(n > 0, "closed before the busy frame");
-        reader.feed(&buf[..n]);
-        if let Some(f) = reader.next_frame().unwrap() {
-            break f;
-        }
-    };
-    let err = frame.parse::<ErrorMsg>().unwrap();
-    assert_eq!(err.code, ErrorCode::Busy);
+        assert!(n > 0, "closed before the busy line");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(got, b"busy\n");
     let n = timeout(LIMIT, io.read(&mut buf))
         .await
-        .expect("closed right after the busy frame")
+        .expect("closed right after the busy line")
         .unwrap_or(0);
-    assert_eq!(n, 0, "nothing after the busy frame");
+    assert_eq!(n, 0, "nothing after the busy line");
 }
 
 #[tokio::test]
 async fn connection_over_the_limit_gets_busy_and_a_freed_slot_is_reused() {
     let server = start(
         Server::builder()
-            .stream(tcp("127.0.0.1:0"), Lines::default())
+            .stream(tcp("127.0.0.1:0"), busy_lines())
             .max_connections(2),
     )
     .await;
@@ -382,12 +440,41 @@ async fn connection_over_the_limit_gets_busy_and_a_freed_slot_is_reused() {
 }
 
 #[tokio::test]
+async fn by_default_a_connection_over_the_limit_is_closed_without_a_word() {
+    let lines = Lines::default();
+    let log = lines.log.clone();
+    let server = start(
+        Server::builder()
+            .stream(tcp("127.0.0.1:0"), lines)
+            .max_connections(1),
+    )
+    .await;
+    let addr = &server.addrs[0];
+    let mut a = tcp_client(addr).await;
+    assert_eq!(a.ask("a").await.as_deref(), Some("A"));
+    let mut b = tcp_client(addr).await;
+    let mut buf = [0u8; 64];
+    let n = timeout(LIMIT, b.io.read(&mut buf))
+        .await
+        .expect("an over-the-limit client is closed at once")
+        .unwrap_or(0);
+    assert_eq!(
+        n, 0,
+        "the default writes nothing: skiff-net has no protocol"
+    );
+    assert!(log.lock().unwrap().contains(&"reject".to_string()));
+    assert_eq!(a.ask("still").await.as_deref(), Some("STILL"));
+    drop((a, b));
+    shut_down(server).await;
+}
+
+#[tokio::test]
 async fn busy_over_a_unix_socket_too() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("busy.sock");
     let server = start(
         Server::builder()
-            .stream(unix(&path), Lines::default())
+            .stream(unix(&path), busy_lines())
             .max_connections(1),
     )
     .await;

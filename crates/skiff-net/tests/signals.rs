@@ -38,7 +38,7 @@ fn signal_child() {
         .bind()
         .await
         .unwrap();
-        for addr in server.local_addrs() {
+        for (_, addr) in server.listeners() {
             println!("listening on {addr}");
         }
         server.run().await.unwrap();

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
-use crate::{FrameError, Message};
+use crate::{FrameError, Message, MessageError};
 
 /// Largest header the protocol allows (64 KiB).
 pub const MAX_HEADER_LEN: usize = 65536;
@@ -99,6 +99,15 @@ impl Frame {
     pub fn parse_any<T: DeserializeOwned>(&self) -> Result<T, FrameError> {
         serde_json::from_slice(&self.header).map_err(|e| FrameError::BadMessage {
             op: self.op.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Reads the header as message type `M`, whose op the caller has
+    /// already matched: a failure says which fields were wrong.
+    pub(crate) fn decode<M: Message>(&self) -> Result<M, MessageError> {
+        serde_json::from_slice(&self.header).map_err(|e| MessageError::BadFields {
+            op: M::OP,
             reason: e.to_string(),
         })
     }

@@ -28,4 +28,4 @@ pub use decoder::{FrameDecoder, FrameReader};
 pub use encoder::{encode_frame, encode_raw};
 pub use error::FrameError;
 pub use frame::{Frame, Limits, MAX_BODY_LEN, MAX_HEADER_LEN};
-pub use message::{ErrorCode, ErrorMsg, Message};
+pub use message::{ErrorCode, ErrorMsg, Message, MessageError};

@@ -258,10 +258,13 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let mut builder = Server::builder()
         .max_connections(cfg.max_connections)
         .shutdown_on_signals(true);
-    let mut tls_flags = Vec::new();
+    let mut listeners = Vec::new();
     for l in &cfg.listen {
         if l.addr.is_datagram() {
-            builder.add_datagram(l.addr.clone(), udp_ping.clone());
+            listeners.push((
+                builder.add_datagram(l.addr.clone(), udp_ping.clone()),
+                false,
+            ));
             continue;
         }
         let handler = Arc::new(SessionHandler {
@@ -271,14 +274,13 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             exec_enabled: !cfg.no_exec,
             handshake_timeout: cfg.handshake_timeout,
         });
-        builder.add_stream(l.addr.clone(), handler);
-        tls_flags.push(l.tls);
+        listeners.push((builder.add_stream(l.addr.clone(), handler), l.tls));
     }
     let server = builder.bind().await?;
-    // skiff-net lists stream listeners first, then datagram ones (no TLS).
-    tls_flags.resize(server.local_addrs().len(), false);
-    for (addr, tls) in server.local_addrs().iter().zip(tls_flags) {
-        announce(format_args!("listening on {}", Listen::url(addr, tls)));
+    for (id, tls) in listeners {
+        if let Some(addr) = server.local_addr(id) {
+            announce(format_args!("listening on {}", Listen::url(addr, tls)));
+        }
     }
     announce(format_args!("serving {}", root.display()));
     use std::io::Write;

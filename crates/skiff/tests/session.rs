@@ -441,6 +441,36 @@ fn nothing_but_the_handshake_is_answered_before_welcome() {
     assert_ping_ok(&server, server.url());
 }
 
+#[test]
+fn malformed_and_unknown_requests_are_answered_and_the_session_goes_on() {
+    let server = TestServer::start_listening(&["tcp+plain://127.0.0.1:0"], &[]);
+    let (user, key) = key_line(&server);
+    let mut raw = Raw::tcp(&server.urls[0]);
+    let (_, welcome) = raw_handshake(&mut raw, &user, &key, &[9; 32]);
+    assert_eq!(welcome["op"], "welcome", "{welcome}");
+    let refused = [
+        (json!({"op":"stat"}), "bad_frame", "path"),
+        (json!({"op":"mv","from":1,"to":"b"}), "bad_frame", "mv"),
+        (
+            json!({"op":"exec","argv":"not a list"}),
+            "bad_frame",
+            "exec",
+        ),
+        (json!({"op":"frobnicate"}), "unsupported", "frobnicate"),
+    ];
+    for (req, code, says) in refused {
+        raw.send(req.clone());
+        let answer = raw.recv().expect("an error frame");
+        assert_eq!(answer["op"], "error", "{req} -> {answer}");
+        assert_eq!(answer["code"], code, "{req} -> {answer}");
+        let message = answer["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{req} -> {answer}");
+        // The same session still answers.
+        raw.send(json!({"op":"ping"}));
+        assert_eq!(raw.recv().expect("a pong")["op"], "pong", "after {req}");
+    }
+}
+
 // ---------------------------------------------------------------------
 // a man in the middle
 

@@ -8,6 +8,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::phase;
+use crate::ErrorMsg;
+
 /// Bytes of `stdin` a client may have sent that the server has not yet
 /// acknowledged with [`StdinCredit`]. Bounds the server's stdin buffer
 /// while a command does not read its input, without ever stalling the
@@ -133,6 +136,37 @@ crate::messages!(
     Resize => "resize",
     Exit => "exit",
 );
+
+phase! {
+    /// Client to server while a command runs (until its `exit`).
+    pub enum ExecInput {
+        /// Bytes for the command's standard input.
+        Stdin(Stdin, body),
+        /// The command's standard input ends.
+        StdinEof(StdinEof),
+        /// Deliver a signal.
+        Signal(Signal),
+        /// The terminal changed size.
+        Resize(Resize),
+    }
+}
+
+phase! {
+    /// Server to client while a command runs: its output, stdin credit,
+    /// and finally its `exit` (or an `error` in place of any of them).
+    pub enum ExecOutput {
+        /// Bytes the command wrote to standard output.
+        Stdout(Stdout, body),
+        /// Bytes the command wrote to standard error.
+        Stderr(Stderr, body),
+        /// More stdin may be sent.
+        StdinCredit(StdinCredit),
+        /// The command ended; the exec is over.
+        Exit(Exit),
+        /// The exec failed or was refused; it is over.
+        Error(ErrorMsg),
+    }
+}
 
 #[cfg(test)]
 mod tests {

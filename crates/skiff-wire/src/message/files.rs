@@ -7,6 +7,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::phase;
+use crate::ErrorMsg;
+
 /// Which whole-file checksum closes a transfer. BLAKE3 is the default (fast,
 /// parallel-friendly); SHA-256 exists for clients that only have a standard
 /// library (Python's `hashlib`).
@@ -258,3 +261,48 @@ crate::messages!(
     Mv => "mv",
     OkReply => "ok",
 );
+
+phase! {
+    /// Client to server after a file `put` (unless refused while resuming):
+    /// the file's data, closed by `end`.
+    pub enum UploadData {
+        /// A chunk of the file.
+        Data(Data, body),
+        /// The file is complete (or aborted).
+        End(End),
+    }
+}
+
+phase! {
+    /// Server to client after a `file` head: the file's data, closed by
+    /// `end`, or an `error` when reading failed part-way.
+    pub enum DownloadData {
+        /// A chunk of the file.
+        Data(Data, body),
+        /// The file is complete.
+        End(End),
+        /// The download failed; nothing more comes for this file.
+        Error(ErrorMsg),
+    }
+}
+
+phase! {
+    /// Server to client: the answer to a files request (for `put`, each of
+    /// its two answers; for `get`, its head; for `ls`, each batch).
+    pub enum FilesReply {
+        /// `rm`, `mkdir`, `mv` or a symlink `put` succeeded.
+        Ok(OkReply),
+        /// The upload may send data.
+        Ready(Ready),
+        /// The upload is committed.
+        Done(Done),
+        /// The download starts; its data follows.
+        File(FileHead),
+        /// The answer to `stat`.
+        StatOk(StatReply),
+        /// A batch of `ls` entries (a JSON array in the body).
+        Entries(Entries, with_body),
+        /// The request failed.
+        Error(ErrorMsg),
+    }
+}

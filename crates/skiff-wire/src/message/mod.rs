@@ -12,12 +12,24 @@ pub mod exec;
 pub mod files;
 pub mod handshake;
 pub mod ping;
+pub mod request;
 pub mod udp;
+
+pub use request::Request;
 
 /// A header type with its `op` name.
 pub trait Message: Serialize + DeserializeOwned {
     /// The value of `"op"` for this message.
     const OP: &'static str;
+}
+
+/// The messages one side may receive in one phase of the protocol (an
+/// enum declared with `phase!`), read from a frame in one place.
+pub trait Phase: Sized {
+    /// The ops the phase accepts.
+    const OPS: &'static [&'static str];
+    /// Reads one frame as a message of this phase.
+    fn from_frame(frame: crate::Frame) -> Result<Self, MessageError>;
 }
 
 /// Declares `impl Message for T { const OP = "..." }` for a list of types.
@@ -114,3 +126,117 @@ impl ErrorMsg {
 }
 
 messages!(ErrorMsg => "error");
+
+/// Why a valid frame is not a message of the phase that read it.
+///
+/// Unlike a [`FrameError`](crate::FrameError), the stream is still in sync
+/// after either of these: the receiver can answer the one frame (with
+/// `unsupported` or `bad_frame`) and decide whether to go on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MessageError {
+    /// The op is not one this phase accepts.
+    #[error("unexpected {op:?} (expected one of: {})", expected.join(", "))]
+    UnknownOp {
+        /// The op that came.
+        op: String,
+        /// The ops the phase accepts.
+        expected: &'static [&'static str],
+    },
+    /// The op is known, but its fields are missing or of the wrong type.
+    #[error("malformed {op:?} frame: {reason}")]
+    BadFields {
+        /// The op of the malformed frame.
+        op: &'static str,
+        /// What was wrong, as the JSON reader said it.
+        reason: String,
+    },
+}
+
+impl MessageError {
+    /// The op of the frame that could not be read.
+    pub fn op(&self) -> &str {
+        match self {
+            MessageError::UnknownOp { op, .. } => op,
+            MessageError::BadFields { op, .. } => op,
+        }
+    }
+
+    /// The stable code to answer this frame with: `unsupported` for an op
+    /// the phase does not know, `bad_frame` for a malformed known one.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            MessageError::UnknownOp { .. } => ErrorCode::Unsupported,
+            MessageError::BadFields { .. } => ErrorCode::BadFrame,
+        }
+    }
+}
+
+/// Declares the messages one side may receive in one phase of the
+/// protocol, as an enum with one variant per op, and its `from_frame`: the
+/// one place where that phase's frames become typed values.
+///
+/// A variant is `Name(Type)` (the header), `Name(Type, body)` (the body
+/// only; the header carries nothing) or `Name(Type, with_body)` (both, as
+/// a pair). `OPS` lists the accepted ops in declaration order.
+macro_rules! phase {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $( $(#[$vmeta:meta])* $var:ident($ty:ty $(, $body:ident)?), )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub enum $name {
+            $( $(#[$vmeta])* $var(phase!(@payload $ty $(, $body)?)), )*
+        }
+
+        impl $name {
+            /// The ops of this phase, in declaration order.
+            pub const OPS: &'static [&'static str] = &[$(<$ty as $crate::Message>::OP),*];
+
+            /// The op this message travels as.
+            pub fn op(&self) -> &'static str {
+                match self {
+                    $( $name::$var(..) => <$ty as $crate::Message>::OP, )*
+                }
+            }
+
+            /// Whether `op` is one of this phase's ops.
+            pub fn knows(op: &str) -> bool {
+                Self::OPS.contains(&op)
+            }
+
+            /// Reads one frame as a message of this phase.
+            pub fn from_frame(frame: $crate::Frame) -> Result<Self, $crate::MessageError> {
+                $(
+                    if frame.op() == <$ty as $crate::Message>::OP {
+                        return Ok($name::$var(phase!(@decode frame, $ty $(, $body)?)));
+                    }
+                )*
+                Err($crate::MessageError::UnknownOp {
+                    op: frame.op().to_string(),
+                    expected: Self::OPS,
+                })
+            }
+        }
+
+        impl $crate::message::Phase for $name {
+            const OPS: &'static [&'static str] = $name::OPS;
+
+            fn from_frame(frame: $crate::Frame) -> Result<Self, $crate::MessageError> {
+                $name::from_frame(frame)
+            }
+        }
+    };
+    (@payload $ty:ty) => { $ty };
+    (@payload $ty:ty, body) => { ::bytes::Bytes };
+    (@payload $ty:ty, with_body) => { ($ty, ::bytes::Bytes) };
+    (@decode $f:ident, $ty:ty) => { $f.decode::<$ty>()? };
+    (@decode $f:ident, $ty:ty, body) => { $f.into_body() };
+    (@decode $f:ident, $ty:ty, with_body) => {{
+        let head = $f.decode::<$ty>()?;
+        (head, $f.into_body())
+    }};
+}
+pub(crate) use phase;

@@ -71,11 +71,6 @@ impl StreamHandler for CmdServer {
             reply.send(stream).await?;
         }
     }
-
-    /// The tutorial's client cannot read a skiff `busy` frame: just close.
-    async fn reject_busy(&self, conn: Connection) {
-        drop(conn);
-    }
 }
 
 /// Runs `cmd` with `sh -c` and returns the reply: stderr when it is

@@ -60,8 +60,8 @@ pub fn is_loopback(addr: &SocketAddr) -> bool {
 /// The settings every classic server shares.
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
-    /// Most connections served at once; more are closed at once (the
-    /// tutorial's protocols have no way to say "busy").
+    /// Most connections served at once; more are closed at once (skiff-net's
+    /// default: the tutorial's protocols have no way to say "busy").
     pub max_connections: usize,
     /// Closes a connection whose peer sends or reads nothing for this long.
     pub idle_timeout: Duration,
@@ -83,7 +83,7 @@ impl ServerSettings {
 /// real port when port 0 was asked for), and serves until SIGINT/SIGTERM.
 pub async fn serve(builder: ServerBuilder) -> io::Result<()> {
     let server = builder.bind().await?;
-    for addr in server.local_addrs() {
+    for (_, addr) in server.listeners() {
         println!("listening on {addr}");
     }
     server.run().await

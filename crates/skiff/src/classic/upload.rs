@@ -214,7 +214,8 @@ impl StreamHandler for UploadServer {
         }
     }
 
-    /// The tutorial's client cannot read a skiff `busy` frame: just close.
+    /// Over the connection limit: the protocol's only "no", a reset (see
+    /// [`reset`]).
     async fn reject_busy(&self, mut conn: Connection) {
         reset(&mut conn);
     }

@@ -130,11 +130,6 @@ impl StreamHandler for UpperServer {
             conn.stream().write_all(&buf[..n]).await?;
         }
     }
-
-    /// The tutorial's client cannot read a skiff `busy` frame: just close.
-    async fn reject_busy(&self, conn: Connection) {
-        drop(conn);
-    }
 }
 
 /// The client side: answer the challenge, then the `>>: ` loop.

@@ -10,7 +10,9 @@ pub mod udp_ping;
 
 use std::path::PathBuf;
 
-use skiff_wire::ErrorCode;
+use skiff_wire::message::exec::{Exec, ExecInput};
+use skiff_wire::message::Request;
+use skiff_wire::{ErrorMsg, Message, MessageError};
 
 use crate::session::{Session, SessionError};
 
@@ -28,11 +30,11 @@ pub struct ServiceContext {
 impl ServiceContext {
     /// The operations this server offers, as announced in `welcome`.
     pub fn services(exec_enabled: bool) -> Vec<String> {
-        let mut v = vec!["ping", "put", "get", "ls", "stat", "rm", "mkdir", "mv"];
-        if exec_enabled {
-            v.push("exec");
-        }
-        v.into_iter().map(String::from).collect()
+        Request::OPS
+            .iter()
+            .filter(|op| exec_enabled || **op != Exec::OP)
+            .map(|op| op.to_string())
+            .collect()
     }
 }
 
@@ -49,23 +51,45 @@ pub async fn serve(session: &mut Session<'_>, ctx: &ServiceContext) -> Result<()
             }
             Err(e) => return Err(e),
         };
-        match frame.op() {
-            "ping" => ping::handle(session, frame)?,
-            "exec" | "stdin" | "stdin_eof" | "signal" | "resize" => {
-                exec::handle(session, ctx, frame).await?
-            }
-            "put" | "get" | "ls" | "stat" | "rm" | "mkdir" | "mv" => {
-                files::handle(session, ctx, frame).await?
-            }
-            other => {
-                let msg = format!("unknown operation {other:?}");
-                session.queue(&skiff_wire::ErrorMsg::new(ErrorCode::Unsupported, msg), &[])?;
-            }
+        match Request::from_frame(frame) {
+            Ok(req) => dispatch(session, ctx, req).await?,
+            // Input for an exec that already ended: a client may send it
+            // while the `exit` is on its way.
+            Err(e) if ExecInput::knows(e.op()) => {}
+            Err(e) => session.queue(&refusal(&e), &[])?,
         }
         // Answers to pipelined requests are batched: flush only when no
         // further request is already waiting, or when the buffer is large.
         if !session.has_buffered_input() || session.buffered() >= crate::session::WRITE_HIGH_WATER {
             session.flush().await?;
         }
+    }
+}
+
+/// Hands one request to its service.
+async fn dispatch(
+    session: &mut Session<'_>,
+    ctx: &ServiceContext,
+    req: Request,
+) -> Result<(), SessionError> {
+    match req {
+        Request::Ping(body) => ping::handle(session, &body),
+        Request::Exec(req) => exec::handle(session, ctx, req).await,
+        files => files::handle(session, ctx, files).await,
+    }
+}
+
+/// The answer to a request frame that is not a request: the session goes
+/// on (the stream is still in sync), only this frame is refused.
+fn refusal(e: &MessageError) -> ErrorMsg {
+    match e {
+        MessageError::UnknownOp { op, expected } => ErrorMsg::new(
+            e.code(),
+            format!(
+                "unknown operation {op:?} (requests are: {})",
+                expected.join(", ")
+            ),
+        ),
+        MessageError::BadFields { .. } => ErrorMsg::new(e.code(), e.to_string()),
     }
 }

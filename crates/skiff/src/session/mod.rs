@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use futures::{SinkExt, StreamExt};
-use skiff_wire::{ErrorCode, ErrorMsg, Frame, FrameCodec, FrameError, Message};
+use skiff_wire::message::Phase;
+use skiff_wire::{ErrorCode, ErrorMsg, Frame, FrameCodec, FrameError, Message, MessageError};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio_util::codec::{FramedRead, FramedWrite};
@@ -34,6 +35,10 @@ pub enum SessionError {
     /// The peer broke the frame rules.
     #[error("protocol error: {0}")]
     Frame(#[from] FrameError),
+    /// The peer sent a valid frame that is not a message of this phase
+    /// (an unknown op, or a known one with bad fields).
+    #[error("protocol error: {0}")]
+    Message(#[from] MessageError),
     /// The socket failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -61,6 +66,7 @@ impl SessionError {
     pub fn code(&self) -> ErrorCode {
         match self {
             SessionError::Frame(e) => e.code(),
+            SessionError::Message(e) => e.code(),
             SessionError::Timeout(_) => ErrorCode::Timeout,
             SessionError::Unexpected { .. } => ErrorCode::BadFrame,
             SessionError::Remote(m) => m.code,
@@ -119,6 +125,11 @@ impl<'a> Session<'a> {
         self.reader.expect::<M>().await
     }
 
+    /// See [`SessionReader::recv_msg`].
+    pub async fn recv_msg<P: Phase>(&mut self) -> Result<P, SessionError> {
+        self.reader.recv_msg::<P>().await
+    }
+
     /// See [`SessionReader::has_buffered_input`].
     pub fn has_buffered_input(&self) -> bool {
         self.reader.has_buffered_input()
@@ -173,6 +184,11 @@ impl SessionReader<'_> {
     /// The next frame; a close is an error here.
     pub async fn recv_required(&mut self) -> Result<Frame, SessionError> {
         self.recv().await?.ok_or(SessionError::Closed)
+    }
+
+    /// The next frame as a message of phase `P`; a close is an error here.
+    pub async fn recv_msg<P: Phase>(&mut self) -> Result<P, SessionError> {
+        Ok(P::from_frame(self.recv_required().await?)?)
     }
 
     /// The next frame, which must be an `M`; an `error` frame becomes

@@ -13,9 +13,8 @@ pub mod terminal;
 
 use bytes::Bytes;
 use skiff_wire::message::exec::{
-    Exec, Exit, Resize, Signal, SignalSpec, Stdin, StdinCredit, StdinEof, STDIN_WINDOW,
+    Exec, ExecOutput, Exit, Resize, Signal, SignalSpec, Stdin, StdinEof, STDIN_WINDOW,
 };
-use skiff_wire::ErrorMsg;
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::ClientError;
@@ -121,38 +120,21 @@ pub async fn run(
             && held.is_none()
             && writer.buffered() < WRITE_HIGH_WATER;
         tokio::select! {
-            f = reader.recv() => {
-                let frame = f?.ok_or(SessionError::Closed)?;
-                match frame.op() {
-                    "stdout" => {
-                        if local::write_out(1, frame.body()).is_err() {
-                            return Ok(Outcome::StdoutClosed);
-                        }
-                    }
-                    "stderr" => {
-                        let _ = local::write_out(2, frame.body());
-                    }
-                    "stdin_credit" => {
-                        let c: StdinCredit = frame.parse().map_err(SessionError::from)?;
-                        credit = credit.saturating_add(c.bytes).min(STDIN_WINDOW);
-                    }
-                    "exit" => {
-                        let exit: Exit = frame.parse().map_err(SessionError::from)?;
-                        return Ok(Outcome::Exited(exit));
-                    }
-                    "error" => {
-                        let e: ErrorMsg = frame.parse().map_err(SessionError::from)?;
-                        return Err(SessionError::Remote(e).into());
-                    }
-                    other => {
-                        return Err(SessionError::Unexpected {
-                            expected: "stdout, stderr, stdin_credit, exit or error",
-                            got: other.to_string(),
-                        }
-                        .into())
+            m = reader.recv_msg::<ExecOutput>() => match m? {
+                ExecOutput::Stdout(body) => {
+                    if local::write_out(1, &body).is_err() {
+                        return Ok(Outcome::StdoutClosed);
                     }
                 }
-            }
+                ExecOutput::Stderr(body) => {
+                    let _ = local::write_out(2, &body);
+                }
+                ExecOutput::StdinCredit(c) => {
+                    credit = credit.saturating_add(c.bytes).min(STDIN_WINDOW);
+                }
+                ExecOutput::Exit(exit) => return Ok(Outcome::Exited(exit)),
+                ExecOutput::Error(e) => return Err(SessionError::Remote(e).into()),
+            },
             c = next_chunk(&mut stdin), if want_stdin => match c {
                 Some(chunk) => held = Some(chunk),
                 None => stdin_ended = true,

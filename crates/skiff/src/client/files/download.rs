@@ -12,16 +12,16 @@ use std::path::Path;
 use cap_fs_ext::DirExt;
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
-use skiff_wire::message::files::{Data, End, Entry, EntryKind, FileHead, Get};
-use skiff_wire::{ErrorCode, ErrorMsg};
+use skiff_wire::message::files::{DownloadData, Entry, EntryKind, FileHead, FilesReply, Get};
+use skiff_wire::{ErrorCode, ErrorMsg, Message};
 use tokio::sync::mpsc;
 
 use super::progress::Progress;
 use super::{
-    failure_or_protocol, hand_to_reader, recv_frame, remote, remote_join, Failure, Options, Summary,
+    failure_or_protocol, hand_to_reader, recv_msg, remote, remote_join, Failure, Options, Summary,
 };
 use crate::client::ClientError;
-use crate::session::{Session, SessionError, SessionReader};
+use crate::session::{Session, SessionReader};
 use crate::transfer::checksum::digests_match;
 use crate::transfer::names::{base_name, link_stays_inside, split_entry};
 use crate::transfer::partfile::PartFile;
@@ -277,11 +277,13 @@ async fn receive_file(
         code,
         message: errors::explain(code, &job.remote, detail),
     };
-    let frame = recv_frame(reader).await?;
-    let Ok(head) = frame.parse::<FileHead>() else {
-        let f = failure_or_protocol(&frame, "file")?;
-        progress.skip(job.size);
-        return Ok(Err(f));
+    let head = match recv_msg(reader).await? {
+        FilesReply::File(head) => head,
+        other => {
+            let f = failure_or_protocol(other, FileHead::OP)?;
+            progress.skip(job.size);
+            return Ok(Err(f));
+        }
     };
     let mut sink = match job.dest.open(opts.resume, head.size) {
         Ok((file, have)) if have >= head.offset => Some(Sink::spawn(file, head.offset, opts.hash)),
@@ -293,61 +295,60 @@ async fn receive_file(
     }
     progress.skip(head.offset);
     let mut index = 0u64;
-    loop {
-        let frame = recv_frame(reader).await?;
-        if frame.is::<Data>() {
-            fault::maybe_delay().await;
-            let chunk = fault::maybe_corrupt(index, frame.into_body());
-            index += 1;
-            progress.add(chunk.len() as u64);
-            if let Some(s) = sink.as_mut() {
-                if !s.write(chunk).await {
-                    // Keep reading this file's frames; the error is reported at the end.
+    let end = loop {
+        let chunk = match recv_msg(reader).await? {
+            DownloadData::Data(body) => body,
+            DownloadData::End(end) => break end,
+            DownloadData::Error(m) => {
+                if let Some(s) = sink {
+                    // Keep what arrived for --resume.
+                    let _ = s.finish().await;
                 }
+                return Ok(Err(m.into()));
             }
-        } else if frame.is::<End>() {
-            let end: End = frame.parse().map_err(SessionError::from)?;
-            let Some(sink) = sink else {
-                return Ok(Err(label(
-                    ErrorCode::Internal,
-                    "could not open the local partial file",
-                )));
-            };
-            let done = match sink.finish().await {
-                Ok(d) => d,
-                Err(e) => {
-                    let m: ErrorMsg = errors::to_msg(&e, &job.dest.name);
-                    if m.code == ErrorCode::NoSpace {
-                        job.dest.discard();
-                    }
-                    return Ok(Err(m.into()));
-                }
-            };
-            if done.size != end.size || !digests_match(&done.digest, &end.digest) {
-                job.dest.discard();
-                return Ok(Err(label(
-                    ErrorCode::ChecksumMismatch,
-                    &format!(
-                        "received {} bytes with digest {}, server sent {} bytes with digest {}",
-                        done.size, done.digest, end.size, end.digest
-                    ),
-                )));
+        };
+        fault::maybe_delay().await;
+        let chunk = fault::maybe_corrupt(index, chunk);
+        index += 1;
+        progress.add(chunk.len() as u64);
+        if let Some(s) = sink.as_mut() {
+            if !s.write(chunk).await {
+                // Keep reading this file's frames; the error is reported at the end.
             }
-            if let Err(e) =
-                job.dest
-                    .commit(&done.file, Some(head.mode), Some(head.mtime_ns), opts.force)
-            {
-                job.dest.discard();
-                return Ok(Err(errors::to_msg(&e, &job.dest.name).into()));
-            }
-            return Ok(Ok(done.size));
-        } else {
-            let f = failure_or_protocol(&frame, "data or end")?;
-            if let Some(s) = sink {
-                // Keep what arrived for --resume.
-                let _ = s.finish().await;
-            }
-            return Ok(Err(f));
         }
+    };
+    let Some(sink) = sink else {
+        return Ok(Err(label(
+            ErrorCode::Internal,
+            "could not open the local partial file",
+        )));
+    };
+    let done = match sink.finish().await {
+        Ok(d) => d,
+        Err(e) => {
+            let m: ErrorMsg = errors::to_msg(&e, &job.dest.name);
+            if m.code == ErrorCode::NoSpace {
+                job.dest.discard();
+            }
+            return Ok(Err(m.into()));
+        }
+    };
+    if done.size != end.size || !digests_match(&done.digest, &end.digest) {
+        job.dest.discard();
+        return Ok(Err(label(
+            ErrorCode::ChecksumMismatch,
+            &format!(
+                "received {} bytes with digest {}, server sent {} bytes with digest {}",
+                done.size, done.digest, end.size, end.digest
+            ),
+        )));
     }
+    if let Err(e) = job
+        .dest
+        .commit(&done.file, Some(head.mode), Some(head.mtime_ns), opts.force)
+    {
+        job.dest.discard();
+        return Ok(Err(errors::to_msg(&e, &job.dest.name).into()));
+    }
+    Ok(Ok(done.size))
 }

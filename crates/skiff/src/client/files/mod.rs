@@ -11,8 +11,9 @@ pub mod progress;
 pub mod remote;
 pub mod upload;
 
-use skiff_wire::message::files::HashAlg;
-use skiff_wire::{ErrorCode, ErrorMsg, Frame};
+use skiff_wire::message::files::{FilesReply, HashAlg};
+use skiff_wire::message::Phase;
+use skiff_wire::{ErrorCode, ErrorMsg};
 
 use super::ClientError;
 use tokio::sync::mpsc;
@@ -75,31 +76,28 @@ pub fn remote_join(dir: &str, rel: &str) -> String {
     format!("{d}/{rel}")
 }
 
-/// The next frame, within the idle timeout; a closed connection is an
-/// error here.
-pub(crate) async fn recv_frame(reader: &mut SessionReader<'_>) -> Result<Frame, ClientError> {
-    match tokio::time::timeout(IDLE_TIMEOUT, reader.recv_required()).await {
+/// The next message of phase `P`, within the idle timeout; a closed
+/// connection is an error here.
+pub(crate) async fn recv_msg<P: Phase>(reader: &mut SessionReader<'_>) -> Result<P, ClientError> {
+    match tokio::time::timeout(IDLE_TIMEOUT, reader.recv_msg::<P>()).await {
         Ok(r) => Ok(r?),
         Err(_) => Err(ClientError::Session(SessionError::Timeout(IDLE_TIMEOUT))),
     }
 }
 
-/// An `error` frame as a [`Failure`], or a protocol error for anything else
-/// unexpected.
+/// A reply that is not the `expected` one: an `error` becomes this item's
+/// [`Failure`]; anything else is a protocol error that ends the session.
 pub(crate) fn failure_or_protocol(
-    frame: &Frame,
+    reply: FilesReply,
     expected: &'static str,
 ) -> Result<Failure, ClientError> {
-    if frame.is::<ErrorMsg>() {
-        return Ok(frame
-            .parse::<ErrorMsg>()
-            .map_err(SessionError::from)?
-            .into());
+    match reply {
+        FilesReply::Error(m) => Ok(m.into()),
+        other => Err(ClientError::Session(SessionError::Unexpected {
+            expected,
+            got: other.op().to_string(),
+        })),
     }
-    Err(ClientError::Session(SessionError::Unexpected {
-        expected,
-        got: frame.op().to_string(),
-    }))
 }
 
 /// Hands the reader task what to expect next. When its queue is full, the

@@ -1,32 +1,46 @@
 //! One-request operations: `stat`, `ls`, `rm`, `mkdir`, `mv`.
 
-use skiff_wire::message::files::{Entries, Entry, Ls, Mkdir, Mv, OkReply, Rm, Stat, StatReply};
+use skiff_wire::message::files::{
+    Entries, Entry, FilesReply, Ls, Mkdir, Mv, OkReply, Rm, Stat, StatReply,
+};
 use skiff_wire::{ErrorCode, Message};
 
-use super::recv_frame;
+use super::recv_msg;
 use crate::client::ClientError;
 use crate::session::{Session, SessionError};
 
 /// Sends one request and waits for its one-frame answer.
-async fn call<Req: Message, Resp: Message>(
+async fn call<Req: Message>(
     session: &mut Session<'_>,
     req: &Req,
-) -> Result<Resp, ClientError> {
+) -> Result<FilesReply, ClientError> {
     session.send(req, &[]).await?;
     let (reader, _) = session.split();
-    let frame = recv_frame(reader).await?;
-    if frame.is::<Resp>() {
-        return Ok(frame.parse::<Resp>().map_err(SessionError::from)?);
+    recv_msg::<FilesReply>(reader).await
+}
+
+/// A reply other than the `expected` one, as the error to return.
+fn refused(reply: FilesReply, expected: &'static str) -> ClientError {
+    match super::failure_or_protocol(reply, expected) {
+        Ok(f) => ClientError::Remote(skiff_wire::ErrorMsg::new(f.code, f.message)),
+        Err(e) => e,
     }
-    Err(super::failure_or_protocol(&frame, Resp::OP)
-        .map(|f| ClientError::Remote(skiff_wire::ErrorMsg::new(f.code, f.message)))
-        .unwrap_or_else(|e| e))
+}
+
+/// `rm`, `mkdir` and `mv` answer `ok`.
+fn expect_ok(reply: FilesReply) -> Result<(), ClientError> {
+    match reply {
+        FilesReply::Ok(_) => Ok(()),
+        other => Err(refused(other, OkReply::OP)),
+    }
 }
 
 /// Describes a remote path (a final symlink is not followed).
 pub async fn stat(session: &mut Session<'_>, path: &str) -> Result<Entry, ClientError> {
-    let r: StatReply = call(session, &Stat { path: path.into() }).await?;
-    Ok(r.entry)
+    match call(session, &Stat { path: path.into() }).await? {
+        FilesReply::StatOk(r) => Ok(r.entry),
+        other => Err(refused(other, StatReply::OP)),
+    }
 }
 
 /// Like [`stat`], with `None` for a path that does not exist.
@@ -56,15 +70,11 @@ pub async fn ls(
     let (reader, _) = session.split();
     let mut out = Vec::new();
     loop {
-        let frame = recv_frame(reader).await?;
-        if !frame.is::<Entries>() {
-            let f = super::failure_or_protocol(&frame, Entries::OP)?;
-            return Err(ClientError::Remote(skiff_wire::ErrorMsg::new(
-                f.code, f.message,
-            )));
-        }
-        let head: Entries = frame.parse().map_err(SessionError::from)?;
-        let batch: Vec<Entry> = serde_json::from_slice(frame.body()).map_err(|e| {
+        let (head, body) = match recv_msg::<FilesReply>(reader).await? {
+            FilesReply::Entries(batch) => batch,
+            other => return Err(refused(other, Entries::OP)),
+        };
+        let batch: Vec<Entry> = serde_json::from_slice(&body).map_err(|e| {
             ClientError::Session(SessionError::Unexpected {
                 expected: "a JSON array of entries",
                 got: e.to_string(),
@@ -79,15 +89,16 @@ pub async fn ls(
 
 /// Removes a remote file, or a tree with `recursive`.
 pub async fn rm(session: &mut Session<'_>, path: &str, recursive: bool) -> Result<(), ClientError> {
-    let _: OkReply = call(
-        session,
-        &Rm {
-            path: path.into(),
-            recursive,
-        },
+    expect_ok(
+        call(
+            session,
+            &Rm {
+                path: path.into(),
+                recursive,
+            },
+        )
+        .await?,
     )
-    .await?;
-    Ok(())
 }
 
 /// Creates a remote directory.
@@ -96,16 +107,17 @@ pub async fn mkdir(
     path: &str,
     parents: bool,
 ) -> Result<(), ClientError> {
-    let _: OkReply = call(
-        session,
-        &Mkdir {
-            path: path.into(),
-            parents,
-            ..Default::default()
-        },
+    expect_ok(
+        call(
+            session,
+            &Mkdir {
+                path: path.into(),
+                parents,
+                ..Default::default()
+            },
+        )
+        .await?,
     )
-    .await?;
-    Ok(())
 }
 
 /// Renames a remote path.
@@ -115,14 +127,15 @@ pub async fn mv(
     to: &str,
     force: bool,
 ) -> Result<(), ClientError> {
-    let _: OkReply = call(
-        session,
-        &Mv {
-            from: from.into(),
-            to: to.into(),
-            force,
-        },
+    expect_ok(
+        call(
+            session,
+            &Mv {
+                from: from.into(),
+                to: to.into(),
+                force,
+            },
+        )
+        .await?,
     )
-    .await?;
-    Ok(())
 }

@@ -10,13 +10,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use skiff_wire::message::files::{Data, Done, End, EntryKind, Mkdir, OkReply, Put, Ready};
-use skiff_wire::ErrorCode;
+use skiff_wire::message::files::{
+    Data, Done, End, EntryKind, FilesReply, Mkdir, OkReply, Put, Ready,
+};
+use skiff_wire::{ErrorCode, Message};
 use tokio::sync::{mpsc, oneshot};
 
 use super::progress::Progress;
 use super::{
-    failure_or_protocol, hand_to_reader, recv_frame, remote, remote_join, Failure, Options, Summary,
+    failure_or_protocol, hand_to_reader, recv_msg, remote, remote_join, Failure, Options, Summary,
 };
 use crate::client::ClientError;
 use crate::session::{Session, SessionWriter, WRITE_HIGH_WATER};
@@ -223,37 +225,33 @@ async fn run(
         let mut done = (0u64, 0u64);
         while let Some(p) = rx.recv().await {
             match p {
-                Pending::Simple { label } => {
-                    let frame = recv_frame(reader).await?;
-                    if !frame.is::<OkReply>() {
-                        let f = failure_or_protocol(&frame, "ok")?;
-                        fail(labelled(&label, f));
-                    }
-                }
+                Pending::Simple { label } => match recv_msg(reader).await? {
+                    FilesReply::Ok(_) => {}
+                    other => fail(labelled(&label, failure_or_protocol(other, OkReply::OP)?)),
+                },
                 Pending::Upload {
                     index,
                     label,
                     offset_tx,
                 } => {
-                    let frame = recv_frame(reader).await?;
-                    if let Ok(ready) = frame.parse::<Ready>() {
-                        if let Some(tx) = offset_tx {
-                            let _ = tx.send(ready.offset);
+                    let refusal = match recv_msg(reader).await? {
+                        FilesReply::Ready(ready) => {
+                            if let Some(tx) = offset_tx {
+                                let _ = tx.send(ready.offset);
+                            }
+                            match recv_msg(reader).await? {
+                                FilesReply::Done(d) => {
+                                    done.0 += 1;
+                                    done.1 += d.size;
+                                    continue;
+                                }
+                                other => failure_or_protocol(other, Done::OP)?,
+                            }
                         }
-                        let frame = recv_frame(reader).await?;
-                        if let Ok(d) = frame.parse::<Done>() {
-                            done.0 += 1;
-                            done.1 += d.size;
-                            continue;
-                        }
-                        let f = failure_or_protocol(&frame, "done")?;
-                        abort.store(index + 1, Ordering::SeqCst);
-                        fail(labelled(&label, f));
-                    } else {
-                        let f = failure_or_protocol(&frame, "ready")?;
-                        abort.store(index + 1, Ordering::SeqCst);
-                        fail(labelled(&label, f));
-                    }
+                        other => failure_or_protocol(other, Ready::OP)?,
+                    };
+                    abort.store(index + 1, Ordering::SeqCst);
+                    fail(labelled(&label, refusal));
                 }
             }
         }

@@ -32,9 +32,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use nix::sys::signal::{killpg, Signal};
 use skiff_wire::message::exec::{
-    Exec, Exit, Resize, Signal as SignalMsg, Stderr, StdinCredit, Stdout, MAX_CHUNK, STDIN_WINDOW,
+    Exec, ExecInput, Exit, Stderr, StdinCredit, Stdout, MAX_CHUNK, STDIN_WINDOW,
 };
-use skiff_wire::{ErrorCode, ErrorMsg, Frame};
+use skiff_wire::{ErrorCode, ErrorMsg, MessageError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout};
 use tokio::time::Instant;
@@ -52,25 +52,16 @@ pub const KILL_GRACE: Duration = Duration::from_millis(500);
 /// terminal has been quiet this long (a background job may hold it open).
 const PTY_DRAIN_QUIET: Duration = Duration::from_millis(100);
 
-/// Handles one `exec` request (and ignores `stdin`, `stdin_eof`, `signal`
-/// and `resize` frames that arrive after their exec ended: a client may
-/// send them while the `exit` is on its way).
+/// Handles one `exec` request.
 pub async fn handle(
     session: &mut Session<'_>,
     ctx: &ServiceContext,
-    frame: Frame,
+    req: Exec,
 ) -> Result<(), SessionError> {
-    if !frame.is::<Exec>() {
-        return Ok(());
-    }
     if !ctx.exec_enabled {
         let msg = "this server does not run commands (started with --no-exec)";
         return session.queue(&ErrorMsg::new(ErrorCode::Unsupported, msg), &[]);
     }
-    let req: Exec = match frame.parse() {
-        Ok(r) => r,
-        Err(e) => return session.queue(&ErrorMsg::new(ErrorCode::BadFrame, e.to_string()), &[]),
-    };
     let cwd = match child::resolve_cwd(&ctx.root, req.cwd.as_deref()) {
         Ok(c) => c,
         Err(e) => return session.queue(&e, &[]),
@@ -297,7 +288,10 @@ async fn run(
                         return Err(e);
                     }
                 };
-                if let Err(refusal) = on_frame(frame, &mut stdin, &group, master_of(&out)) {
+                let applied = ExecInput::from_frame(frame)
+                    .map_err(|e| input_refusal(&e))
+                    .and_then(|input| on_input(input, &mut stdin, &group, master_of(&out)));
+                if let Err(refusal) = applied {
                     let _ = writer.send(&refusal, &[]).await;
                     abandon(&mut child, &group).await;
                     return Err(SessionError::Remote(refusal));
@@ -346,18 +340,30 @@ async fn close_stdin(sink: &mut Option<Sink<'_>>) {
     *sink = None;
 }
 
-/// Applies one client frame; an error is the refusal to send before the
+/// The refusal of a frame that is not exec input while a command runs.
+fn input_refusal(e: &MessageError) -> ErrorMsg {
+    match e {
+        MessageError::UnknownOp { op, expected } => ErrorMsg::new(
+            ErrorCode::BadFrame,
+            format!(
+                "{op:?} while a command runs: only {} are allowed until its exit",
+                expected.join(", ")
+            ),
+        ),
+        MessageError::BadFields { .. } => ErrorMsg::new(ErrorCode::BadFrame, e.to_string()),
+    }
+}
+
+/// Applies one client message; an error is the refusal to send before the
 /// session ends.
-fn on_frame(
-    frame: Frame,
+fn on_input(
+    input: ExecInput,
     stdin: &mut StdinQueue,
     group: &GroupGuard,
     master: Option<&PtyMaster>,
 ) -> Result<(), ErrorMsg> {
-    let bad = |e: skiff_wire::FrameError| ErrorMsg::new(ErrorCode::BadFrame, e.to_string());
-    match frame.op() {
-        "stdin" => {
-            let body = frame.into_body();
+    match input {
+        ExecInput::Stdin(body) => {
             if stdin.len + body.len() as u64 > STDIN_WINDOW {
                 return Err(ErrorMsg::new(
                     ErrorCode::TooLarge,
@@ -369,9 +375,8 @@ fn on_frame(
                 stdin.chunks.push_back(body);
             }
         }
-        "stdin_eof" => stdin.eof = true,
-        "signal" => {
-            let msg: SignalMsg = frame.parse().map_err(bad)?;
+        ExecInput::StdinEof(_) => stdin.eof = true,
+        ExecInput::Signal(msg) => {
             let Some(sig) = child::parse_signal(&msg.signal) else {
                 return Err(ErrorMsg::new(
                     ErrorCode::BadFrame,
@@ -383,17 +388,10 @@ fn on_frame(
                 .unwrap_or(group.pgid());
             let _ = killpg(target, sig);
         }
-        "resize" => {
-            let msg: Resize = frame.parse().map_err(bad)?;
+        ExecInput::Resize(msg) => {
             if let Some(m) = master {
                 let _ = m.resize(msg.rows, msg.cols);
             }
-        }
-        other => {
-            return Err(ErrorMsg::new(
-                ErrorCode::BadFrame,
-                format!("{other:?} while a command runs: only stdin, stdin_eof, signal and resize are allowed until its exit"),
-            ))
         }
     }
     Ok(())

@@ -5,7 +5,7 @@
 use cap_fs_ext::DirExt;
 use cap_std::fs::Dir;
 use skiff_wire::message::files::{Entries, Entry, EntryKind, Ls, Stat, StatReply};
-use skiff_wire::ErrorMsg;
+use skiff_wire::{ErrorMsg, Message};
 use tokio::sync::mpsc;
 
 use super::confine;
@@ -24,7 +24,7 @@ pub fn stat(root: &Dir, req: &Stat) -> Result<StatReply, ErrorMsg> {
             entry: meta::entry("/".into(), &md, None),
         });
     }
-    let loc = confine::locate(root, &req.path, "stat")?;
+    let loc = confine::locate(root, &req.path, Stat::OP)?;
     Ok(StatReply {
         entry: describe(&loc.parent, &loc.name, loc.name.clone())
             .map_err(|e| errors::to_msg(&e, &req.path))?,
@@ -90,7 +90,7 @@ fn open_listing(root: &Dir, req: &Ls) -> Result<Listing, ErrorMsg> {
     if comps.is_empty() {
         return Ok(Listing::Dir(root.try_clone().map_err(io)?));
     }
-    let loc = confine::locate(root, &req.path, "ls")?;
+    let loc = confine::locate(root, &req.path, Ls::OP)?;
     let entry = describe(&loc.parent, &loc.name, loc.name.clone()).map_err(io)?;
     if entry.kind == EntryKind::Dir {
         Ok(Listing::Dir(

@@ -3,7 +3,7 @@
 use cap_fs_ext::DirExt;
 use cap_std::fs::Dir;
 use skiff_wire::message::files::{Mkdir, Mv, OkReply, Rm};
-use skiff_wire::{ErrorCode, ErrorMsg};
+use skiff_wire::{ErrorCode, ErrorMsg, Message};
 
 use super::confine;
 use crate::transfer::names::base_name;
@@ -12,7 +12,7 @@ use crate::transfer::{errors, meta};
 /// Removes a file or symlink, or with `recursive` a directory tree
 /// (symlinks inside are removed, never followed).
 pub async fn rm(root: &Dir, req: Rm) -> Result<OkReply, ErrorMsg> {
-    let loc = confine::locate(root, &req.path, "rm")?;
+    let loc = confine::locate(root, &req.path, Rm::OP)?;
     let io = |e: std::io::Error| errors::to_msg(&e, &req.path);
     let md = loc.parent.symlink_metadata(&loc.name).map_err(io)?;
     if !md.is_dir() {
@@ -49,11 +49,11 @@ pub fn mkdir(root: &Dir, req: &Mkdir) -> Result<OkReply, ErrorMsg> {
             Err(errors::msg(ErrorCode::Exists, "/", "the root exists"))
         };
     }
-    let loc = confine::locate(root, &req.path, "mkdir").or_else(|m| {
+    let loc = confine::locate(root, &req.path, Mkdir::OP).or_else(|m| {
         if req.parents && m.code == ErrorCode::NotFound {
             let (_, dirs) = comps.split_last().unwrap_or((&"", &[]));
             root.create_dir_all(dirs.join("/")).map_err(io)?;
-            confine::locate(root, &req.path, "mkdir")
+            confine::locate(root, &req.path, Mkdir::OP)
         } else {
             Err(m)
         }
@@ -83,7 +83,7 @@ pub fn mkdir(root: &Dir, req: &Mkdir) -> Result<OkReply, ErrorMsg> {
 
 /// Renames `from` to `to`, or into `to` when that is a directory.
 pub fn mv(root: &Dir, req: &Mv) -> Result<OkReply, ErrorMsg> {
-    let from = confine::locate(root, &req.from, "mv")?;
+    let from = confine::locate(root, &req.from, Mv::OP)?;
     let io_from = |e: std::io::Error| errors::to_msg(&e, &req.from);
     from.parent.symlink_metadata(&from.name).map_err(io_from)?;
     let to_comps = confine::components(&req.to)?;
@@ -97,7 +97,7 @@ pub fn mv(root: &Dir, req: &Mv) -> Result<OkReply, ErrorMsg> {
     } else {
         req.to.clone()
     };
-    let to = confine::locate(root, &to_path, "mv")?;
+    let to = confine::locate(root, &to_path, Mv::OP)?;
     let io_to = |e: std::io::Error| errors::to_msg(&e, &to_path);
     match to.parent.symlink_metadata(&to.name) {
         Ok(md) if md.is_dir() => {

@@ -14,8 +14,9 @@ mod listing;
 mod manage;
 mod put;
 
-use skiff_wire::message::files::{Get, Ls, Mkdir, Mv, Put, Rm, Stat};
-use skiff_wire::{ErrorMsg, Frame, Message};
+use skiff_wire::message::files::EntryKind;
+use skiff_wire::message::Request;
+use skiff_wire::{ErrorCode, ErrorMsg, Message};
 
 use super::ServiceContext;
 use crate::session::{Session, SessionError};
@@ -24,36 +25,31 @@ use crate::session::{Session, SessionError};
 pub async fn handle(
     session: &mut Session<'_>,
     ctx: &ServiceContext,
-    frame: Frame,
+    req: Request,
 ) -> Result<(), SessionError> {
     let root = match confine::open_root(&ctx.root) {
         Ok(r) => r,
         Err(m) => {
+            session.queue(&m, &[])?;
             // An upload's data still follows the refused request.
-            if frame.is::<Put>() {
-                let req: Put = frame.parse()?;
-                session.queue(&m, &[])?;
-                if !req.resume && req.kind == skiff_wire::message::files::EntryKind::File {
+            if let Request::Put(put) = req {
+                if !put.resume && put.kind == EntryKind::File {
                     put::drain(session).await?;
                 }
-                return Ok(());
             }
-            return session.queue(&m, &[]);
+            return Ok(());
         }
     };
-    match frame.op() {
-        Put::OP => put::handle(session, &root, frame.parse()?).await,
-        Get::OP => get::handle(session, &root, frame.parse()?).await,
-        Ls::OP => listing::ls(session, &root, frame.parse()?).await,
-        Stat::OP => reply(session, listing::stat(&root, &frame.parse()?)),
-        Rm::OP => reply(session, manage::rm(&root, frame.parse()?).await),
-        Mkdir::OP => reply(session, manage::mkdir(&root, &frame.parse()?)),
-        Mv::OP => reply(session, manage::mv(&root, &frame.parse()?)),
-        other => session.queue(
-            &ErrorMsg::new(
-                skiff_wire::ErrorCode::Unsupported,
-                format!("unknown file operation {other:?}"),
-            ),
+    match req {
+        Request::Put(req) => put::handle(session, &root, req).await,
+        Request::Get(req) => get::handle(session, &root, req).await,
+        Request::Ls(req) => listing::ls(session, &root, req).await,
+        Request::Stat(req) => reply(session, listing::stat(&root, &req)),
+        Request::Rm(req) => reply(session, manage::rm(&root, req).await),
+        Request::Mkdir(req) => reply(session, manage::mkdir(&root, &req)),
+        Request::Mv(req) => reply(session, manage::mv(&root, &req)),
+        Request::Ping(_) | Request::Exec(_) => session.queue(
+            &ErrorMsg::new(ErrorCode::Internal, "not a file operation"),
             &[],
         ),
     }

@@ -4,8 +4,8 @@
 //! file left by an interrupted upload.
 
 use cap_std::fs::Dir;
-use skiff_wire::message::files::{Data, Done, End, EntryKind, OkReply, Put, Ready};
-use skiff_wire::{ErrorCode, ErrorMsg, Frame};
+use skiff_wire::message::files::{Done, End, EntryKind, OkReply, Put, Ready, UploadData};
+use skiff_wire::{ErrorCode, ErrorMsg, Message};
 
 use super::confine;
 use crate::session::{Session, SessionError, WRITE_HIGH_WATER};
@@ -69,7 +69,7 @@ struct Prepared {
 
 /// Checks the destination and opens (or resumes) the partial file.
 fn prepare(root: &Dir, req: &Put) -> Result<Prepared, ErrorMsg> {
-    let loc = confine::locate(root, &req.path, "put")?;
+    let loc = confine::locate(root, &req.path, Put::OP)?;
     let dest = PartFile::new(loc.parent, &loc.name);
     let io = |e: std::io::Error| errors::to_msg(&e, &req.path);
     dest.check_destination(req.force).map_err(io)?;
@@ -93,27 +93,25 @@ async fn receive(session: &mut Session<'_>, req: &Put, p: Prepared) -> Result<()
     let mut sink = Sink::spawn(file, offset, req.hash);
     let mut received = offset;
     let outcome = loop {
-        let frame = match next_frame(session).await {
-            Ok(f) => f,
+        let msg = match next_data(session).await {
+            Ok(m) => m,
             Err(e) => {
                 // Connection lost: keep (and fsync) what arrived, for resume.
                 let _ = sink.finish().await;
                 return Err(e);
             }
         };
-        if frame.is::<Data>() {
-            received += frame.body().len() as u64;
-            if received > req.size {
-                break Received::TooMuch;
+        match msg {
+            UploadData::Data(body) => {
+                received += body.len() as u64;
+                if received > req.size {
+                    break Received::TooMuch;
+                }
+                if !sink.write(body).await {
+                    break Received::SinkStopped;
+                }
             }
-            if !sink.write(frame.into_body()).await {
-                break Received::SinkStopped;
-            }
-        } else if frame.is::<End>() {
-            break Received::End(frame.parse()?);
-        } else {
-            let _ = sink.finish().await;
-            return Err(unexpected(&frame));
+            UploadData::End(end) => break Received::End(end),
         }
     };
     let remove_part = || dest.discard();
@@ -217,7 +215,7 @@ fn commit(dest: &PartFile, req: &Put, end: &End, done: SinkDone) -> Result<Done,
 
 /// Creates a symlink; its target must stay inside the root.
 fn make_symlink(root: &Dir, req: &Put) -> Result<(), ErrorMsg> {
-    let loc = confine::locate(root, &req.path, "put")?;
+    let loc = confine::locate(root, &req.path, Put::OP)?;
     let target = req.target.as_deref().unwrap_or("");
     if !link_stays_inside(loc.depth, target) {
         return Err(errors::msg(
@@ -239,18 +237,11 @@ fn make_symlink(root: &Dir, req: &Put) -> Result<(), ErrorMsg> {
         .map_err(|e| errors::to_msg(&e, &req.path))
 }
 
-/// The next frame of an upload, within the idle timeout.
-async fn next_frame(session: &mut Session<'_>) -> Result<Frame, SessionError> {
-    match tokio::time::timeout(IDLE_TIMEOUT, session.recv_required()).await {
+/// The next frame of an upload's data, within the idle timeout.
+async fn next_data(session: &mut Session<'_>) -> Result<UploadData, SessionError> {
+    match tokio::time::timeout(IDLE_TIMEOUT, session.recv_msg::<UploadData>()).await {
         Ok(r) => r,
         Err(_) => Err(SessionError::Timeout(IDLE_TIMEOUT)),
-    }
-}
-
-fn unexpected(frame: &Frame) -> SessionError {
-    SessionError::Unexpected {
-        expected: "data or end",
-        got: frame.op().to_string(),
     }
 }
 
@@ -258,13 +249,6 @@ fn unexpected(frame: &Frame) -> SessionError {
 pub async fn drain(session: &mut Session<'_>) -> Result<(), SessionError> {
     // Let the client see the refusal promptly, so it stops sending.
     session.flush().await?;
-    loop {
-        let frame = next_frame(session).await?;
-        if frame.is::<End>() {
-            return Ok(());
-        }
-        if !frame.is::<Data>() {
-            return Err(unexpected(&frame));
-        }
-    }
+    while let UploadData::Data(_) = next_data(session).await? {}
+    Ok(())
 }
