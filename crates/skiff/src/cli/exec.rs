@@ -11,18 +11,21 @@ use std::time::Duration;
 
 use skiff_wire::message::exec::{Exec, PtyRequest};
 
-use super::connect::{parse_target, KeyArg};
-use super::output::{describe, EXIT_CONNECTION};
+use super::connect::{parse_target, KeyArg, PortArg};
+use super::output::usage;
+use super::output::{describe, exit_code_for_client, EXIT_CONNECTION, EXIT_USAGE};
 use crate::client::exec::{self as remote, terminal, LocalSide, Outcome};
 use crate::client::ClientError;
 use crate::session::Session;
-use crate::target::Target;
+use crate::target::HostSpec;
 
 /// Arguments of `skiff exec`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
     key: KeyArg,
+    #[command(flatten)]
+    port: PortArg,
     /// Send no stdin: the command sees EOF at once (as `ssh -n`).
     #[arg(short = 'n')]
     no_stdin: bool,
@@ -38,9 +41,9 @@ pub struct Args {
     /// Set a variable in the remote environment (repeatable).
     #[arg(short = 'e', long = "env", value_name = "NAME=VALUE", value_parser = parse_env)]
     env: Vec<(String, String)>,
-    /// Server: HOST[:PORT], [IPv6]:PORT or a URL.
+    /// Server: [USER@]HOST[:PORT], [IPv6]:PORT, an alias or a URL.
     #[arg(value_parser = parse_target)]
-    target: Target,
+    target: HostSpec,
     /// The command and its arguments: joined with spaces and run by `sh -c`
     /// in the server root.
     #[arg(
@@ -63,7 +66,7 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 pub fn run(args: Args) -> anyhow::Result<i32> {
     let timeout_ms = match args.timeout {
         Some(t) if !(t.is_finite() && t > 0.0) => {
-            anyhow::bail!("--timeout must be a positive number of seconds")
+            usage!("--timeout must be a positive number of seconds")
         }
         Some(t) => Some(Duration::from_secs_f64(t).as_millis().max(1) as u64),
         None => None,
@@ -77,7 +80,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     };
     let rt = super::runtime()?;
     let result = rt.block_on(async {
-        let mut client = super::connect::open(&args.target, &args.key).await?;
+        let mut client = super::connect::open(&args.target, &args.key, args.port, false).await?;
         let outcome = execute(&mut client.session, req, !args.no_stdin, args.tty).await?;
         let _ = tokio::time::timeout(Duration::from_millis(200), client.session.close()).await;
         Ok(outcome)
@@ -130,8 +133,12 @@ pub(super) fn report(result: Result<Outcome, ClientError>) -> i32 {
             outcome.exit_status()
         }
         Err(e) => {
+            let code = match exit_code_for_client(&e) {
+                EXIT_USAGE => EXIT_USAGE,
+                _ => EXIT_CONNECTION,
+            };
             eprintln!("skiff: {}", describe(&anyhow::Error::new(e)));
-            EXIT_CONNECTION
+            code
         }
     }
 }

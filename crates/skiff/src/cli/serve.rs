@@ -12,7 +12,7 @@ use crate::session::accept::AuthPolicy;
 /// Arguments of `skiff serve`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Address to listen on (repeatable): tcp://HOST:PORT (TLS),
+    /// Address to listen on (repeatable): tcp://HOST:PORT or HOST:PORT (TLS),
     /// tcp+plain://HOST:PORT (loopback only), unix:///PATH, udp://HOST:PORT
     /// (UDP ping). Port 0 picks a free port.
     #[arg(long, value_name = "URL", value_parser = parse_listen)]
