@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod fanout;
 pub mod keys;
 pub mod server;
 pub mod service;

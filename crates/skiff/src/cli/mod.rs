@@ -7,6 +7,7 @@ mod bench;
 mod classic;
 mod connect;
 mod exec;
+mod fanout;
 mod files;
 mod keygen;
 mod known;
@@ -53,7 +54,10 @@ Examples:
 Examples:
   skiff exec localhost -- uname -a
   skiff exec -p 7879 alice@build.example -- 'make -j8 2>&1 | tail'
-  tar c src | skiff exec web1 -- tar x -C deploy     # stdin is forwarded")]
+  tar c src | skiff exec web1 -- tar x -C deploy     # stdin is forwarded
+  skiff exec -H 'web[01-20],@db' --parallel 50 -- uptime   # many hosts: `host: line`
+  skiff exec -H @web --group-output -- cat /etc/os-release
+  skiff exec --hosts-file fleet.txt --timeout 5 --json -- 'df -h /' | jq .")]
     Exec(exec::Args),
     /// A shell on the server, like `ssh host`: interactive on a terminal
     /// (pty), else runs stdin as a script.
