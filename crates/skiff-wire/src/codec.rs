@@ -24,6 +24,17 @@ impl FrameCodec {
             decoder: FrameDecoder::with_limits(limits),
         }
     }
+
+    /// Changes the read limits for the frames still to come; see
+    /// [`FrameDecoder::set_limits`].
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.decoder.set_limits(limits);
+    }
+
+    /// The read limits in force.
+    pub fn limits(&self) -> Limits {
+        self.decoder.limits()
+    }
 }
 
 impl tokio_util::codec::Decoder for FrameCodec {

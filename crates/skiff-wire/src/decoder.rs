@@ -68,14 +68,18 @@ impl FrameDecoder {
 
     /// A decoder with tighter limits (clamped to the protocol maxima).
     pub fn with_limits(limits: Limits) -> Self {
-        let max = Limits::default();
         FrameDecoder {
-            limits: Limits {
-                max_header: limits.max_header.min(max.max_header),
-                max_body: limits.max_body.min(max.max_body),
-            },
+            limits: limits.clamped(),
             pending: None,
         }
+    }
+
+    /// Changes the limits for the frames still to come (clamped to the
+    /// protocol maxima): a server reads the handshake under
+    /// [`Limits::HANDSHAKE`] and widens them after authentication. A frame
+    /// whose header was already accepted keeps the body length it announced.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits.clamped();
     }
 
     /// The limits this decoder enforces.
@@ -260,6 +264,35 @@ mod tests {
 
     fn header_error(header: &str) -> FrameError {
         decode_one(&wire(header.as_bytes(), b"")).unwrap_err()
+    }
+
+    #[test]
+    fn handshake_limits_refuse_bodies_and_big_headers_before_buffering() {
+        let mut d = FrameDecoder::with_limits(Limits::HANDSHAKE);
+        // An 8 MiB body announced in a small header: refused on the header.
+        let mut buf = BytesMut::from(&wire(br#"{"op":"hello","len":8388608}"#, b"xx")[..]);
+        let e = d.decode(&mut buf).unwrap_err();
+        assert!(matches!(e, FrameError::BodyTooLarge { max: 0, .. }), "{e}");
+        assert_eq!(e.code(), ErrorCode::TooLarge);
+        assert!(buf.capacity() < 4096, "reserved {}", buf.capacity());
+        // A 4097-byte header: refused on its 4 length bytes alone.
+        let mut d = FrameDecoder::with_limits(Limits::HANDSHAKE);
+        let mut buf = BytesMut::from(&4097u32.to_be_bytes()[..]);
+        assert!(matches!(
+            d.decode(&mut buf),
+            Err(FrameError::HeaderTooLarge {
+                len: 4097,
+                max: 4096
+            })
+        ));
+        // Widened after authentication, the same decoder takes big frames.
+        let mut d = FrameDecoder::with_limits(Limits::HANDSHAKE);
+        let mut buf = BytesMut::from(&wire(br#"{"op":"auth"}"#, b"")[..]);
+        assert!(d.decode(&mut buf).unwrap().is_some());
+        d.set_limits(Limits::default());
+        let mut buf = BytesMut::from(&wire(br#"{"op":"data","len":3}"#, b"abc")[..]);
+        assert_eq!(&d.decode(&mut buf).unwrap().unwrap().body()[..], b"abc");
+        assert_eq!(d.limits(), Limits::default());
     }
 
     #[test]

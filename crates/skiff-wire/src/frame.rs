@@ -30,7 +30,27 @@ impl Default for Limits {
     }
 }
 
+/// Largest header a peer may send before it has authenticated (4 KiB):
+/// every handshake message fits in a few hundred bytes.
+pub const HANDSHAKE_MAX_HEADER_LEN: usize = 4096;
+
 impl Limits {
+    /// The limits before authentication: a header of at most 4 KiB and no
+    /// body, so a peer without a key can make a receiver buffer only a few
+    /// KiB, not a full 8 MiB frame.
+    pub const HANDSHAKE: Limits = Limits {
+        max_header: HANDSHAKE_MAX_HEADER_LEN,
+        max_body: 0,
+    };
+
+    /// These limits, lowered where needed to the protocol maxima.
+    pub fn clamped(self) -> Limits {
+        Limits {
+            max_header: self.max_header.min(MAX_HEADER_LEN),
+            max_body: self.max_body.min(MAX_BODY_LEN),
+        }
+    }
+
     /// The most bytes one frame can occupy on the wire under these limits.
     pub fn max_frame(&self) -> usize {
         4 + self.max_header + self.max_body

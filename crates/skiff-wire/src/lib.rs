@@ -27,5 +27,5 @@ pub use codec::FrameCodec;
 pub use decoder::{FrameDecoder, FrameReader};
 pub use encoder::{encode_frame, encode_raw};
 pub use error::FrameError;
-pub use frame::{Frame, Limits, MAX_BODY_LEN, MAX_HEADER_LEN};
+pub use frame::{Frame, Limits, HANDSHAKE_MAX_HEADER_LEN, MAX_BODY_LEN, MAX_HEADER_LEN};
 pub use message::{ErrorCode, ErrorMsg, Message, MessageError};

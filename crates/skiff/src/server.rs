@@ -174,7 +174,7 @@ impl StreamHandler for SessionHandler {
             }
             None => (Box::new(conn.stream()), NO_BINDING),
         };
-        let mut session = Session::new(io);
+        let mut session = Session::unauthenticated(io);
         let user = match tokio::time::timeout_at(
             deadline,
             self.auth.handshake(&mut session, &cb, peer_ip),
@@ -199,6 +199,7 @@ impl StreamHandler for SessionHandler {
             }
         };
         tracing::info!(%peer, %user, "authenticated");
+        session.set_read_limits(skiff_wire::Limits::default());
         let ctx = ServiceContext {
             root: self.root.clone(),
             exec_enabled: self.exec_enabled,

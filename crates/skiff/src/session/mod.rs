@@ -15,7 +15,9 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures::{SinkExt, StreamExt};
 use skiff_wire::message::Phase;
-use skiff_wire::{ErrorCode, ErrorMsg, Frame, FrameCodec, FrameError, Message, MessageError};
+use skiff_wire::{
+    ErrorCode, ErrorMsg, Frame, FrameCodec, FrameError, Limits, Message, MessageError,
+};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio_util::codec::{FramedRead, FramedWrite};
@@ -28,6 +30,16 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 /// should flush: large enough to batch many small frames into one TLS
 /// record burst, small enough to keep memory bounded.
 pub const WRITE_HIGH_WATER: usize = 256 * 1024;
+
+/// The read buffer a session starts with: room for one header (or a
+/// 64 KiB read burst once bodies are allowed).
+fn read_capacity(limits: Limits) -> usize {
+    if limits.max_body == 0 {
+        limits.max_header + 4
+    } else {
+        64 * 1024
+    }
+}
 
 /// Why a session could not go on.
 #[derive(Debug, Error)]
@@ -94,15 +106,36 @@ pub struct Session<'a> {
 impl<'a> Session<'a> {
     /// Wraps a connected (and, for TLS, already encrypted) stream.
     pub fn new(io: Box<dyn Io + 'a>) -> Session<'a> {
+        Self::with_read_limits(io, Limits::default())
+    }
+
+    /// Wraps a stream whose peer has not authenticated yet: frames are read
+    /// under [`Limits::HANDSHAKE`] (small header, no body) into a small
+    /// buffer, until [`set_read_limits`](Self::set_read_limits) widens them.
+    pub fn unauthenticated(io: Box<dyn Io + 'a>) -> Session<'a> {
+        Self::with_read_limits(io, Limits::HANDSHAKE)
+    }
+
+    fn with_read_limits(io: Box<dyn Io + 'a>, limits: Limits) -> Session<'a> {
         let (r, w) = tokio::io::split(io);
-        let mut reader = FramedRead::with_capacity(r, FrameCodec::new(), 64 * 1024);
-        reader.read_buffer_mut().reserve(64 * 1024);
+        let capacity = read_capacity(limits);
+        let reader = FramedRead::with_capacity(r, FrameCodec::with_limits(limits), capacity);
         let mut writer = FramedWrite::new(w, FrameCodec::new());
         writer.set_backpressure_boundary(WRITE_HIGH_WATER);
         Session {
             reader: SessionReader { inner: reader },
             writer: SessionWriter { inner: writer },
         }
+    }
+
+    /// Changes the limits on the frames still to be read (after `welcome`,
+    /// the server widens them to the protocol maxima) and grows the read
+    /// buffer to match.
+    pub fn set_read_limits(&mut self, limits: Limits) {
+        let inner = &mut self.reader.inner;
+        inner.decoder_mut().set_limits(limits);
+        let capacity = read_capacity(limits);
+        inner.read_buffer_mut().reserve(capacity);
     }
 
     /// Both halves, to read and write concurrently (e.g. stdin in, stdout out).

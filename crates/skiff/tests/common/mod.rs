@@ -2,6 +2,8 @@
 //! home directory and run the real `skiff` client against it.
 #![allow(dead_code)]
 
+pub mod probe;
+
 use std::fs;
 use std::io::Write as _;
 use std::io::{BufRead, BufReader};

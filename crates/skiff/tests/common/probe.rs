@@ -1,0 +1,119 @@
+//! Raw probes for the availability tests: a hand-made frame client, process
+//! figures read from /proc, bounded commands.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Runs `cmd` and kills it if it takes longer than `limit`.
+pub fn run_bounded(mut cmd: Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn client");
+    let start = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("command did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().expect("output")
+}
+
+/// Lossy UTF-8 of a command's output.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Resident memory of process `pid` in KiB (VmRSS).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Open file descriptors of process `pid`.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Raises this process's soft fd limit to at least `need`.
+pub fn raise_fd_limit(need: u64) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    if soft < need {
+        assert!(
+            hard >= need,
+            "need {need} file descriptors, hard limit {hard}"
+        );
+        setrlimit(Resource::RLIMIT_NOFILE, need, hard).expect("setrlimit");
+    }
+}
+
+/// `HOST:PORT` of a `tcp://` or `tcp+plain://` URL.
+pub fn host_port(url: &str) -> String {
+    url.split_once("://").map_or(url, |(_, r)| r).to_string()
+}
+
+/// A frame client over plain TCP that writes what it is told, however
+/// wrong, and reads frame headers back.
+pub struct RawConn {
+    /// The socket.
+    pub sock: TcpStream,
+}
+
+impl RawConn {
+    /// Connects to a `tcp+plain://` URL with a 10 s read timeout.
+    pub fn connect(url: &str) -> RawConn {
+        let sock = TcpStream::connect(host_port(url)).expect("connect");
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        RawConn { sock }
+    }
+
+    /// Writes one frame with the given header text and body; write errors
+    /// (the server already closed) are returned, not fatal.
+    pub fn send_raw(&mut self, header: &[u8], body: &[u8]) -> std::io::Result<()> {
+        let mut buf = (header.len() as u32).to_be_bytes().to_vec();
+        buf.extend_from_slice(header);
+        buf.extend_from_slice(body);
+        self.sock.write_all(&buf)
+    }
+
+    /// Writes one frame with the header `v` and no body.
+    pub fn send(&mut self, v: &Value) -> std::io::Result<()> {
+        self.send_raw(v.to_string().as_bytes(), b"")
+    }
+
+    /// The next frame's header (its body skipped); `None` on close.
+    pub fn recv(&mut self) -> Option<Value> {
+        let mut len = [0u8; 4];
+        self.sock.read_exact(&mut len).ok()?;
+        let mut h = vec![0u8; u32::from_be_bytes(len) as usize];
+        self.sock.read_exact(&mut h).ok()?;
+        let v: Value = serde_json::from_slice(&h).ok()?;
+        if let Some(n) = v.get("len").and_then(Value::as_u64) {
+            let mut body = vec![0u8; n as usize];
+            self.sock.read_exact(&mut body).ok()?;
+        }
+        Some(v)
+    }
+
+    /// Whether the server has closed the connection (EOF or reset).
+    pub fn closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.sock.read(&mut b), Ok(0) | Err(_))
+    }
+}
