@@ -193,7 +193,17 @@ fn fan_out_exec_reports_every_host() {
     let cmd = "test ! -e fail || exit 3; echo hello; echo oops >&2";
 
     let t0 = Instant::now();
-    let o = fleet.skiff(&["exec", "-H", &range, "--parallel", "50", "--timeout", "3", "--", cmd]);
+    let o = fleet.skiff(&[
+        "exec",
+        "-H",
+        &range,
+        "--parallel",
+        "50",
+        "--timeout",
+        "3",
+        "--",
+        cmd,
+    ]);
     // The hung host costs one slot for its 3 s deadline, not the run.
     assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
     let failed = special.len();
@@ -284,8 +294,11 @@ fn grouping_hosts_files_and_unreachable_fleets() {
         fs::write(s.root.join("id"), "odd\n").expect("write");
     }
     let list: PathBuf = fleet.home.path().join("fleet.txt");
-    fs::write(&list, "# four live nodes\nnode[001-002]\nnode003 # third\n\nnode004\n")
-        .expect("write");
+    fs::write(
+        &list,
+        "# four live nodes\nnode[001-002]\nnode003 # third\n\nnode004\n",
+    )
+    .expect("write");
     let o = fleet.skiff(&[
         "exec",
         "--hosts-file",

@@ -60,10 +60,7 @@ impl FanoutArgs {
         let config = ClientConfig::load_default()?;
         let specs = hosts::select(&self.hosts, &self.hosts_file, &config)
             .map_err(|e| anyhow::Error::new(super::output::UsageError(e.to_string())))?;
-        Ok(specs
-            .iter()
-            .map(|s| config.resolve(s, port.port))
-            .collect())
+        Ok(specs.iter().map(|s| config.resolve(s, port.port)).collect())
     }
 
     /// The runner plan for these options and a per-host deadline.

@@ -251,12 +251,21 @@ mod tests {
     fn splits_lists_groups_and_dedups() {
         assert_eq!(names("a,h[1-2,4],a"), ["a", "h1", "h2", "h4"]);
         assert_eq!(names("@all,w1,x"), ["w1", "w2", "db", "x"]);
-        assert_eq!(names("alice@h[1-2]:7001"), ["alice@h1:7001", "alice@h2:7001"]);
+        assert_eq!(
+            names("alice@h[1-2]:7001"),
+            ["alice@h1:7001", "alice@h2:7001"]
+        );
     }
 
     #[test]
     fn rejects_bad_ranges_and_bombs() {
-        for bad in ["h[3-1]", "h[1-", "h[1-2-3]", "h[1-99999999]", "h[1-400][1-400]"] {
+        for bad in [
+            "h[3-1]",
+            "h[1-",
+            "h[1-2-3]",
+            "h[1-99999999]",
+            "h[1-400][1-400]",
+        ] {
             assert!(expand(bad).is_err(), "{bad}");
         }
         let cfg = ClientConfig::default();

@@ -100,7 +100,13 @@ pub fn print_json(run: &Run, out: &mut impl Write) -> std::io::Result<()> {
 
 /// The summary: a line per host (exit, duration, error), then the totals.
 pub fn summary(run: &Run, wall: std::time::Duration) -> String {
-    let width = run.results.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
+    let width = run
+        .results
+        .iter()
+        .map(|r| r.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
     let mut s = format!("{:width$}  {:>5}  {:>8}  error\n", "host", "exit", "time");
     let (mut ok, mut failed, mut unreachable) = (0, 0, 0);
     for r in &run.results {
@@ -194,6 +200,9 @@ mod tests {
     fn summary_lists_every_host_and_totals() {
         let s = summary(&sample(), Duration::from_millis(50));
         assert!(s.contains("connection refused"), "{s}");
-        assert!(s.ends_with("4 hosts: 2 ok, 1 failed, 1 unreachable in 0.050s\n"), "{s}");
+        assert!(
+            s.ends_with("4 hosts: 2 ok, 1 failed, 1 unreachable in 0.050s\n"),
+            "{s}"
+        );
     }
 }

@@ -142,13 +142,12 @@ where
             break;
         }
         tokio::select! {
-            done = running.join_next() => match done {
-                Some(Ok((i, status))) => {
+            done = running.join_next() => {
+                // A job that panicked leaves its slot empty: reported below.
+                if let Some(Ok((i, status))) = done {
                     results[i] = Some(finish(&names[i], &outputs[i], started_at[i], status));
                 }
-                // A job panicked: the slot stays empty and is reported below.
-                Some(Err(_)) | None => {}
-            },
+            }
             _ = &mut ctrl_c, if !interrupted => {
                 interrupted = true;
                 running.abort_all();
@@ -265,7 +264,10 @@ mod tests {
         assert_eq!(st[3], HostStatus::TimedOut);
         assert_eq!(st[5], HostStatus::Error("refused".into()));
         assert_eq!(st[7], HostStatus::Exited(1));
-        assert_eq!(st.iter().filter(|s| **s == HostStatus::Exited(0)).count(), 17);
+        assert_eq!(
+            st.iter().filter(|s| **s == HostStatus::Exited(0)).count(),
+            17
+        );
         assert_eq!(run.exit_status(), 3);
     }
 
