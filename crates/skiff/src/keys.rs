@@ -197,6 +197,13 @@ fn parse_lines(path: &Path, text: &str) -> Result<Vec<UserKey>, KeyError> {
     Ok(out)
 }
 
+/// Reads every line of a private key file (a client key file may hold
+/// several users' keys).
+pub fn load_keys(path: &Path) -> Result<Vec<UserKey>, KeyError> {
+    let text = read_private(path)?;
+    parse_lines(path, &text)
+}
+
 /// Reads a client key file: its first key line.
 pub fn load_key(path: &Path) -> Result<UserKey, KeyError> {
     let text = read_private(path)?;

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod client;
+pub mod fanout;
 pub mod keys;
 mod maybe;
 pub mod policy;

@@ -42,9 +42,13 @@ impl std::str::FromStr for Listen {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let (scheme, rest) = s
-            .split_once("://")
-            .ok_or_else(|| format!("{s:?} is not a URL like tcp://127.0.0.1:7878"))?;
+        // A bare HOST:PORT (or [V6]:PORT) is what people type: TLS on TCP.
+        let (scheme, rest) = s.split_once("://").unwrap_or(("tcp", s));
+        if rest.is_empty() {
+            return Err(format!(
+                "{s:?} names no address (e.g. tcp://127.0.0.1:7878)"
+            ));
+        }
         let parse = |url: String| url.parse::<ListenAddr>().map_err(|e| e.to_string());
         let sock = |rest: &str| {
             crate::target::split_host_port(rest, crate::target::DEFAULT_PORT).map(|(h, p)| {
@@ -579,5 +583,10 @@ mod tests {
         assert!("tcp+plain://192.0.2.1:5".parse::<Listen>().is_err());
         let l: Listen = "unix:///tmp/s".parse().unwrap();
         assert_eq!(l.addr, ListenAddr::Unix("/tmp/s".into()));
+        let bare: Listen = "127.0.0.1:7000".parse().unwrap();
+        assert_eq!(bare, "tcp://127.0.0.1:7000".parse::<Listen>().unwrap());
+        let v6: Listen = "[::1]:0".parse().unwrap();
+        assert!(v6.tls);
+        assert!("".parse::<Listen>().is_err());
     }
 }

@@ -70,12 +70,19 @@ fn assert_ping_ok(server: &TestServer, target: &str) {
 
 /// Asserts a client failure: exit 255 and one stderr line containing `what`.
 fn assert_fails_with(out: &Output, what: &str) {
+    assert_fails_with_code(out, 255, what);
+}
+
+/// Asserts a client failure with exit `code` (2: an unusable local key
+/// file, 255: connection, trust or auth) and one stderr line holding `what`.
+fn assert_fails_with_code(out: &Output, code: i32, what: &str) {
     let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(255), "stderr: {err}");
+    assert_eq!(out.status.code(), Some(code), "stderr: {err}");
     assert!(err.contains(what), "expected {what:?} in {err:?}");
-    assert_eq!(
-        err.trim_end().lines().count(),
-        1,
+    // A missing key file gets numbered advice after its one-line error.
+    let lines = err.trim_end().lines().count();
+    assert!(
+        lines == 1 || (code == 2 && lines <= 5),
         "one line expected: {err:?}"
     );
 }
@@ -974,7 +981,7 @@ fn open_key_and_users_files_are_refused_with_the_fix() {
         .arg(&key)
         .args(["-c", "1", server.url()]);
     let out = run_bounded(cmd, Duration::from_secs(20));
-    assert_fails_with(&out, &format!("chmod 600 {}", key.display()));
+    assert_fails_with_code(&out, 2, &format!("chmod 600 {}", key.display()));
     // Fixed as told, it works.
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     let mut cmd = server.client();
@@ -988,7 +995,7 @@ fn open_key_and_users_files_are_refused_with_the_fix() {
     let mut cmd = server.client();
     cmd.env("SKIFF_KEY_FILE", &key)
         .args(["ping", "-c", "1", server.url()]);
-    assert_fails_with(&run_bounded(cmd, Duration::from_secs(20)), "chmod 600");
+    assert_fails_with_code(&run_bounded(cmd, Duration::from_secs(20)), 2, "chmod 600");
 }
 
 #[test]
@@ -1037,7 +1044,11 @@ fn client_failures_are_one_line_with_exit_255() {
     // No key file at all: says where it looked and what to do.
     let mut cmd = common::env_for(Command::new(common::skiff_bin()), dir.path());
     cmd.args(["ping", &format!("127.0.0.1:{port}")]);
-    assert_fails_with(&run_bounded(cmd, Duration::from_secs(20)), "skiff keygen");
+    assert_fails_with_code(
+        &run_bounded(cmd, Duration::from_secs(20)),
+        2,
+        "skiff keygen",
+    );
 }
 
 #[test]

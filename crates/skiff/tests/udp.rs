@@ -138,7 +138,7 @@ fn round_trip_stats_and_exit_codes_through_the_binary() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("2 pings transmitted, 0 received, 100% loss"));
 
-    // Bad arguments and a missing key: 255.
+    // Bad arguments and a missing key: usage and local validation, 2.
     for args in [
         vec!["-s", "70000"],
         vec!["-i", "nan"],
@@ -152,7 +152,7 @@ fn round_trip_stats_and_exit_codes_through_the_binary() {
             .arg(server.url())
             .output()
             .unwrap();
-        assert_eq!(out.status.code(), Some(255), "{args:?}");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
         assert!(!out.stderr.is_empty(), "{args:?}: says why");
     }
     // A session URL is not a UDP target.
@@ -161,7 +161,7 @@ fn round_trip_stats_and_exit_codes_through_the_binary() {
         .args(["ping", "--udp", "-c", "1", "unix:///tmp/x.sock"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(255));
+    assert_eq!(out.status.code(), Some(2));
 }
 
 #[test]

@@ -5,13 +5,13 @@ use std::time::Duration;
 
 use clap::Subcommand;
 
-use super::connect::{parse_target, KeyArg};
+use super::connect::{parse_target, prepare, resolve, KeyArg, PortArg};
+use super::output::usage;
 use crate::client::bench::{
     exec_load, ping_load, transfer_load, Direction, PingLoad, PingReport, TransferLoad,
     TransferReport,
 };
-use crate::client::ConnectOptions;
-use crate::target::Target;
+use crate::target::HostSpec;
 
 /// Arguments of `skiff bench`.
 #[derive(Debug, clap::Args)]
@@ -61,9 +61,11 @@ struct PingArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
-    /// Server: HOST[:PORT], [IPv6]:PORT or a URL.
+    #[command(flatten)]
+    port: PortArg,
+    /// Server: [USER@]HOST[:PORT], [IPv6]:PORT, an alias or a URL.
     #[arg(value_parser = parse_target)]
-    target: Target,
+    target: HostSpec,
 }
 
 #[derive(Debug, clap::Args)]
@@ -76,9 +78,11 @@ struct ExecArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
-    /// Server: HOST[:PORT], [IPv6]:PORT or a URL.
+    #[command(flatten)]
+    port: PortArg,
+    /// Server: [USER@]HOST[:PORT], [IPv6]:PORT, an alias or a URL.
     #[arg(value_parser = parse_target)]
-    target: Target,
+    target: HostSpec,
 }
 
 #[derive(Debug, clap::Args)]
@@ -97,9 +101,11 @@ struct TransferArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
-    /// Server: HOST[:PORT], [IPv6]:PORT or a URL.
+    #[command(flatten)]
+    port: PortArg,
+    /// Server: [USER@]HOST[:PORT], [IPv6]:PORT, an alias or a URL.
     #[arg(value_parser = parse_target)]
-    target: Target,
+    target: HostSpec,
 }
 
 /// Runs `skiff bench`.
@@ -114,13 +120,13 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
 
 fn ping(a: PingArgs) -> anyhow::Result<i32> {
     if !(a.duration.is_finite() && a.duration > 0.0 && a.duration <= 3600.0) {
-        anyhow::bail!("-d must be between 0 and 3600 seconds");
+        usage!("-d must be between 0 and 3600 seconds");
     }
     if a.connections == 0 || a.connections > 10_000 {
-        anyhow::bail!("-c must be between 1 and 10000 connections");
+        usage!("-c must be between 1 and 10000 connections");
     }
     if a.pipeline == 0 || a.pipeline > 10_000 {
-        anyhow::bail!("--pipeline must be between 1 and 10000");
+        usage!("--pipeline must be between 1 and 10000");
     }
     let load = PingLoad {
         connections: a.connections,
@@ -128,17 +134,13 @@ fn ping(a: PingArgs) -> anyhow::Result<i32> {
         pipeline: a.pipeline,
         size: a.size,
     };
-    let key = a.key.load()?;
-    let report = super::runtime()?.block_on(ping_load(
-        &a.target,
-        &key,
-        &ConnectOptions::default(),
-        &load,
-    ))?;
+    let p = prepare(resolve(&a.target, a.port.port)?, &a.key)?;
+    let report =
+        super::runtime()?.block_on(ping_load(&p.endpoint.target, &p.key, &p.opts, &load))?;
     emit(a.json, &report, |r| print_ping(&a.target, r))
 }
 
-fn print_ping(target: &Target, r: &PingReport) {
+fn print_ping(target: &HostSpec, r: &PingReport) {
     println!(
         "ping {target}: {} connections, pipeline {}, {} bytes payload, {:.1} s",
         r.connections, r.pipeline, r.size, r.seconds
@@ -153,10 +155,10 @@ fn print_ping(target: &Target, r: &PingReport) {
 
 fn transfer(a: TransferArgs, direction: Direction) -> anyhow::Result<i32> {
     if a.size == 0 {
-        anyhow::bail!("--size must be at least 1 byte");
+        usage!("--size must be at least 1 byte");
     }
     if a.parallel == 0 || a.parallel > 64 {
-        anyhow::bail!("--parallel must be between 1 and 64");
+        usage!("--parallel must be between 1 and 64");
     }
     let load = TransferLoad {
         direction,
@@ -164,13 +166,9 @@ fn transfer(a: TransferArgs, direction: Direction) -> anyhow::Result<i32> {
         parallel: a.parallel,
         local_dir: a.dir.clone().unwrap_or_else(std::env::temp_dir),
     };
-    let key = a.key.load()?;
-    let report = super::runtime()?.block_on(transfer_load(
-        &a.target,
-        &key,
-        &ConnectOptions::default(),
-        &load,
-    ))?;
+    let p = prepare(resolve(&a.target, a.port.port)?, &a.key)?;
+    let report =
+        super::runtime()?.block_on(transfer_load(&p.endpoint.target, &p.key, &p.opts, &load))?;
     emit(a.json, &report, |r| print_transfer(&a.target, r))
 }
 
@@ -184,7 +182,7 @@ fn emit<R: serde::Serialize>(json: bool, report: &R, text: impl FnOnce(&R)) -> a
     Ok(0)
 }
 
-fn print_transfer(target: &Target, r: &TransferReport) {
+fn print_transfer(target: &HostSpec, r: &TransferReport) {
     let what = match r.direction {
         Direction::Put => "put",
         Direction::Get => "get",
@@ -199,15 +197,10 @@ fn print_transfer(target: &Target, r: &TransferReport) {
 
 fn exec(a: ExecArgs) -> anyhow::Result<i32> {
     if a.count == 0 || a.count > 100_000 {
-        anyhow::bail!("-n must be between 1 and 100000");
+        usage!("-n must be between 1 and 100000");
     }
-    let key = a.key.load()?;
-    let r = super::runtime()?.block_on(exec_load(
-        &a.target,
-        &key,
-        &ConnectOptions::default(),
-        a.count,
-    ))?;
+    let p = prepare(resolve(&a.target, a.port.port)?, &a.key)?;
+    let r = super::runtime()?.block_on(exec_load(&p.endpoint.target, &p.key, &p.opts, a.count))?;
     emit(a.json, &r, |r| {
         println!(
             "exec {}: `true` {} times, {:.2} s",

@@ -11,18 +11,21 @@ use std::time::Duration;
 
 use skiff_wire::message::exec::{Exec, PtyRequest};
 
-use super::connect::{parse_target, KeyArg};
-use super::output::{describe, EXIT_CONNECTION};
+use super::connect::{parse_target, KeyArg, PortArg};
+use super::fanout::{self, FanoutArgs};
+use super::output::usage;
+use super::output::{describe, exit_code_for_client, EXIT_CONNECTION, EXIT_USAGE};
 use crate::client::exec::{self as remote, terminal, LocalSide, Outcome};
 use crate::client::ClientError;
 use crate::session::Session;
-use crate::target::Target;
 
 /// Arguments of `skiff exec`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
     key: KeyArg,
+    #[command(flatten)]
+    port: PortArg,
     /// Send no stdin: the command sees EOF at once (as `ssh -n`).
     #[arg(short = 'n')]
     no_stdin: bool,
@@ -38,13 +41,15 @@ pub struct Args {
     /// Set a variable in the remote environment (repeatable).
     #[arg(short = 'e', long = "env", value_name = "NAME=VALUE", value_parser = parse_env)]
     env: Vec<(String, String)>,
-    /// Server: HOST[:PORT], [IPv6]:PORT or a URL.
-    #[arg(value_parser = parse_target)]
-    target: Target,
+    #[command(flatten)]
+    fanout: FanoutArgs,
+    /// Server: [USER@]HOST[:PORT], [IPv6]:PORT, an alias or a URL (none
+    /// with -H or --hosts-file).
+    #[arg(value_name = "TARGET")]
+    target: Option<String>,
     /// The command and its arguments: joined with spaces and run by `sh -c`
     /// in the server root.
     #[arg(
-        required = true,
         trailing_var_arg = true,
         allow_hyphen_values = true,
         value_name = "CMD"
@@ -60,14 +65,23 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 }
 
 /// Runs `skiff exec`; returns the exit status described above.
-pub fn run(args: Args) -> anyhow::Result<i32> {
-    let timeout_ms = match args.timeout {
-        Some(t) if !(t.is_finite() && t > 0.0) => {
-            anyhow::bail!("--timeout must be a positive number of seconds")
+pub fn run(mut args: Args) -> anyhow::Result<i32> {
+    let timeout = fanout::parse_timeout(args.timeout)?;
+    let timeout_ms = timeout.map(|t| t.as_millis().max(1) as u64);
+    // With -H the first word clap took as TARGET begins the command.
+    let target = if args.fanout.selected() {
+        args.command.splice(0..0, args.target.take());
+        None
+    } else {
+        match args.target.as_deref().map(parse_target) {
+            Some(Ok(t)) => Some(t),
+            Some(Err(e)) => usage!("{e}"),
+            None => usage!("a TARGET (or -H HOSTS) is required"),
         }
-        Some(t) => Some(Duration::from_secs_f64(t).as_millis().max(1) as u64),
-        None => None,
     };
+    if args.command.is_empty() {
+        usage!("no command given: skiff exec TARGET -- CMD [ARG...]");
+    }
     let req = Exec {
         cmd: Some(args.command.join(" ")),
         cwd: args.cwd.clone(),
@@ -75,9 +89,12 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         timeout_ms,
         ..Exec::default()
     };
+    let Some(target) = target else {
+        return fanout::exec_many(&args.fanout, &args.key, args.port, req, timeout);
+    };
     let rt = super::runtime()?;
     let result = rt.block_on(async {
-        let mut client = super::connect::open(&args.target, &args.key).await?;
+        let mut client = super::connect::open(&target, &args.key, args.port, false).await?;
         let outcome = execute(&mut client.session, req, !args.no_stdin, args.tty).await?;
         let _ = tokio::time::timeout(Duration::from_millis(200), client.session.close()).await;
         Ok(outcome)
@@ -130,8 +147,12 @@ pub(super) fn report(result: Result<Outcome, ClientError>) -> i32 {
             outcome.exit_status()
         }
         Err(e) => {
+            let code = match exit_code_for_client(&e) {
+                EXIT_USAGE => EXIT_USAGE,
+                _ => EXIT_CONNECTION,
+            };
             eprintln!("skiff: {}", describe(&anyhow::Error::new(e)));
-            EXIT_CONNECTION
+            code
         }
     }
 }

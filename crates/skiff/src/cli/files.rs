@@ -9,10 +9,10 @@ use std::path::PathBuf;
 
 use skiff_wire::message::files::{Entry, EntryKind, HashAlg};
 
-use super::connect::{open, parse_target, KeyArg};
+use super::connect::{open, parse_target, KeyArg, PortArg};
 use crate::client::files::{download, remote, upload, Options, Summary};
 use crate::client::Client;
-use crate::target::Target;
+use crate::target::HostSpec;
 use crate::transfer::meta::{format_time, mode_string};
 
 /// Options shared by `put` and `get`.
@@ -59,9 +59,11 @@ impl TransferFlags {
 pub struct PutArgs {
     #[command(flatten)]
     flags: TransferFlags,
-    /// Server: HOST[:PORT], [IPv6]:PORT or a URL.
+    #[command(flatten)]
+    port: PortArg,
+    /// Server: [USER@]HOST[:PORT], [IPv6]:PORT, an alias or a URL.
     #[arg(value_parser = parse_target)]
-    target: Target,
+    target: HostSpec,
     /// Local file or directory.
     local: PathBuf,
     /// Remote destination (relative to the server root; `/` is the root).
@@ -73,9 +75,11 @@ pub struct PutArgs {
 pub struct GetArgs {
     #[command(flatten)]
     flags: TransferFlags,
-    /// Server: HOST[:PORT], [IPv6]:PORT or a URL.
+    #[command(flatten)]
+    port: PortArg,
+    /// Server: [USER@]HOST[:PORT], [IPv6]:PORT, an alias or a URL.
     #[arg(value_parser = parse_target)]
-    target: Target,
+    target: HostSpec,
     /// Remote file or directory.
     remote: String,
     /// Local destination.
@@ -87,9 +91,11 @@ pub struct GetArgs {
 pub struct PathArgs {
     #[command(flatten)]
     key: KeyArg,
-    /// Server: HOST[:PORT], [IPv6]:PORT or a URL.
+    #[command(flatten)]
+    port: PortArg,
+    /// Server: [USER@]HOST[:PORT], [IPv6]:PORT, an alias or a URL.
     #[arg(value_parser = parse_target)]
-    target: Target,
+    target: HostSpec,
     /// Remote path (default: the root).
     #[arg(default_value = "/")]
     path: String,
@@ -103,9 +109,11 @@ pub struct RmArgs {
     /// Remove a directory and everything in it.
     #[arg(short = 'r', long)]
     recursive: bool,
-    /// Server: HOST[:PORT], [IPv6]:PORT or a URL.
+    #[command(flatten)]
+    port: PortArg,
+    /// Server: [USER@]HOST[:PORT], [IPv6]:PORT, an alias or a URL.
     #[arg(value_parser = parse_target)]
-    target: Target,
+    target: HostSpec,
     /// Remote path.
     path: String,
 }
@@ -118,9 +126,12 @@ pub struct MkdirArgs {
     /// Create missing parent directories; an existing directory is fine.
     #[arg(short = 'p', long)]
     parents: bool,
-    /// Server: HOST[:PORT], [IPv6]:PORT or a URL.
+    /// Server port (`-p` is --parents here, as in mkdir(1)).
+    #[arg(short = 'P', long = "port", value_name = "PORT")]
+    port: Option<u16>,
+    /// Server: [USER@]HOST[:PORT], [IPv6]:PORT, an alias or a URL.
     #[arg(value_parser = parse_target)]
-    target: Target,
+    target: HostSpec,
     /// Remote path.
     path: String,
 }
@@ -133,9 +144,11 @@ pub struct MvArgs {
     /// Replace an existing destination file.
     #[arg(short = 'f', long)]
     force: bool,
-    /// Server: HOST[:PORT], [IPv6]:PORT or a URL.
+    #[command(flatten)]
+    port: PortArg,
+    /// Server: [USER@]HOST[:PORT], [IPv6]:PORT, an alias or a URL.
     #[arg(value_parser = parse_target)]
-    target: Target,
+    target: HostSpec,
     /// Existing remote path.
     from: String,
     /// New remote path (or an existing directory to move into).
@@ -144,12 +157,13 @@ pub struct MvArgs {
 
 /// Connects, runs `f` on the session, and closes politely.
 fn with_client<T>(
-    target: &Target,
+    target: &HostSpec,
     key: &KeyArg,
+    port: PortArg,
     f: impl for<'c> AsyncFnOnce(&'c mut Client) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
     super::runtime()?.block_on(async {
-        let mut client = open(target, key).await?;
+        let mut client = open(target, key, port, false).await?;
         let r = f(&mut client).await;
         let _ = client.session.close().await;
         r
@@ -171,7 +185,7 @@ fn report(what: &str, s: &Summary) -> i32 {
 /// Runs `skiff put`.
 pub fn put(a: PutArgs) -> anyhow::Result<i32> {
     let opts = a.flags.options();
-    let s = with_client(&a.target, &a.flags.key, async |c| {
+    let s = with_client(&a.target, &a.flags.key, a.port, async |c| {
         Ok(upload::put(&mut c.session, &a.local, &a.remote, &opts).await?)
     })?;
     Ok(report("put", &s))
@@ -180,7 +194,7 @@ pub fn put(a: PutArgs) -> anyhow::Result<i32> {
 /// Runs `skiff get`.
 pub fn get(a: GetArgs) -> anyhow::Result<i32> {
     let opts = a.flags.options();
-    let s = with_client(&a.target, &a.flags.key, async |c| {
+    let s = with_client(&a.target, &a.flags.key, a.port, async |c| {
         Ok(download::get(&mut c.session, &a.remote, &a.local, &opts).await?)
     })?;
     Ok(report("get", &s))
@@ -207,7 +221,7 @@ fn long_line(e: &Entry) -> String {
 
 /// Runs `skiff ls`.
 pub fn ls(a: PathArgs) -> anyhow::Result<i32> {
-    let entries = with_client(&a.target, &a.key, async |c| {
+    let entries = with_client(&a.target, &a.key, a.port, async |c| {
         Ok(remote::ls(&mut c.session, &a.path, false).await?)
     })?;
     for e in &entries {
@@ -218,7 +232,7 @@ pub fn ls(a: PathArgs) -> anyhow::Result<i32> {
 
 /// Runs `skiff stat`.
 pub fn stat(a: PathArgs) -> anyhow::Result<i32> {
-    let e = with_client(&a.target, &a.key, async |c| {
+    let e = with_client(&a.target, &a.key, a.port, async |c| {
         Ok(remote::stat(&mut c.session, &a.path).await?)
     })?;
     println!("path: {}", a.path);
@@ -234,7 +248,7 @@ pub fn stat(a: PathArgs) -> anyhow::Result<i32> {
 
 /// Runs `skiff rm`.
 pub fn rm(a: RmArgs) -> anyhow::Result<i32> {
-    with_client(&a.target, &a.key, async |c| {
+    with_client(&a.target, &a.key, a.port, async |c| {
         Ok(remote::rm(&mut c.session, &a.path, a.recursive).await?)
     })?;
     Ok(0)
@@ -242,7 +256,7 @@ pub fn rm(a: RmArgs) -> anyhow::Result<i32> {
 
 /// Runs `skiff mkdir`.
 pub fn mkdir(a: MkdirArgs) -> anyhow::Result<i32> {
-    with_client(&a.target, &a.key, async |c| {
+    with_client(&a.target, &a.key, PortArg { port: a.port }, async |c| {
         Ok(remote::mkdir(&mut c.session, &a.path, a.parents).await?)
     })?;
     Ok(0)
@@ -250,7 +264,7 @@ pub fn mkdir(a: MkdirArgs) -> anyhow::Result<i32> {
 
 /// Runs `skiff mv`.
 pub fn mv(a: MvArgs) -> anyhow::Result<i32> {
-    with_client(&a.target, &a.key, async |c| {
+    with_client(&a.target, &a.key, a.port, async |c| {
         Ok(remote::mv(&mut c.session, &a.from, &a.to, a.force).await?)
     })?;
     Ok(0)

@@ -8,8 +8,10 @@ mod classic;
 mod connect;
 mod docs;
 mod exec;
+mod fanout;
 mod files;
 mod keygen;
+mod known;
 mod output;
 mod ping;
 mod serve;
@@ -24,7 +26,13 @@ pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), env!("SKIFF_VERSION
 /// skiff: run commands and move files between your machines, authenticated,
 /// encrypted and verified.
 #[derive(Debug, Parser)]
-#[command(name = "skiff", version = VERSION, about, long_about = None)]
+#[command(
+    name = "skiff",
+    version = VERSION,
+    about,
+    long_about = None,
+    after_help = output::EXIT_CODES_HELP
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -33,32 +41,114 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Create a key for a user: prints `NAME BASE64KEY`.
+    #[command(after_help = "\
+Examples:
+  skiff keygen --user alice --out ~/.config/skiff/key   # a key for this machine
+  skiff keygen --user deploy >> ~/.local/state/skiff/users   # add a user on the server
+  skiff keygen                                          # print a line for the current user")]
     Keygen(keygen::Args),
     /// Run the server.
+    #[command(after_help = "\
+Examples:
+  skiff serve                                    # this directory on 127.0.0.1:7878, keys made for you
+  skiff serve --root /srv/data --listen 0.0.0.0:7878 --listen udp://0.0.0.0:7878
+  skiff serve --listen unix:///run/skiff.sock --no-exec")]
     Serve(serve::Args),
     /// Run a command on the server (like `ssh host cmd`).
+    #[command(after_help = "\
+Examples:
+  skiff exec localhost -- uname -a
+  skiff exec -p 7879 alice@build.example -- 'make -j8 2>&1 | tail'
+  tar c src | skiff exec web1 -- tar x -C deploy     # stdin is forwarded
+  skiff exec -H 'web[01-20],@db' --parallel 50 -- uptime   # many hosts: `host: line`
+  skiff exec -H @web --group-output -- cat /etc/os-release
+  skiff exec --hosts-file fleet.txt --timeout 5 --json -- 'df -h /' | jq .")]
     Exec(exec::Args),
-    /// Interactive shell on the server (`-t` for a real terminal).
+    /// A shell on the server, like `ssh host`: interactive on a terminal
+    /// (pty), else runs stdin as a script.
+    #[command(after_help = "\
+Examples:
+  skiff shell localhost                        # interactive login shell
+  printf 'cd logs\\nls\\n' | skiff shell web1     # a script: cd persists
+  skiff shell -T alice@[::1]:7879              # no pty, even on a terminal")]
     Shell(shell::Args),
-    /// Upload a file or tree (`-r`).
+    /// Upload files or trees (`-r`): the last argument is the remote
+    /// destination.
+    #[command(after_help = "\
+Examples:
+  skiff put localhost big.iso backup/          # into directory backup/ (created if missing)
+  skiff put -r web1 site/ www                  # tree: into www/ if it exists, else as www
+  skiff put --resume localhost big.iso backup/ # finish an interrupted upload")]
     Put(files::PutArgs),
-    /// Download a file or tree (`-r`).
+    /// Download files or trees (`-r`): the last argument is the local
+    /// destination.
+    #[command(after_help = "\
+Examples:
+  skiff get localhost backup/big.iso .
+  skiff get -r web1 logs 'logs/*.gz' ./archive/   # several sources, a glob
+  skiff get --resume localhost backup/big.iso .")]
     Get(files::GetArgs),
     /// List a remote directory.
+    #[command(after_help = "\
+Examples:
+  skiff ls localhost
+  skiff ls web1 logs
+  skiff ls --json web1 logs | jq '.[].path'")]
     Ls(files::PathArgs),
     /// Show a remote file's metadata.
+    #[command(after_help = "\
+Examples:
+  skiff stat localhost backup/big.iso
+  skiff stat --json web1 logs/")]
     Stat(files::PathArgs),
     /// Remove a remote file (`-r` for a directory).
+    #[command(after_help = "\
+Examples:
+  skiff rm localhost backup/old.iso
+  skiff rm -r web1 tmp/build
+  skiff rm -f web1 maybe-there.txt           # no error if missing")]
     Rm(files::RmArgs),
     /// Create a remote directory.
+    #[command(after_help = "\
+Examples:
+  skiff mkdir localhost backup
+  skiff mkdir -p web1 a/b/c                 # with parents
+  skiff mkdir -P 7879 localhost incoming    # -P PORT (-p is --parents)")]
     Mkdir(files::MkdirArgs),
     /// Rename or move a remote file.
+    #[command(after_help = "\
+Examples:
+  skiff mv localhost draft.txt final.txt
+  skiff mv web1 report.pdf archive/         # into a directory
+  skiff mv -f web1 new.conf app.conf        # replace the destination")]
     Mv(files::MvArgs),
     /// Measure round trips to the server (session, or `--udp`).
+    #[command(after_help = "\
+Examples:
+  skiff ping localhost
+  skiff ping -c 5 -i 0.2 web1
+  skiff ping --udp -c 3 localhost           # needs `serve --listen udp://…`")]
     Ping(ping::Args),
+    /// The pinned server certificates: list them, or remove one.
+    #[command(after_help = "\
+Examples:
+  skiff known list
+  skiff known remove web1                   # after the server was reinstalled
+  skiff known remove 127.0.0.1:7879")]
+    Known(known::Args),
     /// Load generator: ping, put, get and exec throughput and latency.
+    #[command(after_help = "\
+Examples:
+  skiff bench ping -c 50 -d 5 localhost
+  skiff bench put --size 1073741824 localhost
+  skiff bench exec -n 200 --json localhost")]
     Bench(bench::Args),
     /// The socket tutorial's own programs, wire-compatible.
+    #[command(after_help = "\
+Examples:
+  skiff classic cmd-server &  skiff classic cmd-client
+  skiff classic upper-server --digest sha256
+  skiff classic upload-server --root incoming &  skiff classic upload-client notes.txt")]
     Classic(classic::Args),
     /// Print a shell completion script (bash, zsh, fish, ...).
     Completions(docs::CompletionsArgs),
@@ -89,6 +179,7 @@ pub fn main() -> i32 {
         Command::Mkdir(a) => files::mkdir(a),
         Command::Mv(a) => files::mv(a),
         Command::Ping(a) => ping::run(a),
+        Command::Known(a) => known::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Classic(a) => classic::run(a),
         Command::Completions(a) => docs::completions(a),

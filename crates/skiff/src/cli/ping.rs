@@ -2,18 +2,20 @@
 
 use std::time::Duration;
 
-use anyhow::bail;
+use super::output::usage;
 
-use super::connect::{parse_target, KeyArg};
+use super::connect::{parse_target, prepare, resolve, KeyArg, PortArg};
 use crate::client::ping::{ping_once, RttStats};
 use crate::client::udp_ping::{self, PingEvent, UdpPingOptions};
-use crate::target::{split_host_port, Target, DEFAULT_PORT};
+use crate::target::{split_host_port, HostRef, HostSpec, Target, DEFAULT_PORT};
 
 /// Arguments of `skiff ping`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
     key: KeyArg,
+    #[command(flatten)]
+    port: PortArg,
     /// Ping over UDP datagrams instead of the session (implied by a
     /// udp:// TARGET).
     #[arg(long)]
@@ -31,7 +33,7 @@ pub struct Args {
     /// UDP: seconds to wait for each reply before counting it lost.
     #[arg(short = 'W', value_name = "TIMEOUT", default_value_t = 2.0)]
     timeout: f64,
-    /// Server: HOST[:PORT], [IPv6]:PORT or a URL; with --udp, HOST[:PORT]
+    /// Server: [USER@]HOST[:PORT], [IPv6]:PORT, an alias or a URL; with --udp, HOST[:PORT]
     /// or udp://HOST:PORT (default port 7878).
     #[arg(value_parser = parse_ping_target)]
     target: PingTarget,
@@ -40,7 +42,7 @@ pub struct Args {
 /// A TARGET as written: a session target, or an explicit `udp://` URL.
 #[derive(Debug, Clone)]
 enum PingTarget {
-    Session(Target),
+    Session(HostSpec),
     Udp { host: String, port: u16 },
 }
 
@@ -60,38 +62,54 @@ fn parse_ping_target(s: &str) -> Result<PingTarget, String> {
 /// Runs the pings and prints the summary.
 pub fn run(args: Args) -> anyhow::Result<i32> {
     let Ok(interval) = Duration::try_from_secs_f64(args.interval) else {
-        bail!(
+        usage!(
             "-i {}: the interval must be a number of seconds >= 0",
             args.interval
         );
     };
-    let udp_addr = match (&args.target, args.udp) {
-        (PingTarget::Udp { host, port }, _) => Some((host.clone(), *port)),
-        // A bare HOST[:PORT] parses as a TLS target; over UDP it is the
-        // same host and port.
-        (PingTarget::Session(Target::Tls { host, port }), true) => Some((host.clone(), *port)),
-        (PingTarget::Session(other), true) => {
-            bail!("--udp needs HOST[:PORT] or udp://HOST:PORT, not {other}")
+    // A bare HOST[:PORT] (or an alias) names a TLS server; over UDP it is
+    // the same host and port.
+    let (spec, endpoint) = match &args.target {
+        PingTarget::Udp { host, port } => {
+            let spec = HostSpec {
+                user: None,
+                host: HostRef::Named {
+                    name: host.clone(),
+                    port: Some(*port),
+                },
+            };
+            let ep = resolve(&spec, args.port.port)?;
+            (spec, ep)
         }
-        (PingTarget::Session(_), false) => None,
+        PingTarget::Session(spec) => (spec.clone(), resolve(spec, args.port.port)?),
+    };
+    let udp_addr = match (
+        &endpoint.target,
+        args.udp || matches!(args.target, PingTarget::Udp { .. }),
+    ) {
+        (Target::Tls { host, port }, true) => Some((host.clone(), *port)),
+        (other, true) => {
+            usage!("--udp needs HOST[:PORT] or udp://HOST:PORT, not {other}")
+        }
+        (_, false) => None,
     };
     let Some((host, port)) = udp_addr else {
         if args.size > skiff_wire::MAX_BODY_LEN {
-            bail!(
+            usage!(
                 "-s {} exceeds the frame limit of {} bytes",
                 args.size,
                 skiff_wire::MAX_BODY_LEN
             );
         }
-        return super::runtime()?.block_on(session_ping(args, interval));
+        return super::runtime()?.block_on(session_ping(&args, &spec, interval));
     };
     let max = skiff_wire::message::udp::MAX_UDP_BODY;
     if args.size > max {
-        bail!("-s {}: a UDP ping carries at most {max} bytes", args.size);
+        usage!("-s {}: a UDP ping carries at most {max} bytes", args.size);
     }
     let timeout = match Duration::try_from_secs_f64(args.timeout) {
         Ok(t) if !t.is_zero() => t,
-        _ => bail!(
+        _ => usage!(
             "-W {}: the timeout must be a number of seconds > 0",
             args.timeout
         ),
@@ -107,18 +125,22 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     } else {
         format!("{host}:{port}")
     };
-    super::runtime()?.block_on(udp_ping(&args.key, &host_port, &opts))
+    let key = prepare(endpoint, &args.key)?.key;
+    super::runtime()?.block_on(udp_ping(&key, &host_port, &opts))
 }
 
-async fn udp_ping(key: &KeyArg, host_port: &str, opts: &UdpPingOptions) -> anyhow::Result<i32> {
-    let key = key.load()?;
+async fn udp_ping(
+    key: &crate::keys::UserKey,
+    host_port: &str,
+    opts: &UdpPingOptions,
+) -> anyhow::Result<i32> {
     let socket = udp_ping::connect(host_port).await?;
     let target = format!("udp://{host_port}");
     println!("PING {target} ({} bytes of payload)", opts.size);
     let stop = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    let report = udp_ping::run(&socket, &key, opts, stop, |event| match event {
+    let report = udp_ping::run(&socket, key, opts, stop, |event| match event {
         PingEvent::Reply {
             seq,
             bytes,
@@ -146,14 +168,17 @@ async fn udp_ping(key: &KeyArg, host_port: &str, opts: &UdpPingOptions) -> anyho
         },
         &report.rtt,
     );
-    Ok(if report.received > 0 { 0 } else { 1 })
+    if report.received > 0 {
+        return Ok(0);
+    }
+    eprintln!(
+        "skiff: no UDP reply from {host_port}: the server answers UDP pings only when started with `--listen udp://HOST:PORT` (as well as its tcp:// listener), the same key must be in its users file, and no firewall may drop UDP"
+    );
+    Ok(1)
 }
 
-async fn session_ping(args: Args, interval: Duration) -> anyhow::Result<i32> {
-    let PingTarget::Session(target) = &args.target else {
-        bail!("a udp:// target needs --udp");
-    };
-    let mut client = super::connect::open(target, &args.key).await?;
+async fn session_ping(args: &Args, target: &HostSpec, interval: Duration) -> anyhow::Result<i32> {
+    let mut client = super::connect::open(target, &args.key, args.port, false).await?;
     println!("PING {} ({} bytes of payload)", target, args.size);
     let payload: Vec<u8> = (0..args.size).map(|i| i as u8).collect();
     let mut stats = RttStats::default();

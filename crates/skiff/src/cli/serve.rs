@@ -22,7 +22,7 @@ pub struct Args {
     /// and exit.
     #[arg(long)]
     print_config: bool,
-    /// Address to listen on (repeatable): tcp://HOST:PORT (TLS),
+    /// Address to listen on (repeatable): tcp://HOST:PORT or HOST:PORT (TLS),
     /// tcp+plain://HOST:PORT (loopback only), unix:///PATH, udp://HOST:PORT
     /// (UDP ping). Port 0 picks a free port. Default: tcp://127.0.0.1:7878.
     #[arg(long, value_name = "URL", value_parser = parse_listen)]

@@ -1,14 +1,16 @@
 //! The client side: connect, authenticate, and run operations.
 
 pub mod bench;
+pub mod config;
 pub mod exec;
 pub mod files;
 pub mod handshake;
+pub mod identity;
 pub mod known_servers;
 pub mod ping;
 pub mod udp_ping;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use skiff_wire::message::handshake::Welcome;
@@ -51,9 +53,34 @@ pub enum ClientError {
         /// The known-servers file.
         file: PathBuf,
     },
+    /// The certificate is not the one given by `--fingerprint` or the
+    /// host alias.
+    #[error("server certificate of {target} is {seen}, not the expected {expected} (from --fingerprint or the host's alias); refusing to connect")]
+    FingerprintMismatch {
+        /// The server.
+        target: String,
+        /// What the user said to expect.
+        expected: String,
+        /// What the server presented.
+        seen: String,
+    },
+    /// The known-servers file could not be read.
+    #[error("known servers file {file}: {source}")]
+    KnownServers {
+        /// The file.
+        file: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// The key file could not be used.
     #[error(transparent)]
     Key(#[from] crate::keys::KeyError),
+    /// No usable key: missing key file, or no line for the user.
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+    /// The client config is unreadable or invalid.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
     /// The session broke (protocol error, connection lost, timeout).
     #[error(transparent)]
     Session(SessionError),
@@ -97,6 +124,10 @@ pub struct ConnectOptions {
     pub timeout: Duration,
     /// Where pinned certificates live; `None` disables pinning.
     pub known_servers: Option<PathBuf>,
+    /// The certificate fingerprint to insist on (`SHA256:hex`, from
+    /// `--fingerprint` or an alias): anything else is refused, whatever the
+    /// known-servers file says, and a match is pinned there.
+    pub fingerprint: Option<String>,
 }
 
 impl Default for ConnectOptions {
@@ -106,6 +137,7 @@ impl Default for ConnectOptions {
             known_servers: std::env::var_os("SKIFF_KNOWN_SERVERS")
                 .map(PathBuf::from)
                 .or_else(|| Some(crate::keys::config_dir().join("known_servers"))),
+            fingerprint: None,
         }
     }
 }
@@ -116,6 +148,22 @@ pub struct Client {
     pub session: Session<'static>,
     /// What the server said in `welcome`.
     pub welcome: Welcome,
+    /// How the server's certificate was trusted; `None` without TLS.
+    pub trust: Option<Trust>,
+}
+
+/// How the server's certificate came to be trusted, for the user to see.
+#[derive(Debug, Clone)]
+pub struct Trust {
+    /// `HOST:PORT` as pinned.
+    pub host_port: String,
+    /// The certificate's `SHA256:hex`.
+    pub fingerprint: String,
+    /// Whether the fingerprint was given explicitly (`--fingerprint`, alias).
+    pub explicit: bool,
+    /// Set when this connection wrote a new pin: the file, or why writing
+    /// it failed.
+    pub new_pin: Option<Result<PathBuf, String>>,
 }
 
 /// Connects to `target`, authenticates as `key.user` and returns a ready
@@ -142,7 +190,7 @@ async fn connect_inner(
     };
     // A certificate seen for the first time, pinned once the server has
     // proved it knows our key.
-    let mut to_pin: Option<(&PathBuf, String, Vec<u8>)> = None;
+    let mut trust: Option<(Trust, Option<Vec<u8>>)> = None;
     let (io, cb): (Box<dyn Io>, Block) = match target {
         Target::Unix(path) => {
             let s = UnixStream::connect(path).await.map_err(connect_err)?;
@@ -166,11 +214,7 @@ async fn connect_inner(
                     .map(|c| c.as_ref().to_vec())
                     .ok_or_else(|| ClientError::Auth("server sent no certificate".into()))?;
                 let cb = hs::channel_binding(&cert);
-                if let Some(file) = &opts.known_servers {
-                    if known_servers::check(file, &addr, &cert)? == PinState::New {
-                        to_pin = Some((file, addr, cert));
-                    }
-                }
+                trust = Some(check_trust(opts, &addr, cert)?);
                 (Box::new(tls), cb)
             } else {
                 (Box::new(tcp), hs::NO_BINDING)
@@ -179,10 +223,76 @@ async fn connect_inner(
     };
     let mut session = Session::new(io);
     let welcome = authenticate(&mut session, key, &cb).await?;
-    if let Some((file, addr, cert)) = to_pin {
-        known_servers::pin(file, &addr, &cert);
+    let trust = trust.map(|(mut t, cert)| {
+        if let (Some(cert), Some(file)) = (cert, &opts.known_servers) {
+            t.new_pin = Some(record_pin(file, &t.host_port, &cert, t.explicit));
+        }
+        t
+    });
+    Ok(Client {
+        session,
+        welcome,
+        trust,
+    })
+}
+
+/// Checks the certificate against `--fingerprint` (or the alias) or the
+/// known-servers file; returns what to tell the user and, when the
+/// certificate is to be pinned after the handshake, the certificate.
+fn check_trust(
+    opts: &ConnectOptions,
+    addr: &str,
+    cert: Vec<u8>,
+) -> Result<(Trust, Option<Vec<u8>>), ClientError> {
+    let seen = tls::fingerprint(&cert);
+    let mut trust = Trust {
+        host_port: addr.to_string(),
+        fingerprint: seen.clone(),
+        explicit: opts.fingerprint.is_some(),
+        new_pin: None,
+    };
+    if let Some(expected) = &opts.fingerprint {
+        if *expected != seen {
+            return Err(ClientError::FingerprintMismatch {
+                target: addr.to_string(),
+                expected: expected.clone(),
+                seen,
+            });
+        }
+        // Explicit trust wins over an old pin; record it unless it is
+        // already there.
+        let pinned = match &opts.known_servers {
+            Some(file) => known_servers::check(file, addr, &cert)
+                .map(|s| s == PinState::Known)
+                .unwrap_or(false),
+            None => true,
+        };
+        return Ok((trust, (!pinned).then_some(cert)));
     }
-    Ok(Client { session, welcome })
+    let Some(file) = &opts.known_servers else {
+        return Ok((trust, None));
+    };
+    match known_servers::check(file, addr, &cert)? {
+        PinState::Known => Ok((trust, None)),
+        PinState::New => {
+            trust.new_pin = None;
+            Ok((trust, Some(cert)))
+        }
+    }
+}
+
+/// Writes a pin (replacing an older one for the address when the
+/// certificate was given explicitly).
+fn record_pin(file: &Path, addr: &str, cert: &[u8], replace: bool) -> Result<PathBuf, String> {
+    let result = (|| {
+        if replace {
+            known_servers::remove(file, |h| h == addr)?;
+        }
+        known_servers::pin(file, addr, cert)
+    })();
+    result
+        .map(|()| file.to_path_buf())
+        .map_err(|e| e.to_string())
 }
 
 /// The usual reasons a connection fails, worded like ssh does

@@ -83,14 +83,47 @@ impl TestServer {
             }
         }
         let key_file = home.path().join(".config/skiff/key");
-        TestServer {
+        let server = TestServer {
             child,
             home,
             root,
             key_file,
             urls,
             banner,
+        };
+        server.pin_known();
+        server
+    }
+
+    /// The certificate fingerprint the server printed at start.
+    pub fn fingerprint(&self) -> Option<String> {
+        self.banner.iter().find_map(|l| {
+            l.split_whitespace()
+                .find(|w| w.starts_with("SHA256:"))
+                .map(str::to_string)
+        })
+    }
+
+    /// Pins the server's certificate for its TLS listeners in the client's
+    /// known-servers file, as after an earlier connection: the clients the
+    /// tests run then print nothing about trust on stderr. Tests of first
+    /// use remove the file.
+    pub fn pin_known(&self) {
+        let Some(fp) = self.fingerprint() else { return };
+        let file = self.home.path().join(".config/skiff/known_servers");
+        let mut lines = std::fs::read_to_string(&file).unwrap_or_default();
+        for url in &self.urls {
+            if let Some(hp) = url.strip_prefix("tcp://") {
+                lines.push_str(&format!("{hp} {fp}\n"));
+            }
         }
+        std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir config");
+        std::fs::write(&file, lines).expect("write known_servers");
+    }
+
+    /// The client's known-servers file.
+    pub fn known_file(&self) -> PathBuf {
+        self.home.path().join(".config/skiff/known_servers")
     }
 
     /// The first listener's URL.
@@ -145,6 +178,7 @@ pub fn env_for(mut cmd: Command, home: &Path) -> Command {
         .env_remove("XDG_STATE_HOME")
         .env_remove("SKIFF_KEY_FILE")
         .env_remove("SKIFF_KNOWN_SERVERS")
+        .env_remove("SKIFF_CONFIG")
         .env("RUST_LOG", "warn");
     cmd
 }
@@ -190,6 +224,7 @@ impl TestServer {
                 .expect("restarted server did not start");
             if let Some(url) = line.strip_prefix("listening on ") {
                 self.urls = vec![url.to_string()];
+                self.pin_known();
                 return;
             }
             self.banner.push(line);
