@@ -318,6 +318,19 @@ fn grouping_hosts_files_and_unreachable_fleets() {
     assert_eq!(o.status.code(), Some(255), "{}", text(&o.stderr));
     assert!(text(&o.stderr).contains("2 hosts: 0 ok, 0 failed, 2 unreachable"));
 
+    // ping takes the same selection: one line of round trips per live host.
+    let o = fleet.skiff(&["ping", "-H", "@all", "-c", "2", "-i", "0"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert_eq!(out.lines().count(), 4, "{out}");
+    for i in 0..4 {
+        assert!(
+            out.contains(&format!("{}: 2 pings, rtt min/avg/max = ", host(i))),
+            "{out}"
+        );
+    }
+    assert!(text(&o.stderr).contains("6 hosts: 4 ok, 0 failed, 2 unreachable"));
+
     // Bad selections are usage errors.
     for bad in [&["-H", "node[3-1]"][..], &["-H", "@nogroup"]] {
         let mut args = vec!["exec"];

@@ -1,6 +1,8 @@
 //! The fan-out options (`-H`, `--hosts-file`, `--parallel`,
-//! `--group-output`, `--json`) and `skiff exec` on many hosts.
+//! `--group-output`, `--json`) and `skiff exec` and `skiff ping` on many
+//! hosts.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -10,6 +12,7 @@ use super::connect::{self, KeyArg, PortArg};
 use super::output::{describe, usage};
 use crate::client::config::{ClientConfig, Endpoint};
 use crate::client::exec::Outcome;
+use crate::client::ping::{ping_once, RttStats};
 use crate::client::ClientError;
 use crate::fanout::hosts;
 use crate::fanout::output::{HostOutput, Stream};
@@ -111,6 +114,59 @@ pub fn exec_many(
     if req.pty.is_some() {
         usage!("-t (a terminal) needs a single host");
     }
+    run_many(fan, port, timeout, |endpoint, out| {
+        let (key, req) = (key.clone(), req.clone());
+        async move { exec_one(&endpoint, &key, &req, &out).await }
+    })
+}
+
+/// `skiff ping -H …`: `count` session pings of `size` bytes per host,
+/// `interval` apart; each host prints one line of round-trip figures.
+pub fn ping_many(
+    fan: &FanoutArgs,
+    key: &KeyArg,
+    port: PortArg,
+    count: u64,
+    interval: Duration,
+    size: usize,
+    timeout: Duration,
+) -> anyhow::Result<i32> {
+    run_many(fan, port, Some(timeout), |endpoint, out| {
+        let key = key.clone();
+        async move {
+            let mut client = connect::open_endpoint(&endpoint, &key, true).await?;
+            out.mark_started();
+            let payload = vec![0x5a; size];
+            let mut stats = RttStats::default();
+            for i in 0..count {
+                if i > 0 {
+                    tokio::time::sleep(interval).await;
+                }
+                stats.add(ping_once(&mut client.session, &payload).await?);
+            }
+            if let Some((min, avg, max, _)) = stats.summary() {
+                let line =
+                    format!("{count} pings, rtt min/avg/max = {min:.3}/{avg:.3}/{max:.3} ms\n");
+                out.write(Stream::Stdout, line.as_bytes());
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(200), client.session.close()).await;
+            Ok(0)
+        }
+    })
+}
+
+/// Resolves the hosts and runs `job` on each under the options in `fan`
+/// (a `timeout` per host), then reports; returns the exit status.
+fn run_many<F, Fut>(
+    fan: &FanoutArgs,
+    port: PortArg,
+    timeout: Option<Duration>,
+    job: F,
+) -> anyhow::Result<i32>
+where
+    F: Fn(Endpoint, HostOutput) -> Fut,
+    Fut: Future<Output = Result<i32, ClientError>> + Send + 'static,
+{
     let endpoints = fan.endpoints(port)?;
     let jobs = endpoints
         .into_iter()
@@ -123,12 +179,8 @@ pub fn exec_many(
     let rt = super::runtime()?;
     let started = Instant::now();
     let run = rt.block_on(runner::run(jobs, fan.plan(timeout), |endpoint, out| {
-        let (key, req) = (key.clone(), req.clone());
-        async move {
-            exec_one(&endpoint, &key, &req, &out)
-                .await
-                .map_err(|e| describe(&anyhow::Error::new(e)))
-        }
+        let fut = job(endpoint, out);
+        async move { fut.await.map_err(|e| describe(&anyhow::Error::new(e))) }
     }));
     rt.shutdown_background();
     fan.report(&run, started)

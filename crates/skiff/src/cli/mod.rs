@@ -127,7 +127,8 @@ Examples:
 Examples:
   skiff ping localhost
   skiff ping -c 5 -i 0.2 web1
-  skiff ping --udp -c 3 localhost           # needs `serve --listen udp://…`")]
+  skiff ping --udp -c 3 localhost           # needs `serve --listen udp://…`
+  skiff ping -H 'web[01-20]' -c 3 -i 0.2    # many hosts: a line each")]
     Ping(ping::Args),
     /// The pinned server certificates: list them, or remove one.
     #[command(after_help = "\

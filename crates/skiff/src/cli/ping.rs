@@ -5,6 +5,7 @@ use std::time::Duration;
 use super::output::usage;
 
 use super::connect::{parse_target, prepare, resolve, KeyArg, PortArg};
+use super::fanout::FanoutArgs;
 use crate::client::ping::{ping_once, RttStats};
 use crate::client::udp_ping::{self, PingEvent, UdpPingOptions};
 use crate::target::{split_host_port, HostRef, HostSpec, Target, DEFAULT_PORT};
@@ -33,10 +34,12 @@ pub struct Args {
     /// UDP: seconds to wait for each reply before counting it lost.
     #[arg(short = 'W', value_name = "TIMEOUT", default_value_t = 2.0)]
     timeout: f64,
+    #[command(flatten)]
+    fanout: FanoutArgs,
     /// Server: [USER@]HOST[:PORT], [IPv6]:PORT, an alias or a URL; with --udp, HOST[:PORT]
-    /// or udp://HOST:PORT (default port 7878).
-    #[arg(value_parser = parse_ping_target)]
-    target: PingTarget,
+    /// or udp://HOST:PORT (default port 7878). None with -H or --hosts-file.
+    #[arg(value_parser = parse_ping_target, required_unless_present_any = ["hosts", "hosts_file"])]
+    target: Option<PingTarget>,
 }
 
 /// A TARGET as written: a session target, or an explicit `udp://` URL.
@@ -67,9 +70,39 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             args.interval
         );
     };
+    if args.size > skiff_wire::MAX_BODY_LEN {
+        usage!(
+            "-s {} exceeds the frame limit of {} bytes",
+            args.size,
+            skiff_wire::MAX_BODY_LEN
+        );
+    }
+    let target = match (&args.target, args.fanout.selected()) {
+        (Some(_), true) => usage!("give a TARGET or -H/--hosts-file, not both"),
+        (Some(t), false) => t.clone(),
+        (None, _) => {
+            if args.udp {
+                usage!("--udp pings one host");
+            }
+            // Each host: the connect limit, then every ping and its wait.
+            let count = args.count.unwrap_or(1);
+            let per_ping = interval + Duration::try_from_secs_f64(args.timeout).unwrap_or_default();
+            let deadline = Duration::from_secs(10)
+                .saturating_add(per_ping.saturating_mul(u32::try_from(count).unwrap_or(u32::MAX)));
+            return super::fanout::ping_many(
+                &args.fanout,
+                &args.key,
+                args.port,
+                count,
+                interval,
+                args.size,
+                deadline,
+            );
+        }
+    };
     // A bare HOST[:PORT] (or an alias) names a TLS server; over UDP it is
     // the same host and port.
-    let (spec, endpoint) = match &args.target {
+    let (spec, endpoint) = match &target {
         PingTarget::Udp { host, port } => {
             let spec = HostSpec {
                 user: None,
@@ -85,7 +118,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     };
     let udp_addr = match (
         &endpoint.target,
-        args.udp || matches!(args.target, PingTarget::Udp { .. }),
+        args.udp || matches!(target, PingTarget::Udp { .. }),
     ) {
         (Target::Tls { host, port }, true) => Some((host.clone(), *port)),
         (other, true) => {
@@ -94,13 +127,6 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         (_, false) => None,
     };
     let Some((host, port)) = udp_addr else {
-        if args.size > skiff_wire::MAX_BODY_LEN {
-            usage!(
-                "-s {} exceeds the frame limit of {} bytes",
-                args.size,
-                skiff_wire::MAX_BODY_LEN
-            );
-        }
         return super::runtime()?.block_on(session_ping(&args, &spec, interval));
     };
     let max = skiff_wire::message::udp::MAX_UDP_BODY;
