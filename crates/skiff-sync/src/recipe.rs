@@ -1,0 +1,510 @@
+//! The recipe of a new file in terms of the receiver's old copy: ranges to
+//! copy from the old file and literal bytes, produced by the sender in one
+//! streaming pass, and its assembly by the receiver with whole-file
+//! verification.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+
+use crate::chunker::{Chunk, Chunker, Signature};
+use crate::hash::Hash;
+
+/// Literal pieces of a file the receiver has no copy of are cut at this
+/// size (no chunking needed when nothing can match).
+pub const PLAIN_PIECE: usize = 1024 * 1024;
+
+/// One step of a recipe as the sender produces it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Piece<'a> {
+    /// Copy `len` bytes at `offset` of the old file (runs of matching
+    /// chunks are merged into one copy).
+    Copy {
+        /// Offset in the old file.
+        offset: u64,
+        /// Number of bytes.
+        len: u64,
+    },
+    /// These bytes, which the old file does not have (one chunk at most,
+    /// so at most [`crate::params::MAX_CHUNK`] bytes).
+    Literal(&'a [u8]),
+}
+
+/// Finds which of the new file's chunks the old file has.
+struct Matcher {
+    index: HashMap<Hash, u64>,
+    pending: Option<(u64, u64)>,
+}
+
+impl Matcher {
+    fn new(sig: &Signature) -> Matcher {
+        let mut index = HashMap::with_capacity(sig.chunks.len());
+        for c in sig.located() {
+            index.entry(c.hash).or_insert(c.offset);
+        }
+        Matcher {
+            index,
+            pending: None,
+        }
+    }
+
+    /// The old offset of `chunk`'s content, if the old file has it.
+    fn find(&self, chunk: &Chunk) -> Option<u64> {
+        self.index.get(&chunk.hash).copied()
+    }
+}
+
+/// Streams the recipe of `new` against `old` (the receiver's signature of
+/// its old copy; `None` when it has none) into `emit`, reading `new` once.
+/// Returns the BLAKE3 and length of `new` as read, which the receiver
+/// checks after assembly.
+pub fn make_recipe<R, F>(
+    new: R,
+    size_hint: Option<u64>,
+    old: Option<&Signature>,
+    mut emit: F,
+) -> io::Result<(Hash, u64)>
+where
+    R: Read,
+    F: FnMut(Piece<'_>) -> io::Result<()>,
+{
+    let Some(sig) = old.filter(|s| !s.chunks.is_empty()) else {
+        return plain_recipe(new, size_hint, emit);
+    };
+    let params = sig.params.validate().map_err(io::Error::other)?;
+    let mut matcher = Matcher::new(sig);
+    let mut chunker = Chunker::new(new, params, size_hint);
+    while let Some(block) = chunker.next_block()? {
+        for chunk in &block.chunks {
+            match matcher.find(chunk) {
+                Some(at) => match &mut matcher.pending {
+                    Some((o, l)) if *o + *l == at => *l += u64::from(chunk.len),
+                    pending => {
+                        if let Some((offset, len)) = pending.take() {
+                            emit(Piece::Copy { offset, len })?;
+                        }
+                        *pending = Some((at, u64::from(chunk.len)));
+                    }
+                },
+                None => {
+                    if let Some((offset, len)) = matcher.pending.take() {
+                        emit(Piece::Copy { offset, len })?;
+                    }
+                    emit(Piece::Literal(block.bytes_of(chunk)))?;
+                }
+            }
+        }
+    }
+    if let Some((offset, len)) = matcher.pending.take() {
+        emit(Piece::Copy { offset, len })?;
+    }
+    chunker.finish()
+}
+
+fn plain_recipe<R, F>(mut new: R, size_hint: Option<u64>, mut emit: F) -> io::Result<(Hash, u64)>
+where
+    R: Read,
+    F: FnMut(Piece<'_>) -> io::Result<()>,
+{
+    let cap = size_hint.map_or(PLAIN_PIECE, |s| (s as usize).clamp(1, PLAIN_PIECE));
+    let mut buf = vec![0u8; cap];
+    let mut hasher = blake3::Hasher::new();
+    let mut total = 0u64;
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match new.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if filled == 0 {
+            return Ok((hasher.finalize().into(), total));
+        }
+        hasher.update(&buf[..filled]);
+        total += filled as u64;
+        emit(Piece::Literal(&buf[..filled]))?;
+        if filled < buf.len() {
+            return Ok((hasher.finalize().into(), total));
+        }
+    }
+}
+
+/// Positioned reads from the old file (`pread`), so copies need no seek
+/// state and the old file can be shared.
+pub trait ReadAt {
+    /// Reads up to `buf.len()` bytes at `offset`; 0 at the end.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+}
+
+impl ReadAt for std::fs::File {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        std::os::unix::fs::FileExt::read_at(self, buf, offset)
+    }
+}
+
+impl ReadAt for [u8] {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(self.len());
+        let n = buf.len().min(self.len() - start);
+        buf[..n].copy_from_slice(&self[start..start + n]);
+        Ok(n)
+    }
+}
+
+/// Why an assembly failed. Nothing is committed after any of these.
+#[derive(Debug, thiserror::Error)]
+pub enum AssembleError {
+    /// Reading the old file or writing the new one failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// A copy names bytes beyond the old file's end (or the old file
+    /// shrank meanwhile).
+    #[error("copy of {len} bytes at {offset} is outside the old file ({old_size} bytes)")]
+    CopyOutOfRange {
+        /// Requested offset.
+        offset: u64,
+        /// Requested length.
+        len: u64,
+        /// The old file's size when the assembly started.
+        old_size: u64,
+    },
+    /// More bytes than the announced size.
+    #[error("recipe produces more than the announced {0} bytes")]
+    TooLong(u64),
+    /// Fewer bytes than the announced size.
+    #[error("recipe produced {got} bytes, {want} announced")]
+    SizeMismatch {
+        /// Produced.
+        got: u64,
+        /// Announced.
+        want: u64,
+    },
+    /// The result is not the file the sender read (the old copy changed
+    /// since its signature was made, or the data was damaged).
+    #[error("assembled file does not match its BLAKE3 (expected {expected}, got {got})")]
+    HashMismatch {
+        /// From the sender.
+        expected: Hash,
+        /// Of what was written.
+        got: Hash,
+    },
+}
+
+/// Builds the new file from the old one and the recipe, hashing what it
+/// writes. Output is bounded by the announced size, so a sender cannot
+/// make the receiver write more than it announced.
+pub struct Assembler<'a, O: ReadAt + ?Sized, W: Write> {
+    old: Option<&'a O>,
+    old_size: u64,
+    out: W,
+    hasher: blake3::Hasher,
+    written: u64,
+    size: u64,
+    buf: Vec<u8>,
+}
+
+impl<'a, O: ReadAt + ?Sized, W: Write> Assembler<'a, O, W> {
+    /// Assembles into `out` a file announced as `size` bytes, copying from
+    /// `old` (`old_size` bytes, or `None`).
+    pub fn new(old: Option<(&'a O, u64)>, out: W, size: u64) -> Self {
+        Assembler {
+            old: old.map(|(o, _)| o),
+            old_size: old.map_or(0, |(_, s)| s),
+            out,
+            hasher: blake3::Hasher::new(),
+            written: 0,
+            size,
+            buf: Vec::new(),
+        }
+    }
+
+    fn put(&mut self, data: &[u8]) -> Result<(), AssembleError> {
+        if self.written + data.len() as u64 > self.size {
+            return Err(AssembleError::TooLong(self.size));
+        }
+        self.hasher.update(data);
+        self.out.write_all(data)?;
+        self.written += data.len() as u64;
+        Ok(())
+    }
+
+    /// Applies a copy step.
+    pub fn copy(&mut self, offset: u64, len: u64) -> Result<(), AssembleError> {
+        let out_of_range = AssembleError::CopyOutOfRange {
+            offset,
+            len,
+            old_size: self.old_size,
+        };
+        let Some(old) = self.old else {
+            return Err(out_of_range);
+        };
+        if offset
+            .checked_add(len)
+            .is_none_or(|end| end > self.old_size)
+        {
+            return Err(out_of_range);
+        }
+        if self.written + len > self.size {
+            return Err(AssembleError::TooLong(self.size));
+        }
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.resize(PLAIN_PIECE, 0);
+        let (mut at, end) = (offset, offset + len);
+        while at < end {
+            let want = (end - at).min(buf.len() as u64) as usize;
+            let n = old.read_at(&mut buf[..want], at)?;
+            if n == 0 {
+                self.buf = buf;
+                return Err(out_of_range);
+            }
+            self.put(&buf[..n])?;
+            at += n as u64;
+        }
+        self.buf = buf;
+        Ok(())
+    }
+
+    /// Applies a literal step.
+    pub fn literal(&mut self, data: &[u8]) -> Result<(), AssembleError> {
+        self.put(data)
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Checks size and BLAKE3 against what the sender announced and hands
+    /// back the writer (flushed) for committing.
+    pub fn finish(mut self, expected: Hash) -> Result<W, AssembleError> {
+        if self.written != self.size {
+            return Err(AssembleError::SizeMismatch {
+                got: self.written,
+                want: self.size,
+            });
+        }
+        let got: Hash = self.hasher.finalize().into();
+        if got != expected {
+            return Err(AssembleError::HashMismatch { expected, got });
+        }
+        self.out.flush()?;
+        Ok(self.out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::ChunkParams;
+    use crate::testdata::pseudo_random;
+    use proptest::prelude::*;
+
+    /// Runs the whole round: signature of `old`, recipe of `new`, assembly.
+    /// Returns the assembled bytes and the literal byte count.
+    fn round_trip(old: &[u8], new: &[u8]) -> (Vec<u8>, u64) {
+        let sig = Signature::of_reader(old, old.len() as u64).unwrap();
+        let mut asm = Assembler::new(Some((old, old.len() as u64)), Vec::new(), new.len() as u64);
+        let mut literal = 0u64;
+        let (hash, size) = make_recipe(new, Some(new.len() as u64), Some(&sig), |p| {
+            match p {
+                Piece::Copy { offset, len } => asm.copy(offset, len),
+                Piece::Literal(d) => {
+                    literal += d.len() as u64;
+                    asm.literal(d)
+                }
+            }
+            .map_err(io::Error::other)
+        })
+        .unwrap();
+        assert_eq!(size, new.len() as u64);
+        assert_eq!(hash, Hash::of(new));
+        (asm.finish(hash).unwrap(), literal)
+    }
+
+    #[test]
+    fn unchanged_file_is_one_copy() {
+        let old = pseudo_random(3 << 20, 1);
+        let sig = Signature::of_reader(&old[..], old.len() as u64).unwrap();
+        let mut pieces = Vec::new();
+        make_recipe(&old[..], None, Some(&sig), |p| {
+            pieces.push(format!("{p:?}"));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(
+            pieces,
+            [format!(
+                "{:?}",
+                Piece::Copy {
+                    offset: 0,
+                    len: 3 << 20
+                }
+            )]
+        );
+    }
+
+    #[test]
+    fn scattered_rewrites_and_an_insertion_send_little() {
+        let old = pseudo_random(16 << 20, 2);
+        let mut new = old.clone();
+        for i in 0..4 {
+            let at = (i * 4 + 1) << 20;
+            new[at..at + 4096].copy_from_slice(&pseudo_random(4096, 10 + i as u64));
+        }
+        let (out, literal) = round_trip(&old, &new);
+        assert_eq!(out, new);
+        assert!(
+            literal < 4 * 4 * ChunkParams::for_size(old.len() as u64).max as u64,
+            "{literal}"
+        );
+        let mut ins = old.clone();
+        ins.splice(8 << 20..8 << 20, pseudo_random(1 << 20, 99));
+        let (out, literal) = round_trip(&old, &ins);
+        assert_eq!(out, ins);
+        assert!(
+            literal < (1 << 20) + 3 * u64::from(ChunkParams::for_size(old.len() as u64).max),
+            "{literal}"
+        );
+    }
+
+    #[test]
+    fn no_old_copy_sends_plain_pieces() {
+        let new = pseudo_random(PLAIN_PIECE * 2 + 5, 3);
+        let mut lens = Vec::new();
+        let (h, n) = make_recipe(&new[..], Some(new.len() as u64), None, |p| {
+            if let Piece::Literal(d) = p {
+                lens.push(d.len());
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(lens, [PLAIN_PIECE, PLAIN_PIECE, 5]);
+        assert_eq!((h, n), (Hash::of(&new), new.len() as u64));
+        let (h, n) = make_recipe(&b""[..], Some(0), None, |_| panic!("nothing to emit")).unwrap();
+        assert_eq!((h, n), (Hash::of(b""), 0));
+    }
+
+    #[test]
+    fn assembly_refuses_what_does_not_add_up() {
+        let old = b"0123456789".as_slice();
+        let mut a = Assembler::new(Some((old, 10)), Vec::new(), 4);
+        assert!(matches!(
+            a.copy(8, 4),
+            Err(AssembleError::CopyOutOfRange { .. })
+        ));
+        assert!(matches!(
+            a.copy(u64::MAX, 2),
+            Err(AssembleError::CopyOutOfRange { .. })
+        ));
+        assert!(matches!(
+            a.literal(b"12345"),
+            Err(AssembleError::TooLong(4))
+        ));
+        a.copy(0, 4).unwrap();
+        assert!(matches!(
+            a.finish(Hash::of(b"0124")),
+            Err(AssembleError::HashMismatch { .. })
+        ));
+        let a: Assembler<'_, [u8], _> = Assembler::new(None, Vec::new(), 3);
+        assert!(matches!(
+            a.finish(Hash::of(b"abc")),
+            Err(AssembleError::SizeMismatch { got: 0, want: 3 })
+        ));
+        let mut a: Assembler<'_, [u8], _> = Assembler::new(None, Vec::new(), 3);
+        assert!(a.copy(0, 1).is_err(), "no old file to copy from");
+    }
+
+    #[test]
+    fn an_old_file_that_changed_is_caught_by_the_whole_hash() {
+        let old = pseudo_random(1 << 20, 5);
+        let new = [&old[..], b"tail"].concat();
+        let sig = Signature::of_reader(&old[..], old.len() as u64).unwrap();
+        let mut changed = old.clone();
+        changed[1000] ^= 1;
+        let mut asm = Assembler::new(
+            Some((&changed[..], changed.len() as u64)),
+            Vec::new(),
+            new.len() as u64,
+        );
+        let (hash, _) = make_recipe(&new[..], None, Some(&sig), |p| {
+            match p {
+                Piece::Copy { offset, len } => asm.copy(offset, len),
+                Piece::Literal(d) => asm.literal(d),
+            }
+            .map_err(io::Error::other)
+        })
+        .unwrap();
+        assert!(matches!(
+            asm.finish(hash),
+            Err(AssembleError::HashMismatch { .. })
+        ));
+    }
+
+    #[derive(Debug, Clone)]
+    enum Edit {
+        Insert(usize, Vec<u8>),
+        Delete(usize, usize),
+        Overwrite(usize, Vec<u8>),
+        Truncate(usize),
+        Grow(Vec<u8>),
+    }
+
+    fn edit() -> impl Strategy<Value = Edit> {
+        let bytes = prop::collection::vec(any::<u8>(), 0..20_000);
+        prop_oneof![
+            (any::<usize>(), bytes.clone()).prop_map(|(a, b)| Edit::Insert(a, b)),
+            (any::<usize>(), 0usize..50_000).prop_map(|(a, n)| Edit::Delete(a, n)),
+            (any::<usize>(), bytes.clone()).prop_map(|(a, b)| Edit::Overwrite(a, b)),
+            any::<usize>().prop_map(Edit::Truncate),
+            bytes.prop_map(Edit::Grow),
+        ]
+    }
+
+    fn apply(data: &mut Vec<u8>, e: &Edit) {
+        let at = |a: usize, len: usize| if len == 0 { 0 } else { a % (len + 1) };
+        match e {
+            Edit::Insert(a, b) => {
+                let p = at(*a, data.len());
+                data.splice(p..p, b.iter().copied());
+            }
+            Edit::Delete(a, n) => {
+                let p = at(*a, data.len());
+                let end = (p + n).min(data.len());
+                data.drain(p..end);
+            }
+            Edit::Overwrite(a, b) => {
+                let p = at(*a, data.len());
+                let end = (p + b.len()).min(data.len());
+                data.splice(p..end, b.iter().copied());
+            }
+            Edit::Truncate(a) => {
+                let p = at(*a, data.len());
+                data.truncate(p);
+            }
+            Edit::Grow(b) => data.extend_from_slice(b),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn recipe_applied_to_old_gives_new(
+            len in 0usize..400_000,
+            seed in any::<u64>(),
+            edits in prop::collection::vec(edit(), 0..6),
+        ) {
+            let old = pseudo_random(len, seed);
+            let mut new = old.clone();
+            for e in &edits {
+                apply(&mut new, e);
+            }
+            let (out, literal) = round_trip(&old, &new);
+            prop_assert_eq!(&out, &new);
+            prop_assert!(literal <= new.len() as u64);
+        }
+    }
+}
