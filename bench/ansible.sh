@@ -87,9 +87,8 @@ cleanup() {
     rm -rf "$WORK"
 }
 trap cleanup EXIT
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 # ----------------------------------------------------------- skiff hosts
 log "starting $HOSTS skiff servers"
@@ -114,30 +113,10 @@ done
 # ------------------------------------------------------------- ssh hosts
 log "starting sshd on $HOSTS ports"
 SSHDIR="$WORK/ssh"
-mkdir -p "$SSHDIR" /run/sshd 2>/dev/null || mkdir -p "$SSHDIR"
-chmod 700 "$SSHDIR"
-ssh-keygen -q -t ed25519 -N '' -f "$SSHDIR/host_key"
-ssh-keygen -q -t ed25519 -N '' -f "$SSHDIR/client_key"
-cp "$SSHDIR/client_key.pub" "$SSHDIR/authorized_keys"
 SSH_PORTS=()
-{
-    for i in $(seq "$HOSTS"); do
-        p=$(free_port); SSH_PORTS+=("$p"); echo "Port $p"
-    done
-    cat <<EOF
-ListenAddress 127.0.0.1
-HostKey $SSHDIR/host_key
-AuthorizedKeysFile $SSHDIR/authorized_keys
-PidFile $SSHDIR/sshd.pid
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PubkeyAuthentication yes
-PermitRootLogin prohibit-password
-StrictModes no
-UsePAM no
-MaxStartups 100
-EOF
-} >"$SSHDIR/sshd_config"
+for i in $(seq "$HOSTS"); do SSH_PORTS+=("$(free_port)"); done
+private_sshd_config "$SSHDIR" "${SSH_PORTS[@]}"
+echo "MaxStartups 100" >>"$SSHDIR/sshd_config"
 "$SSHD" -D -e -f "$SSHDIR/sshd_config" 2>"$WORK/sshd.log" &
 PIDS+=("$!")
 for _ in $(seq 100); do

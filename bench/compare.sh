@@ -100,10 +100,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# A free loopback TCP port.
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 # Waits until something listens on 127.0.0.1:$1 (at most 20 s).
 wait_port() {
     local i
@@ -208,26 +206,9 @@ log "skiff at $SKIFF_TLS and $SKIFF_UNIX (exec: $has_exec, files: $has_files)"
 # ------------------------------------------------------------------- sshd
 log "starting sshd"
 SSHDIR="$WORK/ssh"
-mkdir -p "$SSHDIR" /run/sshd 2>/dev/null || mkdir -p "$SSHDIR"
-chmod 700 "$SSHDIR"
-ssh-keygen -q -t ed25519 -N '' -f "$SSHDIR/host_key"
-ssh-keygen -q -t ed25519 -N '' -f "$SSHDIR/client_key"
-cp "$SSHDIR/client_key.pub" "$SSHDIR/authorized_keys"
 SSH_PORT=$(free_port)
-cat >"$SSHDIR/sshd_config" <<EOF
-Port $SSH_PORT
-ListenAddress 127.0.0.1
-HostKey $SSHDIR/host_key
-AuthorizedKeysFile $SSHDIR/authorized_keys
-PidFile $SSHDIR/sshd.pid
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PubkeyAuthentication yes
-PermitRootLogin prohibit-password
-StrictModes no
-UsePAM no
-Subsystem sftp internal-sftp
-EOF
+private_sshd_config "$SSHDIR" "$SSH_PORT"
+echo "Subsystem sftp internal-sftp" >>"$SSHDIR/sshd_config"
 start_bg "$SSHD" -D -e -f "$SSHDIR/sshd_config" 2>"$WORK/sshd.log"
 wait_port "$SSH_PORT"
 SSH_OPTS=(-F /dev/null -i "$SSHDIR/client_key" -o StrictHostKeyChecking=no

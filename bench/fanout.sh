@@ -53,9 +53,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
@@ -79,33 +78,16 @@ FP="$(grep -o 'SHA256:[0-9a-f]*' "$W/serve.out" | head -1)"
 
 # --- sshd: one private server, N aliases -------------------------------------
 PORT="$(free_port)"
-ssh-keygen -q -t ed25519 -N '' -f "$W/hostkey"
-ssh-keygen -q -t ed25519 -N '' -f "$W/id"
-mkdir -p "$HOME/.ssh"
-cp "$W/id.pub" "$HOME/.ssh/authorized_keys"
-chmod 700 "$HOME" "$HOME/.ssh"; chmod 600 "$HOME/.ssh/authorized_keys"
-cat > "$W/sshd_config" <<EOF
-Port $PORT
-ListenAddress 127.0.0.1
-HostKey $W/hostkey
-AuthorizedKeysFile $HOME/.ssh/authorized_keys
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-StrictModes no
-PermitRootLogin prohibit-password
-MaxStartups 1000
-MaxSessions 1000
-PidFile $W/sshd.pid
-EOF
-mkdir -p /run/sshd 2>/dev/null || true
-/usr/sbin/sshd -f "$W/sshd_config" -D -e 2> "$W/sshd.log" &
+SSHDIR="$W/ssh"
+private_sshd_config "$SSHDIR" "$PORT"
+printf 'MaxStartups 1000\nMaxSessions 1000\n' >>"$SSHDIR/sshd_config"
+/usr/sbin/sshd -f "$SSHDIR/sshd_config" -D -e 2> "$W/sshd.log" &
 PIDS+=($!)
 {
     for i in $(seq -f '%03g' 1 "$HOSTS"); do
         printf 'Host node%s\n  HostName 127.0.0.1\n' "$i"
     done
-    printf 'Host *\n  Port %s\n  IdentityFile %s\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n  BatchMode yes\n' "$PORT" "$W/id"
+    printf 'Host *\n  Port %s\n  IdentityFile %s\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n  BatchMode yes\n' "$PORT" "$SSHDIR/client_key"
 } > "$W/ssh_config"
 seq -f 'node%03g' 1 "$HOSTS" > "$W/hosts.txt"
 for _ in $(seq 50); do ssh -F "$W/ssh_config" node001 true 2>/dev/null && break; sleep 0.1; done

@@ -315,12 +315,21 @@ impl TempFile {
         Ok(())
     }
 
-    /// Links the file in as `dest` only if nothing has that name
-    /// (`link(2)` fails with `AlreadyExists` atomically, whatever is there,
-    /// a dangling symlink included); the temporary name is then removed
-    /// by `Drop`.
-    async fn commit_new(self, dest: &Path) -> io::Result<()> {
-        tokio::fs::hard_link(&self.path, dest).await
+    /// Renames the file to `dest` only if nothing has that name
+    /// (`renameat2(RENAME_NOREPLACE)` fails with `AlreadyExists`
+    /// atomically, whatever is there, a dangling symlink included), so the
+    /// temporary name and the final one are never both visible.
+    async fn commit_new(mut self, dest: &Path) -> io::Result<()> {
+        let (from, to) = (self.path.clone(), dest.to_path_buf());
+        tokio::task::spawn_blocking(move || {
+            use nix::fcntl::{renameat2, RenameFlags};
+            renameat2(None, &from, None, &to, RenameFlags::RENAME_NOREPLACE)
+                .map_err(io::Error::from)
+        })
+        .await
+        .map_err(io::Error::other)??;
+        self.committed = true;
+        Ok(())
     }
 }
 

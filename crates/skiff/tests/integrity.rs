@@ -1,6 +1,6 @@
 //! End-to-end: what `done` promises. Concurrent uploads of one path never
 //! mix and never report bytes that are not there; partial uploads live out
-//! of the root and expire.
+//! of the root and expire; links uploaded into the root never lead out of it.
 
 mod common;
 
@@ -8,7 +8,7 @@ use std::fs;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{hash, leftovers, make_file, ok, p, run, stderr, TestServer};
+use common::{fails_with, hash, leftovers, make_file, ok, p, run, stderr, TestServer};
 
 /// A slowed-down client (`SKIFF_TEST_CHUNK_DELAY_MS`), output captured.
 fn spawn_slow(server: &TestServer, args: &[&str], delay_ms: u32) -> Child {
@@ -214,4 +214,65 @@ fn stale_partial_uploads_are_reported_and_expire() {
     let url = server.url().to_string();
     ok(&run(&server, &["put", "--resume", &url, p(&src), "x"]));
     assert_eq!(hash(&server.root.join("x")), hash(&src));
+}
+
+/// `sub/up -> ..` then `esc -> sub/up/..` (or the other way round) looks
+/// harmless to a count of `..`, yet `esc` would resolve to the root's
+/// parent. Uploaded in either order, in one tree or in two, `esc` is
+/// refused with `path_escape` and never created.
+#[test]
+fn symlink_chains_cannot_walk_out_of_the_root() {
+    let server = TestServer::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let both = work.path().join("both");
+    fs::create_dir_all(both.join("sub")).unwrap();
+    std::os::unix::fs::symlink("..", both.join("sub/up")).unwrap();
+    std::os::unix::fs::symlink("sub/up/..", both.join("esc")).unwrap();
+    fails_with(
+        &run(&server, &["put", "-r", server.url(), p(&both), "/"]),
+        "path_escape",
+    );
+    assert!(fs::symlink_metadata(server.root.join("both/esc")).is_err());
+
+    // The link that climbs first, the one that uses it in a later upload.
+    let first = work.path().join("first");
+    fs::create_dir_all(first.join("sub")).unwrap();
+    std::os::unix::fs::symlink("..", first.join("sub/up")).unwrap();
+    ok(&run(&server, &["put", "-r", server.url(), p(&first), "t"]));
+    let second = work.path().join("second");
+    fs::create_dir_all(&second).unwrap();
+    std::os::unix::fs::symlink("sub/up/../..", second.join("esc")).unwrap();
+    fails_with(
+        &run(&server, &["put", "-r", server.url(), p(&second), "t/"]),
+        "path_escape",
+    );
+    assert!(fs::symlink_metadata(server.root.join("t/second/esc")).is_err());
+    assert!(fs::symlink_metadata(server.root.join("t/esc")).is_err());
+}
+
+/// A target that names no `..` at all can still lead out through a link
+/// already in the root (put there by another program): the kernel's
+/// resolution decides, so it is refused.
+#[test]
+fn symlink_through_an_existing_link_out_is_refused() {
+    let server = TestServer::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let outside = work.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    fs::write(outside.join("secret"), b"secret").unwrap();
+    std::os::unix::fs::symlink(&outside, server.root.join("out")).unwrap();
+    let tree = work.path().join("tree");
+    fs::create_dir(&tree).unwrap();
+    std::os::unix::fs::symlink("../out/secret", tree.join("peek")).unwrap();
+    std::os::unix::fs::symlink("../inside", tree.join("fine")).unwrap();
+    fails_with(
+        &run(&server, &["put", "-r", server.url(), p(&tree), "/"]),
+        "path_escape",
+    );
+    assert!(fs::symlink_metadata(server.root.join("tree/peek")).is_err());
+    // A link that stays inside (dangling for now) is still created.
+    assert_eq!(
+        fs::read_link(server.root.join("tree/fine")).unwrap(),
+        std::path::Path::new("../inside")
+    );
 }

@@ -41,8 +41,6 @@ pub struct Located {
     pub parent: Dir,
     /// The last component.
     pub name: String,
-    /// Number of components above `name` (its parent's depth below the root).
-    pub depth: usize,
 }
 
 /// Resolves all but the last component of `path` beneath `root`. The root
@@ -59,7 +57,6 @@ pub fn locate(root: &Dir, path: &str, what: &str) -> Result<Located, ErrorMsg> {
     Ok(Located {
         parent,
         name: (*name).to_string(),
-        depth: dirs.len(),
     })
 }
 

@@ -13,7 +13,7 @@ use crate::service::ServiceContext;
 use crate::session::{Session, SessionError};
 use crate::transfer::checksum::digests_match;
 use crate::transfer::commit::{self, CommitError, Destination, Observed};
-use crate::transfer::names::link_stays_inside;
+use crate::transfer::links;
 use crate::transfer::partfile::PartFile;
 use crate::transfer::pipeline::{Sink, SinkDone};
 use crate::transfer::staging::{StageKey, Staged};
@@ -279,11 +279,14 @@ fn verify_and_commit(
 fn make_symlink(root: &Dir, req: &Put) -> Result<(), ErrorMsg> {
     let loc = confine::locate(root, &req.path, Put::OP)?;
     let target = req.target.as_deref().unwrap_or("");
-    if !link_stays_inside(loc.depth, target) {
+    let comps = confine::components(&req.path)?;
+    let parent = &comps[..comps.len().saturating_sub(1)];
+    let physical = links::physical_path(root, parent).map_err(|e| errors::to_msg(&e, &req.path))?;
+    if let Err(refused) = links::check(root, &physical, target) {
         return Err(errors::msg(
             ErrorCode::PathEscape,
             &req.path,
-            &format!("symlink target {target:?} points outside the root"),
+            &refused.to_string(),
         ));
     }
     let dest = PartFile::new(loc.parent, &loc.name);
