@@ -12,7 +12,7 @@ use skiff_wire::message::handshake::Welcome;
 
 use crate::audit::{Audit, Destination, Event};
 use crate::auth::handshake::{Block, NO_BINDING};
-use crate::policy::env::AcceptEnv;
+use crate::policy::env::{AcceptEnv, BaseEnv};
 use crate::serve_config::{ConfigSource, ServeFile};
 use crate::service::udp_ping::UdpPingService;
 use crate::service::{self, ServiceContext};
@@ -160,6 +160,7 @@ struct SessionHandler {
     staging: Arc<StagingArea>,
     audit: Audit,
     live: Arc<RwLock<LiveSettings>>,
+    base_env: Arc<BaseEnv>,
 }
 
 impl SessionHandler {
@@ -202,6 +203,10 @@ impl StreamHandler for SessionHandler {
     async fn handle(&self, conn: &mut Connection) -> std::io::Result<()> {
         let peer_ip: Option<IpAddr> = conn.peer().ip();
         let peer = conn.peer().to_string();
+        let client = match conn.peer() {
+            skiff_net::PeerAddr::Ip(a) => Some(*a),
+            skiff_net::PeerAddr::Unix(_) => None,
+        };
         let deadline = tokio::time::Instant::now() + self.handshake_timeout;
         let (io, cb): (Box<dyn Io + '_>, Block) = match &self.tls {
             Some((acceptor, cb)) => {
@@ -263,7 +268,7 @@ impl StreamHandler for SessionHandler {
             user: user.clone(),
             peer: peer.clone(),
         });
-        let _accept_env = self
+        let accept_env = self
             .live
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -274,6 +279,12 @@ impl StreamHandler for SessionHandler {
             root,
             exec_enabled: self.exec_enabled,
             user: user.clone(),
+            policy: login.policy.clone(),
+            client,
+            peer: peer.clone(),
+            audit: self.audit.clone(),
+            base_env: self.base_env.clone(),
+            accept_env,
             staging: self.staging.clone(),
         };
         let (result, reason) = match service::serve(&mut session, &ctx).await {
@@ -410,6 +421,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let live = Arc::new(RwLock::new(LiveSettings {
         accept_env: Arc::new(accept_env),
     }));
+    let base_env = Arc::new(BaseEnv::from_server());
     let welcome = Welcome {
         server: format!("skiff {}", env!("CARGO_PKG_VERSION")),
         services: ServiceContext::services(!cfg.no_exec),
@@ -475,6 +487,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             staging: staging.clone(),
             audit: audit.clone(),
             live: live.clone(),
+            base_env: base_env.clone(),
         });
         listeners.push((builder.add_stream(l.addr.clone(), handler), l.tls));
     }
