@@ -5,6 +5,7 @@ use super::exec::Exec;
 use super::files::{Get, Ls, Mkdir, Mv, Put, Rm, Stat};
 use super::phase;
 use super::ping::Ping;
+use super::tree::PutTree;
 
 phase! {
     /// Client to server, between operations: the request that starts one.
@@ -29,6 +30,8 @@ phase! {
         Mv(Mv),
         /// Run a command (its input and output frames follow).
         Exec(Exec),
+        /// Upload a tree as one stream (its entries follow).
+        PutTree(PutTree),
     }
 }
 
@@ -51,7 +54,7 @@ mod tests {
     fn services_in_wire_order() {
         assert_eq!(
             Request::OPS,
-            &["ping", "put", "get", "ls", "stat", "rm", "mkdir", "mv", "exec"]
+            &["ping", "put", "get", "ls", "stat", "rm", "mkdir", "mv", "exec", "put_tree"]
         );
     }
 

@@ -187,6 +187,22 @@ fn rename_checked(
     dest: &Destination,
     observed: Observed,
 ) -> Result<(), CommitError> {
+    rename_into_place(staged, dest, observed)?;
+    meta::open_self(&dest.dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Steps 2 and 3 of a commit, and the identity check of step 4, for one
+/// file of a batch: the caller has already applied mode and mtime and
+/// made the staged file durable (one sync for the whole batch), and
+/// fsyncs each destination directory once after all the renames. The
+/// staged file must be on the destination's file system (`EXDEV`
+/// otherwise; use [`commit`] then).
+pub fn rename_into_place(
+    staged: &Staged,
+    dest: &Destination,
+    observed: Observed,
+) -> Result<(), CommitError> {
     {
         let _guard = COMMIT_LOCK.lock().unwrap_or_else(|p| p.into_inner());
         if !staged.still_named() {
@@ -212,7 +228,6 @@ fn rename_checked(
             return Err(CommitError::Lost);
         }
     }
-    meta::open_self(&dest.dir)?.sync_all()?;
     Ok(())
 }
 

@@ -8,6 +8,7 @@
 
 pub mod checksum;
 pub mod commit;
+pub mod durable;
 pub mod errors;
 pub mod fault;
 pub mod links;

@@ -204,6 +204,18 @@ impl StagingArea {
         create_unique(dir, &key.prefix)
     }
 
+    /// The directory `key`'s staged files go in, opened once for the many
+    /// files of a tree upload (see [`create_in`](Self::create_in)).
+    pub fn open_user_dir(&self, key: &StageKey) -> io::Result<Dir> {
+        self.user_dir(key)
+    }
+
+    /// [`create`](Self::create) in a directory from
+    /// [`open_user_dir`](Self::open_user_dir) for the same user.
+    pub fn create_in(&self, dir: &Dir, key: &StageKey) -> io::Result<Staged> {
+        create_unique(dir.try_clone()?, &key.prefix)
+    }
+
     /// Takes over the newest partial file of `key` that no live transfer
     /// holds, with its length. A partial file longer than `max_len`
     /// belongs to another version of the source and is removed. `None`

@@ -9,6 +9,7 @@
 pub mod download;
 pub mod progress;
 pub mod remote;
+mod tree_put;
 pub mod upload;
 
 use skiff_wire::message::files::{FilesReply, HashAlg};

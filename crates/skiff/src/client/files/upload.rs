@@ -17,6 +17,7 @@ use skiff_wire::{ErrorCode, Message};
 use tokio::sync::{mpsc, oneshot};
 
 use super::progress::Progress;
+use super::tree_put;
 use super::{
     failure_or_protocol, hand_to_reader, recv_msg, remote, remote_join, Failure, Options, Summary,
 };
@@ -29,7 +30,7 @@ const PIPELINE_DEPTH: usize = 64;
 
 /// One thing to create on the server.
 #[derive(Debug)]
-enum Job {
+pub(super) enum Job {
     Mkdir(Mkdir),
     File(FileJob),
     Symlink { remote: String, target: String },
@@ -37,12 +38,12 @@ enum Job {
 
 /// A local file to upload to `remote`, with the metadata to give it.
 #[derive(Debug)]
-struct FileJob {
-    local: PathBuf,
-    remote: String,
-    size: u64,
-    mode: u32,
-    mtime_ns: i64,
+pub(super) struct FileJob {
+    pub(super) local: PathBuf,
+    pub(super) remote: String,
+    pub(super) size: u64,
+    pub(super) mode: u32,
+    pub(super) mtime_ns: i64,
 }
 
 /// What the reader should expect for a request the writer sent.
@@ -99,6 +100,21 @@ pub async fn put(
         (vec![job], md.len())
     };
     let progress = Progress::new(total, opts.progress);
+    if md.is_dir() && !opts.resume {
+        // One stream for the whole tree, when the server offers it.
+        match tree_put::start(session, opts).await? {
+            tree_put::Start::Ready(window) => {
+                tree_put::stream(session, jobs, window, opts, &progress, &mut summary).await?;
+                progress.finish();
+                return Ok(summary);
+            }
+            tree_put::Start::Refused(f) => {
+                summary.failures.push(f);
+                return Ok(summary);
+            }
+            tree_put::Start::Unsupported => {}
+        }
+    }
     run(session, &jobs, opts, &progress, &mut summary).await?;
     progress.finish();
     Ok(summary)
@@ -432,7 +448,7 @@ impl<F: Fn(Failure) + Sync> Sender<'_, '_, F> {
 }
 
 /// A local file that could not be read.
-fn local_failure(path: &Path, e: &std::io::Error) -> Failure {
+pub(super) fn local_failure(path: &Path, e: &std::io::Error) -> Failure {
     Failure {
         code: ErrorCode::Internal,
         message: format!("{}: {e}", path.display()),

@@ -13,6 +13,7 @@ mod get;
 mod listing;
 mod manage;
 mod put;
+mod tree;
 
 use skiff_wire::message::files::{Done, EntryKind, Mkdir, Mv, Put, Rm};
 use skiff_wire::message::Request;
@@ -57,6 +58,7 @@ pub async fn handle(
                 return Err(e);
             }
         },
+        Request::PutTree(req) => return tree::receive(session, ctx, &root, req).await,
         Request::Get(req) => return get::handle(session, &root, req).await,
         Request::Ls(req) => return listing::ls(session, &root, req).await,
         Request::Stat(req) => return reply(session, listing::stat(&root, &req)).map(|_| ()),
@@ -105,6 +107,15 @@ impl Change {
                 ("symlink", &p.path, p.target.clone())
             }
             Request::Put(p) => (Put::OP, &p.path, None),
+            // Each file of a tree is recorded on its own; this is the
+            // policy check of the tree as a whole.
+            Request::PutTree(_) => {
+                return Some(Change {
+                    op: Put::OP,
+                    path: "/".to_string(),
+                    to: None,
+                })
+            }
             Request::Rm(r) => (Rm::OP, &r.path, None),
             Request::Mkdir(m) => (Mkdir::OP, &m.path, None),
             Request::Mv(m) => (Mv::OP, &m.from, Some(m.to.clone())),

@@ -119,7 +119,7 @@ fn prepare(ctx: &ServiceContext, root: &Dir, req: &Put) -> Result<Prepared, Erro
 }
 
 /// The answer for a commit that did not happen.
-fn commit_msg(e: CommitError, path: &str) -> ErrorMsg {
+pub(super) fn commit_msg(e: CommitError, path: &str) -> ErrorMsg {
     match e {
         CommitError::Exists(why) => errors::msg(ErrorCode::Exists, path, why),
         CommitError::Conflict => ErrorMsg::new(ErrorCode::Conflict, format!("{path}: {e}")),
@@ -288,7 +288,7 @@ fn verify_and_commit(
 }
 
 /// Creates a symlink; its target must stay inside the root.
-fn make_symlink(root: &Dir, req: &Put) -> Result<(), ErrorMsg> {
+pub(super) fn make_symlink(root: &Dir, req: &Put) -> Result<(), ErrorMsg> {
     let loc = confine::locate(root, &req.path, Put::OP)?;
     let target = req.target.as_deref().unwrap_or("");
     let comps = confine::components(&req.path)?;

@@ -1,0 +1,262 @@
+#!/usr/bin/env bash
+# Small files and latency: skiff put -r / get -r beside the rsync daemon
+# and local cp -r, on tmpfs and on disk, and through a delay relay that adds
+# a fixed round-trip time on loopback. Optionally (--bulk) one large file on
+# tmpfs beside the rsync daemon and socat. Prints a Markdown report.
+#
+#   bench/tree.sh [--files N] [--dirs D] [--size BYTES] [--runs R]
+#                 [--rtt-ms MS] [--bulk MIB] [--no-build] [--out FILE]
+#
+# Defaults: 10000 files of 4096 bytes in 100 directories, 3 runs (the
+# median is reported), 50 ms round trip, no bulk rows. Every server it
+# starts is stopped by PID on exit and its directories are removed.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+FILES=10000
+DIRS=100
+SIZE=4096
+RUNS=3
+RTT=50
+BULK=0
+BUILD=1
+OUT=/dev/stdout
+ARGS_GIVEN="$*"
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --files) FILES=$2; shift ;;
+        --dirs) DIRS=$2; shift ;;
+        --size) SIZE=$2; shift ;;
+        --runs) RUNS=$2; shift ;;
+        --rtt-ms) RTT=$2; shift ;;
+        --bulk) BULK=$2; shift ;;
+        --no-build) BUILD=0 ;;
+        --out) OUT=$2; shift ;;
+        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        *) echo "tree.sh: unknown argument $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+log() { printf '[tree %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+for t in rsync python3; do
+    command -v "$t" >/dev/null || { echo "tree.sh: needs $t (apt-get install rsync python3)" >&2; exit 1; }
+done
+[ "$BULK" = 0 ] || command -v socat >/dev/null || { echo "tree.sh: --bulk needs socat" >&2; exit 1; }
+
+SKIFF="$REPO/target/release/skiff"
+if [ "$BUILD" = 1 ]; then
+    log "building skiff (release)"
+    (cd "$REPO" && cargo build --release -q -p skiff)
+fi
+[ -x "$SKIFF" ] || { echo "tree.sh: $SKIFF not built" >&2; exit 1; }
+
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
+
+TMPFS_BASE=/dev/shm
+DISK_BASE=/var/tmp
+WORK_T=$(mktemp -d "$TMPFS_BASE/skiff-tree.XXXXXX")
+WORK_D=$(mktemp -d "$DISK_BASE/skiff-tree.XXXXXX")
+PIDS=()
+cleanup() {
+    local p
+    for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null || true; done
+    rm -rf "$WORK_T" "$WORK_D"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+now() { date +%s.%N; }
+# median of the arguments
+median() { python3 -c "import statistics,sys; print(statistics.median(map(float, sys.argv[1:])))" "$@"; }
+# ratio A B -> "1.23x"
+ratio() {
+    python3 -c "
+try:
+    a, b = float('$1'), float('$2'); print(f'{a/b:.2f}x' if b > 0 else 'n/a')
+except ValueError:
+    print('n/a')"
+}
+wait_line() { # FILE PATTERN: waits (20 s at most) until FILE has a line matching PATTERN
+    local i
+    for i in $(seq 200); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
+    echo "tree.sh: timed out waiting for '$2' in $1" >&2; cat "$1" >&2; return 1
+}
+
+# make_tree DIR: FILES files of SIZE random bytes spread over DIRS directories.
+make_tree() {
+    python3 - "$1" "$FILES" "$DIRS" "$SIZE" <<'PY'
+import os, sys
+top, files, dirs, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+for d in range(dirs):
+    os.makedirs(os.path.join(top, f"d{d:03}"), exist_ok=True)
+for i in range(files):
+    with open(os.path.join(top, f"d{i % dirs:03}", f"f{i:05}.bin"), "wb") as f:
+        f.write(os.urandom(size))
+PY
+}
+# same_tree A B: fails unless both trees hold the same files with the same bytes
+same_tree() { diff -r -q "$1" "$2" >/dev/null; }
+
+# start_skiff BASE: a server whose root and state directory are under BASE;
+# sets SK_URL and SK_HOME.
+start_skiff() {
+    local base=$1 out
+    mkdir -p "$base/root" "$base/state" "$base/home"
+    out="$base/serve.out"
+    HOME="$base/home" "$SKIFF" serve --root "$base/root" --state-dir "$base/state" \
+        --listen tcp://127.0.0.1:0 >"$out" 2>"$base/serve.err" &
+    PIDS+=("$!")
+    SK_PID=$!
+    wait_line "$out" '^listening on tcp://'
+    SK_URL=$(grep -m1 '^listening on tcp://' "$out" | sed 's/^listening on //')
+    SK_HOME="$base/home"
+    # the client key the server wrote on first start
+    for i in $(seq 100); do [ -s "$SK_HOME/.config/skiff/key" ] && break; sleep 0.1; done
+}
+# start_rsyncd BASE: sets RS_PORT; module "bench" is BASE/rsync
+start_rsyncd() {
+    local base=$1
+    mkdir -p "$base/rsync"
+    cat >"$base/rsyncd.conf" <<EOF
+use chroot = no
+pid file = $base/rsyncd.pid
+[bench]
+    path = $base/rsync
+    read only = no
+    uid = $(id -u)
+    gid = $(id -g)
+EOF
+    RS_PORT=$(free_port)
+    rsync --daemon --no-detach --config="$base/rsyncd.conf" --port="$RS_PORT" --address=127.0.0.1 &
+    PIDS+=("$!")
+    for i in $(seq 100); do python3 -c "import socket; socket.create_connection(('127.0.0.1',$RS_PORT),0.2)" 2>/dev/null && break; sleep 0.1; done
+}
+# start_relay TARGET_PORT: sets RELAY_PORT (RTT ms of added round trip)
+start_relay() {
+    local out
+    out=$(mktemp "$WORK_T/relay.XXXXXX")
+    python3 "$REPO/bench/delay_relay.py" --listen 0 --to "127.0.0.1:$1" --rtt-ms "$RTT" >"$out" &
+    PIDS+=("$!")
+    wait_line "$out" '^listening on'
+    RELAY_PORT=$(sed -n 's/^listening on .*:\([0-9]*\)$/\1/p' "$out")
+}
+
+# run_rate NAME SETUP CMD...: runs SETUP (a shell snippet clearing the
+# destination), then times CMD, RUNS times; prints the median files/s.
+run_rate() {
+    local name=$1 setup=$2 t0 t1 r secs=()
+    shift 2
+    for r in $(seq "$RUNS"); do
+        eval "$setup"
+        t0=$(now)
+        "$@" >/dev/null 2>"$WORK_T/last.err" || { log "$name failed: $(head -c 300 "$WORK_T/last.err")"; echo "failed"; return; }
+        t1=$(now)
+        secs+=("$(python3 -c "print($t1 - $t0)")")
+    done
+    python3 -c "print(f'{$FILES / $(median "${secs[@]}"):.0f}')"
+}
+
+REPORT=()
+# tree_rows LABEL BASE: every tree row for one location
+tree_rows() {
+    local label=$1 base=$2 src sk_put sk_get rs_put rs_get cp_r
+    log "$label: creating $FILES files of $SIZE bytes in $DIRS directories"
+    src="$base/src"
+    make_tree "$src"
+    start_skiff "$base/skiff"
+    start_rsyncd "$base"
+    local sk=(env HOME="$SK_HOME" "$SKIFF")
+    log "$label: skiff put -r"
+    sk_put=$(run_rate "skiff put -r" "rm -rf '$base/skiff/root/t'" "${sk[@]}" put -r "$SK_URL" "$src" t)
+    same_tree "$src" "$base/skiff/root/t" || log "WARNING: skiff put -r tree differs"
+    log "$label: skiff get -r"
+    sk_get=$(run_rate "skiff get -r" "rm -rf '$base/got'" "${sk[@]}" get -r "$SK_URL" t "$base/got")
+    same_tree "$src" "$base/got" || log "WARNING: skiff get -r tree differs"
+    log "$label: rsync daemon"
+    rs_put=$(run_rate "rsync put" "rm -rf '$base/rsync/t'" rsync -a "$src/" "rsync://127.0.0.1:$RS_PORT/bench/t/")
+    rs_get=$(run_rate "rsync get" "rm -rf '$base/rgot'" rsync -a "rsync://127.0.0.1:$RS_PORT/bench/t/" "$base/rgot/")
+    log "$label: cp -r"
+    cp_r=$(run_rate "cp -r" "rm -rf '$base/cp'" cp -r "$src" "$base/cp")
+    REPORT+=("$label: skiff put -r|$sk_put|$(ratio "$sk_put" "$rs_put")|$(ratio "$sk_put" "$cp_r")")
+    REPORT+=("$label: skiff get -r|$sk_get|$(ratio "$sk_get" "$rs_get")|$(ratio "$sk_get" "$cp_r")")
+    REPORT+=("$label: rsync daemon put|$rs_put||")
+    REPORT+=("$label: rsync daemon get|$rs_get||")
+    REPORT+=("$label: cp -r|$cp_r||")
+    if [ "$label" = tmpfs ]; then
+        log "$label: through the delay relay ($RTT ms round trip)"
+        start_relay "${SK_URL##*:}"
+        local sk_relay="tcp://127.0.0.1:$RELAY_PORT" d_put d_get d_rs
+        # The relay is a different address: trust the same server there too.
+        d_put=$(run_rate "skiff put -r (relay)" "rm -rf '$base/skiff/root/t'" "${sk[@]}" put -r "$sk_relay" "$src" t)
+        d_get=$(run_rate "skiff get -r (relay)" "rm -rf '$base/got'" "${sk[@]}" get -r "$sk_relay" t "$base/got")
+        start_relay "$RS_PORT"
+        d_rs=$(run_rate "rsync put (relay)" "rm -rf '$base/rsync/t'" rsync -a "$src/" "rsync://127.0.0.1:$RELAY_PORT/bench/t/")
+        REPORT+=("$label, +$RTT ms RTT: skiff put -r|$d_put|$(ratio "$d_put" "$d_rs")|")
+        REPORT+=("$label, +$RTT ms RTT: skiff get -r|$d_get|$(ratio "$d_get" "$d_rs")|")
+        REPORT+=("$label, +$RTT ms RTT: rsync daemon put|$d_rs||")
+    fi
+    rm -rf "$src" "$base/got" "$base/rgot" "$base/cp" "$base/rsync/t" "$base/skiff/root/t"
+}
+
+# bulk_rows BASE: one BULK MiB file on tmpfs; sets BULK_REPORT
+BULK_REPORT=()
+bulk_rows() {
+    local base=$1 big="$1/big.bin" bytes=$((BULK << 20)) p_put p_get r_put r_get so d_put
+    log "bulk: $BULK MiB on tmpfs"
+    head -c "$bytes" /dev/urandom >"$big"
+    local sk=(env HOME="$SK_HOME" "$SKIFF")
+    secs_of() { local t0 t1; t0=$(now); "$@" >/dev/null 2>&1; t1=$(now); python3 -c "print($t1 - $t0)"; }
+    gbps() { python3 -c "print(f'{$bytes / $1 / 1e9:.3f}')"; }
+    p_put=$(gbps "$(secs_of "${sk[@]}" put -f "$SK_URL" "$big" big.bin)")
+    p_get=$(gbps "$(secs_of "${sk[@]}" get "$SK_URL" big.bin "$base/big.got")")
+    rm -f "$base/big.got"
+    r_put=$(gbps "$(secs_of rsync "$big" "rsync://127.0.0.1:$RS_PORT/bench/big.bin")")
+    r_get=$(gbps "$(secs_of rsync "rsync://127.0.0.1:$RS_PORT/bench/big.bin" "$base/big.rgot")")
+    rm -f "$base/big.rgot" "$base/rsync/big.bin"
+    local port pid t0 t1
+    port=$(free_port)
+    socat -b131072 -u "TCP-LISTEN:$port,bind=127.0.0.1,reuseaddr" "CREATE:$base/big.socat" &
+    pid=$!
+    PIDS+=("$pid")
+    t0=$(now)
+    for i in $(seq 100); do socat -b131072 -u "OPEN:$big" "TCP:127.0.0.1:$port" 2>/dev/null && break; sleep 0.05; t0=$(now); done
+    wait "$pid" || true
+    t1=$(now)
+    so=$(gbps "$(python3 -c "print($t1 - $t0)")")
+    rm -f "$base/big.socat"
+    start_relay "${SK_URL##*:}"
+    d_put=$(gbps "$(secs_of "${sk[@]}" put -f "tcp://127.0.0.1:$RELAY_PORT" "$big" big.bin)")
+    BULK_REPORT+=("skiff put|$p_put|$(ratio "$p_put" "$r_put")|$(ratio "$p_put" "$so")")
+    BULK_REPORT+=("skiff get|$p_get|$(ratio "$p_get" "$r_get")|$(ratio "$p_get" "$so")")
+    BULK_REPORT+=("rsync daemon put|$r_put||")
+    BULK_REPORT+=("rsync daemon get|$r_get||")
+    BULK_REPORT+=("socat raw TCP -> tmpfs file|$so||")
+    BULK_REPORT+=("skiff put, +$RTT ms RTT|$d_put|$(ratio "$d_put" "$p_put") of no delay|")
+    rm -f "$big" "$base/skiff/root/big.bin"
+}
+
+tree_rows tmpfs "$WORK_T"
+[ "$BULK" = 0 ] || bulk_rows "$WORK_T"
+tree_rows disk "$WORK_D"
+
+{
+    echo "### Small files: $FILES × $SIZE bytes in $DIRS directories"
+    echo
+    echo "- $(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) CPUs; load average at the end $(cut -d' ' -f1-3 /proc/loadavg); skiff $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    echo "- reproduce: \`bench/tree.sh${ARGS_GIVEN:+ $ARGS_GIVEN}\`; medians of $RUNS runs; tmpfs is $TMPFS_BASE, disk is $DISK_BASE; skiff over TLS with its state directory on the same file system as its root"
+    echo
+    echo "| what | files/s | vs rsync daemon | vs cp -r |"
+    echo "| --- | --- | --- | --- |"
+    for r in "${REPORT[@]}"; do echo "| ${r//|/ | } |"; done
+    if [ "$BULK" != 0 ]; then
+        echo
+        echo "### One $BULK MiB file on tmpfs"
+        echo
+        echo "| what | GB/s | vs rsync daemon | vs socat |"
+        echo "| --- | --- | --- | --- |"
+        for r in "${BULK_REPORT[@]}"; do echo "| ${r//|/ | } |"; done
+    fi
+} >"$OUT"
+log "done"

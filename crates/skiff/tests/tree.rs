@@ -1,0 +1,260 @@
+//! End-to-end: `put -r` as one stream (`put_tree`) through the real
+//! binary: many small files and a large one, per-file failures, corrupted
+//! files never made visible, a client killed mid-tree, and a peer that
+//! floods entries and never reads the answers.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::probe::{rss_kib, run_bounded, RawConn};
+use common::{hash, make_file, ok, p, run, stderr, TestServer};
+use serde_json::json;
+
+/// `dirs` directories of `per_dir` small files (sizes vary, some empty).
+fn small_tree(top: &Path, dirs: usize, per_dir: usize) {
+    for d in 0..dirs {
+        let dir = top.join(format!("d{d:02}"));
+        fs::create_dir_all(&dir).unwrap();
+        for i in 0..per_dir {
+            let size = ((d * per_dir + i) * 37 % 5000) as u64;
+            make_file(&dir.join(format!("f{i:03}")), size, (d * 1000 + i) as u64);
+        }
+    }
+}
+
+/// Every regular file under `top`, relative.
+fn files_under(top: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![top.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if ft.is_file() {
+                out.push(
+                    e.path()
+                        .strip_prefix(top)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn tree_upload_stores_every_file_with_its_metadata() {
+    let server = TestServer::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let top = work.path().join("top");
+    small_tree(&top, 6, 120);
+    make_file(&top.join("big.bin"), (3 << 20) + 5, 7);
+    fs::write(top.join("empty"), b"").unwrap();
+    fs::set_permissions(top.join("d01/f001"), fs::Permissions::from_mode(0o751)).unwrap();
+    std::os::unix::fs::symlink("d00/f000", top.join("link")).unwrap();
+    fs::create_dir(top.join("d00/emptydir")).unwrap();
+    ok(&run(&server, &["put", "-r", server.url(), p(&top), "t"]));
+
+    let dest = server.root.join("t");
+    assert_eq!(files_under(&top), files_under(&dest));
+    for f in files_under(&top) {
+        let (a, b) = (top.join(&f), dest.join(&f));
+        assert_eq!(hash(&a), hash(&b), "{f}");
+        let (ma, mb) = (fs::metadata(&a).unwrap(), fs::metadata(&b).unwrap());
+        assert_eq!(ma.mode() & 0o777, mb.mode() & 0o777, "{f}");
+        assert_eq!(ma.mtime(), mb.mtime(), "{f}");
+    }
+    assert_eq!(
+        fs::read_link(dest.join("link")).unwrap(),
+        Path::new("d00/f000")
+    );
+    assert!(dest.join("d00/emptydir").is_dir());
+    assert_eq!(
+        fs::metadata(dest.join("d02")).unwrap().mtime(),
+        fs::metadata(top.join("d02")).unwrap().mtime()
+    );
+    assert!(
+        server.staged_files().is_empty(),
+        "{:?}",
+        server.staged_files()
+    );
+}
+
+#[test]
+fn tree_upload_reports_each_failure_and_stores_the_rest() {
+    let server = TestServer::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let top = work.path().join("top");
+    small_tree(&top, 2, 50);
+    // t3 exists, so the tree goes into t3/top (scp style), where one file
+    // is taken and a directory sits where another file would go.
+    fs::create_dir_all(server.root.join("t3/top/d00")).unwrap();
+    fs::write(server.root.join("t3/top/d00/f007"), b"theirs").unwrap();
+    fs::create_dir_all(server.root.join("t3/top/d01/f003")).unwrap();
+    let o = run(&server, &["put", "-r", server.url(), p(&top), "t3"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("t3/top/d00/f007") && err.contains("[exists]"),
+        "{err}"
+    );
+    assert!(err.contains("t3/top/d01/f003"), "{err}");
+    assert_eq!(
+        err.lines().filter(|l| l.contains("skiff: put")).count(),
+        2,
+        "{err}"
+    );
+    assert_eq!(
+        fs::read(server.root.join("t3/top/d00/f007")).unwrap(),
+        b"theirs"
+    );
+    assert_eq!(files_under(&server.root.join("t3/top")).len(), 99);
+    // With --force the file is replaced; the directory never is.
+    let o = run(&server, &["put", "-r", "-f", server.url(), p(&top), "t3"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(
+        hash(&server.root.join("t3/top/d00/f007")),
+        hash(&top.join("d00/f007"))
+    );
+    assert!(server.root.join("t3/top/d01/f003").is_dir());
+    assert!(server.staged_files().is_empty());
+}
+
+#[test]
+fn corrupted_tree_files_never_become_visible() {
+    let server = TestServer::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let top = work.path().join("top");
+    small_tree(&top, 2, 20);
+    make_file(&top.join("big.bin"), 3 << 20, 9);
+    // Chunk 0 of every file is corrupted after it was hashed.
+    let o = server
+        .client()
+        .args(["put", "-r", server.url(), p(&top), "t"])
+        .env("SKIFF_TEST_CORRUPT_CHUNK", "0")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    // Empty files have no byte to flip; every other file is refused.
+    let nonempty = files_under(&top)
+        .into_iter()
+        .filter(|f| fs::metadata(top.join(f)).unwrap().len() > 0)
+        .count();
+    assert_eq!(err.matches("checksum_mismatch").count(), nonempty, "{err}");
+    for f in files_under(&server.root.join("t")) {
+        assert_eq!(
+            fs::metadata(top.join(&f)).unwrap().len(),
+            0,
+            "{f} is visible"
+        );
+    }
+    assert!(server.staged_files().is_empty());
+}
+
+#[test]
+fn client_killed_mid_tree_leaves_only_complete_files() {
+    let server = TestServer::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let top = work.path().join("top");
+    small_tree(&top, 30, 10);
+    let mut child = server
+        .client()
+        .args(["put", "-r", server.url(), p(&top), "t"])
+        .env("SKIFF_TEST_CHUNK_DELAY_MS", "40")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let dest = server.root.join("t");
+    wait_until(Duration::from_secs(20), "the first files", || {
+        files_under(&dest).len() >= 10
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let landed = files_under(&dest);
+    assert!(landed.len() < 300, "the tree finished before the kill");
+    for f in &landed {
+        assert_eq!(hash(&top.join(f)), hash(&dest.join(f)), "{f}");
+    }
+    // What was staged and not answered is removed, and the server serves on.
+    wait_until(Duration::from_secs(10), "staged files removed", || {
+        server.staged_files().is_empty()
+    });
+    for f in files_under(&dest) {
+        assert_eq!(hash(&top.join(&f)), hash(&dest.join(&f)), "{f}");
+    }
+    let o = run(&server, &["put", "-r", server.url(), p(&top), "again"]);
+    ok(&o);
+    assert_eq!(files_under(&server.root.join("again")).len(), 300);
+}
+
+#[test]
+fn a_peer_that_floods_entries_and_never_reads_is_held_back() {
+    let server =
+        TestServer::start_listening(&["tcp://127.0.0.1:0", "tcp+plain://127.0.0.1:0"], &[]);
+    let plain = server.urls[1].clone();
+    let mut conn = RawConn::login(&plain, &server.key_file);
+    conn.send(&json!({"op":"put_tree"})).unwrap();
+    let ready = conn.recv().unwrap();
+    assert_eq!(ready["op"], "tree_ready", "{ready}");
+    // Empty files into a directory that does not exist: each is answered
+    // with a failure, cheaply, so the answers pile up fast.
+    let empty = blake3::hash(b"").to_hex().to_string();
+    conn.sock
+        .set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let started = Instant::now();
+    let mut id = 0u64;
+    let mut blocked = false;
+    for _frame in 0..20_000 {
+        let files: Vec<_> = (0..200)
+            .map(|_| {
+                id += 1;
+                json!({"id": id, "path": format!("nodir/f{id}"), "size": 0, "digest": empty})
+            })
+            .collect();
+        let header = json!({"op":"tree_files","files":files,"len":0}).to_string();
+        if conn.send_raw(header.as_bytes(), b"").is_err() {
+            blocked = true;
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+    }
+    assert!(
+        blocked,
+        "the server kept reading from a peer that never reads"
+    );
+    let rss = rss_kib(server.pid());
+    assert!(rss < 200 * 1024, "server RSS {rss} KiB");
+    // Everybody else is served meanwhile.
+    let work = tempfile::tempdir().unwrap();
+    let top = work.path().join("top");
+    small_tree(&top, 2, 10);
+    let mut cmd = server.client();
+    cmd.args(["put", "-r", server.url(), p(&top), "other"]);
+    let o = run_bounded(cmd, Duration::from_secs(30));
+    ok(&o);
+    assert_eq!(files_under(&server.root.join("other")).len(), 20);
+    drop(conn);
+    assert!(!server.root.join("nodir").exists());
+}
