@@ -95,9 +95,9 @@ impl FromStr for StartupLimits {
     /// its default.
     fn from_str(s: &str) -> Result<Self, String> {
         let num = |v: &str| {
-            v.trim()
-                .parse::<usize>()
-                .map_err(|_| format!("{s:?}: {v:?} is not a number (use START:RATE:FULL, e.g. 64:30:256)"))
+            v.trim().parse::<usize>().map_err(|_| {
+                format!("{s:?}: {v:?} is not a number (use START:RATE:FULL, e.g. 64:30:256)")
+            })
         };
         let parts: Vec<&str> = s.split(':').collect();
         let (start, rate, full) = match parts.as_slice() {
@@ -109,9 +109,7 @@ impl FromStr for StartupLimits {
             _ => return Err(format!("{s:?} is not START:RATE:FULL (e.g. 64:30:256)")),
         };
         if start == 0 || full < start || rate > 100 {
-            return Err(format!(
-                "{s:?}: need 1 <= START <= FULL and RATE <= 100"
-            ));
+            return Err(format!("{s:?}: need 1 <= START <= FULL and RATE <= 100"));
         }
         Ok(StartupLimits {
             start,
@@ -253,7 +251,11 @@ impl Startup {
         if let Some(p) = self.permit.take() {
             return Ok(Established { _permit: Some(p) });
         }
-        let permit = self.sessions.clone().try_acquire_owned().map_err(|_| Busy)?;
+        let permit = self
+            .sessions
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Busy)?;
         self.slot = None;
         Ok(Established {
             _permit: Some(permit),

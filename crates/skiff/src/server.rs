@@ -165,7 +165,14 @@ impl SessionHandler {
     /// A failed handshake: one log line and one audit event; when it
     /// counts towards its source's penalty and starts one, that is logged
     /// (once per penalty) too.
-    fn refused(&self, peer_ip: Option<IpAddr>, peer: &str, user: Option<&str>, reason: &str, penalize: bool) {
+    fn refused(
+        &self,
+        peer_ip: Option<IpAddr>,
+        peer: &str,
+        user: Option<&str>,
+        reason: &str,
+        penalize: bool,
+    ) {
         tracing::info!(peer, user = user.unwrap_or("-"), "login refused: {reason}");
         let (user, peer, reason) = (user.map(String::from), peer.to_string(), reason.to_string());
         let recorded = if penalize {

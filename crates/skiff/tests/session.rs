@@ -832,7 +832,10 @@ fn failures_slow_a_source_down_but_never_lock_out_the_right_key() {
         fail_once(&plain, &user);
         let took = start.elapsed();
         assert!(took >= Duration::from_millis(150), "no failure delay");
-        assert!(took < Duration::from_millis(1200), "penalized early: {took:?}");
+        assert!(
+            took < Duration::from_millis(1200),
+            "penalized early: {took:?}"
+        );
     }
     // Then the delays grow (100, 200, 400, 800 ms, then the 1.5 s bound)...
     for _ in 0..8 {
@@ -867,7 +870,8 @@ fn failures_slow_a_source_down_but_never_lock_out_the_right_key() {
 fn ten_hellos_for_a_nonexistent_user_do_not_lock_out_the_right_key() {
     // Default penalties: the attempt of the report that used to lock the
     // right key out for 60 s.
-    let server = TestServer::start_listening(&["tcp://127.0.0.1:0", "tcp+plain://127.0.0.1:0"], &[]);
+    let server =
+        TestServer::start_listening(&["tcp://127.0.0.1:0", "tcp+plain://127.0.0.1:0"], &[]);
     let plain = url_with(&server, "tcp+plain://");
     let start = Instant::now();
     for i in 0..10u8 {

@@ -214,9 +214,17 @@ pub fn server_config(eff: &ServeFile, source: ConfigSource) -> anyhow::Result<Se
                 .max(1);
             limits
         },
-        idle_timeout: seconds(eff.idle_timeout.unwrap_or(serve_config::DEFAULT_IDLE_TIMEOUT)),
-        write_timeout: seconds(eff.write_timeout.unwrap_or(serve_config::DEFAULT_WRITE_TIMEOUT))
-            .unwrap_or(Duration::from_secs(serve_config::DEFAULT_WRITE_TIMEOUT as u64)),
+        idle_timeout: seconds(
+            eff.idle_timeout
+                .unwrap_or(serve_config::DEFAULT_IDLE_TIMEOUT),
+        ),
+        write_timeout: seconds(
+            eff.write_timeout
+                .unwrap_or(serve_config::DEFAULT_WRITE_TIMEOUT),
+        )
+        .unwrap_or(Duration::from_secs(
+            serve_config::DEFAULT_WRITE_TIMEOUT as u64,
+        )),
         audit: eff
             .audit_log
             .as_deref()
@@ -244,7 +252,9 @@ fn parse_networks(list: &[String]) -> anyhow::Result<Vec<ipnet::IpNet>> {
         .map(|n| {
             n.parse::<ipnet::IpNet>()
                 .or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                .map_err(|_| anyhow::anyhow!("auth-penalty-exempt: {n:?} is not a network like 192.0.2.0/24"))
+                .map_err(|_| {
+                    anyhow::anyhow!("auth-penalty-exempt: {n:?} is not a network like 192.0.2.0/24")
+                })
         })
         .collect()
 }
