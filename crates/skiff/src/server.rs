@@ -12,7 +12,7 @@ use skiff_wire::message::handshake::Welcome;
 
 use crate::audit::{Audit, Destination, Event};
 use crate::auth::handshake::{Block, NO_BINDING};
-use crate::policy::env::AcceptEnv;
+use crate::policy::env::{AcceptEnv, BaseEnv};
 use crate::serve_config::{ConfigSource, ServeFile};
 use crate::service::udp_ping::UdpPingService;
 use crate::service::{self, ServiceContext};
@@ -159,27 +159,17 @@ struct SessionHandler {
     staging: Arc<StagingArea>,
     audit: Audit,
     live: Arc<RwLock<LiveSettings>>,
+    base_env: Arc<BaseEnv>,
 }
 
 impl SessionHandler {
-    /// A failed handshake: one log line and one audit event; when it
-    /// counts towards its source's penalty and starts one, that is logged
-    /// (once per penalty) too.
-    fn refused(
-        &self,
-        peer_ip: Option<IpAddr>,
-        peer: &str,
-        user: Option<&str>,
-        reason: &str,
-        penalize: bool,
-    ) {
+    /// A failed handshake: one log line and one audit event; it counts
+    /// towards its source's penalty, and when it starts one, that is
+    /// logged (once per penalty) too.
+    fn refused(&self, peer_ip: Option<IpAddr>, peer: &str, user: Option<&str>, reason: &str) {
         tracing::info!(peer, user = user.unwrap_or("-"), "login refused: {reason}");
         let (user, peer, reason) = (user.map(String::from), peer.to_string(), reason.to_string());
-        let recorded = if penalize {
-            self.auth.record_failure(peer_ip)
-        } else {
-            Recorded::Quiet
-        };
+        let recorded = self.auth.record_failure(peer_ip);
         self.audit.record(Event::AuthFailed {
             user: user.clone(),
             peer: peer.clone(),
@@ -236,6 +226,10 @@ impl StreamHandler for SessionHandler {
         if !penalty.is_zero() {
             tokio::time::sleep(penalty).await;
         }
+        let client = match conn.peer() {
+            skiff_net::PeerAddr::Ip(a) => Some(*a),
+            skiff_net::PeerAddr::Unix(_) => None,
+        };
         let deadline = tokio::time::Instant::now() + self.handshake_timeout;
         let (io, cb): (Box<dyn Io + '_>, Block) = match &self.tls {
             Some((acceptor, cb)) => {
@@ -243,11 +237,11 @@ impl StreamHandler for SessionHandler {
                 match tokio::time::timeout_at(deadline, accept).await {
                     Ok(Ok(tls)) => (Box::new(tls), *cb),
                     Ok(Err(e)) => {
-                        self.refused(peer_ip, &peer, None, &tls_failure(&e), true);
+                        self.refused(peer_ip, &peer, None, &tls_failure(&e));
                         return Ok(());
                     }
                     Err(_) => {
-                        self.refused(peer_ip, &peer, None, "TLS handshake timed out", true);
+                        self.refused(peer_ip, &peer, None, "TLS handshake timed out");
                         return Ok(());
                     }
                 }
@@ -263,7 +257,7 @@ impl StreamHandler for SessionHandler {
         {
             Ok(Ok(login)) => login,
             Ok(Err(f)) => {
-                self.refused(peer_ip, &peer, f.user.as_deref(), &f.reason, f.penalize);
+                self.refused(peer_ip, &peer, f.user.as_deref(), &f.reason);
                 // Bounded: a peer that stops reading cannot hold us here.
                 let _ = tokio::time::timeout(Duration::from_secs(1), session.close()).await;
                 return Ok(());
@@ -274,7 +268,7 @@ impl StreamHandler for SessionHandler {
                     session.send_error(skiff_wire::ErrorCode::Timeout, "handshake timed out"),
                 )
                 .await;
-                self.refused(peer_ip, &peer, None, "authentication timed out", true);
+                self.refused(peer_ip, &peer, None, "authentication timed out");
                 return Ok(());
             }
         };
@@ -313,7 +307,7 @@ impl StreamHandler for SessionHandler {
             user: user.clone(),
             peer: peer.clone(),
         });
-        let _accept_env = self
+        let accept_env = self
             .live
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -324,6 +318,12 @@ impl StreamHandler for SessionHandler {
             root,
             exec_enabled: self.exec_enabled,
             user: user.clone(),
+            policy: login.policy.clone(),
+            client,
+            peer: peer.clone(),
+            audit: self.audit.clone(),
+            base_env: self.base_env.clone(),
+            accept_env,
             staging: self.staging.clone(),
         };
         let (result, reason) = match service::serve(&mut session, &ctx).await {
@@ -460,6 +460,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let live = Arc::new(RwLock::new(LiveSettings {
         accept_env: Arc::new(accept_env),
     }));
+    let base_env = Arc::new(BaseEnv::from_server());
     let welcome = Welcome {
         server: format!("skiff {}", env!("CARGO_PKG_VERSION")),
         services: ServiceContext::services(!cfg.no_exec),
@@ -508,6 +509,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             staging: staging.clone(),
             audit: audit.clone(),
             live: live.clone(),
+            base_env: base_env.clone(),
         });
         listeners.push((builder.add_stream(l.addr.clone(), handler), l.tls));
     }

@@ -8,6 +8,7 @@ pub mod files;
 pub mod ping;
 pub mod udp_ping;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -15,6 +16,9 @@ use skiff_wire::message::exec::{Exec, ExecInput};
 use skiff_wire::message::Request;
 use skiff_wire::{ErrorMsg, Message, MessageError};
 
+use crate::audit::Audit;
+use crate::policy::env::{AcceptEnv, BaseEnv};
+use crate::policy::Policy;
 use crate::session::{Session, SessionError};
 
 /// What every service may need to know about the server.
@@ -26,6 +30,18 @@ pub struct ServiceContext {
     pub exec_enabled: bool,
     /// The authenticated user.
     pub user: String,
+    /// What this user may do; every service asks it before acting.
+    pub policy: Arc<Policy>,
+    /// The client's address (`None` on a Unix socket), for `SKIFF_CLIENT`.
+    pub client: Option<SocketAddr>,
+    /// The client as logs and the audit log name it.
+    pub peer: String,
+    /// Where commands and file changes are recorded.
+    pub audit: Audit,
+    /// The environment every command starts from.
+    pub base_env: Arc<BaseEnv>,
+    /// Client variables a restricted user may set.
+    pub accept_env: Arc<AcceptEnv>,
     /// Where uploads are written until they are verified (outside the
     /// root, so no client path can name them).
     pub staging: Arc<crate::transfer::staging::StagingArea>,

@@ -69,7 +69,6 @@ impl Authenticator {
         let fail = |user: Option<&str>, reason: String| AuthFailure {
             user: user.map(String::from),
             reason,
-            penalize: true,
         };
         let hello: Hello = expect_handshake(session)
             .await
@@ -96,7 +95,17 @@ impl Authenticator {
             return Err(fail(who, why.into()));
         };
         let users = self.users.current();
-        let known = users.entry(&hello.user);
+        // Outside the user's `from=` networks the user is treated as
+        // unknown from here on (a dummy key): even a client holding the
+        // right key learns neither that the user exists nor that its key
+        // is right. Only the log says why.
+        let entry = users.entry(&hello.user);
+        let outside = entry.and_then(|e| e.policy.check_login(peer).err());
+        let known = entry.filter(|_| outside.is_none());
+        let unknown = || match &outside {
+            Some(refusal) => refusal.0.clone(),
+            None => "unknown user".to_string(),
+        };
         let key = known.map(|e| &e.key).unwrap_or(&self.dummy_key);
         let sn = hs::nonce();
         let proof = hs::proof(key, hs::SERVER_LABEL, cb, &cn, &sn);
@@ -118,7 +127,7 @@ impl Authenticator {
                 // caller records it, as every failure).
                 let reason = match known {
                     Some(_) => format!("client left before proving its key ({e}); it may not trust this server's proof"),
-                    None => format!("unknown user; client left before proving a key ({e})"),
+                    None => format!("{}; client left before proving a key ({e})", unknown()),
                 };
                 return Err(fail(who, reason));
             }
@@ -132,24 +141,13 @@ impl Authenticator {
                 let _ = session
                     .send_error(ErrorCode::AuthFailed, "authentication failed")
                     .await;
-                let reason = if known.is_none() {
-                    "unknown user"
-                } else {
-                    "wrong key"
+                let reason = match known {
+                    None => unknown(),
+                    Some(_) => "wrong key".to_string(),
                 };
-                return Err(fail(who, reason.into()));
+                return Err(fail(who, reason));
             }
         };
-        // The key was right, so saying why is no enumeration.
-        if let Err(refusal) = entry.policy.check_login(peer) {
-            let _ = session
-                .send_error(ErrorCode::Permission, refusal.to_string())
-                .await;
-            return Err(AuthFailure {
-                penalize: false,
-                ..fail(who, refusal.0)
-            });
-        }
         let mut welcome = self.welcome.clone();
         if !entry.policy.may_exec() {
             welcome.services.retain(|s| s != "exec");
@@ -204,9 +202,6 @@ pub struct AuthFailure {
     pub user: Option<String>,
     /// Why, in words for an administrator.
     pub reason: String,
-    /// Whether it counts towards its source's penalty: everything but a
-    /// right key refused by the user's own policy (`from=`).
-    pub penalize: bool,
 }
 
 async fn reject(session: &mut Session<'_>, why: &str) -> SessionError {
