@@ -16,6 +16,7 @@ mod output;
 mod ping;
 mod serve;
 mod shell;
+mod transfer;
 
 pub use output::{exit_code_for, EXIT_CONNECTION};
 

@@ -58,15 +58,38 @@ pub async fn ls(
     path: &str,
     recursive: bool,
 ) -> Result<Vec<Entry>, ClientError> {
-    session
-        .send(
-            &Ls {
-                path: path.into(),
-                recursive,
-            },
-            &[],
-        )
-        .await?;
+    list(
+        session,
+        &Ls {
+            path: path.into(),
+            recursive,
+            pattern: None,
+        },
+    )
+    .await
+}
+
+/// The entries beneath the directory `path` that match the glob
+/// `pattern`, as the server found them (paths relative to `path`).
+pub async fn ls_matching(
+    session: &mut Session<'_>,
+    path: &str,
+    pattern: &str,
+) -> Result<Vec<Entry>, ClientError> {
+    list(
+        session,
+        &Ls {
+            path: path.into(),
+            recursive: false,
+            pattern: Some(pattern.into()),
+        },
+    )
+    .await
+}
+
+/// Sends one `ls` and collects its batches.
+async fn list(session: &mut Session<'_>, req: &Ls) -> Result<Vec<Entry>, ClientError> {
+    session.send(req, &[]).await?;
     let (reader, _) = session.split();
     let mut out = Vec::new();
     loop {
