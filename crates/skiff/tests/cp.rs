@@ -225,3 +225,246 @@ fn remote_globs_are_expanded_by_the_server_inside_the_root() {
     ));
     assert_eq!(fs::read_to_string(work.path().join("single")).unwrap(), "a");
 }
+
+/// The port of a server's first listener.
+fn port_of(server: &TestServer) -> String {
+    server.url().rsplit(':').next().unwrap().to_string()
+}
+
+/// The user name in a server's client key file.
+fn user_of(server: &TestServer) -> String {
+    let line = fs::read_to_string(&server.key_file).unwrap();
+    line.split_whitespace().next().unwrap().to_string()
+}
+
+#[test]
+fn cp_takes_every_remote_spec_form() {
+    let server = TestServer::start_listening(&["tcp://127.0.0.1:0", "tcp://[::1]:0"], &[]);
+    let port = port_of(&server);
+    let v6_port = server.urls[1].rsplit(':').next().unwrap().to_string();
+    let user = user_of(&server);
+    let root = &server.root;
+    let work = tempfile::tempdir().unwrap();
+    let f = work.path().join("notes.txt");
+    write(&f, "notes");
+    let colon = work.path().join("a:b");
+    write(&colon, "colon");
+
+    ok(&run(
+        &server,
+        &["cp", "-p", &port, p(&f), "127.0.0.1:inbox/"],
+    ));
+    assert_eq!(
+        fs::read_to_string(root.join("inbox/notes.txt")).unwrap(),
+        "notes"
+    );
+    ok(&run(
+        &server,
+        &["cp", "-P", &port, p(&f), &format!("{user}@127.0.0.1:u.txt")],
+    ));
+    assert!(root.join("u.txt").is_file());
+    ok(&run(
+        &server,
+        &["cp", "-p", &v6_port, p(&f), "[::1]:v6.txt"],
+    ));
+    assert!(root.join("v6.txt").is_file());
+    ok(&run(
+        &server,
+        &[
+            "cp",
+            p(&f),
+            &format!("skiff://{user}@127.0.0.1:{port}/url.txt"),
+        ],
+    ));
+    assert!(root.join("url.txt").is_file());
+    ok(&run(
+        &server,
+        &["cp", p(&f), &format!("skiff://[::1]:{v6_port}/")],
+    ));
+    assert!(root.join("notes.txt").is_file());
+    // A local name with a colon, written ./name; and as a destination.
+    let o = server
+        .client()
+        .current_dir(work.path())
+        .args(["cp", "-p", &port, "./a:b", "127.0.0.1:c/"])
+        .output()
+        .unwrap();
+    ok(&o);
+    assert_eq!(fs::read_to_string(root.join("c/a:b")).unwrap(), "colon");
+    let o = server
+        .client()
+        .current_dir(work.path())
+        .args(["cp", "-p", &port, "127.0.0.1:u.txt", "./x:y"])
+        .output()
+        .unwrap();
+    ok(&o);
+    assert_eq!(
+        fs::read_to_string(work.path().join("x:y")).unwrap(),
+        "notes"
+    );
+    // Several sources, and back.
+    let g = work.path().join("g.txt");
+    write(&g, "g");
+    ok(&run(
+        &server,
+        &["cp", "-p", &port, p(&f), p(&g), "127.0.0.1:two/"],
+    ));
+    let back = format!("{}/", p(&work.path().join("back")));
+    ok(&run(
+        &server,
+        &[
+            "cp",
+            "-p",
+            &port,
+            "127.0.0.1:two/notes.txt",
+            "127.0.0.1:two/g.txt",
+            &back,
+        ],
+    ));
+    assert!(work.path().join("back/g.txt").is_file());
+    ok(&run(
+        &server,
+        &[
+            "cp",
+            "-p",
+            &port,
+            "127.0.0.1:two/*.txt",
+            &format!("{}/", p(&work.path().join("glob"))),
+        ],
+    ));
+    assert!(
+        work.path().join("glob/notes.txt").is_file() && work.path().join("glob/g.txt").is_file()
+    );
+    // A tree, and local-only or mixed copies are usage errors.
+    let site = work.path().join("site");
+    write(&site.join("css/a.css"), "a");
+    ok(&run(
+        &server,
+        &["cp", "-r", "-p", &port, p(&site), "127.0.0.1:www"],
+    ));
+    assert!(root.join("www/css/a.css").is_file());
+    let o = run(&server, &["cp", p(&f), p(&g)]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("cp(1)"), "{}", stderr(&o));
+    let o = run(
+        &server,
+        &["cp", "-p", &port, p(&f), "127.0.0.1:u.txt", p(&g)],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+#[test]
+fn cp_stdin_and_stdout() {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let server = TestServer::start(&[]);
+    let port = port_of(&server);
+    let root = &server.root;
+    // 3 MiB and a bit through stdin: spooled, uploaded, verified.
+    let data: Vec<u8> = (0..(3u32 << 20) + 17)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
+    let mut child = server
+        .client()
+        .args(["cp", "-p", &port, "-", "127.0.0.1:in/piped.bin"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    fs::create_dir(root.join("in")).unwrap();
+    child.stdin.take().unwrap().write_all(&data).unwrap();
+    let o = child.wait_with_output().unwrap();
+    ok(&o);
+    assert_eq!(fs::read(root.join("in/piped.bin")).unwrap(), data);
+    // stdin into a directory has no name to use.
+    let o = server
+        .client()
+        .args(["cp", "-p", &port, "-", "127.0.0.1:in/"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    fails_saying(&o, "standard input has no name");
+    // To stdout, byte for byte; several files concatenate.
+    write(&root.join("in/b.txt"), "bee\n");
+    let o = run(&server, &["cp", "-p", &port, "127.0.0.1:in/piped.bin", "-"]);
+    ok(&o);
+    assert!(
+        o.stdout == data,
+        "stdout differs ({} bytes)",
+        o.stdout.len()
+    );
+    let o = run(
+        &server,
+        &[
+            "cp",
+            "-p",
+            &port,
+            "127.0.0.1:in/b.txt",
+            "127.0.0.1:in/b.txt",
+            "-",
+        ],
+    );
+    ok(&o);
+    assert_eq!(text(&o.stdout), "bee\nbee\n");
+    let o = run(&server, &["cp", "-p", &port, "127.0.0.1:in", "-"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let o = run(&server, &["cp", "-r", "-p", &port, "127.0.0.1:in", "-"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+#[test]
+fn cp_remote_to_remote_streams_through_the_client() {
+    let a = TestServer::start(&[]);
+    // B accepts the same users, so one key file serves both.
+    let users = a.home.path().join(".local/state/skiff/users");
+    let b = TestServer::start(&["--users", p(&users)]);
+    let (pa, pb) = (port_of(&a), port_of(&b));
+    let ua = |path: &str| format!("skiff://127.0.0.1:{pa}/{path}");
+    let ub = |path: &str| format!("skiff://127.0.0.1:{pb}/{path}");
+    common::make_file(&a.root.join("db.dump"), (5 << 20) + 3, 7);
+    write(&a.root.join("site/index.html"), "<html>");
+    write(&a.root.join("site/css/a.css"), "a{}");
+    std::os::unix::fs::symlink("css/a.css", a.root.join("site/style")).unwrap();
+    write(&a.root.join("logs/1.log"), "1");
+    write(&a.root.join("logs/2.log"), "2");
+
+    ok(&run(&a, &["cp", &ua("db.dump"), &ub("restore/")]));
+    assert_eq!(
+        common::hash(&b.root.join("restore/db.dump")),
+        common::hash(&a.root.join("db.dump"))
+    );
+    // Without -f an existing file is refused, and stays as it was.
+    fails_with(
+        &run(&a, &["cp", &ua("logs/1.log"), &ub("restore/db.dump")]),
+        "exists",
+    );
+    assert_eq!(
+        fs::metadata(b.root.join("restore/db.dump")).unwrap().len(),
+        (5 << 20) + 3
+    );
+    ok(&run(
+        &a,
+        &["cp", "-f", &ua("logs/1.log"), &ub("restore/db.dump")],
+    ));
+    assert_eq!(
+        fs::read_to_string(b.root.join("restore/db.dump")).unwrap(),
+        "1"
+    );
+    // Trees (with their link), globs, and a tree without -r.
+    ok(&run(&a, &["cp", "-r", &ua("site"), &ub("www")]));
+    assert_eq!(
+        fs::read_to_string(b.root.join("www/css/a.css")).unwrap(),
+        "a{}"
+    );
+    assert_eq!(
+        fs::read_link(b.root.join("www/style")).unwrap(),
+        Path::new("css/a.css")
+    );
+    ok(&run(&a, &["cp", &ua("logs/*.log"), &ub("logs/")]));
+    assert!(b.root.join("logs/1.log").is_file() && b.root.join("logs/2.log").is_file());
+    fails_saying(&run(&a, &["cp", &ua("site"), &ub("x")]), "-r");
+    // The same server on both sides works too (a copy on the server).
+    ok(&run(&a, &["cp", &ua("logs/1.log"), &ua("copy.log")]));
+    assert_eq!(fs::read_to_string(a.root.join("copy.log")).unwrap(), "1");
+    assert!(common::leftovers(&b.root).is_empty());
+}

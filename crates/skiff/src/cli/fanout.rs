@@ -217,7 +217,8 @@ pub fn get_many(
             let mut client = connect::open_endpoint(&endpoint, &key, true).await?;
             out.mark_started();
             let started = Instant::now();
-            let r = files::sources::get_all(&mut client.session, &sources, &host_dir, &opts).await;
+            let r = files::sources::get_all(&mut client.session, &sources, &host_dir, false, &opts)
+                .await;
             let _ = tokio::time::timeout(Duration::from_millis(200), client.session.close()).await;
             Ok(transfer_outcome(r, started, &out))
         }

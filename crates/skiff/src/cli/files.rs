@@ -247,7 +247,7 @@ pub fn get(a: GetArgs) -> anyhow::Result<i32> {
         );
     };
     transfer_one("get", &target, &a.key, a.port, &a.flags, json, async |c| {
-        sources::get_all(&mut c.session, pos.sources, &dest, &opts).await
+        sources::get_all(&mut c.session, pos.sources, &dest, false, &opts).await
     })
 }
 

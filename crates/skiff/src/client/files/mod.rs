@@ -9,6 +9,7 @@
 pub mod dest;
 pub mod download;
 pub mod progress;
+pub mod relay;
 pub mod remote;
 pub mod remote_glob;
 pub mod sources;
@@ -78,6 +79,17 @@ impl Summary {
         self.files += other.files;
         self.bytes += other.bytes;
         self.failures.extend(other.failures);
+    }
+
+    /// Counts one file's outcome.
+    pub fn count(&mut self, r: Result<u64, Failure>) {
+        match r {
+            Ok(size) => {
+                self.files += 1;
+                self.bytes += size;
+            }
+            Err(f) => self.failures.push(f),
+        }
     }
 
     /// Records a source that failed as a whole, when the failure is that

@@ -41,11 +41,13 @@ pub async fn put_all(
 }
 
 /// Downloads every remote `source` (globs expanded by the server) to the
-/// local `dest`.
+/// local `dest`; `several` says the command has more sources than these
+/// (from other servers), so `dest` must be a directory.
 pub async fn get_all(
     session: &mut Session<'_>,
     sources: &[String],
     dest: &Path,
+    several: bool,
     opts: &Options,
 ) -> Result<Summary, ClientError> {
     let mut total = Summary::default();
@@ -59,7 +61,7 @@ pub async fn get_all(
     if expanded.is_empty() {
         return Ok(total);
     }
-    let several = expanded.len() > 1 || sources.len() > 1;
+    let several = several || expanded.len() > 1 || sources.len() > 1;
     let dest_is_dir = dest::local_destination(dest, several)?;
     for src in &expanded {
         let place = dest::local_place(dest, dest_is_dir, src);
