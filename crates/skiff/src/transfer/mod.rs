@@ -11,6 +11,7 @@ pub mod commit;
 pub mod durable;
 pub mod errors;
 pub mod fault;
+pub mod glob;
 pub mod links;
 pub mod meta;
 pub mod names;
