@@ -413,6 +413,12 @@ redis_ping 50 16
 T_PING+=("skiff bench ping -c 50 --pipeline 16|$SK|$SKLAT|$SKCPU|$(ratio "$SK" "$RD")|")
 T_PING+=("redis-benchmark PING -c 50 -P 16|$RD||$RDCPU||")
 
+# ============================================== small files, latency
+log "small files and the delay relay (bench/tree.sh)"
+TREE_ARGS=(--no-build --out "$RESULTS/tree.md")
+[ "$QUICK" = 1 ] && TREE_ARGS+=(--files 2000 --runs 1)
+"$REPO/bench/tree.sh" "${TREE_ARGS[@]}" || echo "bench/tree.sh failed" >"$RESULTS/tree.md"
+
 # ================================================================= report
 log "writing $OUT"
 table() { # header-line, separator, rows...
@@ -465,6 +471,10 @@ MODE=full
     echo "skiff: \`skiff bench ping\` over TLS, authenticated sessions, empty ping bodies; redis-benchmark PING (PING_MBULK, $REDIS_N requests) against redis-server; Python: \`bench/py_echo_server.py\` (socketserver.ThreadingTCPServer, 4-byte length frames, upper-case echo) driven by \`bench/py_echo_client.py\`. Latency is p50 / p99 / p999 in ms."
     echo
     table "| what | requests/s | latency ms | CPU us/request (server / client) | skiff vs redis | skiff vs Python |" "| --- | --- | --- | --- | --- | --- |" "${T_PING[@]}"
+    echo "## Small files and latency"
+    echo
+    cat "$RESULTS/tree.md"
+    echo
     echo "$MARK"
     [ -n "$NOTES" ] && echo "$NOTES"
 } >"$OUT.tmp"

@@ -54,8 +54,12 @@ const ACKS: usize = 4;
 const BATCH_FILES: usize = 512;
 /// ... or bytes ...
 const BATCH_BYTES: u64 = 64 * 1024 * 1024;
-/// ... or when no input has arrived for this long since it started.
-const BATCH_LINGER: Duration = Duration::from_millis(5);
+/// ... or when no input has arrived for a while: twice as long as the
+/// last commit took, within these bounds (a commit on a busy disk can take
+/// a quarter of a second; committing small batches at every short pause
+/// would then cost more than the pauses).
+const LINGER_MIN: Duration = Duration::from_millis(5);
+const LINGER_MAX: Duration = Duration::from_millis(500);
 /// Answers per `tree_ack` frame (the header stays far below 64 KiB).
 const ACK_IDS: usize = 2048;
 /// Failures per `tree_ack` frame.
@@ -187,7 +191,10 @@ struct Worker {
     parents: HashMap<String, Dir>,
     batch: Vec<Pending>,
     batch_bytes: u64,
-    batch_started: Option<Instant>,
+    /// When the last entry arrived.
+    last_input: Instant,
+    /// How long the last commit took.
+    last_commit: Duration,
     /// Entries answered but not yet sent (made durable by the next commit).
     done: Vec<u64>,
     failed: Vec<TreeFailure>,
@@ -211,7 +218,8 @@ impl Worker {
             parents: HashMap::new(),
             batch: Vec::new(),
             batch_bytes: 0,
-            batch_started: None,
+            last_input: Instant::now(),
+            last_commit: Duration::ZERO,
             done: Vec::new(),
             failed: Vec::new(),
             dirty_dirs: Vec::new(),
@@ -244,6 +252,7 @@ impl Worker {
             let Some(job) = job else {
                 return self.abort();
             };
+            self.last_input = Instant::now();
             let before_meta =
                 matches!(&job, TreeInput::Dir(d) if d.mode.is_some() || d.mtime_ns.is_some());
             if before_meta && !self.commit(&tx) {
@@ -270,8 +279,8 @@ impl Worker {
         if self.batch.is_empty() && self.done.is_empty() && self.failed.is_empty() {
             return None;
         }
-        let started = self.batch_started.unwrap_or_else(Instant::now);
-        Some(BATCH_LINGER.saturating_sub(started.elapsed()))
+        let linger = (self.last_commit * 2).clamp(LINGER_MIN, LINGER_MAX);
+        Some(linger.saturating_sub(self.last_input.elapsed()))
     }
 
     fn batch_full(&self) -> bool {
@@ -495,7 +504,6 @@ impl Worker {
 
     fn push(&mut self, p: Pending) {
         self.batch_bytes += p.size;
-        self.batch_started.get_or_insert_with(Instant::now);
         self.batch.push(p);
     }
 
@@ -553,9 +561,9 @@ impl Worker {
     /// Makes the batch durable and in place, then sends the answers
     /// (module docs); `false` when the answers can no longer be sent.
     fn commit(&mut self, tx: &mpsc::Sender<Out>) -> bool {
+        let started = Instant::now();
         let batch = std::mem::take(&mut self.batch);
         self.batch_bytes = 0;
-        self.batch_started = None;
         let files: Vec<&std::fs::File> = batch.iter().map(|p| p.staged.file()).collect();
         let synced = durable::sync_files(&files);
         drop(files);
@@ -600,6 +608,7 @@ impl Worker {
             }
             self.record(Put::OP, p.id, &p.path, Some(&done), r);
         }
+        self.last_commit = started.elapsed();
         self.send_answers(tx)
     }
 
