@@ -8,7 +8,7 @@
 //! Failures of one operation are answered with an `error` frame and the
 //! session goes on; only protocol violations end it.
 
-mod confine;
+pub(crate) mod confine;
 mod get;
 mod listing;
 mod manage;
@@ -48,7 +48,7 @@ pub async fn handle(
         Request::Rm(req) => reply(session, manage::rm(&root, req).await),
         Request::Mkdir(req) => reply(session, manage::mkdir(&root, &req)),
         Request::Mv(req) => reply(session, manage::mv(&root, &req)),
-        Request::Ping(_) | Request::Exec(_) => session.queue(
+        Request::Ping(_) | Request::Exec(_) | Request::Sync(_) => session.queue(
             &ErrorMsg::new(ErrorCode::Internal, "not a file operation"),
             &[],
         ),
