@@ -81,7 +81,8 @@ pub enum Event {
         /// Output bytes sent to the client (stdout and stderr).
         bytes_out: u64,
     },
-    /// A file operation that changes something (put, rm, mkdir, mv).
+    /// A file operation that changes something (put, symlink, rm, mkdir,
+    /// mv), whether it succeeded or was refused.
     File {
         /// The user.
         user: String,
@@ -97,6 +98,10 @@ pub enum Event {
         /// Bytes written, for `put`.
         #[serde(skip_serializing_if = "Option::is_none")]
         bytes: Option<u64>,
+        /// Hex whole-file digest of what `put` committed (BLAKE3 unless
+        /// the client asked for another hash).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        digest: Option<String>,
         /// `ok`, or the error code it was answered with.
         result: String,
     },

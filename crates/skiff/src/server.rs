@@ -12,12 +12,12 @@ use skiff_wire::message::handshake::Welcome;
 
 use crate::audit::{Audit, Destination, Event};
 use crate::auth::handshake::{Block, NO_BINDING};
-use crate::policy::env::AcceptEnv;
+use crate::policy::env::{AcceptEnv, BaseEnv};
 use crate::serve_config::{ConfigSource, ServeFile};
 use crate::service::udp_ping::UdpPingService;
 use crate::service::{self, ServiceContext};
 use crate::session::accept::{AuthPolicy, Authenticator};
-use crate::session::tls::ServerIdentity;
+use crate::session::tls::{self, ServerIdentity};
 use crate::session::{Io, Session, SessionError};
 use crate::transfer::staging::StagingArea;
 use crate::users::live::LiveUsers;
@@ -27,6 +27,14 @@ use crate::users::live::LiveUsers;
 pub(crate) fn announce(line: std::fmt::Arguments<'_>) {
     use std::io::Write as _;
     let _ = writeln!(std::io::stdout(), "{line}");
+}
+
+/// Prints a start-up warning beside the start-up lines and in the log, so
+/// that it is seen whether the server runs in a terminal or under a
+/// service manager.
+fn warn_start(line: std::fmt::Arguments<'_>) {
+    tracing::warn!("{line}");
+    announce(format_args!("warning: {line}"));
 }
 
 /// One `--listen` URL: the address and whether TLS runs on it.
@@ -152,6 +160,7 @@ struct SessionHandler {
     staging: Arc<StagingArea>,
     audit: Audit,
     live: Arc<RwLock<LiveSettings>>,
+    base_env: Arc<BaseEnv>,
 }
 
 impl SessionHandler {
@@ -194,6 +203,10 @@ impl StreamHandler for SessionHandler {
     async fn handle(&self, conn: &mut Connection) -> std::io::Result<()> {
         let peer_ip: Option<IpAddr> = conn.peer().ip();
         let peer = conn.peer().to_string();
+        let client = match conn.peer() {
+            skiff_net::PeerAddr::Ip(a) => Some(*a),
+            skiff_net::PeerAddr::Unix(_) => None,
+        };
         let deadline = tokio::time::Instant::now() + self.handshake_timeout;
         let (io, cb): (Box<dyn Io + '_>, Block) = match &self.tls {
             Some((acceptor, cb)) => {
@@ -255,7 +268,7 @@ impl StreamHandler for SessionHandler {
             user: user.clone(),
             peer: peer.clone(),
         });
-        let _accept_env = self
+        let accept_env = self
             .live
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -266,6 +279,12 @@ impl StreamHandler for SessionHandler {
             root,
             exec_enabled: self.exec_enabled,
             user: user.clone(),
+            policy: login.policy.clone(),
+            client,
+            peer: peer.clone(),
+            audit: self.audit.clone(),
+            base_env: self.base_env.clone(),
+            accept_env,
             staging: self.staging.clone(),
         };
         let (result, reason) = match service::serve(&mut session, &ctx).await {
@@ -402,6 +421,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let live = Arc::new(RwLock::new(LiveSettings {
         accept_env: Arc::new(accept_env),
     }));
+    let base_env = Arc::new(BaseEnv::from_server());
     let welcome = Welcome {
         server: format!("skiff {}", env!("CARGO_PKG_VERSION")),
         services: ServiceContext::services(!cfg.no_exec),
@@ -423,6 +443,24 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             "certificate fingerprint {}",
             identity.fingerprint()
         ));
+        match identity.days_left() {
+            Ok(days) if days < 0 => warn_start(format_args!(
+                "the server certificate expired {} days ago; clients pin it, so it still works, \
+                 but replace it: stop the server, remove {} and {}, start it and let clients \
+                 re-pin with `skiff known remove`",
+                -days,
+                cfg.state_dir.join("cert.pem").display(),
+                cfg.state_dir.join("key.pem").display()
+            )),
+            Ok(days) if days < tls::CERT_WARN_DAYS => warn_start(format_args!(
+                "the server certificate expires in {days} days; to renew it, stop the server, \
+                 remove {} and {}, and start it again (clients must re-pin it)",
+                cfg.state_dir.join("cert.pem").display(),
+                cfg.state_dir.join("key.pem").display()
+            )),
+            Ok(_) => {}
+            Err(e) => warn_start(format_args!("{e:#}")),
+        }
         fingerprint = Some(identity.fingerprint());
         Some((identity.acceptor()?, identity.binding()))
     } else {
@@ -449,6 +487,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             staging: staging.clone(),
             audit: audit.clone(),
             live: live.clone(),
+            base_env: base_env.clone(),
         });
         listeners.push((builder.add_stream(l.addr.clone(), handler), l.tls));
     }

@@ -385,3 +385,42 @@ fn bad_arguments_are_usage_errors() {
     let o = sync(&server, &[&remote("../up"), p(&work.path().join("l"))]);
     fails_with(&o, "outside");
 }
+
+#[test]
+fn a_read_only_user_may_pull_but_not_push() {
+    let dir = tempfile::tempdir().unwrap();
+    let reader = skiff::keys::UserKey::generate("reader");
+    let users = dir.path().join("users");
+    fs::write(&users, format!("{} read-only\n", reader.to_line())).unwrap();
+    fs::set_permissions(&users, fs::Permissions::from_mode(0o600)).unwrap();
+    let key = dir.path().join("reader.key");
+    fs::write(&key, format!("{}\n", reader.to_line())).unwrap();
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+    let server = TestServer::start(&["--users", p(&users)]);
+    fs::create_dir_all(server.root.join("pub/sub")).unwrap();
+    fs::write(server.root.join("pub/sub/f"), "readable").unwrap();
+    let src = dir.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("new"), "must not land").unwrap();
+    let as_reader = |args: &[&str]| {
+        let mut all = vec!["--key", p(&key)];
+        all.extend_from_slice(args);
+        sync(&server, &all)
+    };
+    let o = as_reader(&[p(&src), "reader@127.0.0.1:pub"]);
+    fails_with(&o, "read-only");
+    let o = as_reader(&["--delete", p(&src), "reader@127.0.0.1:fresh"]);
+    fails_with(&o, "read-only");
+    assert!(!server.root.join("pub/new").exists());
+    assert!(!server.root.join("fresh").exists());
+    assert!(server.root.join("pub/sub/f").exists());
+    assert!(server.staged_files().is_empty());
+    // A dry run changes nothing, so it is allowed; so is a pull.
+    let o = as_reader(&["-n", p(&src), "reader@127.0.0.1:pub"]);
+    ok(&o);
+    assert!(!server.root.join("pub/new").exists());
+    let local = dir.path().join("local");
+    let o = as_reader(&["reader@127.0.0.1:pub", p(&local)]);
+    ok(&o);
+    assert_eq!(fs::read_to_string(local.join("sub/f")).unwrap(), "readable");
+}

@@ -8,7 +8,8 @@
 //! the client's own variables (`skiff exec -e`): all of them for an
 //! unrestricted user, and for a user with any policy option only those
 //! whose names match the server's `accept-env` patterns (default
-//! `LANG LC_*`). `SKIFF_*` can never be set by a client.
+//! `LANG LC_*`), and for an `exec-allow` user only locale variables among
+//! those. `SKIFF_*` can never be set by a client.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -20,6 +21,12 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 
 /// `accept-env` when the configuration does not say.
 pub const DEFAULT_ACCEPT_ENV: &[&str] = &["LANG", "LC_*"];
+
+/// Whether `name` is a locale variable (`LANG`, `LC_*`): the only client
+/// variables an `exec-allow` user may set, whatever `accept-env` says.
+pub fn is_locale(name: &str) -> bool {
+    name == "LANG" || name.starts_with("LC_")
+}
 
 /// The `accept-env` patterns: names of client variables a restricted user
 /// may set.

@@ -10,15 +10,17 @@
 //!   the commands this user may still run;
 //! - `no-exec`: no commands;
 //! - `exec-allow=PATTERN` (repeatable): only commands matching one of the
-//!   glob patterns run, without a shell, with neither `--cwd` nor client
-//!   variables outside `accept-env` (see [`exec_allow`]);
+//!   glob patterns run, without a shell, with no `--cwd`, and with no
+//!   client variables but locale ones (`LANG`, `LC_*`) that `accept-env`
+//!   also allows (see [`exec_allow`]);
 //! - `from=CIDR` (repeatable): the user may only log in from these
 //!   networks.
 //!
 //! Every check lives here, one function per kind of operation
 //! ([`Policy::check_login`], [`Policy::authorize_exec`],
 //! [`Policy::check_change`]); services call them and never decide on their
-//! own. A refusal is a [`Refusal`]: the reason a user reads in the
+//! own. Any operation that changes files (now or added later, such as the
+//! receiving side of a sync) must call [`Policy::check_change`] first. A refusal is a [`Refusal`]: the reason a user reads in the
 //! `permission` error.
 
 pub mod env;
@@ -47,7 +49,7 @@ impl fmt::Display for Refusal {
 
 impl From<Refusal> for ErrorMsg {
     fn from(r: Refusal) -> ErrorMsg {
-        ErrorMsg::new(ErrorCode::Permission, r.0)
+        ErrorMsg::new(ErrorCode::Permission, format!("permission denied: {}", r.0))
     }
 }
 
@@ -206,6 +208,13 @@ impl Policy {
                     "variable {name} is not accepted (accept-env: {accept})"
                 )));
             }
+            // Whatever accept-env says, a variable must not change what an
+            // allowed command does (PATH, LD_PRELOAD, GIT_*, ...).
+            if !self.exec_allow.is_empty() && !env::is_locale(name) {
+                return Err(Refusal(format!(
+                    "variable {name} cannot be set for allowed commands (only LANG and LC_*)"
+                )));
+            }
         }
         if self.exec_allow.is_empty() {
             return Ok(req.clone());
@@ -243,7 +252,7 @@ impl Policy {
     /// May this user change files (`op`: put, rm, mkdir, mv)?
     pub fn check_change(&self, op: &str) -> Result<(), Refusal> {
         if self.read_only {
-            return Err(Refusal(format!("{op}: this user is read-only")));
+            return Err(Refusal(format!("this user is read-only ({op} refused)")));
         }
         Ok(())
     }
@@ -363,6 +372,13 @@ mod tests {
         let mut with_env = cmd("uptime");
         with_env.env.insert("LD_PRELOAD".into(), "/tmp/x.so".into());
         assert!(p.authorize_exec(&with_env, &accept).is_err());
+        // Even an accept-env that lets everything through cannot widen an
+        // exec-allow.
+        let all = AcceptEnv::new(&["*".to_string()]).unwrap();
+        assert!(p.authorize_exec(&with_env, &all).is_err());
+        with_env.env.clear();
+        with_env.env.insert("PATH".into(), "/tmp".into());
+        assert!(p.authorize_exec(&with_env, &all).is_err());
         with_env.env.clear();
         with_env.env.insert("LC_ALL".into(), "C".into());
         assert!(p.authorize_exec(&with_env, &accept).is_ok());

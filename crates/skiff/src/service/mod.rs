@@ -9,13 +9,18 @@ pub mod ping;
 pub mod sync;
 pub mod udp_ping;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use skiff_wire::message::exec::{Exec, ExecInput};
+use skiff_wire::message::files::UploadData;
 use skiff_wire::message::Request;
 use skiff_wire::{ErrorMsg, Message, MessageError};
 
+use crate::audit::Audit;
+use crate::policy::env::{AcceptEnv, BaseEnv};
+use crate::policy::Policy;
 use crate::session::{Session, SessionError};
 
 /// What every service may need to know about the server.
@@ -27,6 +32,18 @@ pub struct ServiceContext {
     pub exec_enabled: bool,
     /// The authenticated user.
     pub user: String,
+    /// What this user may do; every service asks it before acting.
+    pub policy: Arc<Policy>,
+    /// The client's address (`None` on a Unix socket), for `SKIFF_CLIENT`.
+    pub client: Option<SocketAddr>,
+    /// The client as logs and the audit log name it.
+    pub peer: String,
+    /// Where commands and file changes are recorded.
+    pub audit: Audit,
+    /// The environment every command starts from.
+    pub base_env: Arc<BaseEnv>,
+    /// Client variables a restricted user may set.
+    pub accept_env: Arc<AcceptEnv>,
     /// Where uploads are written until they are verified (outside the
     /// root, so no client path can name them).
     pub staging: Arc<crate::transfer::staging::StagingArea>,
@@ -58,9 +75,11 @@ pub async fn serve(session: &mut Session<'_>, ctx: &ServiceContext) -> Result<()
         };
         match Request::from_frame(frame) {
             Ok(req) => dispatch(session, ctx, req).await?,
-            // Input for an exec that already ended: a client may send it
-            // while the `exit` is on its way.
-            Err(e) if ExecInput::knows(e.op()) => {}
+            // Input for an exec that already ended (a client may send it
+            // while the `exit` is on its way), or the data of an upload
+            // whose request was refused as malformed (a client may send
+            // data without waiting for `ready`): discarded.
+            Err(e) if ExecInput::knows(e.op()) || UploadData::knows(e.op()) => {}
             Err(e) => session.queue(&refusal(&e), &[])?,
         }
         session.answered().await?;

@@ -2,17 +2,20 @@
 //! receiving role when the client pushes (the server path is the
 //! destination, created if missing, and files are staged in the server's
 //! staging area and committed as `put` commits them) and the sending role
-//! when the client pulls (the server path is the source). The roles
-//! themselves are in `crate::sync`.
+//! when the client pulls (the server path is the source). A push is a
+//! change: the user's policy must allow it (`read-only` refuses it), and
+//! it is written to the audit log. The roles themselves are in
+//! `crate::sync`.
 
 use std::sync::Arc;
 
 use cap_std::fs::Dir;
 use skiff_wire::message::sync::{SyncReady, SyncRequest};
-use skiff_wire::{ErrorCode, ErrorMsg};
+use skiff_wire::{ErrorCode, ErrorMsg, Message};
 
 use super::files::confine;
 use super::ServiceContext;
+use crate::audit::Event;
 use crate::session::{Session, SessionError};
 use crate::sync::apply::Stager;
 use crate::sync::link::Counters;
@@ -27,9 +30,22 @@ pub async fn handle(
     ctx: &ServiceContext,
     req: SyncRequest,
 ) -> Result<(), SessionError> {
+    let writes = req.push && !req.dry_run;
+    if writes {
+        if let Err(refusal) = ctx.policy.check_change(SyncRequest::OP) {
+            let m = ErrorMsg::from(refusal);
+            audit(ctx, &req, None, m.code.as_str().to_string());
+            return session.queue(&m, &[]);
+        }
+    }
     let dir = match open_tree(ctx, &req) {
         Ok(d) => d,
-        Err(m) => return session.queue(&m, &[]),
+        Err(m) => {
+            if writes {
+                audit(ctx, &req, None, m.code.as_str().to_string());
+            }
+            return session.queue(&m, &[]);
+        }
     };
     session.queue(&SyncReady {}, &[])?;
     session.flush().await?;
@@ -69,13 +85,39 @@ pub async fn handle(
                 matched_bytes = s.matched_bytes,
                 "sync done"
             );
+            if writes {
+                let result = if s.failed == 0 {
+                    "ok".to_string()
+                } else {
+                    format!("{} paths failed", s.failed)
+                };
+                audit(ctx, &req, Some(s.literal_bytes + s.matched_bytes), result);
+            }
             Ok(())
         }
         Err(e) => {
             tracing::warn!(user = %ctx.user, path = %req.path, "sync failed: {e}");
+            if writes {
+                audit(ctx, &req, None, format!("sync stopped: {e}"));
+            }
             Err(e.into())
         }
     }
+}
+
+/// One audit line per sync that writes: the destination, the file bytes
+/// committed, and how it ended.
+fn audit(ctx: &ServiceContext, req: &SyncRequest, bytes: Option<u64>, result: String) {
+    ctx.audit.record(Event::File {
+        user: ctx.user.clone(),
+        peer: ctx.peer.clone(),
+        op: SyncRequest::OP.to_string(),
+        path: req.path.clone(),
+        to: None,
+        bytes,
+        digest: None,
+        result,
+    });
 }
 
 /// Opens the tree the request names: the destination (created with its

@@ -18,6 +18,7 @@
 //! unusually short JSON) is dropped instead of sent.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -47,7 +48,8 @@ pub enum DropReason {
     Truncated,
     /// Not exactly one `udp_ping` frame.
     Malformed,
-    /// Unknown user or wrong tag (indistinguishable on purpose).
+    /// Unknown user, wrong tag, or a user outside its `from=` networks
+    /// (indistinguishable on purpose).
     Unauthenticated,
     /// Timestamp outside the freshness window.
     Stale,
@@ -246,13 +248,16 @@ impl UdpPingService {
     /// Decides about one datagram received at `now_us` (microseconds since
     /// the epoch): the reply to send, or why there is none. Sans-IO, so the
     /// policy is testable without sockets; counts the outcome.
+    /// `peer` is the sender's address (`None` on a Unix socket), checked
+    /// against the user's `from=` networks.
     pub fn answer(
         &self,
         datagram: &[u8],
         truncated: bool,
         now_us: u64,
+        peer: Option<IpAddr>,
     ) -> Result<BytesMut, DropReason> {
-        let result = self.decide(datagram, truncated, now_us);
+        let result = self.decide(datagram, truncated, now_us, peer);
         self.counters.bump(result.as_ref().err().copied());
         result
     }
@@ -262,6 +267,7 @@ impl UdpPingService {
         datagram: &[u8],
         truncated: bool,
         now_us: u64,
+        peer: Option<IpAddr>,
     ) -> Result<BytesMut, DropReason> {
         if truncated {
             return Err(DropReason::Truncated);
@@ -271,8 +277,9 @@ impl UdpPingService {
             .parse::<UdpPing>()
             .map_err(|_| DropReason::Malformed)?;
         let users = self.users.snapshot();
-        let (key, known) = match users.get(&ping.stamp.user) {
-            Some(k) => (k, true),
+        let (key, known) = match users.entry(&ping.stamp.user) {
+            // Outside its `from=` networks a user counts as unknown.
+            Some(e) => (&e.key, e.policy.check_login(peer).is_ok()),
             None => (&self.dummy_key, false),
         };
         let authentic = verify_tag(key, PING_LABEL, &ping.stamp, frame.body(), &ping.tag);
@@ -330,7 +337,8 @@ impl UdpPingService {
 
 impl DatagramHandler for UdpPingService {
     async fn handle(&self, datagram: Datagram<'_>, socket: &DatagramSocket) {
-        match self.answer(datagram.data, datagram.truncated(), now_micros()) {
+        let peer = datagram.peer.ip();
+        match self.answer(datagram.data, datagram.truncated(), now_micros(), peer) {
             Ok(reply) => {
                 if let Err(e) = socket.send_to(&reply, &datagram.peer).await {
                     tracing::debug!(peer = %datagram.peer, error = %e, "udp pong not sent");
@@ -372,12 +380,15 @@ mod tests {
         let (svc, uk) = setup();
         let now = now_micros();
         let req = request(&uk, 1, 0, now, b"hi");
-        let reply = svc.answer(&req, false, now).unwrap();
+        let reply = svc.answer(&req, false, now, None).unwrap();
         assert_eq!(reply.len(), req.len());
-        assert_eq!(svc.answer(&req, false, now), Err(DropReason::Replayed));
+        assert_eq!(
+            svc.answer(&req, false, now, None),
+            Err(DropReason::Replayed)
+        );
         // Another run of the same user has its own window.
         assert!(svc
-            .answer(&request(&uk, 2, 0, now, b""), false, now)
+            .answer(&request(&uk, 2, 0, now, b""), false, now, None)
             .is_ok());
         let c = svc.counts();
         assert_eq!((c.answered, c.replayed), (2, 1));
@@ -389,13 +400,16 @@ mod tests {
         let now = now_micros();
         let fresh = FRESHNESS.as_micros() as u64;
         let old = request(&uk, 1, 0, now - fresh - 1, b"");
-        assert_eq!(svc.answer(&old, false, now), Err(DropReason::Stale));
+        assert_eq!(svc.answer(&old, false, now, None), Err(DropReason::Stale));
         let future = request(&uk, 1, 1, now + fresh + 1, b"");
-        assert_eq!(svc.answer(&future, false, now), Err(DropReason::Stale));
+        assert_eq!(
+            svc.answer(&future, false, now, None),
+            Err(DropReason::Stale)
+        );
         let stranger = UserKey::generate("mallory");
         let req = request(&stranger, 1, 0, now, b"");
         assert_eq!(
-            svc.answer(&req, false, now),
+            svc.answer(&req, false, now, None),
             Err(DropReason::Unauthenticated)
         );
         let wrong_key = UserKey {
@@ -404,13 +418,22 @@ mod tests {
         };
         let req = request(&wrong_key, 1, 0, now, b"");
         assert_eq!(
-            svc.answer(&req, false, now),
+            svc.answer(&req, false, now, None),
             Err(DropReason::Unauthenticated)
         );
         let good = request(&uk, 1, 2, now, b"");
-        assert_eq!(svc.answer(&good, true, now), Err(DropReason::Truncated));
-        assert_eq!(svc.answer(b"junk", false, now), Err(DropReason::Malformed));
-        assert_eq!(svc.answer(b"", false, now), Err(DropReason::Malformed));
+        assert_eq!(
+            svc.answer(&good, true, now, None),
+            Err(DropReason::Truncated)
+        );
+        assert_eq!(
+            svc.answer(b"junk", false, now, None),
+            Err(DropReason::Malformed)
+        );
+        assert_eq!(
+            svc.answer(b"", false, now, None),
+            Err(DropReason::Malformed)
+        );
         // No state was allocated for any of these.
         assert!(svc.replay.lock().unwrap().runs.is_empty());
     }
@@ -421,24 +444,24 @@ mod tests {
         let now = now_micros();
         for seq in [5u64, 3, 4, 2000, 1500] {
             assert!(svc
-                .answer(&request(&uk, 9, seq, now, b""), false, now)
+                .answer(&request(&uk, 9, seq, now, b""), false, now, None)
                 .is_ok());
         }
         for seq in [5u64, 3, 2000, 1500, 900] {
-            let r = svc.answer(&request(&uk, 9, seq, now, b""), false, now);
+            let r = svc.answer(&request(&uk, 9, seq, now, b""), false, now, None);
             assert_eq!(r, Err(DropReason::Replayed), "seq {seq}");
         }
         // Runs are bounded per user; quiet ones are forgotten.
         for sid in 100..100 + MAX_RUNS_PER_USER as u64 - 1 {
             assert!(svc
-                .answer(&request(&uk, sid, 0, now, b""), false, now)
+                .answer(&request(&uk, sid, 0, now, b""), false, now, None)
                 .is_ok());
         }
-        let r = svc.answer(&request(&uk, 7777, 0, now, b""), false, now);
+        let r = svc.answer(&request(&uk, 7777, 0, now, b""), false, now, None);
         assert_eq!(r, Err(DropReason::TooManyRuns));
         let later = now + FRESHNESS.as_micros() as u64 + 1;
         assert!(svc
-            .answer(&request(&uk, 7777, 0, later, b""), false, later)
+            .answer(&request(&uk, 7777, 0, later, b""), false, later, None)
             .is_ok());
         assert_eq!(svc.replay.lock().unwrap().runs["alice"].len(), 1);
     }

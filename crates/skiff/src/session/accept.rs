@@ -120,7 +120,17 @@ impl Authenticator {
             return Err(fail(who, why.into()));
         };
         let users = self.users.current();
-        let known = users.entry(&hello.user);
+        // Outside the user's `from=` networks the user is treated as
+        // unknown from here on (a dummy key): even a client holding the
+        // right key learns neither that the user exists nor that its key
+        // is right. Only the log says why.
+        let entry = users.entry(&hello.user);
+        let outside = entry.and_then(|e| e.policy.check_login(peer).err());
+        let known = entry.filter(|_| outside.is_none());
+        let unknown = || match &outside {
+            Some(refusal) => refusal.0.clone(),
+            None => "unknown user".to_string(),
+        };
         let key = known.map(|e| &e.key).unwrap_or(&self.dummy_key);
         let sn = hs::nonce();
         let proof = hs::proof(key, hs::SERVER_LABEL, cb, &cn, &sn);
@@ -142,7 +152,7 @@ impl Authenticator {
                 self.record_failure(peer);
                 let reason = match known {
                     Some(_) => format!("client left before proving its key ({e}); it may not trust this server's proof"),
-                    None => format!("unknown user; client left before proving a key ({e})"),
+                    None => format!("{}; client left before proving a key ({e})", unknown()),
                 };
                 return Err(fail(who, reason));
             }
@@ -161,26 +171,19 @@ impl Authenticator {
                     .send_error(ErrorCode::AuthFailed, "authentication failed")
                     .await;
                 let reason = if blocked {
-                    "too many failed attempts from this address"
+                    "too many failed attempts from this address".to_string()
                 } else if known.is_none() {
-                    "unknown user"
+                    unknown()
                 } else {
-                    "wrong key"
+                    "wrong key".to_string()
                 };
                 return Err(AuthFailure {
                     user: who.map(String::from),
-                    reason: reason.into(),
+                    reason,
                     blocked,
                 });
             }
         };
-        // The key was right, so saying why is no enumeration.
-        if let Err(refusal) = entry.policy.check_login(peer) {
-            let _ = session
-                .send_error(ErrorCode::Permission, refusal.to_string())
-                .await;
-            return Err(fail(who, refusal.0));
-        }
         let mut welcome = self.welcome.clone();
         if !entry.policy.may_exec() {
             welcome.services.retain(|s| s != "exec");

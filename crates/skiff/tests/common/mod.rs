@@ -40,11 +40,18 @@ impl TestServer {
     /// `skiff serve` with the given `--listen` URLs (use port 0) and extra
     /// arguments. A `{home}` in any argument is replaced by the home dir.
     pub fn start_listening(listen: &[&str], extra: &[&str]) -> TestServer {
+        Self::start_with_env(listen, extra, &[])
+    }
+
+    /// [`start_listening`](Self::start_listening) with extra environment
+    /// variables for the server process.
+    pub fn start_with_env(listen: &[&str], extra: &[&str], env: &[(&str, &str)]) -> TestServer {
         let home = tempfile::tempdir().expect("tempdir");
         let root = home.path().join("root");
         std::fs::create_dir(&root).expect("mkdir root");
         let h = home.path().to_string_lossy().to_string();
         let mut cmd = Command::new(skiff_bin());
+        cmd.envs(env.iter().copied());
         cmd.arg("serve").arg("--root").arg(&root);
         for l in listen {
             cmd.arg("--listen").arg(l.replace("{home}", &h));

@@ -120,8 +120,11 @@ pub fn resolve_cwd(root: &Path, cwd: Option<&str>) -> Result<PathBuf, ErrorMsg> 
 }
 
 /// Starts the command of `req` in `cwd`, in a new process group (pipes)
-/// or a new session with the pty as controlling terminal.
-pub fn spawn(req: &Exec, cwd: &Path) -> Result<Started, SpawnError> {
+/// or a new session with the pty as controlling terminal. The program
+/// named by `argv[0]` is looked up in `env`'s `PATH`.
+/// `env` is the command's whole environment: nothing of the server's own
+/// environment is inherited.
+pub fn spawn(req: &Exec, cwd: &Path, env: &[(String, String)]) -> Result<Started, SpawnError> {
     let (program, args): (String, Vec<String>) = match (&req.argv, &req.cmd) {
         (Some(argv), None) if !argv.is_empty() => (argv[0].clone(), argv[1..].to_vec()),
         (None, Some(cmd)) => ("sh".into(), vec!["-c".into(), cmd.clone()]),
@@ -133,7 +136,10 @@ pub fn spawn(req: &Exec, cwd: &Path) -> Result<Started, SpawnError> {
         }
     };
     let mut cmd = Command::new(&program);
-    cmd.args(&args).current_dir(cwd).envs(&req.env);
+    cmd.args(&args)
+        .current_dir(cwd)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)));
     let mut pty = None;
     if let Some(p) = &req.pty {
         let (master, slave) = super::pty::open(p.rows, p.cols).map_err(internal)?;
@@ -141,7 +147,6 @@ pub fn spawn(req: &Exec, cwd: &Path) -> Result<Started, SpawnError> {
         cmd.stdin(stdio(&slave)?)
             .stdout(stdio(&slave)?)
             .stderr(stdio(&slave)?);
-        cmd.env("TERM", p.term.as_deref().unwrap_or("xterm-256color"));
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
             cmd.pre_exec(|| {

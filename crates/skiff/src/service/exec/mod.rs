@@ -41,6 +41,7 @@ use tokio::time::Instant;
 use self::child::{GroupGuard, SpawnError, Started, Streams};
 use self::pty::PtyMaster;
 use super::ServiceContext;
+use crate::audit::Event;
 use crate::maybe::{or_pending, sleep_until};
 use crate::session::{Session, SessionError, SessionReader, SessionWriter};
 
@@ -52,7 +53,9 @@ pub const KILL_GRACE: Duration = Duration::from_millis(500);
 /// terminal has been quiet this long (a background job may hold it open).
 const PTY_DRAIN_QUIET: Duration = Duration::from_millis(100);
 
-/// Handles one `exec` request.
+/// Handles one `exec` request: the user's policy decides first (a refusal
+/// is a `permission` error), then the command runs in a clean environment
+/// ([`crate::policy::env`]), and one audit event records how it went.
 pub async fn handle(
     session: &mut Session<'_>,
     ctx: &ServiceContext,
@@ -62,20 +65,112 @@ pub async fn handle(
         let msg = "this server does not run commands (started with --no-exec)";
         return session.queue(&ErrorMsg::new(ErrorCode::Unsupported, msg), &[]);
     }
-    let cwd = match child::resolve_cwd(&ctx.root, req.cwd.as_deref()) {
-        Ok(c) => c,
-        Err(e) => return session.queue(&e, &[]),
+    let record = ExecRecord::new(ctx, &req);
+    let allowed = match ctx.policy.authorize_exec(&req, &ctx.accept_env) {
+        Ok(r) => r,
+        Err(refusal) => {
+            tracing::info!(user = %ctx.user, peer = %ctx.peer, "exec refused: {refusal}");
+            let e = ErrorMsg::from(refusal);
+            record.refused(&e);
+            return session.queue(&e, &[]);
+        }
     };
-    let started = match child::spawn(&req, &cwd) {
+    let cwd = match child::resolve_cwd(&ctx.root, allowed.cwd.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            record.refused(&e);
+            return session.queue(&e, &[]);
+        }
+    };
+    let term = allowed
+        .pty
+        .as_ref()
+        .map(|p| p.term.as_deref().unwrap_or("xterm-256color"));
+    let env = ctx
+        .base_env
+        .for_command(&ctx.user, ctx.client, term, &allowed.env);
+    let started = match child::spawn(&allowed, &cwd, &env) {
         Ok(s) => s,
-        Err(SpawnError::Refused(e)) => return session.queue(&e, &[]),
+        Err(SpawnError::Refused(e)) => {
+            record.refused(&e);
+            return session.queue(&e, &[]);
+        }
         Err(SpawnError::Exit(code, msg)) => {
             session.queue(&Stderr {}, msg.as_bytes())?;
-            return session.queue(&exit_code(code), &[]);
+            let exit = exit_code(code);
+            record.finished(Ok(&exit), msg.len() as u64);
+            return session.queue(&exit, &[]);
         }
     };
     tracing::debug!(user = %ctx.user, pid = started.group.pgid().as_raw(), "exec started");
-    run(session, started, req.timeout_ms.map(Duration::from_millis)).await
+    let mut bytes_out = 0;
+    let result = run(
+        session,
+        started,
+        allowed.timeout_ms.map(Duration::from_millis),
+        &mut bytes_out,
+    )
+    .await;
+    record.finished(result.as_ref(), bytes_out);
+    result.map(|_| ())
+}
+
+/// The audit event of one `exec`, filled in as it goes.
+struct ExecRecord<'c> {
+    ctx: &'c ServiceContext,
+    command: String,
+    cwd: Option<String>,
+    pty: bool,
+    started: Instant,
+}
+
+impl<'c> ExecRecord<'c> {
+    fn new(ctx: &'c ServiceContext, req: &Exec) -> ExecRecord<'c> {
+        let command = match (&req.cmd, &req.argv) {
+            (Some(c), _) => c.clone(),
+            (None, Some(argv)) => argv.join(" "),
+            (None, None) => String::new(),
+        };
+        ExecRecord {
+            ctx,
+            command,
+            cwd: req.cwd.clone(),
+            pty: req.pty.is_some(),
+            started: Instant::now(),
+        }
+    }
+
+    fn event(&self, exit: Option<&Exit>, result: String, bytes_out: u64) -> Event {
+        Event::Exec {
+            user: self.ctx.user.clone(),
+            peer: self.ctx.peer.clone(),
+            command: self.command.clone(),
+            cwd: self.cwd.clone(),
+            pty: self.pty,
+            exit: exit.and_then(|e| e.code),
+            signal: exit.and_then(|e| e.signal),
+            result,
+            duration_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            bytes_out,
+        }
+    }
+
+    /// Refused before it ran.
+    fn refused(&self, e: &ErrorMsg) {
+        self.ctx
+            .audit
+            .record(self.event(None, e.code.as_str().to_string(), 0));
+    }
+
+    /// Ran: how it ended (an error: the client went away first).
+    fn finished(&self, r: Result<&Exit, &SessionError>, bytes_out: u64) {
+        let (exit, result) = match r {
+            Ok(exit) if exit.timed_out => (Some(exit), "timeout".to_string()),
+            Ok(exit) => (Some(exit), "ok".to_string()),
+            Err(e) => (None, format!("client gone: {e}")),
+        };
+        self.ctx.audit.record(self.event(exit, result, bytes_out));
+    }
 }
 
 fn exit_code(code: i32) -> Exit {
@@ -166,11 +261,13 @@ impl StdinQueue {
 }
 
 /// The running command's loop; returns once `exit` is queued.
+/// `bytes_out` counts the output sent, whatever the outcome.
 async fn run(
     session: &mut Session<'_>,
     started: Started,
     timeout: Option<Duration>,
-) -> Result<(), SessionError> {
+    bytes_out: &mut u64,
+) -> Result<Exit, SessionError> {
     let Started {
         child,
         group,
@@ -205,10 +302,16 @@ async fn run(
         timed_out: false,
         kill_at: None,
         quiet_at: None,
+        bytes_out: 0,
     };
     let (reader, writer) = session.split();
-    match running.drive(reader, writer).await {
-        Ok(exit) => writer.queue(&exit, &[]),
+    let driven = running.drive(reader, writer).await;
+    *bytes_out = running.bytes_out;
+    match driven {
+        Ok(exit) => {
+            writer.queue(&exit, &[])?;
+            Ok(exit)
+        }
         Err(e) => {
             running.abandon().await;
             Err(e)
@@ -235,6 +338,8 @@ struct Running<'m> {
     kill_at: Option<Instant>,
     /// When a pty that stayed quiet after the exit is closed.
     quiet_at: Option<Instant>,
+    /// Output bytes queued for the client so far.
+    bytes_out: u64,
 }
 
 impl Running<'_> {
@@ -288,6 +393,7 @@ impl Running<'_> {
         match read {
             Ok(n) if n > 0 => {
                 writer.queue(&Stdout {}, &buf[..n])?;
+                self.bytes_out += n as u64;
                 if self.quiet_at.is_some() {
                     self.quiet_at = Some(Instant::now() + PTY_DRAIN_QUIET);
                 }
@@ -304,7 +410,10 @@ impl Running<'_> {
         buf: &[u8],
     ) -> Result<(), SessionError> {
         match read {
-            Ok(n) if n > 0 => writer.queue(&Stderr {}, &buf[..n])?,
+            Ok(n) if n > 0 => {
+                writer.queue(&Stderr {}, &buf[..n])?;
+                self.bytes_out += n as u64;
+            }
             _ => self.err = None,
         }
         Ok(())

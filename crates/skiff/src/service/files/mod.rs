@@ -14,55 +14,145 @@ mod listing;
 mod manage;
 mod put;
 
-use skiff_wire::message::files::EntryKind;
+use skiff_wire::message::files::{Done, EntryKind, Mkdir, Mv, Put, Rm};
 use skiff_wire::message::Request;
 use skiff_wire::{ErrorCode, ErrorMsg, Message};
 
 use super::ServiceContext;
+use crate::audit::Event;
 use crate::session::{Session, SessionError};
 
-/// Handles one `files` request (the dispatcher flushes after it).
+/// Handles one `files` request (the dispatcher flushes after it). A
+/// request that changes something is first put to the user's policy, and
+/// its outcome goes to the audit log.
 pub async fn handle(
     session: &mut Session<'_>,
     ctx: &ServiceContext,
     req: Request,
 ) -> Result<(), SessionError> {
+    let change = Change::of(&req);
+    if let Some(c) = &change {
+        if let Err(refusal) = ctx.policy.check_change(c.op) {
+            let m = ErrorMsg::from(refusal);
+            c.record(ctx, None, Err(&m));
+            session.queue(&m, &[])?;
+            return drain_refused(session, &req).await;
+        }
+    }
     let root = match confine::open_root(&ctx.root) {
         Ok(r) => r,
         Err(m) => {
             session.queue(&m, &[])?;
-            // An upload's data still follows the refused request.
-            if let Request::Put(put) = req {
-                if !put.resume && put.kind == EntryKind::File {
-                    put::drain(session).await?;
-                }
-            }
-            return Ok(());
+            return drain_refused(session, &req).await;
         }
     };
-    match req {
-        Request::Put(req) => put::handle(session, ctx, &root, req).await,
-        Request::Get(req) => get::handle(session, &root, req).await,
-        Request::Ls(req) => listing::ls(session, &root, req).await,
-        Request::Stat(req) => reply(session, listing::stat(&root, &req)),
-        Request::Rm(req) => reply(session, manage::rm(&root, req).await),
-        Request::Mkdir(req) => reply(session, manage::mkdir(&root, &req)),
-        Request::Mv(req) => reply(session, manage::mv(&root, &req)),
-        Request::Ping(_) | Request::Exec(_) | Request::Sync(_) => session.queue(
-            &ErrorMsg::new(ErrorCode::Internal, "not a file operation"),
-            &[],
-        ),
+    let (done, result) = match req {
+        Request::Put(req) => match put::handle(session, ctx, &root, &req).await {
+            Ok(Ok(done)) => (done, Ok(())),
+            Ok(Err(m)) => (None, Err(m)),
+            Err(e) => {
+                if let Some(c) = &change {
+                    c.record_lost(ctx, &e);
+                }
+                return Err(e);
+            }
+        },
+        Request::Get(req) => return get::handle(session, &root, req).await,
+        Request::Ls(req) => return listing::ls(session, &root, req).await,
+        Request::Stat(req) => return reply(session, listing::stat(&root, &req)).map(|_| ()),
+        Request::Rm(req) => (None, reply(session, manage::rm(&root, req).await)?),
+        Request::Mkdir(req) => (None, reply(session, manage::mkdir(&root, &req))?),
+        Request::Mv(req) => (None, reply(session, manage::mv(&root, &req))?),
+        Request::Ping(_) | Request::Exec(_) | Request::Sync(_) => {
+            return session.queue(
+                &ErrorMsg::new(ErrorCode::Internal, "not a file operation"),
+                &[],
+            )
+        }
+    };
+    if let Some(c) = &change {
+        c.record(ctx, done.as_ref(), result.as_ref().map(|_| ()));
+    }
+    Ok(())
+}
+
+/// An upload's data still follows a refused `put` (unless it waits for
+/// `ready`): it is read and discarded.
+async fn drain_refused(session: &mut Session<'_>, req: &Request) -> Result<(), SessionError> {
+    if let Request::Put(put) = req {
+        if !put.resume && put.kind == EntryKind::File {
+            put::drain(session).await?;
+        }
+    }
+    Ok(())
+}
+
+/// A request that changes the tree: what the policy is asked about and
+/// the audit log records. Operations added later that change files (a
+/// sync receiver, say) go through [`crate::policy::Policy::check_change`]
+/// the same way.
+struct Change {
+    op: &'static str,
+    path: String,
+    to: Option<String>,
+}
+
+impl Change {
+    /// `None` for requests that only read.
+    fn of(req: &Request) -> Option<Change> {
+        let (op, path, to) = match req {
+            Request::Put(p) if p.kind == EntryKind::Symlink => {
+                ("symlink", &p.path, p.target.clone())
+            }
+            Request::Put(p) => (Put::OP, &p.path, None),
+            Request::Rm(r) => (Rm::OP, &r.path, None),
+            Request::Mkdir(m) => (Mkdir::OP, &m.path, None),
+            Request::Mv(m) => (Mv::OP, &m.from, Some(m.to.clone())),
+            Request::Get(_) | Request::Ls(_) | Request::Stat(_) => return None,
+            Request::Ping(_) | Request::Exec(_) | Request::Sync(_) => return None,
+        };
+        Some(Change {
+            op,
+            path: path.clone(),
+            to,
+        })
+    }
+
+    fn record(&self, ctx: &ServiceContext, done: Option<&Done>, result: Result<(), &ErrorMsg>) {
+        let result = match result {
+            Ok(()) => "ok".to_string(),
+            Err(m) => m.code.as_str().to_string(),
+        };
+        self.event(ctx, done, result);
+    }
+
+    /// The connection broke in the middle (an upload cut short).
+    fn record_lost(&self, ctx: &ServiceContext, e: &SessionError) {
+        self.event(ctx, None, format!("client gone: {e}"));
+    }
+
+    fn event(&self, ctx: &ServiceContext, done: Option<&Done>, result: String) {
+        ctx.audit.record(Event::File {
+            user: ctx.user.clone(),
+            peer: ctx.peer.clone(),
+            op: self.op.to_string(),
+            path: self.path.clone(),
+            to: self.to.clone(),
+            bytes: done.map(|d| d.size),
+            digest: done.map(|d| d.digest.clone()),
+            result,
+        });
     }
 }
 
-/// Queues a one-frame answer: the message, or the error.
+/// Queues a one-frame answer: the message, or the error; returns which.
 fn reply<M: Message>(
     session: &mut Session<'_>,
     r: Result<M, ErrorMsg>,
-) -> Result<(), SessionError> {
+) -> Result<Result<(), ErrorMsg>, SessionError> {
     match r {
-        Ok(m) => session.queue(&m, &[]),
-        Err(e) => session.queue(&e, &[]),
+        Ok(m) => session.queue(&m, &[]).map(|()| Ok(())),
+        Err(e) => session.queue(&e, &[]).map(|()| Err(e)),
     }
 }
 

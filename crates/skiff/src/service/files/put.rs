@@ -19,20 +19,27 @@ use crate::transfer::pipeline::{Sink, SinkDone};
 use crate::transfer::staging::{StageKey, Staged};
 use crate::transfer::{errors, IDLE_TIMEOUT};
 
-/// Handles one `put` request and, for files, the data that follows.
+/// What a `put` was answered: the upload's `done` (`None` for a
+/// symlink), or the error.
+pub type Outcome = Result<Option<Done>, ErrorMsg>;
+
+/// Handles one `put` request and, for files, the data that follows;
+/// returns what it answered, for the audit log.
 pub async fn handle(
     session: &mut Session<'_>,
     ctx: &ServiceContext,
     root: &Dir,
-    req: Put,
-) -> Result<(), SessionError> {
+    req: &Put,
+) -> Result<Outcome, SessionError> {
     match req.kind {
         EntryKind::File => {}
         EntryKind::Symlink => {
-            return match make_symlink(root, &req) {
-                Ok(()) => session.queue(&OkReply {}, &[]),
-                Err(m) => session.queue(&m, &[]),
-            };
+            let r = make_symlink(root, req);
+            match &r {
+                Ok(()) => session.queue(&OkReply {}, &[])?,
+                Err(m) => session.queue(m, &[])?,
+            }
+            return Ok(r.map(|()| None));
         }
         other => {
             let m = ErrorMsg::new(
@@ -42,10 +49,11 @@ pub async fn handle(
                     req.path
                 ),
             );
-            return session.queue(&m, &[]);
+            session.queue(&m, &[])?;
+            return Ok(Err(m));
         }
     }
-    let prepared = match prepare(ctx, root, &req) {
+    let prepared = match prepare(ctx, root, req) {
         Ok(p) => p,
         Err(m) => {
             session.queue(&m, &[])?;
@@ -54,7 +62,7 @@ pub async fn handle(
             if !req.resume {
                 drain(session).await?;
             }
-            return Ok(());
+            return Ok(Err(m));
         }
     };
     session.queue(
@@ -64,7 +72,7 @@ pub async fn handle(
         &[],
     )?;
     session.answered().await?;
-    receive(session, &req, prepared).await
+    receive(session, req, prepared).await
 }
 
 /// Where an upload is being written.
@@ -131,7 +139,11 @@ enum Received {
 }
 
 /// Streams `data` frames into the partial file, then verifies and commits.
-async fn receive(session: &mut Session<'_>, req: &Put, p: Prepared) -> Result<(), SessionError> {
+async fn receive(
+    session: &mut Session<'_>,
+    req: &Put,
+    p: Prepared,
+) -> Result<Outcome, SessionError> {
     let Prepared {
         dest,
         observed,
@@ -141,8 +153,10 @@ async fn receive(session: &mut Session<'_>, req: &Put, p: Prepared) -> Result<()
     let file = match staged.file().try_clone() {
         Ok(f) => f,
         Err(e) => {
-            session.queue(&errors::to_msg(&e, &req.path), &[])?;
-            return drain(session).await;
+            let m = errors::to_msg(&e, &req.path);
+            session.queue(&m, &[])?;
+            drain(session).await?;
+            return Ok(Err(m));
         }
     };
     let mut sink = Sink::spawn(file, offset, req.hash);
@@ -221,18 +235,16 @@ async fn receive(session: &mut Session<'_>, req: &Put, p: Prepared) -> Result<()
                     }
                 }
             };
-            return reply_done(session, r);
+            match &r {
+                Ok(d) => session.queue(d, &[])?,
+                Err(m) => session.queue(m, &[])?,
+            }
+            return Ok(r.map(Some));
         }
     };
     session.queue(&err, &[])?;
-    drain(session).await
-}
-
-fn reply_done(session: &mut Session<'_>, r: Result<Done, ErrorMsg>) -> Result<(), SessionError> {
-    match r {
-        Ok(d) => session.queue(&d, &[]),
-        Err(m) => session.queue(&m, &[]),
-    }
+    drain(session).await?;
+    Ok(Err(err))
 }
 
 /// Verifies size and digest, then commits the staged file by identity.
