@@ -5,7 +5,7 @@
 #   bench/sync.sh [--full] [--no-build] [--fs tmpfs|disk|both]
 #
 # --full      10,000 files and a 1 GiB file on tmpfs (default: 2,000 files
-#             and a 256 MiB file; the disk always uses 256 MiB)
+#             and a 256 MiB file; the disk always uses 64 MiB)
 # --no-build  use target/release/skiff as it is
 # --fs        where the trees live (default both: /dev/shm and $TMPDIR)
 #
@@ -35,7 +35,7 @@ while [ $# -gt 0 ]; do
     shift
 done
 if [ "$FULL" = 1 ]; then NFILES=10000; BIG_TMPFS=$((1 << 30)); else NFILES=2000; BIG_TMPFS=$((256 << 20)); fi
-BIG_DISK=$((256 << 20))
+BIG_DISK=$((64 << 20))
 NMOD=$((NFILES / 100))
 
 log() { printf '[sync-bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
