@@ -17,7 +17,7 @@ use crate::serve_config::{ConfigSource, ServeFile};
 use crate::service::udp_ping::UdpPingService;
 use crate::service::{self, ServiceContext};
 use crate::session::accept::{AuthPolicy, Authenticator};
-use crate::session::tls::ServerIdentity;
+use crate::session::tls::{self, ServerIdentity};
 use crate::session::{Io, Session, SessionError};
 use crate::transfer::staging::StagingArea;
 use crate::users::live::LiveUsers;
@@ -27,6 +27,14 @@ use crate::users::live::LiveUsers;
 pub(crate) fn announce(line: std::fmt::Arguments<'_>) {
     use std::io::Write as _;
     let _ = writeln!(std::io::stdout(), "{line}");
+}
+
+/// Prints a start-up warning beside the start-up lines and in the log, so
+/// that it is seen whether the server runs in a terminal or under a
+/// service manager.
+fn warn_start(line: std::fmt::Arguments<'_>) {
+    tracing::warn!("{line}");
+    announce(format_args!("warning: {line}"));
 }
 
 /// One `--listen` URL: the address and whether TLS runs on it.
@@ -435,6 +443,24 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             "certificate fingerprint {}",
             identity.fingerprint()
         ));
+        match identity.days_left() {
+            Ok(days) if days < 0 => warn_start(format_args!(
+                "the server certificate expired {} days ago; clients pin it, so it still works, \
+                 but replace it: stop the server, remove {} and {}, start it and let clients \
+                 re-pin with `skiff known remove`",
+                -days,
+                cfg.state_dir.join("cert.pem").display(),
+                cfg.state_dir.join("key.pem").display()
+            )),
+            Ok(days) if days < tls::CERT_WARN_DAYS => warn_start(format_args!(
+                "the server certificate expires in {days} days; to renew it, stop the server, \
+                 remove {} and {}, and start it again (clients must re-pin it)",
+                cfg.state_dir.join("cert.pem").display(),
+                cfg.state_dir.join("key.pem").display()
+            )),
+            Ok(_) => {}
+            Err(e) => warn_start(format_args!("{e:#}")),
+        }
         fingerprint = Some(identity.fingerprint());
         Some((identity.acceptor()?, identity.binding()))
     } else {

@@ -601,7 +601,7 @@ fn upload_skiff_client_against_tutorial_server() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     std::fs::create_dir(&root).unwrap();
-    let (server, port) = python_server(
+    let (mut server, port) = python_server(
         "upload_server.py",
         false,
         &[root.to_string_lossy().into_owned()],
@@ -625,8 +625,9 @@ fn upload_skiff_client_against_tutorial_server() {
         std::fs::read(&one).unwrap()
     );
     assert_eq!(std::fs::read(root.join("二.txt")).unwrap(), b"");
+    // The tutorial server prints after it stored the file: wait for it.
+    server.wait_for("stored one.bin 100000");
     let log = server.stdout();
-    assert!(log.contains("stored one.bin 100000"), "{log}");
     assert!(!log.contains("mismatch"), "{log}");
 }
 

@@ -8,6 +8,7 @@ use std::fs;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use common::probe::RawConn;
 use common::{fails_with, hash, leftovers, make_file, ok, p, run, stderr, TestServer};
 
 /// A slowed-down client (`SKIFF_TEST_CHUNK_DELAY_MS`), output captured.
@@ -274,5 +275,120 @@ fn symlink_through_an_existing_link_out_is_refused() {
     assert_eq!(
         fs::read_link(server.root.join("tree/fine")).unwrap(),
         std::path::Path::new("../inside")
+    );
+}
+
+/// A certificate with less than a year left is reported at start, with
+/// what to do about it; the server still starts and serves.
+#[test]
+fn a_certificate_near_its_end_is_reported_at_start() {
+    let mut server = TestServer::start(&[]);
+    let state = server.home.path().join(".local/state/skiff");
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(300);
+    params.not_after = now + time::Duration::days(30);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = params.self_signed(&key).expect("cert");
+    for (name, pem) in [("cert.pem", cert.pem()), ("key.pem", key.serialize_pem())] {
+        std::fs::write(state.join(name), pem).expect("write");
+    }
+    server.restart();
+    let warning = server
+        .banner
+        .iter()
+        .find(|l| l.starts_with("warning: the server certificate expires in"))
+        .unwrap_or_else(|| panic!("no warning in {:?}", server.banner));
+    assert!(warning.contains("cert.pem"), "{warning}");
+    ok(&run(&server, &["ping", "-c", "1", "-i", "0", server.url()]));
+}
+
+/// Every malformed files request is answered with an error frame naming
+/// what was wrong, and the session goes on: a `ping` on the same
+/// connection still gets its `pong`. Data sent after a refused upload is
+/// discarded, never taken for a request.
+#[test]
+fn malformed_files_requests_are_answered_and_the_session_goes_on() {
+    let server = TestServer::start_listening(&["tcp+plain://127.0.0.1:0"], &[]);
+    fs::create_dir(server.root.join("d")).expect("mkdir");
+    let mut c = RawConn::login(&server.urls[0], &server.key_file);
+    let expect = |c: &mut RawConn, header: &[u8], body: &[u8], code: &str| {
+        c.send_raw(header, body).expect("send");
+        let answer = c.recv().expect("an answer, not a closed session");
+        assert_eq!(
+            answer["op"],
+            "error",
+            "{}: {answer}",
+            String::from_utf8_lossy(header)
+        );
+        assert_eq!(
+            answer["code"],
+            code,
+            "{}: {answer}",
+            String::from_utf8_lossy(header)
+        );
+        c.send_raw(br#"{"op":"ping","len":2}"#, b"hi")
+            .expect("ping");
+        let pong = c.recv().expect("pong");
+        assert_eq!(
+            pong["op"],
+            "pong",
+            "after {}: {pong}",
+            String::from_utf8_lossy(header)
+        );
+    };
+    expect(&mut c, br#"{"op":"stat"}"#, b"", "bad_frame");
+    expect(
+        &mut c,
+        br#"{"op":"get","path":"x","offset":-1}"#,
+        b"",
+        "bad_frame",
+    );
+    expect(
+        &mut c,
+        br#"{"op":"put","path":"x","size":3,"mode":"rwx"}"#,
+        b"",
+        "bad_frame",
+    );
+    expect(
+        &mut c,
+        br#"{"op":"stat","path":"\ud800"}"#,
+        b"",
+        "bad_frame",
+    );
+    expect(
+        &mut c,
+        br#"{"op":"put","path":"link","kind":"symlink"}"#,
+        b"",
+        "bad_frame",
+    );
+    // An upload without a size, followed by its data and end: refused,
+    // the data discarded, and nothing left at the path or in staging.
+    c.send_raw(br#"{"op":"put","path":"nosize"}"#, b"")
+        .expect("put");
+    c.send_raw(br#"{"op":"data","len":3}"#, b"abc")
+        .expect("data");
+    // The one error answers the `put`; `data` and `end` are discarded.
+    expect(
+        &mut c,
+        br#"{"op":"end","size":3,"digest":"00"}"#,
+        b"",
+        "bad_frame",
+    );
+    let name = "n".repeat(256);
+    let long = format!(r#"{{"op":"mkdir","path":"{name}"}}"#);
+    expect(&mut c, long.as_bytes(), b"", "name_too_long");
+    expect(
+        &mut c,
+        br#"{"op":"mv","from":"d","to":"d/inside"}"#,
+        b"",
+        "invalid",
+    );
+    assert!(!server.root.join("nosize").exists());
+    assert!(server.root.join("d").is_dir());
+    assert!(
+        server.staged_files().is_empty(),
+        "{:?}",
+        server.staged_files()
     );
 }

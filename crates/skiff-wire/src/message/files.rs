@@ -68,7 +68,11 @@ pub struct Entry {
 /// [`Done`] (or an error). Unless `resume` is set the client MAY send data
 /// right after this header without waiting for `ready`; if the server
 /// refuses, it discards that data up to the `end` frame.
+///
+/// A file upload must state its `size` (a missing size is refused rather
+/// than taken as an empty file); a symlink needs its `target`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "PutFields")]
 pub struct Put {
     /// Destination path.
     pub path: String,
@@ -97,6 +101,53 @@ pub struct Put {
     /// The link target, for `kind: "symlink"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+}
+
+/// [`Put`] as it arrives, before the fields that depend on `kind` are
+/// checked.
+#[derive(Deserialize)]
+struct PutFields {
+    path: String,
+    #[serde(default)]
+    kind: EntryKind,
+    size: Option<u64>,
+    #[serde(default)]
+    mode: Option<u32>,
+    #[serde(default)]
+    mtime_ns: Option<i64>,
+    #[serde(default)]
+    hash: HashAlg,
+    #[serde(default)]
+    force: bool,
+    #[serde(default)]
+    resume: bool,
+    #[serde(default)]
+    target: Option<String>,
+}
+
+impl TryFrom<PutFields> for Put {
+    type Error = String;
+
+    fn try_from(f: PutFields) -> Result<Put, String> {
+        let size = match (f.kind, f.size) {
+            (EntryKind::File, None) => return Err("a file upload needs `size`".to_string()),
+            (EntryKind::Symlink, _) if f.target.is_none() => {
+                return Err("a symlink needs `target`".to_string())
+            }
+            (_, size) => size.unwrap_or(0),
+        };
+        Ok(Put {
+            path: f.path,
+            kind: f.kind,
+            size,
+            mode: f.mode,
+            mtime_ns: f.mtime_ns,
+            hash: f.hash,
+            force: f.force,
+            resume: f.resume,
+            target: f.target,
+        })
+    }
 }
 
 /// Server to client: the upload may proceed; send data from `offset`.

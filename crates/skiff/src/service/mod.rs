@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use skiff_wire::message::exec::{Exec, ExecInput};
+use skiff_wire::message::files::UploadData;
 use skiff_wire::message::Request;
 use skiff_wire::{ErrorMsg, Message, MessageError};
 
@@ -73,9 +74,11 @@ pub async fn serve(session: &mut Session<'_>, ctx: &ServiceContext) -> Result<()
         };
         match Request::from_frame(frame) {
             Ok(req) => dispatch(session, ctx, req).await?,
-            // Input for an exec that already ended: a client may send it
-            // while the `exit` is on its way.
-            Err(e) if ExecInput::knows(e.op()) => {}
+            // Input for an exec that already ended (a client may send it
+            // while the `exit` is on its way), or the data of an upload
+            // whose request was refused as malformed (a client may send
+            // data without waiting for `ready`): discarded.
+            Err(e) if ExecInput::knows(e.op()) || UploadData::knows(e.op()) => {}
             Err(e) => session.queue(&refusal(&e), &[])?,
         }
         session.answered().await?;

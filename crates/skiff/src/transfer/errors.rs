@@ -21,6 +21,9 @@ pub fn code_for(e: &io::Error) -> ErrorCode {
         Some(libc::EEXIST) | Some(libc::ENOTEMPTY) | Some(libc::EISDIR) => {
             return ErrorCode::Exists
         }
+        Some(libc::ENAMETOOLONG) => return ErrorCode::NameTooLong,
+        // rename(2)'s answer to moving a directory into its own subtree.
+        Some(libc::EINVAL) => return ErrorCode::Invalid,
         _ => {}
     }
     match e.kind() {
@@ -52,6 +55,10 @@ pub fn explain(code: ErrorCode, path: &str, detail: &str) -> String {
         ErrorCode::PathEscape => {
             format!("{p}: refused, the path leads outside the served root")
         }
+        ErrorCode::NameTooLong => format!(
+            "{p}: a name is too long for the server's filesystem ({detail}); most allow 255 bytes per name"
+        ),
+        ErrorCode::Invalid => format!("{p}: not possible ({detail}), e.g. a directory cannot move into itself"),
         ErrorCode::ChecksumMismatch => format!(
             "{p}: checksum mismatch ({detail}); the destination was left untouched, retry the transfer"
         ),
@@ -74,6 +81,8 @@ mod tests {
         assert_eq!(code_for(&e(libc::ENOSPC)), ErrorCode::NoSpace);
         assert_eq!(code_for(&e(libc::EFBIG)), ErrorCode::NoSpace);
         assert_eq!(code_for(&e(libc::EDQUOT)), ErrorCode::NoSpace);
+        assert_eq!(code_for(&e(libc::ENAMETOOLONG)), ErrorCode::NameTooLong);
+        assert_eq!(code_for(&e(libc::EINVAL)), ErrorCode::Invalid);
         assert_eq!(code_for(&e(libc::ENOENT)), ErrorCode::NotFound);
         assert_eq!(code_for(&e(libc::EACCES)), ErrorCode::Permission);
         assert_eq!(code_for(&e(libc::EXDEV)), ErrorCode::PathEscape);

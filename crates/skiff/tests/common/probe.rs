@@ -117,3 +117,42 @@ impl RawConn {
         matches!(self.sock.read(&mut b), Ok(0) | Err(_))
     }
 }
+
+impl RawConn {
+    /// Connects to a `tcp+plain://` URL and logs in with the first key of
+    /// `key_file` (the channel binding is 32 zero bytes without TLS), so a
+    /// test can send authenticated frames by hand. Panics unless the
+    /// server answers `welcome`.
+    pub fn login(url: &str, key_file: &std::path::Path) -> RawConn {
+        use base64::engine::general_purpose::STANDARD as B64;
+        use base64::Engine;
+        use hmac::{Hmac, Mac};
+        let text = std::fs::read_to_string(key_file).expect("key file");
+        let line = text
+            .lines()
+            .find(|l| !l.trim().is_empty() && !l.starts_with('#'))
+            .expect("a key line");
+        let (user, key) = line.split_once(' ').expect("NAME KEY");
+        let key = B64.decode(key.trim()).expect("base64 key");
+        let proof = |label: &[u8], cn: &[u8], sn: &[u8]| {
+            let mut m = Hmac::<sha2::Sha256>::new_from_slice(&key).expect("any key length");
+            for part in [label, &[0u8; 32][..], cn, sn] {
+                m.update(part);
+            }
+            B64.encode(m.finalize().into_bytes())
+        };
+        let mut conn = RawConn::connect(url);
+        let cn: [u8; 32] = rand::random();
+        conn.send(&serde_json::json!({"op":"hello","v":1,"user":user,"nonce":B64.encode(cn)}))
+            .expect("send hello");
+        let challenge = conn.recv().expect("challenge");
+        let sn = B64
+            .decode(challenge["nonce"].as_str().expect("server nonce"))
+            .expect("base64 nonce");
+        conn.send(&serde_json::json!({"op":"auth","proof":proof(b"skiff/1 client", &cn, &sn)}))
+            .expect("send auth");
+        let welcome = conn.recv().expect("welcome");
+        assert_eq!(welcome["op"], "welcome", "{welcome}");
+        conn
+    }
+}
