@@ -16,6 +16,8 @@
 //! - [`compress`]: per-chunk zstd, skipped when a chunk does not shrink;
 //! - [`parallel`]: order-keeping work on all cores.
 
+#![warn(missing_docs)]
+
 pub mod chunker;
 pub mod compress;
 pub mod diff;

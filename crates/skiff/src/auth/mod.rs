@@ -3,7 +3,7 @@
 //! Both sides of the session handshake ([`handshake`]: the server's and the
 //! client's proofs, PROTOCOL.md section 3.4) and both directions of UDP ping
 //! ([`udp`]: the datagram tags, PROTOCOL.md section 6.2) are HMAC-SHA256
-//! under the 32-byte user key. The MAC is built in one place ([`keyed`])
+//! under the 32-byte user key. The MAC is built in one place (the private `keyed` module)
 //! and every check is constant-time (`verify_slice`).
 
 pub mod handshake;

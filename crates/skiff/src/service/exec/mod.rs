@@ -14,7 +14,7 @@
 //! - the command runs in its own process group, which is killed (SIGTERM,
 //!   then SIGKILL after [`KILL_GRACE`]) when the client disappears or the
 //!   timeout passes, and with SIGKILL whenever the request is abandoned
-//!   (the [`child::GroupGuard`]). The direct child is always reaped.
+//!   (the `GroupGuard` of the private `child` module). The direct child is always reaped.
 //!
 //! The wire protocol is in docs/PROTOCOL.md section 5; the design notes in
 //! docs/EXEC.md.

@@ -2,7 +2,7 @@
 //! the server root.
 //!
 //! Every filesystem access goes through a `cap_std::fs::Dir` opened on the
-//! root ([`confine`]); the kernel (openat2 `RESOLVE_BENEATH`, or cap-std's
+//! root (the private `confine` module); the kernel (openat2 `RESOLVE_BENEATH`, or cap-std's
 //! own resolution where that is missing) refuses any path, symlink or race
 //! that would lead outside, and that refusal is answered `path_escape`.
 //! Failures of one operation are answered with an `error` frame and the
