@@ -376,3 +376,99 @@ fn interrupt_stops_all_and_reports() {
     assert_eq!(err.matches("not started").count(), 2, "{err}");
     assert!(err.contains("4 hosts: 0 ok"), "{err}");
 }
+
+/// `put`, `cp` and `get` across a fleet: the same file reaches every live
+/// host intact, `get` writes `LOCAL/HOST/`, the stopped, hung and
+/// wrong-key hosts are counted and never hold up the rest.
+#[test]
+fn fan_out_put_cp_and_get() {
+    let n = 12;
+    let special = [(2, Role::Stopped), (5, Role::Hung), (8, Role::WrongKey)];
+    let fleet = Fleet::start(n, &special);
+    let src = fleet.home.path().join("app.tar");
+    common::make_file(&src, (3 << 20) + 5, 9);
+    let want = common::hash(&src);
+    let live: Vec<usize> = (0..n).filter(|&i| fleet.roles[i] == Role::Up).collect();
+    let range = format!("node[001-{n:03}]");
+    let src_s = src.to_string_lossy().to_string();
+
+    let t0 = Instant::now();
+    let o = fleet.skiff(&["put", "-H", &range, "--timeout", "4", &src_s, "releases/"]);
+    assert!(t0.elapsed() < Duration::from_secs(40), "{:?}", t0.elapsed());
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    for &i in &live {
+        let got = fleet.servers[i].root.join("releases/app.tar");
+        assert_eq!(common::hash(&got), want, "{}", host(i));
+    }
+    let err = text(&o.stderr);
+    assert!(
+        err.contains(&format!(
+            "{n} hosts: {} ok, 0 failed, 3 unreachable",
+            live.len()
+        )),
+        "{err}"
+    );
+    assert!(
+        text(&o.stdout).contains(&format!("{}: 1 file, 3.00 MiB", host(0))),
+        "{}",
+        text(&o.stdout)
+    );
+
+    // cp with :PATH on every host; one host refuses (a file is in the way).
+    fs::write(fleet.servers[0].root.join("inbox"), "a file").expect("write");
+    let o = fleet.skiff(&[
+        "cp",
+        "-H",
+        "@all",
+        "--timeout",
+        "4",
+        "--json",
+        &src_s,
+        ":inbox/",
+    ]);
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o.stderr));
+    let objs = json_lines(&o);
+    assert_eq!(objs.len(), n);
+    assert_eq!(objs[0]["status"], "failed", "{}", objs[0]);
+    assert!(
+        objs[0]["stderr"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not a directory"),
+        "{}",
+        objs[0]
+    );
+    for &i in &live[1..] {
+        assert_eq!(objs[i]["status"], "ok", "{}", objs[i]);
+        assert_eq!(
+            common::hash(&fleet.servers[i].root.join("inbox/app.tar")),
+            want
+        );
+    }
+    assert_eq!(objs[5]["status"], "timeout", "{}", objs[5]);
+
+    // get from every host into per-host directories.
+    let out = fleet.home.path().join("collected");
+    let out_s = out.to_string_lossy().to_string();
+    let o = fleet.skiff(&[
+        "get",
+        "-H",
+        &range,
+        "--timeout",
+        "4",
+        "--no-summary",
+        "releases/app.tar",
+        &out_s,
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    for i in 0..n {
+        let got = out.join(host(i)).join("app.tar");
+        if fleet.roles[i] == Role::Up {
+            assert_eq!(common::hash(&got), want, "{}", host(i));
+        } else {
+            assert!(!got.exists(), "{}", host(i));
+        }
+    }
+    let o = fleet.skiff(&["cp", "-f", "-H", "node001", ":releases/app.tar", &out_s]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+}

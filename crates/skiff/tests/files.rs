@@ -354,6 +354,13 @@ fn client_refuses_malicious_server_names() {
                 entry("d/up/x", EntryKind::File, None),
                 entry("d/./y", EntryKind::File, None),
                 entry("good", EntryKind::File, None),
+                // A chain: each link alone stays inside by counting, but
+                // `esc` resolves through `sub/up` to LOCAL's parent.
+                entry("sub", EntryKind::Dir, None),
+                entry("sub/up", EntryKind::Symlink, Some("..")),
+                entry("esc", EntryKind::Symlink, Some("sub/up/..")),
+                entry("esc/stolen", EntryKind::File, None),
+                entry("sub/up2", EntryKind::Symlink, Some("up/../..")),
             ];
             while let Ok(Some(f)) = s.recv().await {
                 match f.op() {
@@ -433,6 +440,16 @@ fn client_refuses_malicious_server_names() {
         "no links out, no files through them: {inside:?}"
     );
     assert!(!Path::new("/tmp/absolute").exists());
+    // The in-tree link is kept; the chain out is never created, so
+    // nothing outside LOCAL is reachable (or written) through it.
+    assert_eq!(
+        fs::read_link(local.join("sub/up")).unwrap(),
+        Path::new("..")
+    );
+    assert!(fs::symlink_metadata(local.join("esc")).is_err());
+    assert!(fs::symlink_metadata(local.join("sub/up2")).is_err());
+    assert!(!base.join("stolen").exists());
+    assert!(stderr(&out).contains("climbs"), "{}", stderr(&out));
 }
 
 /// How far a transfer got, for [`start_slow`].

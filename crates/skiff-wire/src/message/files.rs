@@ -222,6 +222,12 @@ pub struct Ls {
     /// contents); symlinks are listed, never followed.
     #[serde(default)]
     pub recursive: bool,
+    /// Only the entries beneath `path` whose relative path matches this
+    /// glob, one component at a time (`*/x?.log`; `*` never crosses a
+    /// `/`): how a client expands `HOST:logs/*.log` inside the root.
+    /// `recursive` is ignored when a pattern is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
 }
 
 /// Server to client: a batch of [`Entry`] values as a JSON array in the

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use skiff_wire::message::exec::{Exec, ExecOutput, StdinEof};
@@ -12,6 +13,7 @@ use super::connect::{self, KeyArg, PortArg};
 use super::output::{describe, usage};
 use crate::client::config::{ClientConfig, Endpoint};
 use crate::client::exec::Outcome;
+use crate::client::files::{self, progress::ProgressKind, Options, Summary};
 use crate::client::ping::{ping_once, RttStats};
 use crate::client::ClientError;
 use crate::fanout::hosts;
@@ -42,8 +44,9 @@ pub struct FanoutArgs {
     /// of hosts that produced them (as `dshbak -c`).
     #[arg(long)]
     pub group_output: bool,
-    /// With several hosts: one JSON object per host on stdout (exit,
-    /// duration, error, output), no live output.
+    /// One JSON object on stdout: per host with several hosts (exit,
+    /// duration, error, output; no live output), the transfer summary with
+    /// one host.
     #[arg(long)]
     pub json: bool,
     /// With several hosts: no per-host summary on stderr (it still comes
@@ -153,6 +156,124 @@ pub fn ping_many(
             Ok(0)
         }
     })
+}
+
+/// `skiff put -H …` (and `cp` to many hosts): the same sources to `dest`
+/// on every host. Each host streams the files on its own connection,
+/// reading them itself (so the page cache reads them once), with the
+/// transfer's bounded window: memory grows with `--parallel`, not with
+/// file sizes. A host's stdout gets its summary line, its stderr the
+/// failures; it succeeds when nothing failed.
+pub fn put_many(
+    fan: &FanoutArgs,
+    key: &KeyArg,
+    port: PortArg,
+    timeout: Option<Duration>,
+    sources: Vec<PathBuf>,
+    dest: &str,
+    opts: Options,
+) -> anyhow::Result<i32> {
+    let opts = quiet_options(opts);
+    let (sources, dest) = (Arc::new(sources), dest.to_string());
+    run_many(fan, port, timeout, |endpoint, out| {
+        let (key, sources, dest, opts) = (key.clone(), sources.clone(), dest.clone(), opts.clone());
+        async move {
+            let mut client = connect::open_endpoint(&endpoint, &key, true).await?;
+            out.mark_started();
+            let started = Instant::now();
+            let r = files::sources::put_all(&mut client.session, &sources, &dest, &opts).await;
+            let _ = tokio::time::timeout(Duration::from_millis(200), client.session.close()).await;
+            Ok(transfer_outcome(r, started, &out))
+        }
+    })
+}
+
+/// `skiff get -H …`: the same sources from every host, each host's into
+/// its own subdirectory `LOCAL/HOST/` (LOCAL is created when only its last
+/// component is missing).
+pub fn get_many(
+    fan: &FanoutArgs,
+    key: &KeyArg,
+    port: PortArg,
+    timeout: Option<Duration>,
+    sources: Vec<String>,
+    dest: PathBuf,
+    opts: Options,
+) -> anyhow::Result<i32> {
+    let opts = quiet_options(opts);
+    let dir = PathBuf::from(format!("{}/", dest.display()));
+    files::dest::local_destination(&dir, true)?;
+    let sources = Arc::new(sources);
+    run_many(fan, port, timeout, |endpoint, out| {
+        let (key, sources, opts) = (key.clone(), sources.clone(), opts.clone());
+        let host_dir = dest.join(host_dir_name(&endpoint.name));
+        async move {
+            match std::fs::create_dir(&host_dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                    return Err(ClientError::Local(format!("{}: {e}", host_dir.display())));
+                }
+                _ => {}
+            }
+            let mut client = connect::open_endpoint(&endpoint, &key, true).await?;
+            out.mark_started();
+            let started = Instant::now();
+            let r = files::sources::get_all(&mut client.session, &sources, &host_dir, false, &opts)
+                .await;
+            let _ = tokio::time::timeout(Duration::from_millis(200), client.session.close()).await;
+            Ok(transfer_outcome(r, started, &out))
+        }
+    })
+}
+
+/// A host's name as a directory name: `/` and NUL become `_`, and `.`
+/// or `..` (or an empty name) cannot be one.
+pub fn host_dir_name(name: &str) -> String {
+    let n: String = name
+        .chars()
+        .map(|c| if c == '/' || c == '\0' { '_' } else { c })
+        .collect();
+    if n.is_empty() || n == "." || n == ".." {
+        format!("_{n}")
+    } else {
+        n
+    }
+}
+
+/// Fan-out transfers draw no progress: many hosts share one terminal.
+fn quiet_options(opts: Options) -> Options {
+    Options {
+        progress: ProgressKind::Off,
+        ..opts
+    }
+}
+
+/// One host's transfer as its output and status: the summary line on
+/// stdout, each failure on stderr; 0 when nothing failed, else 1. A broken
+/// session is the host's error.
+fn transfer_outcome(r: Result<Summary, ClientError>, started: Instant, out: &HostOutput) -> i32 {
+    let s = match r {
+        Ok(s) => s,
+        Err(e) => {
+            let mut s = Summary::default();
+            if let Err(e) = s.fail(e) {
+                out.write(
+                    Stream::Stderr,
+                    format!("{}\n", describe(&anyhow::Error::new(e))).as_bytes(),
+                );
+                return 1;
+            }
+            s
+        }
+    };
+    let line = super::transfer::summary_line(s.files, s.bytes, started.elapsed());
+    out.write(Stream::Stdout, format!("{line}\n").as_bytes());
+    for f in &s.failures {
+        out.write(
+            Stream::Stderr,
+            format!("{} [{}]\n", f.message, f.code.as_str()).as_bytes(),
+        );
+    }
+    i32::from(!s.failures.is_empty())
 }
 
 /// Resolves the hosts and runs `job` on each under the options in `fan`

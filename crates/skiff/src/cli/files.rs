@@ -4,86 +4,88 @@
 //! any file of a tree) failed, 255 for connection and authentication
 //! errors.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use skiff_wire::message::files::{Entry, EntryKind, HashAlg};
+use skiff_wire::message::files::{Entry, EntryKind};
 
 use super::connect::{open, parse_target, KeyArg, PortArg};
-use crate::client::files::{download, remote, upload, Options, Summary};
-use crate::client::Client;
+use super::fanout::{self, FanoutArgs};
+use super::output::usage;
+use super::transfer::{resume_hint, Totals, TransferFlags};
+use crate::client::files::{remote, sources, Summary};
+use crate::client::{Client, ClientError};
 use crate::target::HostSpec;
 use crate::transfer::meta::{format_time, mode_string};
-
-/// Options shared by `put` and `get`.
-#[derive(Debug, clap::Args)]
-pub struct TransferFlags {
-    #[command(flatten)]
-    key: KeyArg,
-    /// Copy a directory tree.
-    #[arg(short = 'r', long)]
-    recursive: bool,
-    /// Continue an interrupted transfer from the data already stored.
-    #[arg(long)]
-    resume: bool,
-    /// Overwrite existing files.
-    #[arg(short = 'f', long)]
-    force: bool,
-    /// Whole-file checksum: blake3 (default) or sha256.
-    #[arg(long, value_parser = parse_hash, default_value = "blake3")]
-    hash: HashAlg,
-}
-
-fn parse_hash(s: &str) -> Result<HashAlg, String> {
-    match s {
-        "blake3" => Ok(HashAlg::Blake3),
-        "sha256" => Ok(HashAlg::Sha256),
-        _ => Err("use blake3 or sha256".into()),
-    }
-}
-
-impl TransferFlags {
-    fn options(&self) -> Options {
-        Options {
-            recursive: self.recursive,
-            resume: self.resume,
-            force: self.force,
-            hash: self.hash,
-            progress: std::io::stderr().is_terminal(),
-        }
-    }
-}
 
 /// Arguments of `skiff put`.
 #[derive(Debug, clap::Args)]
 pub struct PutArgs {
     #[command(flatten)]
+    key: KeyArg,
+    #[command(flatten)]
     flags: TransferFlags,
     #[command(flatten)]
     port: PortArg,
-    /// Server: [USER@]HOST[:PORT], [IPv6]:PORT, an alias or a URL.
-    #[arg(value_parser = parse_target)]
-    target: HostSpec,
-    /// Local file or directory.
-    local: PathBuf,
-    /// Remote destination (relative to the server root; `/` is the root).
-    remote: String,
+    #[command(flatten)]
+    fanout: FanoutArgs,
+    /// With several hosts: each host's deadline, in seconds.
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<f64>,
+    /// TARGET (none with -H or --hosts-file), then the local files or
+    /// trees, then the remote destination (relative to the server root;
+    /// `/` is the root; ending in `/`: a directory).
+    #[arg(value_name = "ARG", num_args = 2.., required = true)]
+    args: Vec<String>,
 }
 
 /// Arguments of `skiff get`.
 #[derive(Debug, clap::Args)]
 pub struct GetArgs {
     #[command(flatten)]
+    key: KeyArg,
+    #[command(flatten)]
     flags: TransferFlags,
     #[command(flatten)]
     port: PortArg,
-    /// Server: [USER@]HOST[:PORT], [IPv6]:PORT, an alias or a URL.
-    #[arg(value_parser = parse_target)]
-    target: HostSpec,
-    /// Remote file or directory.
-    remote: String,
-    /// Local destination.
-    local: PathBuf,
+    #[command(flatten)]
+    fanout: FanoutArgs,
+    /// With several hosts: each host's deadline, in seconds.
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<f64>,
+    /// TARGET (none with -H or --hosts-file), then the remote files or
+    /// trees (globs such as 'logs/*.log' are expanded by the server), then
+    /// the local destination (ending in `/`: a directory).
+    #[arg(value_name = "ARG", num_args = 2.., required = true)]
+    args: Vec<String>,
+}
+
+/// The TARGET (unless fanning out), the sources and the destination.
+struct Positionals<'a> {
+    target: Option<HostSpec>,
+    sources: &'a [String],
+    dest: &'a str,
+}
+
+fn positionals(args: &[String], fan_out: bool) -> anyhow::Result<Positionals<'_>> {
+    let (target, rest) = if fan_out {
+        (None, args)
+    } else {
+        let Some((t, rest)) = args.split_first() else {
+            usage!("a TARGET (or -H HOSTS) is required")
+        };
+        match parse_target(t) {
+            Ok(t) => (Some(t), rest),
+            Err(e) => usage!("{e}"),
+        }
+    };
+    match rest.split_last() {
+        Some((dest, sources)) if !sources.is_empty() => Ok(Positionals {
+            target,
+            sources,
+            dest,
+        }),
+        _ => usage!("give at least one source and a destination"),
+    }
 }
 
 /// Arguments of `skiff ls` and `skiff stat`.
@@ -93,6 +95,9 @@ pub struct PathArgs {
     key: KeyArg,
     #[command(flatten)]
     port: PortArg,
+    /// Print JSON on stdout (`ls`: an array of entries; `stat`: one entry).
+    #[arg(long)]
+    json: bool,
     /// Server: [USER@]HOST[:PORT], [IPv6]:PORT, an alias or a URL.
     #[arg(value_parser = parse_target)]
     target: HostSpec,
@@ -162,42 +167,88 @@ fn with_client<T>(
     port: PortArg,
     f: impl for<'c> AsyncFnOnce(&'c mut Client) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
+    with_client_quiet(target, key, port, false, f)
+}
+
+/// [`with_client`], with the trust notices silenced when `quiet`.
+fn with_client_quiet<T>(
+    target: &HostSpec,
+    key: &KeyArg,
+    port: PortArg,
+    quiet: bool,
+    f: impl for<'c> AsyncFnOnce(&'c mut Client) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
     super::runtime()?.block_on(async {
-        let mut client = open(target, key, port, false).await?;
+        let mut client = open(target, key, port, quiet).await?;
         let r = f(&mut client).await;
         let _ = client.session.close().await;
         r
     })
 }
 
-/// Prints every failure of a transfer; exit 1 if there was any.
-fn report(what: &str, s: &Summary) -> i32 {
-    for f in &s.failures {
-        eprintln!("skiff: {what}: {} [{}]", f.message, f.code);
-    }
-    if s.failures.is_empty() {
-        0
-    } else {
-        1
+/// Runs one transfer command on one host and reports it: the failures,
+/// the summary line or JSON, advice after an interruption; the exit status.
+pub(super) fn transfer_one(
+    what: &str,
+    target: &HostSpec,
+    key: &KeyArg,
+    port: PortArg,
+    flags: &TransferFlags,
+    json: bool,
+    f: impl for<'c> AsyncFnOnce(&'c mut Client) -> Result<Summary, ClientError>,
+) -> anyhow::Result<i32> {
+    let mut totals = Totals::start();
+    let r = with_client_quiet(target, key, port, flags.quiet, async |c| Ok(f(c).await?));
+    match r {
+        Ok(s) => {
+            totals.add(flags, what, s);
+            Ok(totals.report(what, flags, json))
+        }
+        Err(e) => {
+            if let Some(c) = e.downcast_ref::<ClientError>() {
+                resume_hint(c);
+            }
+            Err(e)
+        }
     }
 }
 
 /// Runs `skiff put`.
 pub fn put(a: PutArgs) -> anyhow::Result<i32> {
-    let opts = a.flags.options();
-    let s = with_client(&a.target, &a.flags.key, a.port, async |c| {
-        Ok(upload::put(&mut c.session, &a.local, &a.remote, &opts).await?)
-    })?;
-    Ok(report("put", &s))
+    let json = a.fanout.json;
+    let opts = a.flags.options(json);
+    let pos = positionals(&a.args, a.fanout.selected())?;
+    let sources: Vec<PathBuf> = pos.sources.iter().map(PathBuf::from).collect();
+    let Some(target) = pos.target else {
+        let timeout = fanout::parse_timeout(a.timeout)?;
+        return fanout::put_many(&a.fanout, &a.key, a.port, timeout, sources, pos.dest, opts);
+    };
+    transfer_one("put", &target, &a.key, a.port, &a.flags, json, async |c| {
+        sources::put_all(&mut c.session, &sources, pos.dest, &opts).await
+    })
 }
 
 /// Runs `skiff get`.
 pub fn get(a: GetArgs) -> anyhow::Result<i32> {
-    let opts = a.flags.options();
-    let s = with_client(&a.target, &a.flags.key, a.port, async |c| {
-        Ok(download::get(&mut c.session, &a.remote, &a.local, &opts).await?)
-    })?;
-    Ok(report("get", &s))
+    let json = a.fanout.json;
+    let opts = a.flags.options(json);
+    let pos = positionals(&a.args, a.fanout.selected())?;
+    let dest = PathBuf::from(pos.dest);
+    let Some(target) = pos.target else {
+        let timeout = fanout::parse_timeout(a.timeout)?;
+        return fanout::get_many(
+            &a.fanout,
+            &a.key,
+            a.port,
+            timeout,
+            pos.sources.to_vec(),
+            dest,
+            opts,
+        );
+    };
+    transfer_one("get", &target, &a.key, a.port, &a.flags, json, async |c| {
+        sources::get_all(&mut c.session, pos.sources, &dest, false, &opts).await
+    })
 }
 
 /// One `ls -l` style line.
@@ -224,6 +275,10 @@ pub fn ls(a: PathArgs) -> anyhow::Result<i32> {
     let entries = with_client(&a.target, &a.key, a.port, async |c| {
         Ok(remote::ls(&mut c.session, &a.path, false).await?)
     })?;
+    if a.json {
+        println!("{}", serde_json::to_string(&entries)?);
+        return Ok(0);
+    }
     for e in &entries {
         println!("{}", long_line(e));
     }
@@ -235,6 +290,10 @@ pub fn stat(a: PathArgs) -> anyhow::Result<i32> {
     let e = with_client(&a.target, &a.key, a.port, async |c| {
         Ok(remote::stat(&mut c.session, &a.path).await?)
     })?;
+    if a.json {
+        println!("{}", serde_json::to_string(&e)?);
+        return Ok(0);
+    }
     println!("path: {}", a.path);
     println!("type: {}", format!("{:?}", e.kind).to_lowercase());
     println!("size: {}", e.size);

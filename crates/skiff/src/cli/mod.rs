@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod classic;
 mod connect;
+mod cp;
 mod docs;
 mod exec;
 mod fanout;
@@ -16,6 +17,7 @@ mod output;
 mod ping;
 mod serve;
 mod shell;
+mod transfer;
 
 pub use output::{exit_code_for, EXIT_CONNECTION};
 
@@ -72,21 +74,43 @@ Examples:
   printf 'cd logs\\nls\\n' | skiff shell web1     # a script: cd persists
   skiff shell -T alice@[::1]:7879              # no pty, even on a terminal")]
     Shell(shell::Args),
+    /// Copy files and trees between machines, like scp: HOST:PATH,
+    /// USER@HOST:PATH, [IPv6]:PATH, skiff://HOST:PORT/PATH, `-`.
+    #[command(
+        override_usage = "skiff cp [OPTIONS] SRC... DST\n       skiff cp [OPTIONS] -H HOSTS LOCAL... :REMOTE\n       skiff cp [OPTIONS] -H HOSTS :REMOTE... LOCAL",
+        after_help = "\
+Examples:
+  skiff cp notes.txt box:inbox/                 # into inbox/ (created if missing)
+  skiff cp -r alice@box:projects/site ./site    # a tree; ./site is created as the copy
+  skiff cp 'web1:logs/*.log' ./logs/            # the server expands the glob, inside its root
+  skiff cp web1:db.dump web2:restore/           # remote to remote, through this machine
+  tar c src | skiff cp - 'skiff://box:7879/src.tar'   # stdin; `-` as DST writes stdout
+  skiff cp -H @web app.tar :releases/           # to every host of a group"
+    )]
+    Cp(cp::Args),
     /// Upload files or trees (`-r`): the last argument is the remote
     /// destination.
-    #[command(after_help = "\
+    #[command(
+        after_help = "\
 Examples:
   skiff put localhost big.iso backup/          # into directory backup/ (created if missing)
   skiff put -r web1 site/ www                  # tree: into www/ if it exists, else as www
-  skiff put --resume localhost big.iso backup/ # finish an interrupted upload")]
+  skiff put --resume localhost big.iso backup/ # finish an interrupted upload
+  skiff put -H @web --parallel 50 app.tar releases/   # the same file to many hosts",
+        override_usage = "skiff put [OPTIONS] TARGET LOCAL... REMOTE\n       skiff put [OPTIONS] -H HOSTS LOCAL... REMOTE"
+    )]
     Put(files::PutArgs),
     /// Download files or trees (`-r`): the last argument is the local
     /// destination.
-    #[command(after_help = "\
+    #[command(
+        after_help = "\
 Examples:
   skiff get localhost backup/big.iso .
   skiff get -r web1 logs 'logs/*.gz' ./archive/   # several sources, a glob
-  skiff get --resume localhost backup/big.iso .")]
+  skiff get --resume localhost backup/big.iso .
+  skiff get -H 'web[1-3]' logs/app.log ./logs/  # into ./logs/web1/app.log, ...",
+        override_usage = "skiff get [OPTIONS] TARGET REMOTE... LOCAL\n       skiff get [OPTIONS] -H HOSTS REMOTE... LOCAL"
+    )]
     Get(files::GetArgs),
     /// List a remote directory.
     #[command(after_help = "\
@@ -172,6 +196,7 @@ pub fn main() -> i32 {
         Command::Serve(a) => serve::run(a),
         Command::Exec(a) => exec::run(a),
         Command::Shell(a) => shell::run(a),
+        Command::Cp(a) => cp::run(a),
         Command::Put(a) => files::put(a),
         Command::Get(a) => files::get(a),
         Command::Ls(a) => files::ls(a),

@@ -416,7 +416,8 @@ pub async fn transfer_load(
             let mut c = connect(target, key, opts).await?;
             for (local, remote) in &files {
                 check(
-                    super::files::upload::put(&mut c.session, local, remote, &files_opts).await?,
+                    super::files::upload::put_as(&mut c.session, local, remote, &files_opts)
+                        .await?,
                 )?;
                 std::fs::remove_file(local).map_err(local_err)?;
             }
@@ -433,10 +434,10 @@ pub async fn transfer_load(
             tasks.spawn(async move {
                 let s = match dir {
                     Direction::Put => {
-                        super::files::upload::put(&mut c.session, &local, &remote, &o).await
+                        super::files::upload::put_as(&mut c.session, &local, &remote, &o).await
                     }
                     Direction::Get => {
-                        super::files::download::get(&mut c.session, &remote, &local, &o).await
+                        super::files::download::get_as(&mut c.session, &remote, &local, &o).await
                     }
                 };
                 let _ = c.session.close().await;

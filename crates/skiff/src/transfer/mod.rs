@@ -10,6 +10,7 @@ pub mod checksum;
 pub mod commit;
 pub mod errors;
 pub mod fault;
+pub mod glob;
 pub mod links;
 pub mod meta;
 pub mod names;

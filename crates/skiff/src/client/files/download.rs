@@ -4,7 +4,9 @@
 //! Everything the server names is untrusted: each relative path is checked
 //! component by component (no absolute paths, no `..`, no empty or `.`
 //! parts), directories are entered without following symlinks, and links
-//! that would point out of the local tree are refused. All writes go
+//! are checked by resolution against what has been created so far
+//! (`transfer::links`, the server's own rule), so no chain of links can
+//! lead out of the local tree. All writes go
 //! through a `cap_std` directory capability on the LOCAL target.
 
 use std::path::Path;
@@ -23,10 +25,10 @@ use super::{
 use crate::client::ClientError;
 use crate::session::{Session, SessionReader};
 use crate::transfer::checksum::digests_match;
-use crate::transfer::names::{base_name, link_stays_inside, split_entry};
+use crate::transfer::names::split_entry;
 use crate::transfer::partfile::PartFile;
 use crate::transfer::pipeline::Sink;
-use crate::transfer::{errors, fault, meta};
+use crate::transfer::{errors, fault, links, meta};
 
 /// Get requests sent but not yet answered, at most.
 const PIPELINE_DEPTH: usize = 32;
@@ -38,42 +40,34 @@ struct FileJob {
     size: u64,
 }
 
-/// Downloads `remote` to `local` (into it, when it is a directory).
-pub async fn get(
+/// Downloads `remote` as exactly `dest` (a file, or with `-r` a tree whose
+/// top becomes `dest`); [`super::sources`] decides where that is.
+pub async fn get_as(
     session: &mut Session<'_>,
     remote: &str,
-    local: &Path,
+    dest: &Path,
     opts: &Options,
 ) -> Result<Summary, ClientError> {
     let entry = remote::stat(session, remote).await?;
-    let name = base_name(remote);
-    let local_is_dir = std::fs::metadata(local)
-        .map(|m| m.is_dir())
-        .unwrap_or(false);
-    let dest = if local_is_dir && !name.is_empty() {
-        local.join(name)
-    } else {
-        local.to_path_buf()
-    };
     let local_err =
         |e: std::io::Error, p: &Path| ClientError::Local(format!("{}: {e}", p.display()));
     let mut summary = Summary::default();
     if entry.kind == EntryKind::Dir {
         if !opts.recursive {
             return Err(ClientError::Local(format!(
-                "{remote}: is a directory; use get -r to copy a tree"
+                "{remote}: is a directory; use -r to copy a tree"
             )));
         }
-        match std::fs::create_dir(&dest) {
+        match std::fs::create_dir(dest) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dest.is_dir() => {}
-            Err(e) => return Err(local_err(e, &dest)),
+            Err(e) => return Err(local_err(e, dest)),
         }
         let top =
-            Dir::open_ambient_dir(&dest, ambient_authority()).map_err(|e| local_err(e, &dest))?;
+            Dir::open_ambient_dir(dest, ambient_authority()).map_err(|e| local_err(e, dest))?;
         let entries = remote::ls(session, remote, true).await?;
         let (jobs, dirs, total) = plan_tree(&top, remote, &entries, opts, &mut summary.failures);
-        let progress = Progress::new(total, opts.progress);
+        let progress = Progress::new(total, opts);
         run(session, jobs, opts, &progress, &mut summary).await?;
         progress.finish();
         // Directory times last: creating files changed them.
@@ -101,7 +95,7 @@ pub async fn get(
         dest: PartFile::new(dir, file_name),
         size: entry.size,
     };
-    let progress = Progress::new(entry.size, opts.progress);
+    let progress = Progress::new(entry.size, opts);
     run(session, vec![job], opts, &progress, &mut summary).await?;
     progress.finish();
     Ok(summary)
@@ -172,11 +166,16 @@ fn plan_tree(
             },
             EntryKind::Symlink => {
                 let target = e.target.clone().unwrap_or_default();
-                if !link_stays_inside(parents.len(), &target) {
-                    failures.push(fail(
-                        ErrorCode::PathEscape,
-                        &format!("symlink target {target:?} points outside the tree; not created"),
-                    ));
+                // The parents were opened without following links, so
+                // `parents` is the physical position the kernel resolves
+                // the target from; the check resolves it against what
+                // this download has created so far.
+                let physical: Vec<String> = parents.iter().map(|c| c.to_string()).collect();
+                if let Err(refused) = links::check(top, &physical, &target) {
+                    failures.push(Failure {
+                        code: ErrorCode::PathEscape,
+                        message: format!("{}: {refused} (LOCAL); the link was not created", e.path),
+                    });
                     continue;
                 }
                 let dest = PartFile::new(parent, name);

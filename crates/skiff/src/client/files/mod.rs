@@ -6,9 +6,13 @@
 //! are checked component by component, and symlinks are never followed
 //! while creating files.
 
+pub mod dest;
 pub mod download;
 pub mod progress;
+pub mod relay;
 pub mod remote;
+pub mod remote_glob;
+pub mod sources;
 pub mod upload;
 
 use skiff_wire::message::files::{FilesReply, HashAlg};
@@ -32,8 +36,10 @@ pub struct Options {
     pub force: bool,
     /// Whole-file checksum to use.
     pub hash: HashAlg,
-    /// Show a progress bar (callers pass "stderr is a terminal").
-    pub progress: bool,
+    /// How to show progress.
+    pub progress: progress::ProgressKind,
+    /// What the progress display calls this transfer (a file or tree name).
+    pub label: String,
 }
 
 /// One file (or directory, or link) that could not be transferred; the
@@ -65,6 +71,41 @@ pub struct Summary {
     pub bytes: u64,
     /// What failed.
     pub failures: Vec<Failure>,
+}
+
+impl Summary {
+    /// Adds what another source did.
+    pub fn absorb(&mut self, other: Summary) {
+        self.files += other.files;
+        self.bytes += other.bytes;
+        self.failures.extend(other.failures);
+    }
+
+    /// Counts one file's outcome.
+    pub fn count(&mut self, r: Result<u64, Failure>) {
+        match r {
+            Ok(size) => {
+                self.files += 1;
+                self.bytes += size;
+            }
+            Err(f) => self.failures.push(f),
+        }
+    }
+
+    /// Records a source that failed as a whole, when the failure is that
+    /// source's own (refused by the server, or a local error); any other
+    /// error (the session broke) is returned, since nothing more can go.
+    pub fn fail(&mut self, e: ClientError) -> Result<(), ClientError> {
+        match e {
+            ClientError::Remote(m) => self.failures.push(m.into()),
+            ClientError::Local(message) => self.failures.push(Failure {
+                code: ErrorCode::Internal,
+                message,
+            }),
+            other => return Err(other),
+        }
+        Ok(())
+    }
 }
 
 /// Joins a remote directory path and a relative path.

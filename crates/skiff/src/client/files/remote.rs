@@ -1,7 +1,7 @@
 //! One-request operations: `stat`, `ls`, `rm`, `mkdir`, `mv`.
 
 use skiff_wire::message::files::{
-    Entries, Entry, FilesReply, Ls, Mkdir, Mv, OkReply, Rm, Stat, StatReply,
+    Entries, Entry, EntryKind, FilesReply, Ls, Mkdir, Mv, OkReply, Put, Rm, Stat, StatReply,
 };
 use skiff_wire::{ErrorCode, Message};
 
@@ -58,15 +58,38 @@ pub async fn ls(
     path: &str,
     recursive: bool,
 ) -> Result<Vec<Entry>, ClientError> {
-    session
-        .send(
-            &Ls {
-                path: path.into(),
-                recursive,
-            },
-            &[],
-        )
-        .await?;
+    list(
+        session,
+        &Ls {
+            path: path.into(),
+            recursive,
+            pattern: None,
+        },
+    )
+    .await
+}
+
+/// The entries beneath the directory `path` that match the glob
+/// `pattern`, as the server found them (paths relative to `path`).
+pub async fn ls_matching(
+    session: &mut Session<'_>,
+    path: &str,
+    pattern: &str,
+) -> Result<Vec<Entry>, ClientError> {
+    list(
+        session,
+        &Ls {
+            path: path.into(),
+            recursive: false,
+            pattern: Some(pattern.into()),
+        },
+    )
+    .await
+}
+
+/// Sends one `ls` and collects its batches.
+async fn list(session: &mut Session<'_>, req: &Ls) -> Result<Vec<Entry>, ClientError> {
+    session.send(req, &[]).await?;
     let (reader, _) = session.split();
     let mut out = Vec::new();
     loop {
@@ -107,17 +130,37 @@ pub async fn mkdir(
     path: &str,
     parents: bool,
 ) -> Result<(), ClientError> {
-    expect_ok(
-        call(
-            session,
-            &Mkdir {
-                path: path.into(),
-                parents,
-                ..Default::default()
-            },
-        )
-        .await?,
+    mkdir_with(
+        session,
+        &Mkdir {
+            path: path.into(),
+            parents,
+            ..Default::default()
+        },
     )
+    .await
+}
+
+/// Sends one `mkdir` request as given (`exist_ok`, mode, mtime).
+pub async fn mkdir_with(session: &mut Session<'_>, req: &Mkdir) -> Result<(), ClientError> {
+    expect_ok(call(session, req).await?)
+}
+
+/// Creates a remote symlink (the server checks where it leads).
+pub async fn symlink(
+    session: &mut Session<'_>,
+    path: &str,
+    target: &str,
+    force: bool,
+) -> Result<(), ClientError> {
+    let req = Put {
+        path: path.into(),
+        kind: EntryKind::Symlink,
+        target: Some(target.into()),
+        force,
+        ..Default::default()
+    };
+    expect_ok(call(session, &req).await?)
 }
 
 /// Renames a remote path.

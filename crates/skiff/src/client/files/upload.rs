@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::progress::Progress;
 use super::{
-    failure_or_protocol, hand_to_reader, recv_msg, remote, remote_join, Failure, Options, Summary,
+    failure_or_protocol, hand_to_reader, recv_msg, remote_join, Failure, Options, Summary,
 };
 use crate::client::ClientError;
 use crate::session::{Session, SessionWriter};
@@ -57,48 +57,36 @@ enum Pending {
     },
 }
 
-/// Uploads `local` to `remote` (into it, when it is a directory).
-pub async fn put(
+/// Uploads `local` as exactly `dest` (a file, or with `-r` a tree whose
+/// top becomes `dest`); [`super::sources`] decides where that is.
+pub async fn put_as(
     session: &mut Session<'_>,
     local: &Path,
-    remote: &str,
+    dest: &str,
     opts: &Options,
 ) -> Result<Summary, ClientError> {
     let md = std::fs::metadata(local)
         .map_err(|e| ClientError::Local(format!("{}: {e}", local.display())))?;
-    let name = local
-        .file_name()
-        .map(|n| {
-            n.to_str().map(str::to_string).ok_or_else(|| {
-                ClientError::Local(format!("{}: name is not UTF-8", local.display()))
-            })
-        })
-        .transpose()?;
-    let target = remote::stat_opt(session, remote).await?;
-    let dest = match (&target, &name) {
-        (Some(e), Some(n)) if e.kind == EntryKind::Dir => remote_join(remote, n),
-        _ => remote.to_string(),
-    };
     let mut summary = Summary::default();
     let (jobs, total) = if md.is_dir() {
         if !opts.recursive {
             return Err(ClientError::Local(format!(
-                "{}: is a directory; use put -r to copy a tree",
+                "{}: is a directory; use -r to copy a tree",
                 local.display()
             )));
         }
-        plan_tree(local, &dest, &mut summary.failures)
+        plan_tree(local, dest, &mut summary.failures)
     } else {
         let job = Job::File(FileJob {
             local: local.to_path_buf(),
-            remote: dest,
+            remote: dest.to_string(),
             size: md.len(),
             mode: md.mode(),
             mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
         });
         (vec![job], md.len())
     };
-    let progress = Progress::new(total, opts.progress);
+    let progress = Progress::new(total, opts);
     run(session, &jobs, opts, &progress, &mut summary).await?;
     progress.finish();
     Ok(summary)

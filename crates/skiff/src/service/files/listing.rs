@@ -5,12 +5,12 @@
 use cap_fs_ext::DirExt;
 use cap_std::fs::Dir;
 use skiff_wire::message::files::{Entries, Entry, EntryKind, Ls, Stat, StatReply};
-use skiff_wire::{ErrorMsg, Message};
+use skiff_wire::{ErrorCode, ErrorMsg, Message};
 use tokio::sync::mpsc;
 
 use super::confine;
 use crate::session::{Session, SessionError};
-use crate::transfer::{errors, meta};
+use crate::transfer::{errors, glob, meta};
 
 /// Most serialized bytes in one `entries` body.
 const BATCH_BYTES: usize = 256 * 1024;
@@ -22,6 +22,22 @@ pub fn stat(root: &Dir, req: &Stat) -> Result<StatReply, ErrorMsg> {
         let md = root.dir_metadata().map_err(|e| errors::to_msg(&e, "/"))?;
         return Ok(StatReply {
             entry: meta::entry("/".into(), &md, None),
+        });
+    }
+    if req.path.ends_with('/') {
+        // As in POSIX, a trailing `/` asks for a directory (a final link
+        // to one is followed, beneath the root).
+        let md = root
+            .metadata(comps.join("/"))
+            .map_err(|e| errors::to_msg(&e, &req.path))?;
+        if !md.is_dir() {
+            return Err(ErrorMsg::new(
+                ErrorCode::NotFound,
+                format!("{}: not a directory", req.path),
+            ));
+        }
+        return Ok(StatReply {
+            entry: meta::entry(comps.join("/"), &md, None),
         });
     }
     let loc = confine::locate(root, &req.path, Stat::OP)?;
@@ -48,13 +64,27 @@ pub async fn ls(session: &mut Session<'_>, root: &Dir, req: Ls) -> Result<(), Se
         Ok(s) => s,
         Err(m) => return session.queue(&m, &[]),
     };
+    let pattern = match req.pattern.as_deref().map(glob::Pattern::new) {
+        None => None,
+        Some(Ok(p)) => Some(p),
+        Some(Err(e)) => {
+            let code = match e {
+                glob::PatternError::Escape(_) => ErrorCode::PathEscape,
+                glob::PatternError::Syntax(..) => ErrorCode::NotFound,
+            };
+            return session.queue(&ErrorMsg::new(code, e.to_string()), &[]);
+        }
+    };
     let (tx, mut rx) = mpsc::channel::<std::io::Result<Vec<u8>>>(2);
     let recursive = req.recursive;
-    let walker = tokio::task::spawn_blocking(move || match start {
-        Listing::Single(e) => {
+    let walker = tokio::task::spawn_blocking(move || match (start, pattern) {
+        (Listing::Dir(d), Some(p)) => walk_matching(d, &p, &tx),
+        // A pattern beneath a non-directory matches nothing.
+        (Listing::Single(_), Some(_)) => {}
+        (Listing::Single(e), None) => {
             let _ = tx.blocking_send(Ok(batch_json(&[e])));
         }
-        Listing::Dir(d) => walk(d, recursive, &tx),
+        (Listing::Dir(d), None) => walk(d, recursive, &tx),
     });
     // Batches are sent with `more: true`; the final frame is empty.
     while let Some(batch) = rx.recv().await {
@@ -147,6 +177,55 @@ fn walk(top: Dir, recursive: bool, tx: &mpsc::Sender<std::io::Result<Vec<u8>>>) 
                     subdirs.push((d, path));
                 }
             }
+            batch_bytes += entry.path.len() + 128;
+            batch.push(entry);
+            if batch_bytes >= BATCH_BYTES {
+                if tx.blocking_send(Ok(batch_json(&batch))).is_err() {
+                    return;
+                }
+                batch.clear();
+                batch_bytes = 0;
+            }
+        }
+        stack.extend(subdirs.into_iter().rev());
+    }
+    if !batch.is_empty() {
+        let _ = tx.blocking_send(Ok(batch_json(&batch)));
+    }
+}
+
+/// A glob walk: at each depth only the names matching that component of
+/// `pattern` are kept, and only matching directories (opened without
+/// following links) are entered, so the walk is as deep as the pattern and
+/// never leaves the tree. Entries of full depth are sent.
+fn walk_matching(top: Dir, pattern: &glob::Pattern, tx: &mpsc::Sender<std::io::Result<Vec<u8>>>) {
+    let mut stack = vec![(top, String::new(), 0usize)];
+    let mut batch: Vec<Entry> = Vec::new();
+    let mut batch_bytes = 0usize;
+    while let Some((dir, prefix, depth)) = stack.pop() {
+        let Ok(entries) = dir.entries() else { continue };
+        let mut names: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| pattern.matches_at(depth, n))
+            .collect();
+        names.sort();
+        let mut subdirs = Vec::new();
+        for name in names {
+            let path = if prefix.is_empty() {
+                name.clone()
+            } else {
+                format!("{prefix}/{name}")
+            };
+            if depth + 1 < pattern.depth() {
+                if let Ok(d) = dir.open_dir_nofollow(&name) {
+                    subdirs.push((d, path, depth + 1));
+                }
+                continue;
+            }
+            let Ok(entry) = describe(&dir, &name, path) else {
+                continue;
+            };
             batch_bytes += entry.path.len() + 128;
             batch.push(entry);
             if batch_bytes >= BATCH_BYTES {

@@ -1,0 +1,227 @@
+//! `skiff cp [-r] [-f] [-p PORT] SRC... DST`, in the style of scp: a
+//! remote side is `[USER@]HOST:PATH`, `[USER@][IPv6]:PATH` or
+//! `skiff://[USER@]HOST[:PORT]/PATH` (`target::Location`); `-` is stdin
+//! as a source and stdout as a destination. Local to remote is `put`,
+//! remote to local is `get`, remote to remote streams through this client
+//! (as `scp -3`). With `-H`/`--hosts-file` the remote side is written
+//! `:PATH` and means that path on every host.
+
+use std::path::PathBuf;
+
+use super::connect::{open, KeyArg, PortArg};
+use super::fanout::{self, FanoutArgs};
+use super::output::usage;
+use super::transfer::{resume_hint, Totals, TransferFlags};
+use crate::client::files::{dest, relay, sources, upload, Options, Summary};
+use crate::client::ClientError;
+use crate::target::{HostSpec, Location, RemotePath};
+
+/// Arguments of `skiff cp`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    key: KeyArg,
+    #[command(flatten)]
+    flags: TransferFlags,
+    #[command(flatten)]
+    port: PortArg,
+    #[command(flatten)]
+    fanout: FanoutArgs,
+    /// With several hosts: each host's deadline, in seconds.
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<f64>,
+    /// Sources, then the destination: HOST:PATH, USER@HOST:PATH,
+    /// [IPv6]:PATH, skiff://[USER@]HOST[:PORT]/PATH, a local path (write
+    /// a local name holding `:` as ./name), or `-` (stdin / stdout).
+    #[arg(value_name = "PATH", num_args = 2.., required = true)]
+    paths: Vec<String>,
+}
+
+/// Runs `skiff cp`.
+pub fn run(a: Args) -> anyhow::Result<i32> {
+    let json = a.fanout.json;
+    let opts = a.flags.options(json);
+    let Some((dst, srcs)) = a.paths.split_last() else {
+        usage!("give at least one source and a destination")
+    };
+    if a.fanout.selected() {
+        return many_hosts(&a, srcs, dst, opts);
+    }
+    let parse = |s: &String| Location::parse(s).map_err(super::output::UsageError);
+    let dst = parse(dst)?;
+    let srcs = srcs.iter().map(parse).collect::<Result<Vec<_>, _>>()?;
+    let remote_srcs: Vec<&RemotePath> = srcs
+        .iter()
+        .filter_map(|s| match s {
+            Location::Remote(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    let plan = match (&dst, remote_srcs.len()) {
+        (Location::Remote(to), 0) => {
+            let stdin = srcs.contains(&Location::Stdio);
+            if stdin && srcs.len() > 1 {
+                usage!("`-` (stdin) must be the only source");
+            }
+            if stdin {
+                Plan::Stdin(to)
+            } else {
+                let local = srcs
+                    .iter()
+                    .filter_map(|s| match s {
+                        Location::Local(p) => Some(p.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                Plan::Put(local, to)
+            }
+        }
+        (_, 0) => usage!(
+            "no remote side: write a remote path as HOST:PATH (a local name with `:` is ./name); for a local copy use cp(1)"
+        ),
+        (_, n) if n < srcs.len() => {
+            usage!("the sources must be all remote or all local")
+        }
+        (Location::Local(to), _) => Plan::Get(groups(&remote_srcs), to.clone()),
+        (Location::Stdio, _) if a.flags.recursive => usage!("a tree cannot be written to stdout"),
+        (Location::Stdio, _) => Plan::Stdout(groups(&remote_srcs)),
+        (Location::Remote(to), _) => Plan::Relay(groups(&remote_srcs), to),
+    };
+    let mut totals = Totals::start();
+    let spooled = match &plan {
+        Plan::Stdin(_) => Some(spool_stdin()?),
+        _ => None,
+    };
+    let several = srcs.len() > 1;
+    let r = super::runtime()?.block_on(async {
+        let (k, p, q) = (&a.key, a.port, a.flags.quiet);
+        let mut all = Summary::default();
+        match &plan {
+            Plan::Put(local, to) => {
+                let mut c = open(&to.host, k, p, q).await?;
+                all.absorb(sources::put_all(&mut c.session, local, &to.path, &opts).await?);
+                let _ = c.session.close().await;
+            }
+            Plan::Stdin(to) => {
+                let mut c = open(&to.host, k, p, q).await?;
+                if dest::remote_destination(&mut c.session, &to.path, false).await? {
+                    return Err(ClientError::Local(format!(
+                        "{}: is a directory, and standard input has no name; give the file name to write",
+                        to.path
+                    )));
+                }
+                let file = spooled.as_ref().map(|f| f.path().to_path_buf()).unwrap_or_default();
+                let opts = sources::labelled(&opts, "stdin");
+                all.absorb(upload::put_as(&mut c.session, &file, &to.path, &opts).await?);
+                let _ = c.session.close().await;
+            }
+            Plan::Get(groups, to) => {
+                for (host, paths) in groups {
+                    let mut c = open(host, k, p, q).await?;
+                    all.absorb(sources::get_all(&mut c.session, paths, to, several, &opts).await?);
+                    let _ = c.session.close().await;
+                }
+            }
+            Plan::Stdout(groups) => {
+                let mut out = tokio::io::stdout();
+                for (host, paths) in groups {
+                    let mut c = open(host, k, p, q).await?;
+                    all.absorb(relay::get_to_writer(&mut c.session, paths, &mut out, &opts).await?);
+                    let _ = c.session.close().await;
+                }
+            }
+            Plan::Relay(groups, to) => {
+                let mut d = open(&to.host, k, p, q).await?;
+                for (host, paths) in groups {
+                    let mut c = open(host, k, p, q).await?;
+                    let s = relay::relay_all(&mut c.session, paths, &mut d.session, &to.path, &opts)
+                        .await?;
+                    all.absorb(s);
+                    let _ = c.session.close().await;
+                }
+                let _ = d.session.close().await;
+            }
+        }
+        Ok::<_, ClientError>(all)
+    });
+    match r {
+        Ok(s) => {
+            totals.add(&a.flags, "cp", s);
+            Ok(totals.report("cp", &a.flags, json))
+        }
+        Err(e) => {
+            resume_hint(&e);
+            Err(e.into())
+        }
+    }
+}
+
+/// What one `cp` does.
+enum Plan<'a> {
+    /// Local files or trees to a server.
+    Put(Vec<PathBuf>, &'a RemotePath),
+    /// Standard input to a file on a server.
+    Stdin(&'a RemotePath),
+    /// Remote sources (grouped by server) to a local destination.
+    Get(Vec<(HostSpec, Vec<String>)>, PathBuf),
+    /// Remote files to standard output.
+    Stdout(Vec<(HostSpec, Vec<String>)>),
+    /// Remote sources to another (or the same) server, through us.
+    Relay(Vec<(HostSpec, Vec<String>)>, &'a RemotePath),
+}
+
+/// Consecutive sources on the same server share one connection.
+fn groups(srcs: &[&RemotePath]) -> Vec<(HostSpec, Vec<String>)> {
+    let mut out: Vec<(HostSpec, Vec<String>)> = Vec::new();
+    for s in srcs {
+        match out.last_mut() {
+            Some((h, paths)) if *h == s.host => paths.push(s.path.clone()),
+            _ => out.push((s.host.clone(), vec![s.path.clone()])),
+        }
+    }
+    out
+}
+
+/// The protocol announces a file's size before its data, so standard input
+/// is first copied into a private temporary file (memory stays bounded;
+/// the disk holds one copy), then uploaded like any file.
+fn spool_stdin() -> anyhow::Result<tempfile::NamedTempFile> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut f = tempfile::NamedTempFile::new()?;
+    std::io::copy(&mut std::io::stdin().lock(), &mut f)
+        .map_err(|e| ClientError::Local(format!("reading stdin: {e}")))?;
+    // The uploaded file gets the mode of the spool file: a usual one.
+    f.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    Ok(f)
+}
+
+/// `cp -H …`: `:PATH` names the path on every host. Local sources to
+/// `:DEST` is a fan-out `put`; `:SRC`s to a local directory a fan-out
+/// `get` (into `DIR/HOST/`).
+fn many_hosts(a: &Args, srcs: &[String], dst: &str, opts: Options) -> anyhow::Result<i32> {
+    let timeout = fanout::parse_timeout(a.timeout)?;
+    let remote = |s: &str| s.strip_prefix(':').map(str::to_string);
+    if let Some(to) = remote(dst) {
+        if srcs.iter().any(|s| s.starts_with(':') || s == "-") {
+            usage!("with -H, copy local files to :PATH, or :PATHs to a local directory");
+        }
+        let local = srcs.iter().map(PathBuf::from).collect();
+        return fanout::put_many(&a.fanout, &a.key, a.port, timeout, local, &to, opts);
+    }
+    let from: Option<Vec<String>> = srcs.iter().map(|s| remote(s)).collect();
+    match from {
+        Some(from) if dst != "-" => fanout::get_many(
+            &a.fanout,
+            &a.key,
+            a.port,
+            timeout,
+            from,
+            PathBuf::from(dst),
+            opts,
+        ),
+        _ => usage!(
+            "with -H, write the remote side as :PATH (skiff cp -H @web app.tar :/opt/, or skiff cp -H @web :logs/app.log ./logs/)"
+        ),
+    }
+}
