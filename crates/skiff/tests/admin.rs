@@ -94,8 +94,21 @@ impl Site {
     }
 
     fn skiff_at(&self, listener: usize, user: &str, sub: &str, args: &[&str]) -> Output {
+        self.skiff_with(listener, user, sub, &[], args)
+    }
+
+    /// `skiff SUB OPTIONS --key USER.key USER@HOST:PORT ARGS...`.
+    fn skiff_with(
+        &self,
+        listener: usize,
+        user: &str,
+        sub: &str,
+        options: &[&str],
+        args: &[&str],
+    ) -> Output {
         let mut cmd = self.server.client();
         cmd.arg(sub)
+            .args(options)
             .arg("--key")
             .arg(self.key_file(user))
             .arg(self.target(user, listener))
@@ -255,7 +268,7 @@ fn read_only_user_reads_everything_and_changes_nothing() {
     fs::create_dir(&tree).unwrap();
     fs::write(tree.join("f"), b"f").unwrap();
     std::os::unix::fs::symlink("f", tree.join("link")).unwrap();
-    let o = site.skiff("reader", "put", &["-r", tree.to_str().unwrap(), "/"]);
+    let o = site.skiff_with(0, "reader", "put", &["-r"], &[tree.to_str().unwrap(), "/"]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
 
     // A symlink request straight on the wire (the CLI sends one only
