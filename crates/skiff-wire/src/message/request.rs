@@ -5,6 +5,7 @@ use super::exec::Exec;
 use super::files::{Get, Ls, Mkdir, Mv, Put, Rm, Stat};
 use super::phase;
 use super::ping::Ping;
+use super::sync::SyncRequest;
 use super::tree::PutTree;
 
 phase! {
@@ -30,6 +31,8 @@ phase! {
         Mv(Mv),
         /// Run a command (its input and output frames follow).
         Exec(Exec),
+        /// Mirror a tree in either direction (the sync frames follow).
+        Sync(SyncRequest),
         /// Upload a tree as one stream (its entries follow).
         PutTree(PutTree),
     }
@@ -54,7 +57,7 @@ mod tests {
     fn services_in_wire_order() {
         assert_eq!(
             Request::OPS,
-            &["ping", "put", "get", "ls", "stat", "rm", "mkdir", "mv", "exec", "put_tree"]
+            &["ping", "put", "get", "ls", "stat", "rm", "mkdir", "mv", "exec", "sync", "put_tree"]
         );
     }
 
