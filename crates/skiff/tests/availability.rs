@@ -186,3 +186,142 @@ fn a_handshake_flood_from_one_address_leaves_room_for_others() {
         "server fds grew from {before} to {max_fds}"
     );
 }
+
+// ---------------------------------------------------------------------
+// sessions: idle and write timeouts, shutdown
+
+/// A raw session logged in over the server's `tcp+plain` listener.
+fn logged_in(server: &TestServer) -> RawConn {
+    RawConn::login(&plain_url(server), &server.key_file)
+}
+
+/// Waits (bounded) until `pid` holds at most `n` descriptors.
+fn wait_for_fds(pid: u32, n: usize, limit: Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if open_fds(pid) <= n {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn an_idle_session_is_closed_with_an_error_but_a_busy_one_lives() {
+    let server = TestServer::start_listening(
+        &["tcp://127.0.0.1:0", "tcp+plain://127.0.0.1:0"],
+        &["--idle-timeout", "1"],
+    );
+    // Busy: a ping every 300 ms for 2.5 s keeps it alive.
+    let mut busy = logged_in(&server);
+    for _ in 0..8 {
+        let _ = busy.send(&json!({"op":"ping"}));
+        assert_eq!(busy.recv().expect("pong")["op"], "pong");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Idle: closed after the timeout, with a `timeout` error first.
+    let mut idle = logged_in(&server);
+    let start = std::time::Instant::now();
+    let answer = idle.recv().expect("an error before the close");
+    let took = start.elapsed();
+    assert_eq!(answer["code"], "timeout", "{answer}");
+    assert!(idle.closed());
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    // A dribbler: one byte of a frame per 200 ms never completes a request.
+    let mut slow = logged_in(&server);
+    let start = std::time::Instant::now();
+    for b in [0u8, 0, 0, 13].iter().chain(br#"{"op":"ping"#) {
+        if std::io::Write::write_all(&mut slow.sock, &[*b]).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(slow.recv().expect("timeout")["code"], "timeout");
+    assert!(start.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn a_peer_that_never_reads_is_dropped_after_the_write_timeout() {
+    let server = TestServer::start_listening(
+        &["tcp://127.0.0.1:0", "tcp+plain://127.0.0.1:0"],
+        &["--write-timeout", "2"],
+    );
+    assert_ping_ok(&server, server.url());
+    let before = open_fds(server.pid());
+    let mut c = logged_in(&server);
+    // Pipelined pings with 1 MiB bodies, never reading a pong: the
+    // server's writes stall once the socket buffers are full.
+    c.sock
+        .set_write_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    let body = vec![b'p'; 1 << 20];
+    let start = std::time::Instant::now();
+    for _ in 0..64 {
+        if c.send_raw(br#"{"op":"ping","len":1048576}"#, &body)
+            .is_err()
+        {
+            break;
+        }
+    }
+    assert!(
+        wait_for_fds(server.pid(), before, Duration::from_secs(15)),
+        "the stalled session still holds its socket: {} fds, {before} before",
+        open_fds(server.pid())
+    );
+    eprintln!(
+        "a peer that never reads was dropped after {:?}",
+        start.elapsed()
+    );
+    assert_ping_ok(&server, server.url());
+}
+
+#[test]
+fn sigterm_reaches_idle_sessions_running_commands_and_handshakes() {
+    let server =
+        TestServer::start_listening(&["tcp://127.0.0.1:0", "tcp+plain://127.0.0.1:0"], &[]);
+    let mut idle = logged_in(&server);
+    let mut exec = server.client();
+    exec.args(["exec", "-n", server.url(), "--", "sleep", "60"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let exec = exec.spawn().expect("skiff exec");
+    let silent = std::net::TcpStream::connect(host_port(server.url())).expect("connect");
+    // Let the command start.
+    std::thread::sleep(Duration::from_millis(800));
+    let start = std::time::Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.pid() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("kill");
+    let answer = idle.recv().expect("an error frame");
+    assert_eq!(answer["code"], "shutting_down", "{answer}");
+    assert!(idle.closed());
+    let mut server = server;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = server.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "server still running");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = start.elapsed();
+    eprintln!("server exited {status} {took:?} after SIGTERM");
+    assert!(
+        took < Duration::from_secs(3),
+        "server took {took:?} to stop"
+    );
+    let out = exec.wait_with_output().expect("exec output");
+    assert!(!out.status.success(), "the command was stopped: {out:?}");
+    assert!(
+        is_closed(&silent) || {
+            std::thread::sleep(Duration::from_millis(200));
+            is_closed(&silent)
+        }
+    );
+}
