@@ -321,7 +321,7 @@ impl SessionWriter<'_> {
         if self.has_room() {
             return Ok(());
         }
-        self.flush_bounded().await
+        self.flush().await
     }
 
     /// Whether the buffer is below [`WRITE_HIGH_WATER`]: loops that produce
