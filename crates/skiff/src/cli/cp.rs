@@ -146,7 +146,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     });
     match r {
         Ok(s) => {
-            totals.add(&a.flags, "cp", s);
+            totals.add(s);
             Ok(totals.report("cp", &a.flags, json))
         }
         Err(e) => {

@@ -201,7 +201,7 @@ pub(super) fn transfer_one(
     let r = with_client_quiet(target, key, port, flags.quiet, async |c| Ok(f(c).await?));
     match r {
         Ok(s) => {
-            totals.add(flags, what, s);
+            totals.add(s);
             Ok(totals.report(what, flags, json))
         }
         Err(e) => {
