@@ -5,6 +5,7 @@ use std::io;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::startup::Startup;
 use crate::{Datagram, DatagramSocket, ListenAddr, ListenerId, PeerAddr, Stream};
 
 /// One accepted stream connection, handed to a [`StreamHandler`]: the
@@ -16,6 +17,7 @@ pub struct Connection {
     local: ListenAddr,
     listener: ListenerId,
     shutdown: CancellationToken,
+    startup: Option<Startup>,
 }
 
 impl Connection {
@@ -32,12 +34,40 @@ impl Connection {
             local,
             listener,
             shutdown,
+            startup: None,
         }
+    }
+
+    pub(crate) fn with_startup(mut self, startup: Startup) -> Self {
+        self.startup = Some(startup);
+        self
+    }
+
+    /// This connection's place in the server's limits. A handler of a
+    /// protocol with a login takes it before the handshake and calls
+    /// [`Startup::establish`] once the peer has authenticated: until then
+    /// the connection counts against the startup limits
+    /// ([`ServerBuilder::max_startups`](crate::ServerBuilder::max_startups)),
+    /// afterwards against `max_connections`. `None` on a second call.
+    /// A handler that never takes it keeps its slot until the end.
+    pub fn take_startup(&mut self) -> Option<Startup> {
+        self.startup.take()
+    }
+
+    /// A token cancelled when the server starts shutting down, for a
+    /// handler that has lent out the stream and so cannot call
+    /// [`shutdown_requested`](Self::shutdown_requested) any more.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
     }
 
     /// The connected socket.
     pub fn stream(&mut self) -> &mut Stream {
         &mut self.stream
+    }
+
+    pub(crate) fn stream_ref(&self) -> &Stream {
+        &self.stream
     }
 
     /// Who connected.

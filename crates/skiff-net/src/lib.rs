@@ -14,6 +14,9 @@
 //! - a connection limit: one connection over it is closed at once, unless
 //!   the handler's [`StreamHandler::reject_busy`] answers it first in its
 //!   own protocol;
+//! - optional caps on connections still in their handshake, per source and
+//!   in total with random early drop ([`StartupLimits`], OpenSSH's
+//!   `MaxStartups`), counted apart from established connections;
 //! - idle timeouts ([`Stream`]), graceful shutdown on SIGINT/SIGTERM or a
 //!   [`ShutdownHandle`], `SO_REUSEADDR`, `TCP_NODELAY`, IPv6, panics
 //!   contained to their connection, safe replacement of stale Unix socket
@@ -87,6 +90,7 @@ mod datagram;
 mod handler;
 mod listener;
 mod server;
+mod startup;
 mod stream;
 
 pub use addr::{ListenAddr, PeerAddr};
@@ -94,4 +98,5 @@ pub use datagram::{Datagram, DatagramSocket};
 pub use handler::{Connection, DatagramHandler, StreamHandler};
 pub use listener::ListenerId;
 pub use server::{Server, ServerBuilder, ShutdownHandle};
+pub use startup::{Busy, Established, Source, Startup, StartupLimits};
 pub use stream::Stream;

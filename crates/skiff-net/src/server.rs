@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::datagram::bind_unix_datagram;
 use crate::listener::{bind_tcp, bind_udp, bind_unix};
+use crate::startup::{Dropped, Source, Startup, StartupLimits, Startups};
 use crate::{
     Connection, DatagramHandler, DatagramSocket, ListenAddr, ListenerId, PeerAddr, Stream,
     StreamHandler,
@@ -53,6 +54,7 @@ struct Config {
     handle_signals: bool,
     backlog: i32,
     datagram_buffer: usize,
+    startups: Option<StartupLimits>,
 }
 
 /// Collects listeners and settings; [`bind`](Self::bind) opens the sockets.
@@ -74,6 +76,7 @@ impl Default for ServerBuilder {
                 handle_signals: false,
                 backlog: 1024,
                 datagram_buffer: 65536,
+                startups: None,
             },
             streams: Vec::new(),
             datagrams: Vec::new(),
@@ -89,6 +92,17 @@ impl ServerBuilder {
     /// at once.
     pub fn max_connections(mut self, n: usize) -> Self {
         self.config.max_connections = n.max(1);
+        self
+    }
+
+    /// Caps connections that have not been established yet (see
+    /// [`StartupLimits`]): with it, a connection counts as a startup from
+    /// accept until its handler calls [`Startup::establish`], and only
+    /// established connections count against
+    /// [`max_connections`](Self::max_connections). Default: off (every
+    /// connection counts against `max_connections` from accept on).
+    pub fn max_startups(mut self, limits: StartupLimits) -> Self {
+        self.config.startups = Some(limits);
         self
     }
 
@@ -375,6 +389,7 @@ impl Server {
         let hard_stop = CancellationToken::new();
         let tracker = TaskTracker::new();
         let limit = Arc::new(Semaphore::new(config.max_connections));
+        let startups = config.startups.map(Startups::new);
         let rejecting = Arc::new(Semaphore::new(MAX_REJECTING));
 
         // Signal handlers are installed here, before any client can be
@@ -407,6 +422,8 @@ impl Server {
                 serve,
                 reject,
                 limit: limit.clone(),
+                startups: startups.clone(),
+                drops: Arc::new(DropLog::default()),
                 rejecting: rejecting.clone(),
                 tracker: tracker.clone(),
                 shutdown: shutdown.clone(),
@@ -459,6 +476,8 @@ struct AcceptContext {
     serve: ConnFn,
     reject: ConnFn,
     limit: Arc<Semaphore>,
+    startups: Option<Arc<Startups>>,
+    drops: Arc<DropLog>,
     rejecting: Arc<Semaphore>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
@@ -488,12 +507,31 @@ async fn accept_loop(listener: AnyListener, ctx: AcceptContext) {
             ctx.id,
             ctx.shutdown.clone(),
         );
-        match ctx.limit.clone().try_acquire_owned() {
-            Ok(permit) => {
+        let admitted = match &ctx.startups {
+            // Established connections are counted apart: a full server
+            // says so at once, a flood of handshakes cannot take the slots.
+            Some(startups) if ctx.limit.available_permits() > 0 => {
+                let source = source_of(&conn);
+                match startups.admit(source) {
+                    Ok(slot) => Ok(Startup::new(Some(slot), None, ctx.limit.clone())),
+                    Err(why) => {
+                        ctx.drops.note(source, why);
+                        continue; // dropping `conn` closes it at once
+                    }
+                }
+            }
+            Some(_) => Err(()),
+            None => match ctx.limit.clone().try_acquire_owned() {
+                Ok(permit) => Ok(Startup::new(None, Some(permit), ctx.limit.clone())),
+                Err(_) => Err(()),
+            },
+        };
+        match admitted {
+            Ok(startup) => {
+                let conn = conn.with_startup(startup);
                 let serve = ctx.serve.clone();
                 let hard_stop = ctx.hard_stop.clone();
                 ctx.tracker.spawn(async move {
-                    let _permit = permit;
                     let run = AssertUnwindSafe(serve(conn)).catch_unwind();
                     tokio::select! {
                         r = run => if let Err(panic) = r {
@@ -546,6 +584,45 @@ async fn datagram_loop<H: DatagramHandler>(
             }
             // ICMP errors from earlier sends surface here on UDP; keep serving.
             Err(e) => tracing::debug!(error = %e, "datagram receive failed"),
+        }
+    }
+}
+
+/// Who a connection counts against: its IP source, or for a Unix socket
+/// the peer's user id.
+fn source_of(conn: &Connection) -> Source {
+    match conn.peer() {
+        PeerAddr::Ip(a) => Source::of_ip(a.ip()),
+        PeerAddr::Unix(_) => match conn.stream_ref().as_unix().map(|u| u.peer_cred()) {
+            Some(Ok(cred)) => Source::Uid(cred.uid()),
+            _ => Source::Unknown,
+        },
+    }
+}
+
+/// Dropped connections, logged at most once per 10 s per reason (a flood
+/// must not become a flood of log lines).
+#[derive(Default)]
+struct DropLog {
+    last: std::sync::Mutex<Option<(tokio::time::Instant, u64)>>,
+}
+
+impl DropLog {
+    fn note(&self, source: Source, why: Dropped) {
+        tracing::debug!(%source, ?why, "startup limit: connection dropped");
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let now = tokio::time::Instant::now();
+        match &mut *last {
+            Some((at, n)) if now.duration_since(*at) < Duration::from_secs(10) => *n += 1,
+            _ => {
+                let earlier = last.map_or(0, |(_, n)| n);
+                let what = match why {
+                    Dropped::PerSource => "too many connections from it still in the handshake",
+                    Dropped::Total => "too many connections still in the handshake",
+                };
+                tracing::warn!(%source, dropped_since_last_report = earlier, "connection dropped: {what}");
+                *last = Some((now, 0));
+            }
         }
     }
 }

@@ -45,7 +45,8 @@ pub enum Event {
         /// Why.
         reason: String,
     },
-    /// A source was turned away for too many failures.
+    /// A source's failures started a penalty: its new connections are
+    /// delayed for a while (logged once per penalty).
     Penalty {
         /// The user the client claimed to be, when known.
         #[serde(skip_serializing_if = "Option::is_none")]

@@ -25,8 +25,23 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_HANDSHAKE_TIMEOUT: f64 = 10.0;
 /// Default pause before answering a failed login.
 pub const DEFAULT_AUTH_FAIL_DELAY_MS: u64 = 500;
-/// Default failed logins per address per minute.
-pub const DEFAULT_AUTH_MAX_FAILURES: u32 = 10;
+/// Default recent failed logins from one source that cost it nothing;
+/// past them its new connections are delayed (see `session::penalty`).
+pub const DEFAULT_AUTH_MAX_FAILURES: u32 = 3;
+/// Default longest delay a failing source earns, in milliseconds.
+pub const DEFAULT_AUTH_PENALTY_MAX_MS: u64 = 2000;
+/// Default connections still in the handshake, all sources together:
+/// `START:RATE:FULL` as OpenSSH's `MaxStartups` (from START on, RATE
+/// percent of new ones are dropped, rising to all of them at FULL).
+pub const DEFAULT_MAX_STARTUPS: &str = "64:30:256";
+/// Default connections still in the handshake from one source (an IPv4
+/// address, an IPv6 /64, a Unix user).
+pub const DEFAULT_PER_SOURCE_MAX_STARTUPS: usize = 16;
+/// Default seconds an authenticated session may sit idle between
+/// requests before it is closed (0: never).
+pub const DEFAULT_IDLE_TIMEOUT: f64 = 600.0;
+/// Default seconds a write may wait for a peer that does not read.
+pub const DEFAULT_WRITE_TIMEOUT: f64 = 60.0;
 /// Default age in days after which an interrupted upload's partial state
 /// is removed.
 pub const DEFAULT_PARTIAL_MAX_AGE_DAYS: f64 = 7.0;
@@ -66,9 +81,28 @@ pub struct ServeFile {
     /// Pause before answering a failed login, in milliseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_fail_delay_ms: Option<u64>,
-    /// Failed logins per address per minute before it is refused.
+    /// Recent failed logins from one source before its connections are
+    /// delayed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_max_failures: Option<u32>,
+    /// The longest such delay, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_penalty_max_ms: Option<u64>,
+    /// Networks (CIDR) whose failures are never penalized.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_penalty_exempt: Option<Vec<String>>,
+    /// Connections in the handshake, all sources: `START:RATE:FULL`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_startups: Option<String>,
+    /// Connections in the handshake from one source.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_source_max_startups: Option<usize>,
+    /// Seconds an authenticated session may be idle (0: never).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<f64>,
+    /// Seconds a write may wait for a peer that does not read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write_timeout: Option<f64>,
     /// Days an interrupted upload is kept for `put --resume`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub partial_max_age_days: Option<f64>,
@@ -158,6 +192,14 @@ impl ServeFile {
             handshake_timeout: over.handshake_timeout.or(self.handshake_timeout),
             auth_fail_delay_ms: over.auth_fail_delay_ms.or(self.auth_fail_delay_ms),
             auth_max_failures: over.auth_max_failures.or(self.auth_max_failures),
+            auth_penalty_max_ms: over.auth_penalty_max_ms.or(self.auth_penalty_max_ms),
+            auth_penalty_exempt: over.auth_penalty_exempt.or(self.auth_penalty_exempt),
+            max_startups: over.max_startups.or(self.max_startups),
+            per_source_max_startups: over
+                .per_source_max_startups
+                .or(self.per_source_max_startups),
+            idle_timeout: over.idle_timeout.or(self.idle_timeout),
+            write_timeout: over.write_timeout.or(self.write_timeout),
             partial_max_age_days: over.partial_max_age_days.or(self.partial_max_age_days),
         }
     }
@@ -181,6 +223,12 @@ impl ServeFile {
             handshake_timeout: Some(DEFAULT_HANDSHAKE_TIMEOUT),
             auth_fail_delay_ms: Some(DEFAULT_AUTH_FAIL_DELAY_MS),
             auth_max_failures: Some(DEFAULT_AUTH_MAX_FAILURES),
+            auth_penalty_max_ms: Some(DEFAULT_AUTH_PENALTY_MAX_MS),
+            auth_penalty_exempt: Some(Vec::new()),
+            max_startups: Some(DEFAULT_MAX_STARTUPS.to_string()),
+            per_source_max_startups: Some(DEFAULT_PER_SOURCE_MAX_STARTUPS),
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            write_timeout: Some(DEFAULT_WRITE_TIMEOUT),
             partial_max_age_days: Some(DEFAULT_PARTIAL_MAX_AGE_DAYS),
         };
         let mut out = defaults.overlay(self);
@@ -218,6 +266,12 @@ pub const KEYS: &[&str] = &[
     "handshake-timeout",
     "auth-fail-delay-ms",
     "auth-max-failures",
+    "auth-penalty-max-ms",
+    "auth-penalty-exempt",
+    "max-startups",
+    "per-source-max-startups",
+    "idle-timeout",
+    "write-timeout",
     "partial-max-age-days",
 ];
 

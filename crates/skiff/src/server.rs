@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use skiff_net::{Connection, ListenAddr, Server, StreamHandler};
+use skiff_net::{Connection, ListenAddr, Server, StartupLimits, StreamHandler};
 use skiff_wire::message::handshake::Welcome;
 
 use crate::audit::{Audit, Destination, Event};
@@ -17,6 +17,7 @@ use crate::serve_config::{ConfigSource, ServeFile};
 use crate::service::udp_ping::UdpPingService;
 use crate::service::{self, ServiceContext};
 use crate::session::accept::{AuthPolicy, Authenticator};
+use crate::session::penalty::Recorded;
 use crate::session::tls::{self, ServerIdentity};
 use crate::session::{Io, Session, SessionError};
 use crate::transfer::staging::StagingArea;
@@ -131,8 +132,14 @@ pub struct ServeConfig {
     pub max_connections: usize,
     /// Deadline for TLS + handshake.
     pub handshake_timeout: Duration,
-    /// Failure delay and rate limit.
+    /// Failure delay and penalties.
     pub auth: AuthPolicy,
+    /// Caps on connections still in the handshake.
+    pub startups: StartupLimits,
+    /// An authenticated session idle this long between requests is closed.
+    pub idle_timeout: Option<Duration>,
+    /// How long a write may wait for a peer that does not read.
+    pub write_timeout: Duration,
     /// Partial uploads untouched for longer are removed.
     pub partial_max_age: Duration,
     /// Where audit events go, if anywhere.
@@ -164,15 +171,30 @@ struct SessionHandler {
 }
 
 impl SessionHandler {
-    /// A failed handshake: one log line and one audit event.
-    fn refused(&self, peer: &str, user: Option<&str>, reason: &str, penalty: bool) {
+    /// A failed handshake: one log line and one audit event; it counts
+    /// towards its source's penalty, and when it starts one, that is
+    /// logged (once per penalty) too.
+    fn refused(&self, peer_ip: Option<IpAddr>, peer: &str, user: Option<&str>, reason: &str) {
         tracing::info!(peer, user = user.unwrap_or("-"), "login refused: {reason}");
         let (user, peer, reason) = (user.map(String::from), peer.to_string(), reason.to_string());
-        self.audit.record(if penalty {
-            Event::Penalty { user, peer, reason }
-        } else {
-            Event::AuthFailed { user, peer, reason }
+        let recorded = self.auth.record_failure(peer_ip);
+        self.audit.record(Event::AuthFailed {
+            user: user.clone(),
+            peer: peer.clone(),
+            reason,
         });
+        if let Recorded::PenaltyBegins { delay, failures } = recorded {
+            let why = format!(
+                "{failures} recent failed logins: new connections from this source wait {} ms",
+                delay.as_millis()
+            );
+            tracing::warn!(%peer, "penalty: {why}");
+            self.audit.record(Event::Penalty {
+                user,
+                peer,
+                reason: why,
+            });
+        }
     }
 }
 
@@ -203,6 +225,15 @@ impl StreamHandler for SessionHandler {
     async fn handle(&self, conn: &mut Connection) -> std::io::Result<()> {
         let peer_ip: Option<IpAddr> = conn.peer().ip();
         let peer = conn.peer().to_string();
+        // Counted as a startup until it has logged in (skiff-net's caps
+        // per source and in total), then as a session.
+        let startup = conn.take_startup();
+        // A source that keeps failing waits before it costs anything (TLS,
+        // HMACs); bounded, so a right key from there still gets in.
+        let penalty = self.auth.penalty(peer_ip);
+        if !penalty.is_zero() {
+            tokio::time::sleep(penalty).await;
+        }
         let client = match conn.peer() {
             skiff_net::PeerAddr::Ip(a) => Some(*a),
             skiff_net::PeerAddr::Unix(_) => None,
@@ -214,11 +245,11 @@ impl StreamHandler for SessionHandler {
                 match tokio::time::timeout_at(deadline, accept).await {
                     Ok(Ok(tls)) => (Box::new(tls), *cb),
                     Ok(Err(e)) => {
-                        self.refused(&peer, None, &tls_failure(&e), false);
+                        self.refused(peer_ip, &peer, None, &tls_failure(&e));
                         return Ok(());
                     }
                     Err(_) => {
-                        self.refused(&peer, None, "TLS handshake timed out", false);
+                        self.refused(peer_ip, &peer, None, "TLS handshake timed out");
                         return Ok(());
                     }
                 }
@@ -234,7 +265,7 @@ impl StreamHandler for SessionHandler {
         {
             Ok(Ok(login)) => login,
             Ok(Err(f)) => {
-                self.refused(&peer, f.user.as_deref(), &f.reason, f.blocked);
+                self.refused(peer_ip, &peer, f.user.as_deref(), &f.reason);
                 // Bounded: a peer that stops reading cannot hold us here.
                 let _ = tokio::time::timeout(Duration::from_secs(1), session.close()).await;
                 return Ok(());
@@ -245,11 +276,27 @@ impl StreamHandler for SessionHandler {
                     session.send_error(skiff_wire::ErrorCode::Timeout, "handshake timed out"),
                 )
                 .await;
-                self.refused(&peer, None, "authentication timed out", false);
+                self.refused(peer_ip, &peer, None, "authentication timed out");
                 return Ok(());
             }
         };
         let user = login.user.clone();
+        let _established = match startup.map(|s| s.establish()) {
+            Some(Err(busy)) => {
+                tracing::info!(%peer, %user, "session refused: {busy}");
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    session.send_error(
+                        skiff_wire::ErrorCode::Busy,
+                        "server is at its connection limit; try again later",
+                    ),
+                )
+                .await;
+                return Ok(());
+            }
+            Some(Ok(established)) => Some(established),
+            None => None,
+        };
         let root = match login.policy.resolve_root(&self.root) {
             Ok(r) => r,
             Err(refusal) => {
@@ -428,7 +475,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     };
     let staging = Arc::new(open_staging(&cfg, &root)?);
     let udp_ping = Arc::new(UdpPingService::new(users.clone()));
-    let auth = Arc::new(Authenticator::new(users.clone(), cfg.auth, welcome));
+    let auth = Arc::new(Authenticator::new(users.clone(), cfg.auth.clone(), welcome));
     let needs_tls = cfg.listen.iter().any(|l| l.tls);
     let mut fingerprint = None;
     let tls = if needs_tls {
@@ -468,6 +515,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     };
     let mut builder = Server::builder()
         .max_connections(cfg.max_connections)
+        .max_startups(cfg.startups)
         .shutdown_on_signals(true);
     let mut listeners = Vec::new();
     for l in &cfg.listen {

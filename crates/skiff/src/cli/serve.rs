@@ -9,6 +9,8 @@ use crate::keys::{self, UserKey};
 use crate::serve_config::{self, ConfigSource, ServeFile};
 use crate::server::{Listen, ServeConfig};
 use crate::session::accept::AuthPolicy;
+use crate::session::penalty::PenaltyPolicy;
+use skiff_net::StartupLimits;
 
 /// Arguments of `skiff serve`. Every setting can also live in the
 /// configuration file (same names); flags win.
@@ -55,9 +57,28 @@ pub struct Args {
     /// Milliseconds to wait before answering a failed authentication.
     #[arg(long, value_name = "MS", hide = true)]
     auth_fail_delay_ms: Option<u64>,
-    /// Failed authentications per address per minute before it is refused.
+    /// Recent failed authentications from one source before its new
+    /// connections are delayed (default: 3).
     #[arg(long, value_name = "N", hide = true)]
     auth_max_failures: Option<u32>,
+    /// Longest delay a failing source earns, in milliseconds (default: 2000).
+    #[arg(long, value_name = "MS", hide = true)]
+    auth_penalty_max_ms: Option<u64>,
+    /// Connections still in the handshake, all sources together:
+    /// START:RATE:FULL as OpenSSH's MaxStartups (default: 64:30:256).
+    #[arg(long, value_name = "START:RATE:FULL", hide = true)]
+    max_startups: Option<String>,
+    /// Connections still in the handshake from one source (default: 16).
+    #[arg(long, value_name = "N", hide = true)]
+    per_source_max_startups: Option<usize>,
+    /// Seconds an authenticated session may be idle between requests
+    /// before it is closed; 0: never (default: 600).
+    #[arg(long, value_name = "SECS", hide = true)]
+    idle_timeout: Option<f64>,
+    /// Seconds a write may wait for a client that does not read
+    /// (default: 60).
+    #[arg(long, value_name = "SECS", hide = true)]
+    write_timeout: Option<f64>,
     /// Days an interrupted upload is kept for `put --resume` (in
     /// STATE_DIR/partial) before it is removed (default: 7).
     #[arg(long, value_name = "DAYS")]
@@ -84,6 +105,12 @@ impl Args {
             handshake_timeout: self.handshake_timeout,
             auth_fail_delay_ms: self.auth_fail_delay_ms,
             auth_max_failures: self.auth_max_failures,
+            auth_penalty_max_ms: self.auth_penalty_max_ms,
+            auth_penalty_exempt: None,
+            max_startups: self.max_startups.clone(),
+            per_source_max_startups: self.per_source_max_startups,
+            idle_timeout: self.idle_timeout,
+            write_timeout: self.write_timeout,
             partial_max_age_days: self.partial_max_age_days,
         };
         layer.absolutize(cwd);
@@ -161,11 +188,43 @@ pub fn server_config(eff: &ServeFile, source: ConfigSource) -> anyhow::Result<Se
                 eff.auth_fail_delay_ms
                     .unwrap_or(serve_config::DEFAULT_AUTH_FAIL_DELAY_MS),
             ),
-            max_failures: eff
-                .auth_max_failures
-                .unwrap_or(serve_config::DEFAULT_AUTH_MAX_FAILURES),
-            ..AuthPolicy::default()
+            penalties: PenaltyPolicy {
+                free_failures: eff
+                    .auth_max_failures
+                    .unwrap_or(serve_config::DEFAULT_AUTH_MAX_FAILURES),
+                max_delay: Duration::from_millis(
+                    eff.auth_penalty_max_ms
+                        .unwrap_or(serve_config::DEFAULT_AUTH_PENALTY_MAX_MS),
+                ),
+                exempt: parse_networks(eff.auth_penalty_exempt.as_deref().unwrap_or_default())?,
+                ..PenaltyPolicy::default()
+            },
         },
+        startups: {
+            let text = eff
+                .max_startups
+                .as_deref()
+                .unwrap_or(serve_config::DEFAULT_MAX_STARTUPS);
+            let mut limits: StartupLimits = text
+                .parse()
+                .map_err(|e| anyhow::anyhow!("max-startups: {e}"))?;
+            limits.per_source = eff
+                .per_source_max_startups
+                .unwrap_or(serve_config::DEFAULT_PER_SOURCE_MAX_STARTUPS)
+                .max(1);
+            limits
+        },
+        idle_timeout: seconds(
+            eff.idle_timeout
+                .unwrap_or(serve_config::DEFAULT_IDLE_TIMEOUT),
+        ),
+        write_timeout: seconds(
+            eff.write_timeout
+                .unwrap_or(serve_config::DEFAULT_WRITE_TIMEOUT),
+        )
+        .unwrap_or(Duration::from_secs(
+            serve_config::DEFAULT_WRITE_TIMEOUT as u64,
+        )),
         audit: eff
             .audit_log
             .as_deref()
@@ -180,6 +239,24 @@ pub fn server_config(eff: &ServeFile, source: ConfigSource) -> anyhow::Result<Se
         effective: eff.clone(),
         source,
     })
+}
+
+/// A number of seconds from the configuration; 0 (or less) means never.
+fn seconds(secs: f64) -> Option<Duration> {
+    (secs > 0.0).then(|| Duration::from_secs_f64(secs.min(1e9)))
+}
+
+/// CIDR networks (or single addresses) from the configuration.
+fn parse_networks(list: &[String]) -> anyhow::Result<Vec<ipnet::IpNet>> {
+    list.iter()
+        .map(|n| {
+            n.parse::<ipnet::IpNet>()
+                .or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    anyhow::anyhow!("auth-penalty-exempt: {n:?} is not a network like 192.0.2.0/24")
+                })
+        })
+        .collect()
 }
 
 /// Zero config: creates the users file with a key for the current user, and

@@ -1,13 +1,14 @@
-//! The server's side of the handshake, with per-address rate limiting.
+//! The server's side of the handshake, with graduated per-source
+//! penalties ([`super::penalty`]) for failures.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use skiff_wire::message::handshake::{Auth, Challenge, Hello, Welcome};
 use skiff_wire::{ErrorCode, Message};
 
+use super::penalty::{Penalties, PenaltyPolicy, Recorded};
 use super::{Session, SessionError};
 use crate::auth::handshake::{self as hs, Block};
 use crate::keys::Key;
@@ -20,28 +21,25 @@ pub struct Authenticator {
     users: LiveUsers,
     /// Answers for unknown users, so they look exactly like wrong keys.
     dummy_key: Key,
-    limiter: Mutex<FailureLimiter>,
+    penalties: Mutex<Penalties>,
     fail_delay: Duration,
     welcome: Welcome,
 }
 
-/// Tuning of the failure limiter.
-#[derive(Debug, Clone, Copy)]
+/// Tuning of failed logins.
+#[derive(Debug, Clone)]
 pub struct AuthPolicy {
     /// Pause before answering a failed attempt.
     pub fail_delay: Duration,
-    /// Failed attempts per address per window before it is turned away.
-    pub max_failures: u32,
-    /// The window.
-    pub window: Duration,
+    /// How repeated failures from one source slow its next connections.
+    pub penalties: PenaltyPolicy,
 }
 
 impl Default for AuthPolicy {
     fn default() -> Self {
         AuthPolicy {
             fail_delay: Duration::from_millis(500),
-            max_failures: 10,
-            window: Duration::from_secs(60),
+            penalties: PenaltyPolicy::default(),
         }
     }
 }
@@ -53,7 +51,7 @@ impl Authenticator {
         Authenticator {
             users,
             dummy_key: Key::generate(),
-            limiter: Mutex::new(FailureLimiter::new(policy.max_failures, policy.window)),
+            penalties: Mutex::new(Penalties::new(policy.penalties)),
             fail_delay: policy.fail_delay,
             welcome,
         }
@@ -68,32 +66,9 @@ impl Authenticator {
         cb: &Block,
         peer: Option<IpAddr>,
     ) -> Result<LoggedIn, AuthFailure> {
-        if let Some(ip) = peer {
-            if self.limiter().is_blocked(ip) {
-                // Read the hello first, so the refusal answers it (and the
-                // close does not reset a connection with unread data).
-                let user = match session.recv_required().await {
-                    Ok(f) => f.parse::<Hello>().ok().map(|h| h.user),
-                    Err(_) => None,
-                };
-                tokio::time::sleep(self.fail_delay).await;
-                let _ = session
-                    .send_error(
-                        ErrorCode::AuthFailed,
-                        "too many failed attempts from your address; wait a minute",
-                    )
-                    .await;
-                return Err(AuthFailure {
-                    user,
-                    reason: "too many failed attempts from this address".into(),
-                    blocked: true,
-                });
-            }
-        }
         let fail = |user: Option<&str>, reason: String| AuthFailure {
             user: user.map(String::from),
             reason,
-            blocked: false,
         };
         let hello: Hello = expect_handshake(session)
             .await
@@ -148,8 +123,8 @@ impl Authenticator {
             Ok(a) => a,
             Err(e) => {
                 // A client that gives up here found our proof wrong (or
-                // never had the key): that is a failed attempt too.
-                self.record_failure(peer);
+                // never had the key): that is a failed attempt too (the
+                // caller records it, as every failure).
                 let reason = match known {
                     Some(_) => format!("client left before proving its key ({e}); it may not trust this server's proof"),
                     None => format!("{}; client left before proving a key ({e})", unknown()),
@@ -159,29 +134,18 @@ impl Authenticator {
         };
         let given = hs::proof_bytes(&auth.proof);
         let valid = hs::verify(key, hs::CLIENT_LABEL, cb, &cn, &sn, &given);
-        // Checked again here: attempts started in parallel before the
-        // address was blocked must not each get a guess.
-        let blocked = peer.is_some_and(|ip| self.limiter().is_blocked(ip));
         let entry = match known {
-            Some(entry) if valid && !blocked => entry,
+            Some(entry) if valid => entry,
             _ => {
-                self.record_failure(peer);
                 tokio::time::sleep(self.fail_delay).await;
                 let _ = session
                     .send_error(ErrorCode::AuthFailed, "authentication failed")
                     .await;
-                let reason = if blocked {
-                    "too many failed attempts from this address".to_string()
-                } else if known.is_none() {
-                    unknown()
-                } else {
-                    "wrong key".to_string()
+                let reason = match known {
+                    None => unknown(),
+                    Some(_) => "wrong key".to_string(),
                 };
-                return Err(AuthFailure {
-                    user: who.map(String::from),
-                    reason,
-                    blocked,
-                });
+                return Err(fail(who, reason));
             }
         };
         let mut welcome = self.welcome.clone();
@@ -198,14 +162,27 @@ impl Authenticator {
         })
     }
 
-    fn limiter(&self) -> std::sync::MutexGuard<'_, FailureLimiter> {
-        self.limiter.lock().unwrap_or_else(|p| p.into_inner())
+    /// How long a new connection from `peer` waits before the server
+    /// spends anything on it (zero for most; Unix peers are never
+    /// penalized: they are local users of the machine anyway).
+    pub fn penalty(&self, peer: Option<IpAddr>) -> Duration {
+        match peer {
+            Some(ip) => self.penalties().delay(ip),
+            None => Duration::ZERO,
+        }
     }
 
-    fn record_failure(&self, peer: Option<IpAddr>) {
-        if let Some(ip) = peer {
-            self.limiter().record(ip);
+    /// Counts a failed handshake from `peer`; says when this failure
+    /// started a penalty (which the caller reports once).
+    pub fn record_failure(&self, peer: Option<IpAddr>) -> Recorded {
+        match peer {
+            Some(ip) => self.penalties().record(ip),
+            None => Recorded::Quiet,
         }
+    }
+
+    fn penalties(&self) -> std::sync::MutexGuard<'_, Penalties> {
+        self.penalties.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -225,8 +202,6 @@ pub struct AuthFailure {
     pub user: Option<String>,
     /// Why, in words for an administrator.
     pub reason: String,
-    /// The source address is over its failure limit (a penalty).
-    pub blocked: bool,
 }
 
 async fn reject(session: &mut Session<'_>, why: &str) -> SessionError {
@@ -259,108 +234,5 @@ async fn expect_handshake<M: Message>(session: &mut Session<'_>) -> Result<M, Se
     match frame.parse::<M>() {
         Ok(m) => Ok(m),
         Err(e) => Err(reject(session, &e.to_string()).await),
-    }
-}
-
-/// The unit failures are counted per: an IPv4 address, or the /64 prefix
-/// of an IPv6 address (one host usually owns a whole /64, so counting
-/// single IPv6 addresses would let it rotate through 2^64 of them).
-fn source_of(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(v4) => IpAddr::V4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
-        },
-    }
-}
-
-/// Counts failed attempts per source (see [`source_of`]) in fixed windows.
-/// Its size is bounded: when full, expired entries go, and if none have
-/// expired the table starts over (an attacker with that many addresses
-/// gains little).
-struct FailureLimiter {
-    max_failures: u32,
-    window: Duration,
-    table: HashMap<IpAddr, (u32, Instant)>,
-}
-
-const MAX_TRACKED: usize = 4096;
-
-impl FailureLimiter {
-    fn new(max_failures: u32, window: Duration) -> Self {
-        FailureLimiter {
-            max_failures,
-            window,
-            table: HashMap::new(),
-        }
-    }
-
-    fn is_blocked(&mut self, ip: IpAddr) -> bool {
-        let ip = source_of(ip);
-        match self.table.get(&ip) {
-            Some(&(n, start)) if start.elapsed() < self.window => n >= self.max_failures,
-            Some(_) => {
-                self.table.remove(&ip);
-                false
-            }
-            None => false,
-        }
-    }
-
-    fn record(&mut self, ip: IpAddr) {
-        let ip = source_of(ip);
-        if self.table.len() >= MAX_TRACKED && !self.table.contains_key(&ip) {
-            let window = self.window;
-            self.table.retain(|_, (_, start)| start.elapsed() < window);
-            if self.table.len() >= MAX_TRACKED {
-                self.table.clear();
-            }
-        }
-        let now = Instant::now();
-        let entry = self.table.entry(ip).or_insert((0, now));
-        if entry.1.elapsed() >= self.window {
-            *entry = (0, now);
-        }
-        entry.0 = entry.0.saturating_add(1);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn limiter_blocks_after_max_and_forgets_after_window() {
-        let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        let mut l = FailureLimiter::new(3, Duration::from_millis(50));
-        for _ in 0..3 {
-            assert!(!l.is_blocked(ip));
-            l.record(ip);
-        }
-        assert!(l.is_blocked(ip));
-        std::thread::sleep(Duration::from_millis(60));
-        assert!(!l.is_blocked(ip));
-    }
-
-    #[test]
-    fn ipv6_counts_per_64_prefix() {
-        let mut l = FailureLimiter::new(2, Duration::from_secs(60));
-        l.record("2001:db8::1".parse().unwrap());
-        l.record("2001:db8::ffff:2".parse().unwrap());
-        assert!(l.is_blocked("2001:db8::3".parse().unwrap()));
-        assert!(!l.is_blocked("2001:db8:0:1::1".parse().unwrap()));
-        l.record("::ffff:192.0.2.7".parse().unwrap());
-        l.record("192.0.2.7".parse().unwrap());
-        assert!(l.is_blocked("192.0.2.7".parse().unwrap()));
-    }
-
-    #[test]
-    fn limiter_stays_bounded() {
-        let mut l = FailureLimiter::new(3, Duration::from_secs(60));
-        for i in 0..(MAX_TRACKED as u32 * 2) {
-            l.record(IpAddr::from(i.to_be_bytes()));
-        }
-        assert!(l.table.len() <= MAX_TRACKED);
     }
 }
