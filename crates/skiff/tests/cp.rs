@@ -498,7 +498,17 @@ fn progress_only_on_a_terminal() {
         stderr(&o)
     );
 
-    let o = run(&server, &["put", "--json", url, p(&f), p(&work.path().join("nope")), "j/"]);
+    let o = run(
+        &server,
+        &[
+            "put",
+            "--json",
+            url,
+            p(&f),
+            p(&work.path().join("nope")),
+            "j/",
+        ],
+    );
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["ok"], false, "{v}");
