@@ -68,6 +68,10 @@ fn put_destinations_follow_cp_semantics() {
     assert!(root.join("www/css/a.css").is_file());
     ok(&run(&server, &["put", "-r", url, p(&site), "www"]));
     assert!(root.join("www/site/css/a.css").is_file());
+    // Flags may follow TARGET, as they always could.
+    ok(&run(&server, &["put", url, "-f", p(&f), "backup/"]));
+    let o = run(&server, &["put", url, p(&f)]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     // A trailing slash on the source changes nothing (as cp and scp).
     ok(&run(
         &server,
