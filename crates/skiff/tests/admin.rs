@@ -27,7 +27,7 @@ struct Site {
     server: TestServer,
     audit: PathBuf,
     keys: BTreeMap<String, (UserKey, PathBuf)>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 /// A secret in the server's own environment that no command may see.
@@ -44,10 +44,8 @@ impl Site {
         let mut keys = BTreeMap::new();
         let mut text = String::from("# users of this test\n");
         for (name, options) in users {
-            let uk = UserKey::generate(name);
+            let (uk, key_file) = new_key(&dir, name);
             text.push_str(&format!("{} {options}\n", uk.to_line()));
-            let key_file = dir.join(format!("{name}.key"));
-            write_private(&key_file, &format!("{}\n", uk.to_line()));
             keys.insert(name.to_string(), (uk, key_file));
         }
         write_private(&users_file, &text);
@@ -64,12 +62,18 @@ impl Site {
             server,
             audit,
             keys,
-            _dir: tmp,
+            dir: tmp,
         }
     }
 
     fn start(users: &[(&str, &str)]) -> Site {
         Site::start_on(&["tcp://127.0.0.1:0"], users, &[])
+    }
+
+    /// A key for `name` that the users file does not list.
+    fn add_stranger(&mut self, name: &str) {
+        let made = new_key(self.dir.path(), name);
+        self.keys.insert(name.to_string(), made);
     }
 
     fn key_file(&self, user: &str) -> &Path {
@@ -90,8 +94,21 @@ impl Site {
     }
 
     fn skiff_at(&self, listener: usize, user: &str, sub: &str, args: &[&str]) -> Output {
+        self.skiff_with(listener, user, sub, &[], args)
+    }
+
+    /// `skiff SUB OPTIONS --key USER.key USER@HOST:PORT ARGS...`.
+    fn skiff_with(
+        &self,
+        listener: usize,
+        user: &str,
+        sub: &str,
+        options: &[&str],
+        args: &[&str],
+    ) -> Output {
         let mut cmd = self.server.client();
         cmd.arg(sub)
+            .args(options)
             .arg("--key")
             .arg(self.key_file(user))
             .arg(self.target(user, listener))
@@ -134,6 +151,14 @@ impl Site {
             Err(e) => panic!("connect as {user}: {e}"),
         }
     }
+}
+
+/// A new key for `name` and its client key file in `dir`.
+fn new_key(dir: &Path, name: &str) -> (UserKey, PathBuf) {
+    let uk = UserKey::generate(name);
+    let key_file = dir.join(format!("{name}.key"));
+    write_private(&key_file, &format!("{}\n", uk.to_line()));
+    (uk, key_file)
 }
 
 fn write_private(path: &Path, text: &str) {
@@ -243,7 +268,7 @@ fn read_only_user_reads_everything_and_changes_nothing() {
     fs::create_dir(&tree).unwrap();
     fs::write(tree.join("f"), b"f").unwrap();
     std::os::unix::fs::symlink("f", tree.join("link")).unwrap();
-    let o = site.skiff("reader", "put", &["-r", tree.to_str().unwrap(), "/"]);
+    let o = site.skiff_with(0, "reader", "put", &["-r"], &[tree.to_str().unwrap(), "/"]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
 
     // A symlink request straight on the wire (the CLI sends one only
@@ -497,7 +522,7 @@ fn exec_allow_runs_exactly_the_matching_commands_without_a_shell() {
 
 #[test]
 fn from_decides_where_a_user_may_log_in_without_telling_strangers() {
-    let site = Site::start_on(
+    let mut site = Site::start_on(
         &["tcp://127.0.0.1:0", "tcp://[::1]:0"],
         &[
             ("six", "from=::1"),
@@ -517,21 +542,8 @@ fn from_decides_where_a_user_may_log_in_without_telling_strangers() {
     let v4 = site.skiff_at(0, "six", "exec", &["--", "echo in"]);
     let v6 = site.skiff_at(1, "four", "ls", &["/"]);
     // Refused exactly like a user the server has never heard of.
-    let stranger = {
-        let mut cmd = site.server.client();
-        let key = site.server.home.path().join("nobody.key");
-        write_private(
-            &key,
-            &format!("{}\n", UserKey::generate("nobody").to_line()),
-        );
-        cmd.arg("exec")
-            .arg("--key")
-            .arg(&key)
-            .arg(site.target("nobody", 0))
-            .args(["--", "echo in"])
-            .stdin(Stdio::null());
-        cmd.output().unwrap()
-    };
+    site.add_stranger("nobody");
+    let stranger = site.skiff("nobody", "exec", &["--", "echo in"]);
     for o in [&v4, &v6, &stranger] {
         assert_eq!(o.status.code(), Some(255), "{}", stderr(o));
         assert!(o.stdout.is_empty());
@@ -694,7 +706,7 @@ fn accept_env_from_the_config_file_widens_what_restricted_users_may_set() {
 
 #[test]
 fn audit_log_has_one_json_line_per_event_of_a_session() {
-    let site = Site::start(&[("alice", "")]);
+    let mut site = Site::start(&[("alice", "")]);
     let local = site.server.home.path().join("report.txt");
     fs::write(&local, b"quarterly numbers\n").unwrap();
     let digest = blake3::hash(b"quarterly numbers\n").to_hex().to_string();
@@ -708,20 +720,8 @@ fn audit_log_has_one_json_line_per_event_of_a_session() {
     let o = site.skiff("alice", "rm", &["missing.txt"]);
     assert_eq!(o.status.code(), Some(1));
     ok(&site.skiff("alice", "rm", &["-r", "archive"]));
-    let o = {
-        let mut cmd = site.server.client();
-        let key = site.server.home.path().join("mallory.key");
-        write_private(
-            &key,
-            &format!("{}\n", UserKey::generate("mallory").to_line()),
-        );
-        cmd.arg("ls")
-            .arg("--key")
-            .arg(&key)
-            .arg(site.target("mallory", 0))
-            .stdin(Stdio::null());
-        cmd.output().unwrap()
-    };
+    site.add_stranger("mallory");
+    let o = site.skiff("mallory", "ls", &["/"]);
     assert_eq!(o.status.code(), Some(255));
 
     // 7 sessions of alice: login, what it did, end; one failed login.
@@ -864,4 +864,123 @@ fn systemd_unit_passes_verify() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}{}", text(&o.stdout), stderr(&o));
+}
+
+// ---------------------------------------------------------------------
+// live users, SIGHUP, the configuration
+
+impl Site {
+    /// Rewrites the users file with these lines (mode stays 0600).
+    fn write_users(&self, lines: &[String]) {
+        write_private(&self.dir.path().join("users"), &(lines.join("\n") + "\n"));
+    }
+
+    fn line(&self, user: &str) -> String {
+        self.keys[user].0.to_line()
+    }
+
+    fn hangup(&self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.server.pid() as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn users_file_edits_apply_on_the_next_connection_and_bad_edits_change_nothing() {
+    let mut site = Site::start(&[("alice", "")]);
+    let hello = |site: &Site, user: &str| site.skiff(user, "exec", &["--", "echo hello"]);
+    site.add_stranger("bob");
+    assert_eq!(hello(&site, "bob").status.code(), Some(255));
+    // Appended while the server runs: bob is in on his next connection.
+    site.write_users(&[site.line("alice"), site.line("bob")]);
+    assert_eq!(ok(&hello(&site, "bob")), "hello\n");
+    // Removed: refused on the next connection.
+    site.write_users(&[site.line("alice")]);
+    assert_eq!(hello(&site, "bob").status.code(), Some(255));
+    // A bad edit (bob back, but with a duplicate, an unknown option and a
+    // malformed line) is refused as a whole: the last good set stays.
+    for bad in [
+        vec![site.line("alice"), site.line("bob"), site.line("alice")],
+        vec![site.line("alice"), format!("{} fly", site.line("bob"))],
+        vec![site.line("alice"), site.line("bob"), "carol".to_string()],
+    ] {
+        site.write_users(&bad);
+        assert_eq!(hello(&site, "bob").status.code(), Some(255), "{bad:?}");
+        assert_eq!(ok(&hello(&site, "alice")), "hello\n");
+    }
+    // An edit that adds a policy applies to the next connection too.
+    site.write_users(&[format!("{} read-only", site.line("alice"))]);
+    let o = site.skiff("alice", "mkdir", &["x"]);
+    refused(&o, "read-only");
+    // SIGHUP reloads and the server keeps serving.
+    site.write_users(&[site.line("alice"), site.line("bob")]);
+    site.hangup();
+    assert_eq!(ok(&hello(&site, "bob")), "hello\n");
+    assert_eq!(ok(&hello(&site, "alice")), "hello\n");
+}
+
+#[test]
+fn sighup_reopens_the_audit_log_for_logrotate() {
+    let site = Site::start(&[("alice", "")]);
+    ok(&site.skiff("alice", "exec", &["--", "echo one"]));
+    site.audit_until(|ev| ev.iter().any(|e| e["event"] == "session_end"));
+    let rotated = site.dir.path().join("audit.log.1");
+    fs::rename(&site.audit, &rotated).unwrap();
+    site.hangup();
+    // The reopen happens before the writer's next batch; give the signal
+    // a moment to arrive, then make an event.
+    std::thread::sleep(Duration::from_millis(400));
+    ok(&site.skiff("alice", "exec", &["--", "echo two"]));
+    let events = site.audit_until(|ev| ev.iter().any(|e| e["event"] == "exec"));
+    let commands: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "exec")
+        .map(|e| e["command"].as_str().unwrap())
+        .collect();
+    assert_eq!(commands, ["echo two"], "{events:?}");
+    let old = fs::read_to_string(&rotated).unwrap();
+    assert!(old.contains("echo one") && !old.contains("echo two"));
+}
+
+#[test]
+fn print_config_round_trips_and_flags_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("serve.toml");
+    fs::write(
+        &first,
+        "listen = [\"tcp://127.0.0.1:7999\"]\nroot = \"data\"\naudit-log = \"audit.log\"\naccept-env = [\"LANG\", \"APP_*\"]\nmax-connections = 7\n",
+    )
+    .unwrap();
+    let print = |config: &Path, extra: &[&str]| {
+        let o = std::process::Command::new(common::skiff_bin())
+            .args(["serve", "--print-config", "--config"])
+            .arg(config)
+            .args(extra)
+            .env("HOME", dir.path())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        text(&o.stdout)
+    };
+    let printed = print(&first, &[]);
+    assert!(printed.contains("max-connections = 7"), "{printed}");
+    assert!(printed.contains("APP_*"), "{printed}");
+    let second = dir.path().join("again.toml");
+    fs::write(&second, &printed).unwrap();
+    let strip = |t: &str| -> String { t.lines().filter(|l| !l.starts_with('#')).collect() };
+    assert_eq!(strip(&print(&second, &[])), strip(&printed));
+    let flagged = print(&second, &["--max-connections", "9"]);
+    assert!(flagged.contains("max-connections = 9"), "{flagged}");
+    // Unknown keys are errors naming the line.
+    fs::write(&second, "listen = []\nmax-conections = 3\n").unwrap();
+    let o = std::process::Command::new(common::skiff_bin())
+        .args(["serve", "--print-config", "--config"])
+        .arg(&second)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("max-conections") && stderr(&o).contains('2'));
 }

@@ -63,6 +63,9 @@ pub fn exit_code_for(e: &anyhow::Error) -> i32 {
         || e.downcast_ref::<crate::keys::KeyError>().is_some()
         || e.downcast_ref::<crate::client::config::ConfigError>()
             .is_some()
+        || e.downcast_ref::<crate::serve_config::ConfigError>()
+            .is_some()
+        || e.downcast_ref::<crate::users::UsersError>().is_some()
     {
         return EXIT_USAGE;
     }

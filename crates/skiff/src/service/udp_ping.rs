@@ -376,6 +376,23 @@ mod tests {
     }
 
     #[test]
+    fn from_networks_apply_to_udp_pings() {
+        let uk = UserKey::generate("alice");
+        let text = format!("{} from=::1\n", uk.to_line());
+        let users = Users::parse(std::path::Path::new("users"), &text).unwrap();
+        let svc = UdpPingService::new(LiveUsers::fixed(users));
+        let now = now_micros();
+        let from = |ip: &str| Some(ip.parse::<IpAddr>().unwrap());
+        let r = svc.answer(&request(&uk, 1, 0, now, b""), false, now, from("127.0.0.1"));
+        assert_eq!(r, Err(DropReason::Unauthenticated));
+        let r = svc.answer(&request(&uk, 1, 1, now, b""), false, now, None);
+        assert_eq!(r, Err(DropReason::Unauthenticated));
+        assert!(svc
+            .answer(&request(&uk, 1, 2, now, b""), false, now, from("::1"))
+            .is_ok());
+    }
+
+    #[test]
     fn answers_once_then_drops_replays() {
         let (svc, uk) = setup();
         let now = now_micros();

@@ -61,11 +61,13 @@ pub async fn handle(
     ctx: &ServiceContext,
     req: Exec,
 ) -> Result<(), SessionError> {
+    let record = ExecRecord::new(ctx, &req);
     if !ctx.exec_enabled {
         let msg = "this server does not run commands (started with --no-exec)";
-        return session.queue(&ErrorMsg::new(ErrorCode::Unsupported, msg), &[]);
+        let e = ErrorMsg::new(ErrorCode::Unsupported, msg);
+        record.refused(&e);
+        return session.queue(&e, &[]);
     }
-    let record = ExecRecord::new(ctx, &req);
     let allowed = match ctx.policy.authorize_exec(&req, &ctx.accept_env) {
         Ok(r) => r,
         Err(refusal) => {
