@@ -144,6 +144,12 @@ impl ReadAt for std::fs::File {
     }
 }
 
+impl<T: ReadAt + ?Sized> ReadAt for &T {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        (**self).read_at(buf, offset)
+    }
+}
+
 impl ReadAt for [u8] {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         let start = usize::try_from(offset)
@@ -197,8 +203,8 @@ pub enum AssembleError {
 /// Builds the new file from the old one and the recipe, hashing what it
 /// writes. Output is bounded by the announced size, so a sender cannot
 /// make the receiver write more than it announced.
-pub struct Assembler<'a, O: ReadAt + ?Sized, W: Write> {
-    old: Option<&'a O>,
+pub struct Assembler<O: ReadAt, W: Write> {
+    old: Option<O>,
     old_size: u64,
     out: W,
     hasher: blake3::Hasher,
@@ -207,13 +213,14 @@ pub struct Assembler<'a, O: ReadAt + ?Sized, W: Write> {
     buf: Vec<u8>,
 }
 
-impl<'a, O: ReadAt + ?Sized, W: Write> Assembler<'a, O, W> {
+impl<O: ReadAt, W: Write> Assembler<O, W> {
     /// Assembles into `out` a file announced as `size` bytes, copying from
     /// `old` (`old_size` bytes, or `None`).
-    pub fn new(old: Option<(&'a O, u64)>, out: W, size: u64) -> Self {
+    pub fn new(old: Option<(O, u64)>, out: W, size: u64) -> Self {
+        let old_size = old.as_ref().map_or(0, |(_, s)| *s);
         Assembler {
             old: old.map(|(o, _)| o),
-            old_size: old.map_or(0, |(_, s)| s),
+            old_size,
             out,
             hasher: blake3::Hasher::new(),
             written: 0,
@@ -234,37 +241,50 @@ impl<'a, O: ReadAt + ?Sized, W: Write> Assembler<'a, O, W> {
 
     /// Applies a copy step.
     pub fn copy(&mut self, offset: u64, len: u64) -> Result<(), AssembleError> {
-        let out_of_range = AssembleError::CopyOutOfRange {
+        let old = self.old.take();
+        let mut buf = std::mem::take(&mut self.buf);
+        let r = self.copy_from(old.as_ref(), &mut buf, offset, len);
+        self.old = old;
+        self.buf = buf;
+        r
+    }
+
+    fn copy_from(
+        &mut self,
+        old: Option<&O>,
+        buf: &mut Vec<u8>,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), AssembleError> {
+        let old_size = self.old_size;
+        let out_of_range = || AssembleError::CopyOutOfRange {
             offset,
             len,
-            old_size: self.old_size,
+            old_size,
         };
-        let Some(old) = self.old else {
-            return Err(out_of_range);
+        let Some(old) = old else {
+            return Err(out_of_range());
         };
         if offset
             .checked_add(len)
             .is_none_or(|end| end > self.old_size)
         {
-            return Err(out_of_range);
+            return Err(out_of_range());
         }
         if self.written + len > self.size {
             return Err(AssembleError::TooLong(self.size));
         }
-        let mut buf = std::mem::take(&mut self.buf);
         buf.resize(PLAIN_PIECE, 0);
         let (mut at, end) = (offset, offset + len);
         while at < end {
             let want = (end - at).min(buf.len() as u64) as usize;
             let n = old.read_at(&mut buf[..want], at)?;
             if n == 0 {
-                self.buf = buf;
-                return Err(out_of_range);
+                return Err(out_of_range());
             }
             self.put(&buf[..n])?;
             at += n as u64;
         }
-        self.buf = buf;
         Ok(())
     }
 
@@ -409,12 +429,12 @@ mod tests {
             a.finish(Hash::of(b"0124")),
             Err(AssembleError::HashMismatch { .. })
         ));
-        let a: Assembler<'_, [u8], _> = Assembler::new(None, Vec::new(), 3);
+        let a: Assembler<&[u8], _> = Assembler::new(None, Vec::new(), 3);
         assert!(matches!(
             a.finish(Hash::of(b"abc")),
             Err(AssembleError::SizeMismatch { got: 0, want: 3 })
         ));
-        let mut a: Assembler<'_, [u8], _> = Assembler::new(None, Vec::new(), 3);
+        let mut a: Assembler<&[u8], _> = Assembler::new(None, Vec::new(), 3);
         assert!(a.copy(0, 1).is_err(), "no old file to copy from");
     }
 

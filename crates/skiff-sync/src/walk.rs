@@ -67,16 +67,29 @@ pub struct Walker {
     rules: RuleStack,
     root_rules: Option<Rules>,
     pending: Vec<WalkError>,
+    read_ignore_files: bool,
 }
 
 impl Walker {
-    /// Walks the tree under `root`, with command-line rules `global`.
+    /// Walks the tree under `root`, with command-line rules `global` and
+    /// the tree's `.skiffignore` files (a source).
     pub fn new(root: Dir, global: Rules) -> Walker {
+        Walker::build(root, global, true)
+    }
+
+    /// Walks everything under `root`, ignoring `.skiffignore` files (a
+    /// destination: the source's rules decide what is excluded there).
+    pub fn unfiltered(root: Dir) -> Walker {
+        Walker::build(root, Rules::empty(), false)
+    }
+
+    fn build(root: Dir, global: Rules, read_ignore_files: bool) -> Walker {
         let mut w = Walker {
             stack: Vec::new(),
             rules: RuleStack::new(global),
             root_rules: None,
             pending: Vec::new(),
+            read_ignore_files,
         };
         w.root_rules = w.descend(root, String::new());
         w
@@ -117,7 +130,7 @@ impl Walker {
             }
         }
         names.sort_unstable();
-        let rules = if names.iter().any(|n| n == IGNORE_FILE) {
+        let rules = if self.read_ignore_files && names.iter().any(|n| n == IGNORE_FILE) {
             self.read_rules(&dir, &rel)
         } else {
             None
@@ -289,6 +302,19 @@ mod tests {
         let mut sorted = paths.clone();
         sorted.sort_by(|a, b| path_cmp(a, b));
         assert_eq!(sorted, paths);
+    }
+
+    #[test]
+    fn unfiltered_walk_ignores_skiffignore() {
+        let t = tempfile::tempdir().unwrap();
+        fs::write(t.path().join(".skiffignore"), "*\n").unwrap();
+        fs::write(t.path().join("x"), "x").unwrap();
+        let dir = Dir::open_ambient_dir(t.path(), ambient_authority()).unwrap();
+        let paths: Vec<_> = Walker::unfiltered(dir)
+            .map(|w| w.unwrap().entry.path)
+            .collect();
+        assert_eq!(paths, [".skiffignore", "x"]);
+        assert_eq!(walk(t.path(), &[]).0, Vec::<String>::new());
     }
 
     #[test]

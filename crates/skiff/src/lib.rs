@@ -18,6 +18,7 @@ pub mod serve_config;
 pub mod server;
 pub mod service;
 pub mod session;
+pub mod sync;
 pub mod target;
 pub mod transfer;
 pub mod users;

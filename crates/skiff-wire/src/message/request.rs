@@ -5,6 +5,7 @@ use super::exec::Exec;
 use super::files::{Get, Ls, Mkdir, Mv, Put, Rm, Stat};
 use super::phase;
 use super::ping::Ping;
+use super::sync::SyncRequest;
 
 phase! {
     /// Client to server, between operations: the request that starts one.
@@ -29,6 +30,8 @@ phase! {
         Mv(Mv),
         /// Run a command (its input and output frames follow).
         Exec(Exec),
+        /// Mirror a tree in either direction (the sync frames follow).
+        Sync(SyncRequest),
     }
 }
 
@@ -51,7 +54,7 @@ mod tests {
     fn services_in_wire_order() {
         assert_eq!(
             Request::OPS,
-            &["ping", "put", "get", "ls", "stat", "rm", "mkdir", "mv", "exec"]
+            &["ping", "put", "get", "ls", "stat", "rm", "mkdir", "mv", "exec", "sync"]
         );
     }
 

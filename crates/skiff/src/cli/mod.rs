@@ -17,6 +17,7 @@ mod output;
 mod ping;
 mod serve;
 mod shell;
+mod sync;
 mod transfer;
 
 pub use output::{exit_code_for, EXIT_CONNECTION};
@@ -146,6 +147,15 @@ Examples:
   skiff mv web1 report.pdf archive/         # into a directory
   skiff mv -f web1 new.conf app.conf        # replace the destination")]
     Mv(files::MvArgs),
+    /// Mirror a directory tree to or from a server, sending only what
+    /// changed (one side local, the other HOST:PATH).
+    #[command(after_help = "\
+Examples:
+  skiff sync site/ web1:www                  # push: www now holds what site/ holds
+  skiff sync web1:logs ./logs                # pull (trailing slashes change nothing)
+  skiff sync -n --delete site web1:www       # show what would change, change nothing
+  skiff sync -z --exclude '*.o' --stats src build1:src")]
+    Sync(sync::Args),
     /// Measure round trips to the server (session, or `--udp`).
     #[command(after_help = "\
 Examples:
@@ -204,6 +214,7 @@ pub fn main() -> i32 {
         Command::Rm(a) => files::rm(a),
         Command::Mkdir(a) => files::mkdir(a),
         Command::Mv(a) => files::mv(a),
+        Command::Sync(a) => sync::run(a),
         Command::Ping(a) => ping::run(a),
         Command::Known(a) => known::run(a),
         Command::Bench(a) => bench::run(a),

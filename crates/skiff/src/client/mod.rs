@@ -8,6 +8,7 @@ pub mod handshake;
 pub mod identity;
 pub mod known_servers;
 pub mod ping;
+pub mod sync;
 pub mod udp_ping;
 
 use std::path::{Path, PathBuf};

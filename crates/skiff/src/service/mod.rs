@@ -6,6 +6,7 @@
 pub mod exec;
 pub mod files;
 pub mod ping;
+pub mod sync;
 pub mod udp_ping;
 
 use std::net::SocketAddr;
@@ -94,6 +95,7 @@ async fn dispatch(
     match req {
         Request::Ping(body) => ping::handle(session, &body),
         Request::Exec(req) => exec::handle(session, ctx, req).await,
+        Request::Sync(req) => sync::handle(session, ctx, req).await,
         files => files::handle(session, ctx, files).await,
     }
 }

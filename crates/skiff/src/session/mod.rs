@@ -293,6 +293,17 @@ impl SessionWriter<'_> {
         self.flush_bounded().await
     }
 
+    /// [`write`](Self::write) for a frame already built (on another
+    /// thread, with [`Frame::from_message`]).
+    pub async fn write_frame(&mut self, frame: &Frame) -> Result<(), SessionError> {
+        let buf: &mut BytesMut = self.inner.write_buffer_mut();
+        skiff_wire::encode_raw(frame.header(), frame.body(), buf)?;
+        if self.has_room() {
+            return Ok(());
+        }
+        self.flush_bounded().await
+    }
+
     /// Whether the buffer is below [`WRITE_HIGH_WATER`]: loops that produce
     /// output concurrently with flushing read more only while it is.
     pub fn has_room(&self) -> bool {

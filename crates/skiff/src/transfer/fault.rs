@@ -59,6 +59,14 @@ pub async fn maybe_delay() {
     }
 }
 
+/// [`maybe_delay`] for blocking threads (the sync sender, per literal
+/// piece).
+pub fn maybe_delay_blocking() {
+    if let Some(d) = chunk_delay() {
+        std::thread::sleep(d);
+    }
+}
+
 /// The clock that decides when partial files expire: the system clock,
 /// moved forward by `SKIFF_TEST_CLOCK_OFFSET_SECS` seconds when that test
 /// hook is set (debug builds only), so tests can age files without waiting.

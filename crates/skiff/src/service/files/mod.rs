@@ -8,7 +8,7 @@
 //! Failures of one operation are answered with an `error` frame and the
 //! session goes on; only protocol violations end it.
 
-mod confine;
+pub(crate) mod confine;
 mod get;
 mod listing;
 mod manage;
@@ -63,7 +63,7 @@ pub async fn handle(
         Request::Rm(req) => (None, reply(session, manage::rm(&root, req).await)?),
         Request::Mkdir(req) => (None, reply(session, manage::mkdir(&root, &req))?),
         Request::Mv(req) => (None, reply(session, manage::mv(&root, &req))?),
-        Request::Ping(_) | Request::Exec(_) => {
+        Request::Ping(_) | Request::Exec(_) | Request::Sync(_) => {
             return session.queue(
                 &ErrorMsg::new(ErrorCode::Internal, "not a file operation"),
                 &[],
@@ -109,7 +109,7 @@ impl Change {
             Request::Mkdir(m) => (Mkdir::OP, &m.path, None),
             Request::Mv(m) => (Mv::OP, &m.from, Some(m.to.clone())),
             Request::Get(_) | Request::Ls(_) | Request::Stat(_) => return None,
-            Request::Ping(_) | Request::Exec(_) => return None,
+            Request::Ping(_) | Request::Exec(_) | Request::Sync(_) => return None,
         };
         Some(Change {
             op,

@@ -1,0 +1,126 @@
+//! `skiff sync` from the client side: asks the server for a sync of one of
+//! its directories, then takes the sending role (push: the local tree is
+//! the source) or the receiving role (pull: the local tree is the
+//! destination, created if missing; new files are staged beside their
+//! destination and committed as `put` commits them). The roles are in
+//! `crate::sync`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use cap_std::ambient_authority;
+use cap_std::fs::Dir;
+use skiff_wire::message::sync::{SyncReady, SyncRequest};
+
+use super::ClientError;
+use crate::session::Session;
+use crate::sync::apply::Stager;
+use crate::sync::link::Counters;
+use crate::sync::{receiver, sender, Events, Options, Report, SyncError};
+
+/// Which way the tree goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// The local tree is the source; the server's the destination.
+    Push,
+    /// The server's tree is the source; the local one the destination.
+    Pull,
+}
+
+/// Opens the local tree: the source must be a directory; a destination is
+/// created (with its parents) when missing, except on a dry run.
+pub fn open_local(path: &Path, dir: Direction, dry_run: bool) -> Result<Option<Dir>, ClientError> {
+    let local = |e: std::io::Error| ClientError::Local(format!("{}: {e}", path.display()));
+    if dir == Direction::Pull && !path.exists() {
+        if dry_run {
+            return Ok(None);
+        }
+        std::fs::create_dir_all(path).map_err(local)?;
+    }
+    let md = std::fs::metadata(path).map_err(local)?;
+    if !md.is_dir() {
+        return Err(ClientError::Local(format!(
+            "{}: not a directory: sync mirrors directory trees (use cp for a single file)",
+            path.display()
+        )));
+    }
+    Dir::open_ambient_dir(path, ambient_authority())
+        .map(Some)
+        .map_err(local)
+}
+
+/// Runs a sync of `local` (opened with [`open_local`]; `None`: a dry-run
+/// pull into a directory that does not exist yet) with the server's
+/// `remote` directory.
+pub async fn sync(
+    session: &mut Session<'_>,
+    local: Option<Dir>,
+    remote: &str,
+    dir: Direction,
+    opts: &Options,
+    events: Events,
+) -> Result<Report, ClientError> {
+    let started = Instant::now();
+    let req = SyncRequest {
+        path: remote.to_string(),
+        push: dir == Direction::Push,
+        checksum: opts.checksum,
+        delete: opts.delete,
+        compress: opts.compress,
+        dry_run: opts.dry_run,
+        excludes: opts.excludes.clone(),
+    };
+    session.send(&req, &[]).await?;
+    session.expect::<SyncReady>().await?;
+    let counters = Arc::new(Counters::default());
+    let (reader, writer) = session.split();
+    let local = match local {
+        Some(d) => d,
+        None => empty_dir()?,
+    };
+    let summary = match dir {
+        Direction::Push => sender::run(reader, writer, local, opts, events, counters.clone()).await,
+        Direction::Pull => {
+            receiver::run(
+                reader,
+                writer,
+                local,
+                Stager::Beside,
+                opts,
+                events,
+                counters.clone(),
+            )
+            .await
+        }
+    }
+    .map_err(client_error)?;
+    Ok(Report::new(
+        &summary,
+        &counters,
+        started.elapsed().as_secs_f64(),
+        opts.dry_run,
+    ))
+}
+
+/// A whole-sync failure as the CLI reports it: the server's refusals and
+/// local trouble are failures of the operation; broken peers are
+/// connection errors.
+fn client_error(e: SyncError) -> ClientError {
+    match e {
+        SyncError::Session(s) => ClientError::from(s),
+        SyncError::Local(m) => ClientError::Local(m),
+        e @ SyncError::BadList(_) => ClientError::Session(e.into()),
+    }
+}
+
+/// An empty directory to compare against, for a dry-run pull into a
+/// destination that does not exist (nothing is created there).
+fn empty_dir() -> Result<Dir, ClientError> {
+    let t = std::env::temp_dir().join(format!("skiff-sync-empty-{}", std::process::id()));
+    let local = |e: std::io::Error| ClientError::Local(format!("{}: {e}", t.display()));
+    std::fs::create_dir_all(&t).map_err(local)?;
+    let d = Dir::open_ambient_dir(&t, ambient_authority()).map_err(local)?;
+    let _ = std::fs::remove_dir(&t);
+    Ok(d)
+}

@@ -1,0 +1,159 @@
+//! The `sync` service: the server's end of `skiff sync`. It takes the
+//! receiving role when the client pushes (the server path is the
+//! destination, created if missing, and files are staged in the server's
+//! staging area and committed as `put` commits them) and the sending role
+//! when the client pulls (the server path is the source). A push is a
+//! change: the user's policy must allow it (`read-only` refuses it), and
+//! it is written to the audit log. The roles themselves are in
+//! `crate::sync`.
+
+use std::sync::Arc;
+
+use cap_std::fs::Dir;
+use skiff_wire::message::sync::{SyncReady, SyncRequest};
+use skiff_wire::{ErrorCode, ErrorMsg, Message};
+
+use super::files::confine;
+use super::ServiceContext;
+use crate::audit::Event;
+use crate::session::{Session, SessionError};
+use crate::sync::apply::Stager;
+use crate::sync::link::Counters;
+use crate::sync::{no_events, receiver, sender, Options};
+use crate::transfer::errors;
+
+/// Handles one `sync` request and the whole sync that follows. A sync
+/// that fails as a whole (protocol error, lost peer) ends the session: the
+/// stream is no longer in step. Failures of single paths do not.
+pub async fn handle(
+    session: &mut Session<'_>,
+    ctx: &ServiceContext,
+    req: SyncRequest,
+) -> Result<(), SessionError> {
+    let writes = req.push && !req.dry_run;
+    if writes {
+        if let Err(refusal) = ctx.policy.check_change(SyncRequest::OP) {
+            let m = ErrorMsg::from(refusal);
+            audit(ctx, &req, None, m.code.as_str().to_string());
+            return session.queue(&m, &[]);
+        }
+    }
+    let dir = match open_tree(ctx, &req) {
+        Ok(d) => d,
+        Err(m) => {
+            if writes {
+                audit(ctx, &req, None, m.code.as_str().to_string());
+            }
+            return session.queue(&m, &[]);
+        }
+    };
+    session.queue(&SyncReady {}, &[])?;
+    session.flush().await?;
+    let opts = Options {
+        checksum: req.checksum,
+        delete: req.delete,
+        compress: req.compress,
+        dry_run: req.dry_run,
+        excludes: req.excludes.clone(),
+    };
+    let counters = Arc::new(Counters::default());
+    let (reader, writer) = session.split();
+    let r = if req.push {
+        let stager = Stager::Area {
+            area: ctx.staging.clone(),
+            scope: ctx.root.to_string_lossy().into_owned(),
+            user: ctx.user.clone(),
+            base: confine::components(&req.path)
+                .map(|c| c.join("/"))
+                .unwrap_or_default(),
+        };
+        receiver::run(reader, writer, dir, stager, &opts, no_events(), counters).await
+    } else {
+        sender::run(reader, writer, dir, &opts, no_events(), counters).await
+    };
+    match r {
+        Ok(s) => {
+            tracing::info!(
+                user = %ctx.user,
+                path = %req.path,
+                push = req.push,
+                checked = s.checked,
+                changed = s.changed,
+                deleted = s.deleted,
+                failed = s.failed,
+                literal_bytes = s.literal_bytes,
+                matched_bytes = s.matched_bytes,
+                "sync done"
+            );
+            if writes {
+                let result = if s.failed == 0 {
+                    "ok".to_string()
+                } else {
+                    format!("{} paths failed", s.failed)
+                };
+                audit(ctx, &req, Some(s.literal_bytes + s.matched_bytes), result);
+            }
+            Ok(())
+        }
+        Err(e) => {
+            tracing::warn!(user = %ctx.user, path = %req.path, "sync failed: {e}");
+            if writes {
+                audit(ctx, &req, None, format!("sync stopped: {e}"));
+            }
+            Err(e.into())
+        }
+    }
+}
+
+/// One audit line per sync that writes: the destination, the file bytes
+/// committed, and how it ended.
+fn audit(ctx: &ServiceContext, req: &SyncRequest, bytes: Option<u64>, result: String) {
+    ctx.audit.record(Event::File {
+        user: ctx.user.clone(),
+        peer: ctx.peer.clone(),
+        op: SyncRequest::OP.to_string(),
+        path: req.path.clone(),
+        to: None,
+        bytes,
+        digest: None,
+        result,
+    });
+}
+
+/// Opens the tree the request names: the destination (created with its
+/// parents when missing) or the source, which must be a directory.
+fn open_tree(ctx: &ServiceContext, req: &SyncRequest) -> Result<Dir, ErrorMsg> {
+    let comps = confine::components(&req.path)?;
+    let root = confine::open_root(&ctx.root)?;
+    let shown = if comps.is_empty() { "/" } else { &req.path };
+    let io = |e: std::io::Error| errors::to_msg(&e, shown);
+    if req.push && !req.dry_run && !comps.is_empty() {
+        match root.create_dir_all(comps.join("/")) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io(e)),
+        }
+    }
+    match confine::open_dir(&root, &comps) {
+        Ok(d) => Ok(d),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => Err(errors::msg(
+            ErrorCode::Invalid,
+            shown,
+            "not a directory: sync mirrors directory trees (use cp or put for a single file)",
+        )),
+        Err(e) if req.push && req.dry_run && e.kind() == std::io::ErrorKind::NotFound => {
+            // A dry run into a destination that does not exist yet: list
+            // against an empty tree without creating anything.
+            empty_tree(ctx).map_err(io)
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
+/// An empty directory to compare against (a dry run into a destination
+/// that does not exist): the staging area's own empty subdirectory.
+fn empty_tree(ctx: &ServiceContext) -> std::io::Result<Dir> {
+    let base = ctx.staging.path().join("empty");
+    std::fs::create_dir_all(&base)?;
+    Dir::open_ambient_dir(&base, cap_std::ambient_authority())
+}

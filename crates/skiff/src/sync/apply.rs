@@ -1,0 +1,425 @@
+//! The receiver's changes to the destination tree, all made through the
+//! destination's directory capability: every component is opened without
+//! following symlinks; a new file is assembled in a staged file
+//! (`transfer::staging`) and committed by identity (`transfer::commit`),
+//! exactly as `put` commits, only after its whole-file BLAKE3 matched; a
+//! symlink is only created when `transfer::links` finds, by resolution,
+//! that its target stays inside the tree.
+//!
+//! Every function answers a failure as the [`ErrorMsg`] the peer and the
+//! user are told; the sync goes on with the next path.
+
+use std::fs::File;
+use std::io::{self, BufWriter};
+use std::sync::Arc;
+
+use cap_fs_ext::{DirExt, FollowSymlinks, OpenOptionsFollowExt};
+use cap_std::fs::{Dir, OpenOptions};
+use skiff_sync::{AssembleError, Assembler, Hash};
+use skiff_wire::{ErrorCode, ErrorMsg};
+
+use crate::transfer::commit::{self, CommitError, Destination, Observed};
+use crate::transfer::staging::{create_unique, StageKey, Staged, StagingArea};
+use crate::transfer::{errors, links, meta};
+
+/// Prefix of the files a receiver stages beside their destination (see
+/// [`Stager::Beside`]) and of the links it creates before renaming them
+/// into place; the receiver's own list never shows such names.
+pub const TEMP_PREFIX: &str = ".skiff-sync";
+
+/// Whether `name` is one of the receiver's files in progress (or the
+/// commit's cross-device copy): never listed, never synced.
+pub fn is_temp_name(name: &str) -> bool {
+    (name.starts_with(TEMP_PREFIX) || name.starts_with(".skiff-commit-")) && name.len() > 20
+}
+
+/// Where a receiver writes a file until it is verified.
+#[derive(Clone)]
+pub enum Stager {
+    /// The server's staging area, outside the served root: no client path
+    /// can name a file in progress.
+    Area {
+        /// The area.
+        area: Arc<StagingArea>,
+        /// The served root (scopes the key, as for `put`).
+        scope: String,
+        /// The authenticated user.
+        user: String,
+        /// The destination directory, relative to the served root.
+        base: String,
+    },
+    /// A hidden, randomly named file (`O_EXCL`, mode 0600) beside the
+    /// destination: the client's own tree, as `get` does.
+    Beside,
+}
+
+impl Stager {
+    fn create(&self, dest: &Destination, path: &str) -> io::Result<Staged> {
+        match self {
+            Stager::Area {
+                area,
+                scope,
+                user,
+                base,
+            } => {
+                let full = if base.is_empty() {
+                    path.to_string()
+                } else {
+                    format!("{base}/{path}")
+                };
+                area.create(&StageKey::new(scope, user, &full))
+            }
+            Stager::Beside => create_unique(dest.dir.try_clone()?, TEMP_PREFIX),
+        }
+    }
+}
+
+fn fail(path: &str, e: &io::Error) -> ErrorMsg {
+    errors::to_msg(e, path)
+}
+
+fn invalid(path: &str, why: &str) -> ErrorMsg {
+    errors::msg(ErrorCode::Invalid, path, why)
+}
+
+/// The parent directory of `path` (opened component by component, never
+/// through a symlink) and the last component.
+pub fn open_parent<'a>(root: &Dir, path: &'a str) -> Result<(Dir, &'a str), ErrorMsg> {
+    skiff_sync::entry::check_path(path).map_err(|e| invalid(path, &e.to_string()))?;
+    let (parent, name) = match path.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, path),
+    };
+    let mut dir = root.try_clone().map_err(|e| fail(path, &e))?;
+    if let Some(p) = parent {
+        for comp in p.split('/') {
+            dir = dir.open_dir_nofollow(comp).map_err(|e| fail(path, &e))?;
+        }
+    }
+    Ok((dir, name))
+}
+
+/// Removes an empty directory at `name`, if one is there (a directory that
+/// a file or link replaces has had its contents deleted first).
+fn clear_dir(dir: &Dir, name: &str, path: &str) -> Result<(), ErrorMsg> {
+    match dir.symlink_metadata(name) {
+        Ok(m) if m.is_dir() => dir.remove_dir(name).map_err(|e| fail(path, &e)),
+        _ => Ok(()),
+    }
+}
+
+/// Creates directory `path` (replacing a file or link there when
+/// `replace`). Its final mode comes with its `sync_meta`, after its
+/// contents, so a read-only directory can still be filled.
+pub fn mkdir(root: &Dir, path: &str, replace: bool) -> Result<(), ErrorMsg> {
+    let (dir, name) = open_parent(root, path)?;
+    if replace {
+        if let Ok(m) = dir.symlink_metadata(name) {
+            if !m.is_dir() {
+                dir.remove_file(name).map_err(|e| fail(path, &e))?;
+            }
+        }
+    }
+    match dir.create_dir(name) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => match dir.symlink_metadata(name) {
+            Ok(m) if m.is_dir() => Ok(()),
+            _ => Err(errors::msg(
+                ErrorCode::Exists,
+                path,
+                "something that is not a directory is in the way",
+            )),
+        },
+        r => r.map_err(|e| fail(path, &e)),
+    }
+}
+
+/// Makes `path` a symlink to `target`, replacing what is there in one
+/// rename. The target is checked by resolution (`transfer::links`): a
+/// link that would lead outside the tree is refused with `path_escape`.
+pub fn symlink(root: &Dir, path: &str, target: &str) -> Result<(), ErrorMsg> {
+    let (dir, name) = open_parent(root, path)?;
+    let parent: Vec<&str> = path.split('/').collect();
+    let parent = &parent[..parent.len() - 1];
+    let physical = links::physical_path(root, parent).map_err(|e| fail(path, &e))?;
+    if let Err(refused) = links::check(root, &physical, target) {
+        return Err(errors::msg(
+            ErrorCode::PathEscape,
+            path,
+            &refused.to_string(),
+        ));
+    }
+    let tmp = format!("{TEMP_PREFIX}-{:016x}.link", rand::random::<u64>());
+    dir.symlink(target, &tmp).map_err(|e| fail(path, &e))?;
+    let placed = clear_dir(&dir, name, path)
+        .and_then(|()| dir.rename(&tmp, &dir, name).map_err(|e| fail(path, &e)));
+    if placed.is_err() {
+        let _ = dir.remove_file(&tmp);
+    }
+    placed
+}
+
+/// Sets mode and mtime of `path` (`""`: the root) without following a
+/// final symlink. A directory is also fsynced, which makes the entries
+/// created in it durable.
+pub fn set_meta(root: &Dir, path: &str, mode: u32, mtime_ns: i64) -> Result<(), ErrorMsg> {
+    let io = |e: io::Error| fail(path, &e);
+    if path.is_empty() {
+        let f = meta::open_self(root).map_err(io)?;
+        meta::apply(&f, Some(mode), Some(mtime_ns)).map_err(io)?;
+        return f.sync_all().map_err(io);
+    }
+    let (dir, name) = open_parent(root, path)?;
+    let m = dir.symlink_metadata(name).map_err(io)?;
+    if m.is_dir() {
+        let sub = dir.open_dir_nofollow(name).map_err(io)?;
+        let f = meta::open_self(&sub).map_err(io)?;
+        meta::apply(&f, Some(mode), Some(mtime_ns)).map_err(io)?;
+        f.sync_all().map_err(io)
+    } else if m.is_file() {
+        let mut opts = OpenOptions::new();
+        opts.read(true).follow(FollowSymlinks::No);
+        let f = dir.open_with(name, &opts).map_err(io)?.into_std();
+        meta::apply(&f, Some(mode), Some(mtime_ns)).map_err(io)
+    } else {
+        Ok(())
+    }
+}
+
+/// Removes `path` (a directory only when empty); already gone is fine.
+pub fn delete(root: &Dir, path: &str, is_dir: bool) -> Result<(), ErrorMsg> {
+    let (dir, name) = open_parent(root, path)?;
+    let r = if is_dir {
+        dir.remove_dir(name)
+    } else {
+        dir.remove_file(name)
+    };
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        r => r.map_err(|e| fail(path, &e)),
+    }
+}
+
+/// The answer for a commit that did not happen (as `put` answers it).
+fn commit_msg(e: CommitError, path: &str) -> ErrorMsg {
+    match e {
+        CommitError::Exists(why) => errors::msg(ErrorCode::Exists, path, why),
+        CommitError::Conflict => errors::msg(
+            ErrorCode::Conflict,
+            path,
+            "the destination file changed while the sync ran; it was left as it is, run the sync again",
+        ),
+        CommitError::Lost => ErrorMsg::new(ErrorCode::Internal, format!("{path}: {e}")),
+        CommitError::Io(e) => errors::to_msg(&e, path),
+    }
+}
+
+fn assemble_msg(e: AssembleError, path: &str) -> ErrorMsg {
+    match e {
+        AssembleError::Io(io) => errors::to_msg(&io, path),
+        AssembleError::HashMismatch { .. } | AssembleError::SizeMismatch { .. } => {
+            errors::msg(ErrorCode::ChecksumMismatch, path, &e.to_string())
+        }
+        AssembleError::CopyOutOfRange { .. } | AssembleError::TooLong(_) => {
+            errors::msg(ErrorCode::BadFrame, path, &e.to_string())
+        }
+    }
+}
+
+/// One file being assembled: the old copy (when it is the basis), the
+/// staged file the new one is built in, and what was at the destination
+/// when it started.
+pub struct Incoming {
+    path: String,
+    dest: Destination,
+    observed: Observed,
+    staged: Option<Staged>,
+    asm: Option<Assembler<File, BufWriter<File>>>,
+}
+
+impl Incoming {
+    /// Prepares `path` (announced as `size` bytes): removes an emptied
+    /// directory in its way, records what is at the destination, opens the
+    /// old copy when it is the basis (`update`), and stages the new file.
+    pub fn start(
+        root: &Dir,
+        stager: &Stager,
+        path: &str,
+        update: bool,
+        size: u64,
+    ) -> Result<Incoming, ErrorMsg> {
+        let (dir, name) = open_parent(root, path)?;
+        clear_dir(&dir, name, path)?;
+        let dest = Destination {
+            dir,
+            name: name.to_string(),
+        };
+        let observed = dest.observe(true).map_err(|e| commit_msg(e, path))?;
+        let old = if update {
+            let mut opts = OpenOptions::new();
+            opts.read(true).follow(FollowSymlinks::No);
+            dest.dir
+                .open_with(name, &opts)
+                .ok()
+                .map(|f| f.into_std())
+                .and_then(|f| {
+                    let len = f.metadata().ok().filter(|m| m.is_file())?.len();
+                    Some((f, len))
+                })
+        } else {
+            None
+        };
+        let staged = stager.create(&dest, path).map_err(|e| fail(path, &e))?;
+        let out = staged.file().try_clone().map_err(|e| fail(path, &e))?;
+        Ok(Incoming {
+            path: path.to_string(),
+            dest,
+            observed,
+            staged: Some(staged),
+            asm: Some(Assembler::new(
+                old,
+                BufWriter::with_capacity(1 << 20, out),
+                size,
+            )),
+        })
+    }
+
+    fn asm(&mut self) -> Result<&mut Assembler<File, BufWriter<File>>, ErrorMsg> {
+        let path = self.path.clone();
+        self.asm
+            .as_mut()
+            .ok_or_else(|| ErrorMsg::new(ErrorCode::Internal, format!("{path}: already finished")))
+    }
+
+    /// Applies one recipe step.
+    pub fn step(&mut self, step: Step) -> Result<(), ErrorMsg> {
+        let path = self.path.clone();
+        match step {
+            Step::Copy { offset, len } => self.asm()?.copy(offset, len),
+            Step::Literal(data) => self.asm()?.literal(&data),
+        }
+        .map_err(|e| assemble_msg(e, &path))
+    }
+
+    /// Checks size and whole-file BLAKE3 against `expected`, then commits
+    /// the staged file by identity with its mode and mtime. On any error
+    /// the staged file is removed and the destination keeps what it had.
+    pub fn commit(mut self, expected: Hash, mode: u32, mtime_ns: i64) -> Result<(), ErrorMsg> {
+        let path = self.path.clone();
+        let asm = self.asm.take().ok_or_else(|| {
+            ErrorMsg::new(ErrorCode::Internal, format!("{path}: already finished"))
+        })?;
+        let out = asm.finish(expected).map_err(|e| assemble_msg(e, &path))?;
+        // Flushed here; the commit applies metadata and fsyncs.
+        out.into_inner().map_err(|e| fail(&path, e.error()))?;
+        let Some(staged) = self.staged.as_ref() else {
+            return Err(ErrorMsg::new(ErrorCode::Internal, "no staged file"));
+        };
+        commit::commit(
+            staged,
+            &self.dest,
+            self.observed,
+            Some(mode),
+            Some(mtime_ns),
+        )
+        .map_err(|e| commit_msg(e, &path))
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        // After a commit the staged name is gone and this does nothing;
+        // otherwise the unverified file is removed.
+        if let Some(s) = self.staged.take() {
+            s.discard();
+        }
+    }
+}
+
+/// One recipe step as the receiver gets it.
+pub enum Step {
+    /// Copy from the old copy.
+    Copy {
+        /// Offset in the old copy.
+        offset: u64,
+        /// Length.
+        len: u64,
+    },
+    /// Literal bytes (already decompressed).
+    Literal(bytes::Bytes),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cap_std::ambient_authority;
+
+    #[test]
+    fn link_targets_are_checked_by_resolution() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("root/sub")).unwrap();
+        let root = Dir::open_ambient_dir(t.path().join("root"), ambient_authority()).unwrap();
+        symlink(&root, "sub/l", "../x").unwrap();
+        symlink(&root, "l", "sub").unwrap();
+        for (path, target) in [("l2", "../x"), ("sub/l2", "../../x"), ("l3", "/etc/passwd")] {
+            let e = symlink(&root, path, target).unwrap_err();
+            assert_eq!(e.code, ErrorCode::PathEscape, "{path} -> {target}");
+        }
+        // A chain: sub/up -> .. is fine on its own, esc -> sub/up/.. walks out.
+        symlink(&root, "sub/up", "..").unwrap();
+        assert!(symlink(&root, "esc", "sub/up/..").is_err());
+        assert!(root.symlink_metadata("esc").is_err());
+        // Replacing a link is one rename; nothing temporary is left.
+        symlink(&root, "l", "sub/up").unwrap();
+        assert_eq!(
+            std::fs::read_link(t.path().join("root/l")).unwrap(),
+            std::path::Path::new("sub/up")
+        );
+        let names: Vec<_> = std::fs::read_dir(t.path().join("root"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(!names.iter().any(|n| is_temp_name(n)), "{names:?}");
+    }
+
+    #[test]
+    fn files_are_staged_and_committed_only_after_verification() {
+        let t = tempfile::tempdir().unwrap();
+        let root = Dir::open_ambient_dir(t.path(), ambient_authority()).unwrap();
+        std::fs::write(t.path().join("f"), b"old content").unwrap();
+        let start = || {
+            let mut inc = Incoming::start(&root, &Stager::Beside, "f", true, 7).unwrap();
+            inc.step(Step::Copy { offset: 0, len: 4 }).unwrap();
+            inc.step(Step::Literal(bytes::Bytes::from_static(b"new")))
+                .unwrap();
+            inc
+        };
+        let e = start().commit(Hash::of(b"nope"), 0o640, 0).unwrap_err();
+        assert_eq!(e.code, ErrorCode::ChecksumMismatch);
+        assert_eq!(std::fs::read(t.path().join("f")).unwrap(), b"old content");
+        start()
+            .commit(Hash::of(b"old new"), 0o640, 1_000_000_000)
+            .unwrap();
+        assert_eq!(std::fs::read(t.path().join("f")).unwrap(), b"old new");
+        let names: Vec<_> = std::fs::read_dir(t.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["f"], "no staged file left");
+    }
+
+    #[test]
+    fn a_file_changed_meanwhile_is_not_replaced() {
+        let t = tempfile::tempdir().unwrap();
+        let root = Dir::open_ambient_dir(t.path(), ambient_authority()).unwrap();
+        std::fs::write(t.path().join("f"), b"old").unwrap();
+        let mut inc = Incoming::start(&root, &Stager::Beside, "f", false, 3).unwrap();
+        inc.step(Step::Literal(bytes::Bytes::from_static(b"new")))
+            .unwrap();
+        // Someone else replaces the file while the sync assembles it.
+        std::fs::write(t.path().join("other"), b"theirs").unwrap();
+        std::fs::rename(t.path().join("other"), t.path().join("f")).unwrap();
+        let e = inc.commit(Hash::of(b"new"), 0o644, 0).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Conflict);
+        assert_eq!(std::fs::read(t.path().join("f")).unwrap(), b"theirs");
+    }
+}

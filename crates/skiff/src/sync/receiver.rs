@@ -1,0 +1,504 @@
+//! The receiving role: describes the destination tree, answers signature
+//! requests, and applies the sender's changes (see [`super::apply`]).
+//! Deletes asked for by `--delete` wait until everything else has
+//! succeeded; after any failure they are skipped and the summary says why.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use cap_std::fs::{Dir, MetadataExt};
+use skiff_sync::compress::decompress;
+use skiff_sync::params::MAX_CHUNK;
+use skiff_sync::{Entry, Hash, Signature, Walker};
+use skiff_wire::message::sync::{
+    NoteKind, SyncData, SyncDelete, SyncEnd, SyncFailed, SyncFile, SyncFinish, SyncList, SyncRoot,
+    SyncSig, SyncSummary, ToReceiver,
+};
+use skiff_wire::{ErrorCode, ErrorMsg, MAX_BODY_LEN};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::apply::{self, Incoming, Stager, Step};
+use super::link::{self, Counters, Inbox, Outbox};
+use super::{comparable, with_hash, Event, Events, Options, SyncError, LIST_BATCH};
+use crate::session::{SessionError, SessionReader, SessionWriter};
+
+/// Bytes per chunk record in a signature body: u32 length + BLAKE3.
+pub const SIG_RECORD: usize = 36;
+
+/// Runs the receiving role on `root` until the sender's `sync_finish` has
+/// been answered with the summary, which is also returned.
+pub async fn run(
+    reader: &mut SessionReader<'_>,
+    writer: &mut SessionWriter<'_>,
+    root: Dir,
+    stager: Stager,
+    opts: &Options,
+    events: Events,
+    counters: Arc<Counters>,
+) -> Result<SyncSummary, SyncError> {
+    let (out, out_rx) = link::outbox(16);
+    let (in_tx, inbox) = link::inbox(8);
+    let cancel = CancellationToken::new();
+    let role = Role {
+        root,
+        stager,
+        opts: opts.clone(),
+        events,
+        out,
+        summary: SyncSummary::default(),
+        deletes: Vec::new(),
+    };
+    let done = cancel.clone();
+    let role = async move {
+        let r = role.run(inbox).await;
+        done.cancel();
+        r
+    };
+    let pump = link::pump(
+        reader,
+        writer,
+        out_rx,
+        in_tx,
+        |m: &ToReceiver| matches!(m, ToReceiver::Finish(_) | ToReceiver::Error(_)),
+        counters,
+        cancel,
+    );
+    let (p, r) = tokio::join!(pump, role);
+    let r = link::outcome(p, r);
+    if let Err(e) = &r {
+        link::tell_peer(writer, e).await;
+    }
+    r
+}
+
+struct Role {
+    root: Dir,
+    stager: Stager,
+    opts: Options,
+    events: Events,
+    out: Outbox,
+    summary: SyncSummary,
+    /// `--delete`s, applied at the end: (path, is a directory).
+    deletes: Vec<(String, bool)>,
+}
+
+/// A list batch as JSON, made on the walker thread.
+type Batch = Result<(Bytes, bool), String>;
+
+impl Role {
+    async fn run(mut self, mut inbox: Inbox<ToReceiver>) -> Result<SyncSummary, SyncError> {
+        let root_meta = self.root.dir_metadata().ok();
+        self.out
+            .send(
+                &SyncRoot {
+                    mode: root_meta.as_ref().map(|m| m.mode() & 0o7777),
+                    mtime_ns: root_meta.as_ref().map(|m| {
+                        m.mtime()
+                            .saturating_mul(1_000_000_000)
+                            .saturating_add(m.mtime_nsec())
+                    }),
+                },
+                Bytes::new(),
+            )
+            .await?;
+        let mut lists = spawn_lister(&self.root, self.opts.checksum)?;
+        let mut file: Option<FileJob> = None;
+        loop {
+            let msg = inbox.recv().await?;
+            if let Some(job) = &mut file {
+                match msg {
+                    ToReceiver::Copy(c) => {
+                        self.summary.matched_bytes += c.size;
+                        job.send(Msg::Step(Step::Copy {
+                            offset: c.offset,
+                            len: c.size,
+                        }))
+                        .await;
+                    }
+                    ToReceiver::Data((d, body)) => {
+                        let m = self.literal(d, body);
+                        job.send(m).await;
+                    }
+                    ToReceiver::End(end) => {
+                        if let Some(job) = file.take() {
+                            self.finish_file(job, end).await?;
+                        }
+                    }
+                    other => return Err(unexpected("sync_data, sync_copy or sync_end", &other)),
+                }
+                continue;
+            }
+            match msg {
+                ToReceiver::More(_) => {
+                    let batch = lists
+                        .recv()
+                        .await
+                        .unwrap_or(Ok((Bytes::from_static(b"[]"), true)));
+                    let (body, done) = batch.map_err(SyncError::Local)?;
+                    self.out.send(&SyncList { done }, body).await?;
+                }
+                ToReceiver::SigReq(req) => self.send_signature(&req.path).await?,
+                ToReceiver::Mkdir(m) => {
+                    let mark = if m.replace { '~' } else { '+' };
+                    self.change(mark, format!("{}/", m.path));
+                    if !self.opts.dry_run {
+                        let r = apply::mkdir(&self.root, &m.path, m.replace);
+                        self.outcome(&m.path, r).await?;
+                    }
+                }
+                ToReceiver::Symlink(m) => {
+                    self.change(if m.replace { '~' } else { '+' }, m.path.clone());
+                    if !self.opts.dry_run {
+                        let r = apply::symlink(&self.root, &m.path, &m.target);
+                        self.outcome(&m.path, r).await?;
+                    }
+                }
+                ToReceiver::File(m) => {
+                    let mark = if m.update || m.replace { '~' } else { '+' };
+                    self.change(mark, m.path.clone());
+                    if !self.opts.dry_run {
+                        file = Some(FileJob::start(&self.root, &self.stager, m));
+                    }
+                }
+                ToReceiver::Meta(m) => {
+                    if !self.opts.dry_run {
+                        let r = apply::set_meta(&self.root, &m.path, m.mode, m.mtime_ns);
+                        if let Err(e) = r {
+                            self.fail(&m.path, e).await?;
+                        }
+                    }
+                }
+                ToReceiver::Delete(m) => self.delete(m).await?,
+                ToReceiver::Note(m) => match m.what {
+                    NoteKind::Conflict => {
+                        let e = ErrorMsg::new(
+                            ErrorCode::Exists,
+                            format!(
+                                "{}: a directory holding excluded entries cannot be replaced; left as it is",
+                                m.path
+                            ),
+                        );
+                        self.fail(&m.path, e).await?;
+                    }
+                    NoteKind::Protect => (self.events)(Event::Protected(m.path)),
+                },
+                ToReceiver::Finish(m) => return self.finish(m).await,
+                ToReceiver::Error(e) => return Err(SessionError::Remote(e).into()),
+                other @ (ToReceiver::Copy(_) | ToReceiver::Data(_) | ToReceiver::End(_)) => {
+                    return Err(unexpected("a sync step", &other))
+                }
+            }
+        }
+    }
+
+    /// Decodes a literal step (decompressing it when the sender did).
+    fn literal(&mut self, d: SyncData, body: Bytes) -> Msg {
+        self.summary.literal_wire_bytes += body.len() as u64;
+        let data = match d.raw {
+            None => Ok(body),
+            Some(raw) => decompress(&body, raw as usize, MAX_CHUNK as usize)
+                .map(Bytes::from)
+                .map_err(|e| e.to_string()),
+        };
+        match data {
+            Ok(b) => {
+                self.summary.literal_bytes += b.len() as u64;
+                Msg::Step(Step::Literal(b))
+            }
+            Err(e) => Msg::Bad(e),
+        }
+    }
+
+    fn change(&mut self, mark: char, path: String) {
+        self.summary.changed += 1;
+        (self.events)(Event::Change { mark, path });
+    }
+
+    /// Reports a failed path to the sender and the user; the sync goes on.
+    async fn fail(&mut self, path: &str, e: ErrorMsg) -> Result<(), SyncError> {
+        self.summary.failed += 1;
+        (self.events)(Event::Failed {
+            path: path.to_string(),
+            message: format!("{} [{}]", e.message, e.code),
+        });
+        self.out
+            .send(
+                &SyncFailed {
+                    path: path.to_string(),
+                    code: e.code,
+                    message: e.message,
+                },
+                Bytes::new(),
+            )
+            .await
+    }
+
+    /// A change that failed no longer counts as made.
+    async fn outcome(&mut self, path: &str, r: Result<(), ErrorMsg>) -> Result<(), SyncError> {
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.summary.changed = self.summary.changed.saturating_sub(1);
+                self.fail(path, e).await
+            }
+        }
+    }
+
+    async fn delete(&mut self, m: SyncDelete) -> Result<(), SyncError> {
+        skiff_sync::entry::check_path(&m.path).map_err(|e| SyncError::BadList(e.to_string()))?;
+        let shown = if m.dir {
+            format!("{}/", m.path)
+        } else {
+            m.path.clone()
+        };
+        (self.events)(Event::Change {
+            mark: '-',
+            path: shown,
+        });
+        if self.opts.dry_run {
+            self.summary.deleted += 1;
+        } else if m.forced {
+            match apply::delete(&self.root, &m.path, m.dir) {
+                Ok(()) => self.summary.deleted += 1,
+                Err(e) => self.fail(&m.path, e).await?,
+            }
+        } else {
+            self.deletes.push((m.path, m.dir));
+        }
+        Ok(())
+    }
+
+    async fn send_signature(&mut self, path: &str) -> Result<(), SyncError> {
+        let root = self
+            .root
+            .try_clone()
+            .map_err(|e| SyncError::Local(e.to_string()))?;
+        let path = path.to_string();
+        let sig = tokio::task::spawn_blocking(move || -> Option<Signature> {
+            let (dir, name) = apply::open_parent(&root, &path).ok()?;
+            let mut opts = cap_std::fs::OpenOptions::new();
+            cap_fs_ext::OpenOptionsFollowExt::follow(
+                opts.read(true),
+                cap_fs_ext::FollowSymlinks::No,
+            );
+            let f = dir.open_with(name, &opts).ok()?.into_std();
+            let md = f.metadata().ok().filter(|m| m.is_file())?;
+            Signature::of_reader(std::io::BufReader::with_capacity(1 << 20, f), md.len()).ok()
+        })
+        .await
+        .map_err(|e| SyncError::Local(e.to_string()))?;
+        // A signature too large for one frame (a file of hundreds of GiB)
+        // is not sent: the file then travels whole.
+        let sig = sig.filter(|s| s.chunks.len() * SIG_RECORD <= MAX_BODY_LEN);
+        let Some(sig) = sig else {
+            let m = SyncSig {
+                missing: true,
+                ..SyncSig::default()
+            };
+            return self.out.send(&m, Bytes::new()).await;
+        };
+        let mut body = BytesMut::with_capacity(sig.chunks.len() * SIG_RECORD);
+        for (len, hash) in &sig.chunks {
+            body.put_u32(*len);
+            body.put_slice(&hash.0);
+        }
+        let m = SyncSig {
+            size: sig.size,
+            min: sig.params.min,
+            avg: sig.params.avg,
+            max: sig.params.max,
+            missing: false,
+        };
+        self.out.send(&m, body.freeze()).await
+    }
+
+    async fn finish_file(&mut self, job: FileJob, end: SyncEnd) -> Result<(), SyncError> {
+        let path = job.path.clone();
+        match job.finish(end).await {
+            Ok(()) => self.summary.files_sent += 1,
+            Err(e) => {
+                self.summary.changed = self.summary.changed.saturating_sub(1);
+                self.fail(&path, e).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self, m: SyncFinish) -> Result<SyncSummary, SyncError> {
+        self.summary.checked = m.checked;
+        self.summary.total_size = m.total_size;
+        // What the sender could not read counts as failed too.
+        self.summary.failed += m.source_errors;
+        let skip = if m.source_errors > 0 {
+            Some(format!(
+                "{} source paths could not be read, so the source list is incomplete",
+                m.source_errors
+            ))
+        } else if self.summary.failed > m.source_errors {
+            Some(format!("{} entries failed", self.summary.failed))
+        } else {
+            None
+        };
+        let deletes = std::mem::take(&mut self.deletes);
+        if !deletes.is_empty() {
+            if let Some(reason) = skip {
+                self.summary.delete_skipped = Some(reason);
+            } else {
+                for (path, is_dir) in deletes {
+                    match apply::delete(&self.root, &path, is_dir) {
+                        Ok(()) => self.summary.deleted += 1,
+                        Err(e) => self.fail(&path, e).await?,
+                    }
+                }
+            }
+        }
+        let summary = self.summary.clone();
+        self.out.send(&summary, Bytes::new()).await?;
+        Ok(summary)
+    }
+}
+
+fn unexpected(expected: &'static str, got: &ToReceiver) -> SyncError {
+    SyncError::Session(SessionError::Unexpected {
+        expected,
+        got: got.op().to_string(),
+    })
+}
+
+/// Walks the destination on its own thread, two batches ahead of the
+/// sender's requests. Files the receiver itself has in progress are left
+/// out; with `checksum`, file contents are hashed on all cores.
+fn spawn_lister(root: &Dir, checksum: bool) -> Result<mpsc::Receiver<Batch>, SyncError> {
+    let root = root
+        .try_clone()
+        .map_err(|e| SyncError::Local(e.to_string()))?;
+    let hash_root = root
+        .try_clone()
+        .map_err(|e| SyncError::Local(e.to_string()))?;
+    let (tx, rx) = mpsc::channel::<Batch>(2);
+    std::thread::spawn(move || {
+        let entries = Walker::unfiltered(root)
+            .filter_map(Result::ok)
+            .map(|w| comparable(w.entry))
+            .filter(|e| !apply::is_temp_name(e.name()));
+        let hashed: Box<dyn Iterator<Item = Entry>> = if checksum {
+            Box::new(skiff_sync::parallel::ordered_map(entries, move |e| {
+                with_hash(&hash_root, e)
+            }))
+        } else {
+            Box::new(entries)
+        };
+        let encode = |batch: &[Entry]| {
+            serde_json::to_vec(batch)
+                .map(Bytes::from)
+                .map_err(|e| e.to_string())
+        };
+        let mut batch = Vec::with_capacity(LIST_BATCH);
+        for e in hashed {
+            batch.push(e);
+            if batch.len() == LIST_BATCH {
+                let body = encode(&batch).map(|b| (b, false));
+                batch.clear();
+                if tx.blocking_send(body).is_err() {
+                    return;
+                }
+            }
+        }
+        let _ = tx.blocking_send(encode(&batch).map(|b| (b, true)));
+    });
+    Ok(rx)
+}
+
+/// What the assembling thread gets, in order.
+enum Msg {
+    Step(Step),
+    /// A step that could not even be decoded (bad compressed data).
+    Bad(String),
+    /// The closing digest (`None`: the sender aborted).
+    End(Option<Hash>),
+}
+
+/// A file being received: steps go to a blocking thread that assembles
+/// it, so disk and hashing never stall the session. The channel is
+/// bounded (a few chunks), so memory per file is too.
+struct FileJob {
+    path: String,
+    steps: Option<mpsc::Sender<Msg>>,
+    done: tokio::sync::oneshot::Receiver<Result<(), ErrorMsg>>,
+}
+
+impl FileJob {
+    fn start(root: &Dir, stager: &Stager, m: SyncFile) -> FileJob {
+        let (tx, mut rx) = mpsc::channel::<Msg>(4);
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let root = root.try_clone();
+        let stager = stager.clone();
+        let path = m.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let r = (|| -> Result<(), ErrorMsg> {
+                let root = root.map_err(|e| ErrorMsg::new(ErrorCode::Internal, e.to_string()))?;
+                let mut inc = Incoming::start(&root, &stager, &path, m.update, m.size)?;
+                while let Some(msg) = rx.blocking_recv() {
+                    match msg {
+                        Msg::Step(s) => inc.step(s)?,
+                        Msg::Bad(e) => {
+                            return Err(ErrorMsg::new(ErrorCode::BadFrame, format!("{path}: {e}")))
+                        }
+                        Msg::End(None) => {
+                            return Err(ErrorMsg::new(
+                                ErrorCode::Internal,
+                                format!("{path}: the sender could not read the file to its end"),
+                            ))
+                        }
+                        Msg::End(Some(h)) => return inc.commit(h, m.mode, m.mtime_ns),
+                    }
+                }
+                Err(ErrorMsg::new(
+                    ErrorCode::Internal,
+                    format!("{path}: file data ended early"),
+                ))
+            })();
+            let _ = done_tx.send(r);
+        });
+        FileJob {
+            path: m.path,
+            steps: Some(tx),
+            done: done_rx,
+        }
+    }
+
+    /// Hands a step to the assembling thread (waits while it is busy; the
+    /// thread never waits for the session, so this cannot deadlock).
+    async fn send(&mut self, msg: Msg) {
+        if let Some(tx) = &self.steps {
+            if tx.send(msg).await.is_err() {
+                // The assembly already failed; its error comes at the end.
+                self.steps = None;
+            }
+        }
+    }
+
+    async fn finish(mut self, end: SyncEnd) -> Result<(), ErrorMsg> {
+        let hash =
+            if end.abort {
+                None
+            } else {
+                Some(end.hash.parse::<Hash>().map_err(|e| {
+                    ErrorMsg::new(ErrorCode::BadFrame, format!("{}: {e}", self.path))
+                })?)
+            };
+        self.send(Msg::End(hash)).await;
+        drop(self.steps.take());
+        let started = Instant::now();
+        let r = self.done.await;
+        tracing::debug!(path = %self.path, ms = started.elapsed().as_millis() as u64, "committed");
+        r.unwrap_or_else(|_| {
+            Err(ErrorMsg::new(
+                ErrorCode::Internal,
+                "the assembling thread ended",
+            ))
+        })
+    }
+}

@@ -1,0 +1,552 @@
+//! The sending role: walks the source, merges it with the receiver's list
+//! as it streams in, and sends each difference: new directories and links,
+//! files as recipes against the receiver's old copies, metadata, and
+//! deletes. All of it runs on one blocking thread (walking, hashing,
+//! chunking and reading are blocking work; hashing and chunking spread
+//! over all cores inside `skiff-sync`); the session is the pump's.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io::{self, BufReader, Read};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes};
+use cap_fs_ext::{FollowSymlinks, OpenOptionsFollowExt};
+use cap_std::fs::{Dir, MetadataExt, OpenOptions};
+use skiff_sync::compress::{Compressor, DEFAULT_LEVEL};
+use skiff_sync::{
+    make_recipe, Action, ChunkParams, Entry, Hash, Kind, Merge, MergeOptions, Piece, RuleStack,
+    Signature, Walked, Walker,
+};
+use skiff_wire::message::sync::{
+    NoteKind, SyncCopy, SyncData, SyncDelete, SyncEnd, SyncFile, SyncFinish, SyncMeta, SyncMkdir,
+    SyncMore, SyncNote, SyncRoot, SyncSig, SyncSigReq, SyncSummary, SyncSymlink, ToSender,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::link::{self, Counters, Inbox, Outbox};
+use super::receiver::SIG_RECORD;
+use super::{comparable, global_rules, with_hash, Event, Events, Options, SyncError};
+use crate::session::{SessionError, SessionReader, SessionWriter};
+use crate::transfer::fault;
+use crate::transfer::meta::MODE_MASK;
+
+/// List batches asked for ahead of the merge.
+const LIST_AHEAD: usize = 2;
+
+/// Runs the sending role from the tree `src` until the receiver's summary
+/// arrives, and returns it.
+pub async fn run(
+    reader: &mut SessionReader<'_>,
+    writer: &mut SessionWriter<'_>,
+    src: Dir,
+    opts: &Options,
+    events: Events,
+    counters: Arc<Counters>,
+) -> Result<SyncSummary, SyncError> {
+    let (out, out_rx) = link::outbox(16);
+    let (in_tx, inbox) = link::inbox(64);
+    let cancel = CancellationToken::new();
+    let done = cancel.clone();
+    let opts = opts.clone();
+    let role = tokio::task::spawn_blocking(move || {
+        let r = send_tree(src, &opts, inbox, out, events);
+        done.cancel();
+        r
+    });
+    let pump = link::pump(
+        reader,
+        writer,
+        out_rx,
+        in_tx,
+        |m: &ToSender| matches!(m, ToSender::Summary(_) | ToSender::Error(_)),
+        counters,
+        cancel,
+    );
+    let (p, r) = tokio::join!(pump, role);
+    let r = r
+        .map_err(|e| SyncError::Local(e.to_string()))
+        .and_then(|r| r);
+    let r = link::outcome(p, r);
+    if let Err(e) = &r {
+        link::tell_peer(writer, e).await;
+    }
+    r
+}
+
+/// Messages from the receiver, sorted into what the sender waits for.
+struct Inbound {
+    inbox: Inbox<ToSender>,
+    events: Events,
+    root: Option<SyncRoot>,
+    lists: VecDeque<(bool, Bytes)>,
+    sig: Option<(SyncSig, Bytes)>,
+    summary: Option<SyncSummary>,
+}
+
+impl Inbound {
+    /// Files one message; a receiver's `error` ends the sync.
+    fn file(&mut self, m: ToSender) -> Result<(), SyncError> {
+        match m {
+            ToSender::Root(r) => self.root = Some(r),
+            ToSender::List((l, body)) => self.lists.push_back((l.done, body)),
+            ToSender::Sig(s) => self.sig = Some(s),
+            ToSender::Summary(s) => self.summary = Some(s),
+            ToSender::Failed(f) => (self.events)(Event::Failed {
+                path: f.path,
+                message: format!("{} [{}]", f.message, f.code),
+            }),
+            ToSender::Error(e) => return Err(SessionError::Remote(e).into()),
+        }
+        Ok(())
+    }
+
+    /// Waits until `take` finds what it wants, filing everything else.
+    fn wait<T>(&mut self, take: impl Fn(&mut Self) -> Option<T>) -> Result<T, SyncError> {
+        loop {
+            if let Some(t) = take(self) {
+                return Ok(t);
+            }
+            let m = self.inbox.recv_blocking()?;
+            self.file(m)?;
+        }
+    }
+
+    /// Files what has already arrived (failure notices), without waiting.
+    fn drain(&mut self) -> Result<(), SyncError> {
+        while let Some(m) = self.inbox.try_recv() {
+            self.file(m)?;
+        }
+        Ok(())
+    }
+}
+
+/// The receiver's list, as an iterator that asks for batches ahead.
+struct DstList {
+    inbound: Rc<RefCell<Inbound>>,
+    out: Outbox,
+    buf: VecDeque<Entry>,
+    outstanding: usize,
+    done: bool,
+}
+
+impl DstList {
+    fn fill(&mut self) -> Result<(), SyncError> {
+        while self.buf.is_empty() && !(self.done && self.outstanding == 0) {
+            while !self.done && self.outstanding < LIST_AHEAD {
+                self.out.send_blocking(&SyncMore {}, Bytes::new())?;
+                self.outstanding += 1;
+            }
+            let (done, body) = self.inbound.borrow_mut().wait(|i| i.lists.pop_front())?;
+            self.outstanding = self.outstanding.saturating_sub(1);
+            if !self.done {
+                let batch: Vec<Entry> = serde_json::from_slice(&body)
+                    .map_err(|e| SyncError::BadList(format!("destination list: {e}")))?;
+                self.buf.extend(batch);
+            }
+            self.done |= done;
+        }
+        Ok(())
+    }
+}
+
+impl Iterator for DstList {
+    type Item = Result<Entry, SyncError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Err(e) = self.fill() {
+            self.done = true;
+            self.outstanding = 0;
+            return Some(Err(e));
+        }
+        self.buf.pop_front().map(Ok)
+    }
+}
+
+fn root_entry(dir: &Dir) -> Result<Entry, SyncError> {
+    let md = dir
+        .dir_metadata()
+        .map_err(|e| SyncError::Local(format!("source: {e}")))?;
+    Entry::from_metadata(String::new(), &md, None)
+        .map(comparable)
+        .ok_or_else(|| SyncError::Local("source is not a directory".into()))
+}
+
+/// What the walk of the source saw, for the summary.
+#[derive(Default)]
+struct Tally {
+    checked: u64,
+    total_size: u64,
+    source_errors: u64,
+}
+
+/// The whole sending side (on a blocking thread).
+fn send_tree(
+    src: Dir,
+    opts: &Options,
+    inbox: Inbox<ToSender>,
+    out: Outbox,
+    events: Events,
+) -> Result<SyncSummary, SyncError> {
+    let global = global_rules(&opts.excludes).map_err(SyncError::BadList)?;
+    let src_root = root_entry(&src)?;
+    let inbound = Rc::new(RefCell::new(Inbound {
+        inbox,
+        events: events.clone(),
+        root: None,
+        lists: VecDeque::new(),
+        sig: None,
+        summary: None,
+    }));
+    let dst_root = inbound.borrow_mut().wait(|i| i.root.take())?;
+    let dst_root = match (dst_root.mode, dst_root.mtime_ns) {
+        (Some(mode), Some(mtime_ns)) => Some(Entry {
+            mode: mode & MODE_MASK,
+            mtime_ns,
+            ..src_root.clone()
+        }),
+        _ => None,
+    };
+    let walk_root = src
+        .try_clone()
+        .map_err(|e| SyncError::Local(e.to_string()))?;
+    let walker = Walker::new(walk_root, global.clone());
+    let mut rules = RuleStack::new(global);
+    if let Some(r) = walker.root_rules() {
+        rules.enter("", r);
+    }
+    let tally = Rc::new(RefCell::new(Tally::default()));
+    let t = tally.clone();
+    let ev = events.clone();
+    let walked = walker.filter_map(move |r| match r {
+        Ok(mut w) => {
+            w.entry = comparable(w.entry);
+            let mut t = t.borrow_mut();
+            t.checked += 1;
+            if w.entry.kind == Kind::File {
+                t.total_size += w.entry.size;
+            }
+            Some(w)
+        }
+        Err(e) => {
+            t.borrow_mut().source_errors += 1;
+            ev(Event::Failed {
+                path: String::new(),
+                message: e.to_string(),
+            });
+            None
+        }
+    });
+    let src_iter: Box<dyn Iterator<Item = Result<Walked, SyncError>>> = if opts.checksum {
+        let hash_root = src
+            .try_clone()
+            .map_err(|e| SyncError::Local(e.to_string()))?;
+        Box::new(
+            skiff_sync::parallel::ordered_map(walked, move |w: Walked| Walked {
+                entry: with_hash(&hash_root, w.entry),
+                rules: w.rules,
+            })
+            .map(Ok),
+        )
+    } else {
+        Box::new(walked.map(Ok))
+    };
+    let dst = DstList {
+        inbound: inbound.clone(),
+        out: out.clone(),
+        buf: VecDeque::new(),
+        outstanding: 0,
+        done: false,
+    };
+    let merge_opts = MergeOptions {
+        checksum: opts.checksum,
+        delete: opts.delete,
+        emit_unchanged: false,
+    };
+    let mut s = Sender {
+        src,
+        opts,
+        out: out.clone(),
+        inbound: inbound.clone(),
+        compressor: None,
+        tally: tally.clone(),
+    };
+    for action in Merge::new(
+        src_iter,
+        dst,
+        src_root,
+        dst_root.as_ref(),
+        rules,
+        merge_opts,
+    ) {
+        let action = action.map_err(|e| match e {
+            skiff_sync::MergeError::Input(e) => e,
+            e => SyncError::BadList(e.to_string()),
+        })?;
+        s.apply(action)?;
+        inbound.borrow_mut().drain()?;
+    }
+    drop(s);
+    let finish = {
+        let t = tally.borrow();
+        SyncFinish {
+            checked: t.checked,
+            total_size: t.total_size,
+            source_errors: t.source_errors,
+        }
+    };
+    out.send_blocking(&finish, Bytes::new())?;
+    drop(out);
+    let summary = inbound.borrow_mut().wait(|i| i.summary.take())?;
+    Ok(summary)
+}
+
+struct Sender<'a> {
+    src: Dir,
+    opts: &'a Options,
+    out: Outbox,
+    inbound: Rc<RefCell<Inbound>>,
+    compressor: Option<Compressor>,
+    tally: Rc<RefCell<Tally>>,
+}
+
+/// Why one file could not be sent.
+enum FileError {
+    /// The sync cannot go on.
+    Sync(SyncError),
+    /// This file cannot be read; the others go on.
+    Source(io::Error),
+}
+
+impl From<SyncError> for FileError {
+    fn from(e: SyncError) -> Self {
+        FileError::Sync(e)
+    }
+}
+
+impl Sender<'_> {
+    fn send<M: skiff_wire::Message>(&self, msg: &M) -> Result<(), SyncError> {
+        self.out.send_blocking(msg, Bytes::new())
+    }
+
+    /// Tells the user (`-i`, `-n`) about a change as it is sent.
+    fn change(&self, mark: char, e: &Entry) {
+        let path = if e.kind == Kind::Dir {
+            format!("{}/", e.path)
+        } else {
+            e.path.clone()
+        };
+        (self.inbound.borrow().events)(Event::Change { mark, path });
+    }
+
+    fn apply(&mut self, action: Action) -> Result<(), SyncError> {
+        match action {
+            Action::Create(e) => {
+                self.change('+', &e);
+                self.create(&e, false, false)
+            }
+            Action::Update { src, .. } => {
+                self.change('~', &src);
+                self.create(&src, true, false)
+            }
+            Action::Replace { src, .. } => {
+                self.change('~', &src);
+                self.create(&src, false, true)
+            }
+            Action::Meta { src, .. } => {
+                self.change('.', &src);
+                self.meta(&src)
+            }
+            Action::DirDone(src) => self.meta(&src),
+            Action::Unchanged(_) => Ok(()),
+            Action::Delete { entry, forced } => {
+                self.change('-', &entry);
+                self.send(&SyncDelete {
+                    dir: entry.kind == Kind::Dir,
+                    path: entry.path,
+                    forced,
+                })
+            }
+            Action::Protect(e) => self.send(&SyncNote {
+                path: e.path,
+                what: NoteKind::Protect,
+            }),
+            Action::Conflict { src, .. } => self.send(&SyncNote {
+                path: src.path,
+                what: NoteKind::Conflict,
+            }),
+        }
+    }
+
+    fn meta(&self, e: &Entry) -> Result<(), SyncError> {
+        if e.kind == Kind::Symlink {
+            return Ok(());
+        }
+        self.send(&SyncMeta {
+            path: e.path.clone(),
+            mode: e.mode,
+            mtime_ns: e.mtime_ns,
+        })
+    }
+
+    fn create(&mut self, e: &Entry, update: bool, replace: bool) -> Result<(), SyncError> {
+        match e.kind {
+            Kind::Dir => self.send(&SyncMkdir {
+                path: e.path.clone(),
+                mode: e.mode,
+                replace,
+            }),
+            Kind::Symlink => self.send(&SyncSymlink {
+                path: e.path.clone(),
+                target: e.target.clone().unwrap_or_default(),
+                replace: update || replace,
+            }),
+            Kind::File => match self.send_file(e, update, replace) {
+                Ok(()) => Ok(()),
+                Err(FileError::Sync(err)) => Err(err),
+                Err(FileError::Source(err)) => {
+                    self.tally.borrow_mut().source_errors += 1;
+                    (self.inbound.borrow().events)(Event::Failed {
+                        path: e.path.clone(),
+                        message: format!("{}: cannot read: {err}", e.path),
+                    });
+                    Ok(())
+                }
+            },
+        }
+    }
+
+    /// Asks the receiver for its old copy's chunks.
+    fn signature(&self, path: &str) -> Result<Option<Signature>, SyncError> {
+        self.send(&SyncSigReq {
+            path: path.to_string(),
+        })?;
+        let (m, mut body) = self.inbound.borrow_mut().wait(|i| i.sig.take())?;
+        if m.missing {
+            return Ok(None);
+        }
+        let params = ChunkParams {
+            min: m.min,
+            avg: m.avg,
+            max: m.max,
+        }
+        .validate()
+        .map_err(|e| SyncError::BadList(e.to_string()))?;
+        if body.len() % SIG_RECORD != 0 {
+            return Err(SyncError::BadList(
+                "signature body is not made of 36-byte records".into(),
+            ));
+        }
+        let mut chunks = Vec::with_capacity(body.len() / SIG_RECORD);
+        while body.has_remaining() {
+            let len = body.get_u32();
+            let mut h = [0u8; 32];
+            body.copy_to_slice(&mut h);
+            chunks.push((len, Hash(h)));
+        }
+        Ok(Some(Signature {
+            params,
+            size: m.size,
+            chunks,
+        }))
+    }
+
+    fn send_file(&mut self, e: &Entry, update: bool, replace: bool) -> Result<(), FileError> {
+        let mut oo = OpenOptions::new();
+        oo.read(true).follow(FollowSymlinks::No);
+        let file = self
+            .src
+            .open_with(&e.path, &oo)
+            .map_err(FileError::Source)?;
+        let md = file.metadata().map_err(FileError::Source)?;
+        if !md.is_file() {
+            return Err(FileError::Source(io::Error::other(
+                "no longer a regular file",
+            )));
+        }
+        let size = md.len();
+        let sig = if update && !self.opts.dry_run {
+            self.signature(&e.path)?
+        } else {
+            None
+        };
+        self.send(&SyncFile {
+            path: e.path.clone(),
+            size,
+            mode: md.mode() & MODE_MASK,
+            mtime_ns: md
+                .mtime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(md.mtime_nsec()),
+            update,
+            replace,
+        })?;
+        if self.opts.dry_run {
+            return Ok(());
+        }
+        if self.opts.compress && self.compressor.is_none() {
+            self.compressor = Compressor::new(DEFAULT_LEVEL).ok();
+        }
+        let reader = BufReader::with_capacity(1 << 20, file.into_std()).take(size);
+        let out = &self.out;
+        let compressor = &mut self.compressor;
+        let mut send_error = None;
+        let mut pieces = 0u64;
+        let r = make_recipe(reader, Some(size), sig.as_ref(), |piece| {
+            let sent = match piece {
+                Piece::Copy { offset, len } => {
+                    out.send_blocking(&SyncCopy { offset, size: len }, Bytes::new())
+                }
+                Piece::Literal(d) => {
+                    fault::maybe_delay_blocking();
+                    let data = fault::maybe_corrupt(pieces, Bytes::copy_from_slice(d));
+                    pieces += 1;
+                    match compressor.as_mut().and_then(|c| c.compress(&data)) {
+                        Some(z) => out.send_blocking(
+                            &SyncData {
+                                raw: Some(d.len() as u32),
+                            },
+                            Bytes::from(z),
+                        ),
+                        None => out.send_blocking(&SyncData { raw: None }, data),
+                    }
+                }
+            };
+            sent.map_err(|e| {
+                let io = io::Error::new(io::ErrorKind::BrokenPipe, e.to_string());
+                send_error = Some(e);
+                io
+            })
+        });
+        if let Some(e) = send_error {
+            return Err(FileError::Sync(e));
+        }
+        match r {
+            Ok((hash, n)) if n == size => self
+                .send(&SyncEnd {
+                    hash: hash.to_hex(),
+                    abort: false,
+                })
+                .map_err(FileError::Sync),
+            Ok((_, n)) => {
+                self.abort()?;
+                Err(FileError::Source(io::Error::other(format!(
+                    "file shrank while being read ({n} of {size} bytes)"
+                ))))
+            }
+            Err(err) => {
+                self.abort()?;
+                Err(FileError::Source(err))
+            }
+        }
+    }
+
+    fn abort(&self) -> Result<(), FileError> {
+        self.send(&SyncEnd {
+            hash: String::new(),
+            abort: true,
+        })
+        .map_err(FileError::Sync)
+    }
+}

@@ -1,0 +1,426 @@
+//! End-to-end tests of `skiff sync` through the real binary: both
+//! directions, idempotence, deltas, deletes, excludes, dry runs, type
+//! changes, symlinks that would escape, corruption and interruption.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use common::*;
+
+/// What a tree holds, for comparing two trees byte for byte and by
+/// metadata: (path, kind, mode, mtime of files, content or link target).
+fn snapshot(root: &Path) -> Vec<(String, char, u32, i64, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let mut names: Vec<_> = fs::read_dir(root.join(&rel))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        for n in names {
+            let r = rel.join(&n);
+            let p = root.join(&r);
+            let md = fs::symlink_metadata(&p).unwrap();
+            let name = r.to_string_lossy().into_owned();
+            if md.file_type().is_symlink() {
+                let t = fs::read_link(&p).unwrap();
+                out.push((name, 'l', 0, 0, t.to_string_lossy().as_bytes().to_vec()));
+            } else if md.is_dir() {
+                out.push((name, 'd', md.mode() & 0o777, md.mtime(), Vec::new()));
+                stack.push(r);
+            } else {
+                let ns = md.mtime() * 1_000_000_000 + md.mtime_nsec();
+                out.push((name, 'f', md.mode() & 0o777, ns, fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn assert_same_tree(a: &Path, b: &Path) {
+    let (sa, sb) = (snapshot(a), snapshot(b));
+    let names =
+        |s: &[(String, char, u32, i64, Vec<u8>)]| s.iter().map(|e| e.0.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&sa), names(&sb), "paths differ");
+    for (x, y) in sa.iter().zip(&sb) {
+        assert_eq!(x, y, "{} differs", x.0);
+    }
+}
+
+/// A small tree with nested directories, modes, mtimes and a link.
+fn make_tree(dir: &Path) {
+    fs::create_dir_all(dir.join("a/b/c")).unwrap();
+    fs::create_dir_all(dir.join("empty")).unwrap();
+    fs::write(dir.join("top.txt"), "top\n").unwrap();
+    fs::write(dir.join("a/one"), "one").unwrap();
+    fs::write(dir.join("a/b/c/deep"), vec![7u8; 100_000]).unwrap();
+    make_file(&dir.join("a/big"), 3 << 20, 5);
+    fs::write(dir.join("exec.sh"), "#!/bin/sh\n").unwrap();
+    fs::set_permissions(dir.join("exec.sh"), fs::Permissions::from_mode(0o750)).unwrap();
+    fs::set_permissions(dir.join("a/b"), fs::Permissions::from_mode(0o700)).unwrap();
+    symlink("../top.txt", dir.join("a/link")).unwrap();
+    symlink("b/c", dir.join("a/dirlink")).unwrap();
+    let old = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    fs::File::options()
+        .write(true)
+        .open(dir.join("a/one"))
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+}
+
+fn sync(server: &TestServer, args: &[&str]) -> Output {
+    let port = server.url().rsplit(':').next().unwrap().to_string();
+    let mut all = vec!["sync", "-p", &port];
+    all.extend_from_slice(args);
+    run(server, &all)
+}
+
+/// Runs a sync that must succeed and returns its `--json` summary.
+fn sync_json(server: &TestServer, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let o = sync(server, &all);
+    ok(&o);
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&o.stdout)))
+}
+
+fn num(v: &serde_json::Value, k: &str) -> u64 {
+    v[k].as_u64().unwrap_or_else(|| panic!("no {k} in {v}"))
+}
+
+fn remote(path: &str) -> String {
+    format!("127.0.0.1:{path}")
+}
+
+#[test]
+fn push_and_pull_mirror_the_tree_and_a_second_run_sends_nothing() {
+    let server = TestServer::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_tree(&src);
+    // Push, trailing slash on the source.
+    let first = sync_json(&server, &[&format!("{}/", p(&src)), &remote("dst")]);
+    assert_eq!(num(&first, "failed"), 0);
+    assert_eq!(num(&first, "files_sent"), 5);
+    assert_same_tree(&src, &server.root.join("dst"));
+    // Again, without the slash on the source, with one on DST: nothing.
+    let again = sync_json(&server, &[p(&src), &remote("dst/")]);
+    assert_eq!(num(&again, "files_sent"), 0);
+    assert_eq!(num(&again, "files_changed"), 0);
+    assert_eq!(num(&again, "literal_bytes"), 0);
+    assert!(num(&again, "bytes_sent") < 2000, "{again}");
+    // Pull into a directory that does not exist yet.
+    let back = work.path().join("back/here");
+    let pulled = sync_json(&server, &[&remote("dst"), p(&back)]);
+    assert_eq!(num(&pulled, "files_sent"), 5);
+    assert_same_tree(&src, &back);
+    let again = sync_json(&server, &[&remote("dst/"), &format!("{}/", p(&back))]);
+    assert_eq!(num(&again, "files_sent"), 0);
+    assert_eq!(num(&again, "files_changed"), 0);
+    // With -c nothing differs either.
+    let sums = sync_json(&server, &["-c", p(&src), &remote("dst")]);
+    assert_eq!(num(&sums, "files_changed"), 0);
+    // No staged file is left anywhere.
+    assert!(
+        server.staged_files().is_empty(),
+        "{:?}",
+        server.staged_files()
+    );
+    assert!(!snapshot(&back).iter().any(|e| e.0.contains(".skiff")));
+}
+
+#[test]
+fn a_small_insertion_sends_a_small_delta_both_ways() {
+    let server = TestServer::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let size = 16u64 << 20;
+    make_file(&src.join("big"), size, 9);
+    sync_json(&server, &[p(&src), &remote("d")]);
+    let local = work.path().join("local");
+    sync_json(&server, &[&remote("d"), p(&local)]);
+    // Insert 1000 bytes in the middle.
+    let mut data = fs::read(src.join("big")).unwrap();
+    data.splice(8 << 20..8 << 20, std::iter::repeat_n(b'x', 1000));
+    fs::write(src.join("big"), &data).unwrap();
+    let push = sync_json(&server, &[p(&src), &remote("d")]);
+    assert_eq!(num(&push, "files_sent"), 1);
+    assert!(num(&push, "literal_bytes") < size / 50, "{push}");
+    assert!(num(&push, "matched_bytes") > size * 9 / 10, "{push}");
+    assert!(num(&push, "bytes_sent") < size / 40, "{push}");
+    assert_eq!(fs::read(server.root.join("d/big")).unwrap(), data);
+    // The pull side gets the same delta.
+    let pull = sync_json(&server, &[&remote("d"), p(&local)]);
+    assert!(num(&pull, "literal_bytes") < size / 50, "{pull}");
+    assert!(num(&pull, "bytes_received") < size / 40, "{pull}");
+    assert_eq!(fs::read(local.join("big")).unwrap(), data);
+    // Truncate and grow are deltas too.
+    data.truncate(10 << 20);
+    data.extend_from_slice(b"tail");
+    fs::write(src.join("big"), &data).unwrap();
+    let cut = sync_json(&server, &["-z", p(&src), &remote("d")]);
+    assert!(num(&cut, "literal_bytes") < 1 << 20, "{cut}");
+    assert_eq!(fs::read(server.root.join("d/big")).unwrap(), data);
+}
+
+#[test]
+fn delete_dry_run_and_excludes() {
+    let server = TestServer::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_tree(&src);
+    sync_json(&server, &[p(&src), &remote("m")]);
+    let dst = server.root.join("m");
+    fs::write(dst.join("extra"), "x").unwrap();
+    fs::create_dir_all(dst.join("olddir/sub")).unwrap();
+    fs::write(dst.join("olddir/sub/f"), "x").unwrap();
+    fs::write(dst.join("keep.log"), "excluded, so never deleted").unwrap();
+    fs::remove_file(src.join("top.txt")).unwrap();
+    fs::write(src.join("a/one"), "changed").unwrap();
+    // A dry run lists every change and makes none.
+    let before = snapshot(&dst);
+    let o = sync(
+        &server,
+        &[
+            "-n",
+            "--delete",
+            "--exclude",
+            "*.log",
+            p(&src),
+            &remote("m"),
+        ],
+    );
+    ok(&o);
+    let listed = String::from_utf8_lossy(&o.stdout);
+    for line in [
+        "- top.txt",
+        "~ a/one",
+        "- extra",
+        "- olddir/",
+        "- olddir/sub/f",
+    ] {
+        assert!(
+            listed.lines().any(|l| l == line),
+            "{line:?} not in:\n{listed}"
+        );
+    }
+    assert!(!listed.contains("keep.log"), "{listed}");
+    assert_eq!(snapshot(&dst), before, "the dry run changed something");
+    // Without --delete nothing is removed.
+    sync_json(&server, &["--exclude", "*.log", p(&src), &remote("m")]);
+    assert!(dst.join("extra").exists());
+    // With it, everything extraneous goes except the excluded file.
+    let del = sync_json(
+        &server,
+        &["--delete", "--exclude", "*.log", p(&src), &remote("m")],
+    );
+    assert_eq!(num(&del, "deleted"), 5, "{del}");
+    assert!(dst.join("keep.log").exists());
+    fs::remove_file(dst.join("keep.log")).unwrap();
+    assert_same_tree(&src, &dst);
+    // Excluded source files are not sent; .skiffignore works as well.
+    fs::write(src.join("secret.key"), "k").unwrap();
+    fs::write(src.join(".skiffignore"), "*.tmp\n").unwrap();
+    fs::write(src.join("a/x.tmp"), "t").unwrap();
+    sync_json(&server, &["--exclude", "*.key", p(&src), &remote("m")]);
+    assert!(!dst.join("secret.key").exists());
+    assert!(!dst.join("a/x.tmp").exists());
+    assert!(dst.join(".skiffignore").exists());
+}
+
+#[test]
+fn files_become_directories_and_back() {
+    let server = TestServer::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    fs::create_dir_all(src.join("x")).unwrap();
+    fs::write(src.join("x/in"), "in").unwrap();
+    fs::write(src.join("y"), "y").unwrap();
+    symlink("y", src.join("z")).unwrap();
+    sync_json(&server, &[p(&src), &remote("t")]);
+    fs::remove_dir_all(src.join("x")).unwrap();
+    fs::write(src.join("x"), "now a file").unwrap();
+    fs::remove_file(src.join("y")).unwrap();
+    fs::create_dir(src.join("y")).unwrap();
+    fs::write(src.join("y/f"), "f").unwrap();
+    fs::remove_file(src.join("z")).unwrap();
+    fs::write(src.join("z"), "was a link").unwrap();
+    let r = sync_json(&server, &[p(&src), &remote("t")]);
+    assert_eq!(num(&r, "failed"), 0, "{r}");
+    assert_same_tree(&src, &server.root.join("t"));
+    let local = work.path().join("local");
+    sync_json(&server, &[&remote("t"), p(&local)]);
+    assert_same_tree(&src, &local);
+}
+
+#[test]
+fn symlinks_that_would_escape_are_refused_and_the_rest_is_synced() {
+    let server = TestServer::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    fs::write(src.join("ok"), "fine").unwrap();
+    symlink("../../../etc", src.join("sub/out")).unwrap();
+    symlink("/etc/passwd", src.join("abs")).unwrap();
+    symlink("..", src.join("sub/up")).unwrap();
+    symlink("sub/up/..", src.join("chain")).unwrap();
+    let o = sync(&server, &[p(&src), &remote("s")]);
+    fails_with(&o, "path_escape");
+    let dst = server.root.join("s");
+    assert_eq!(fs::read_to_string(dst.join("ok")).unwrap(), "fine");
+    for bad in ["sub/out", "abs", "chain"] {
+        assert!(
+            fs::symlink_metadata(dst.join(bad)).is_err(),
+            "{bad} was created"
+        );
+    }
+    assert_eq!(fs::read_link(dst.join("sub/up")).unwrap(), Path::new(".."));
+    // Pulling: a link the server's tree holds that would lead out of the
+    // local destination is not created there either.
+    symlink("../../outside", server.root.join("s/sub/evil")).unwrap();
+    let local = work.path().join("local");
+    let o = sync(&server, &[&remote("s"), p(&local)]);
+    fails_with(&o, "path_escape");
+    assert!(fs::symlink_metadata(local.join("sub/evil")).is_err());
+    assert_eq!(fs::read_to_string(local.join("ok")).unwrap(), "fine");
+}
+
+#[test]
+fn a_corrupted_chunk_is_caught_and_the_old_file_kept() {
+    let server = TestServer::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("f"), vec![1u8; 300_000]).unwrap();
+    sync_json(&server, &[p(&src), &remote("c")]);
+    make_file(&src.join("f"), 2 << 20, 3);
+    let port = server.url().rsplit(':').next().unwrap().to_string();
+    let o = server
+        .client()
+        .env("SKIFF_TEST_CORRUPT_CHUNK", "0")
+        .args(["sync", "-p", &port, p(&src), &remote("c")])
+        .output()
+        .unwrap();
+    fails_with(&o, "checksum_mismatch");
+    assert_eq!(
+        fs::read(server.root.join("c/f")).unwrap(),
+        vec![1u8; 300_000]
+    );
+    assert!(server.staged_files().is_empty());
+    sync_json(&server, &[p(&src), &remote("c")]);
+    assert_eq!(hash(&server.root.join("c/f")), hash(&src.join("f")));
+}
+
+#[test]
+fn a_killed_sync_leaves_old_or_new_files_and_completes_on_rerun() {
+    let server = TestServer::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    fs::create_dir(&src).unwrap();
+    for i in 0..4 {
+        fs::write(src.join(format!("f{i}")), format!("old {i}")).unwrap();
+    }
+    sync_json(&server, &[p(&src), &remote("k")]);
+    for i in 0..4 {
+        make_file(&src.join(format!("f{i}")), 4 << 20, i);
+    }
+    let port = server.url().rsplit(':').next().unwrap().to_string();
+    let mut child = server
+        .client()
+        .env("SKIFF_TEST_CHUNK_DELAY_MS", "100")
+        .args(["sync", "-p", &port, p(&src), &remote("k")])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let dst = server.root.join("k");
+    for i in 0..4 {
+        let got = fs::read(dst.join(format!("f{i}"))).unwrap();
+        let new = fs::read(src.join(format!("f{i}"))).unwrap();
+        assert!(
+            got == format!("old {i}").as_bytes() || got == new,
+            "f{i} is neither old nor new ({} bytes)",
+            got.len()
+        );
+    }
+    let names: Vec<_> = fs::read_dir(&dst)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names.len(), 4, "something else appeared: {names:?}");
+    let r = sync_json(&server, &[p(&src), &remote("k")]);
+    assert_eq!(num(&r, "failed"), 0);
+    assert_same_tree(&src, &dst);
+}
+
+#[test]
+fn bad_arguments_are_usage_errors() {
+    let server = TestServer::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    for args in [
+        vec![p(work.path()), p(work.path())],
+        vec!["127.0.0.1:a", "127.0.0.1:b"],
+        vec!["-", "127.0.0.1:b"],
+    ] {
+        let o = sync(&server, &args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+    }
+    // A missing local source, or a remote source that is a file: exit 1.
+    let o = sync(&server, &[p(&work.path().join("nope")), &remote("x")]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    fs::write(server.root.join("file"), "f").unwrap();
+    let o = sync(&server, &[&remote("file"), p(&work.path().join("l"))]);
+    fails_with(&o, "not a directory");
+    let o = sync(&server, &[&remote("../up"), p(&work.path().join("l"))]);
+    fails_with(&o, "outside");
+}
+
+#[test]
+fn a_read_only_user_may_pull_but_not_push() {
+    let dir = tempfile::tempdir().unwrap();
+    let reader = skiff::keys::UserKey::generate("reader");
+    let users = dir.path().join("users");
+    fs::write(&users, format!("{} read-only\n", reader.to_line())).unwrap();
+    fs::set_permissions(&users, fs::Permissions::from_mode(0o600)).unwrap();
+    let key = dir.path().join("reader.key");
+    fs::write(&key, format!("{}\n", reader.to_line())).unwrap();
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+    let server = TestServer::start(&["--users", p(&users)]);
+    fs::create_dir_all(server.root.join("pub/sub")).unwrap();
+    fs::write(server.root.join("pub/sub/f"), "readable").unwrap();
+    let src = dir.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("new"), "must not land").unwrap();
+    let as_reader = |args: &[&str]| {
+        let mut all = vec!["--key", p(&key)];
+        all.extend_from_slice(args);
+        sync(&server, &all)
+    };
+    let o = as_reader(&[p(&src), "reader@127.0.0.1:pub"]);
+    fails_with(&o, "read-only");
+    let o = as_reader(&["--delete", p(&src), "reader@127.0.0.1:fresh"]);
+    fails_with(&o, "read-only");
+    assert!(!server.root.join("pub/new").exists());
+    assert!(!server.root.join("fresh").exists());
+    assert!(server.root.join("pub/sub/f").exists());
+    assert!(server.staged_files().is_empty());
+    // A dry run changes nothing, so it is allowed; so is a pull.
+    let o = as_reader(&["-n", p(&src), "reader@127.0.0.1:pub"]);
+    ok(&o);
+    assert!(!server.root.join("pub/new").exists());
+    let local = dir.path().join("local");
+    let o = as_reader(&["reader@127.0.0.1:pub", p(&local)]);
+    ok(&o);
+    assert_eq!(fs::read_to_string(local.join("sub/f")).unwrap(), "readable");
+}
