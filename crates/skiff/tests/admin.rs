@@ -984,3 +984,35 @@ fn print_config_round_trips_and_flags_win() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("max-conections") && stderr(&o).contains('2'));
 }
+
+#[test]
+fn a_bad_users_file_at_start_is_reported_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    let (alice, _) = new_key(dir.path(), "alice");
+    write_private(
+        &users,
+        &format!(
+            "{0}\n{0} read-only\nbob {1} no-shell\n",
+            alice.to_line(),
+            "AAAA"
+        ),
+    );
+    let mut cmd = common::env_for(std::process::Command::new(common::skiff_bin()), dir.path());
+    cmd.args(["serve", "--listen", "tcp://127.0.0.1:0", "--users"])
+        .arg(&users)
+        .arg("--root")
+        .arg(dir.path());
+    let o = common::probe::run_bounded(cmd, Duration::from_secs(10));
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    let file = users.display().to_string();
+    assert!(
+        err.contains(&format!(
+            "{file}:2: user alice is already defined on line 1"
+        )),
+        "{err}"
+    );
+    assert!(err.contains(&format!("{file}:3:")), "{err}");
+    assert!(!text(&o.stdout).contains("listening on"));
+}

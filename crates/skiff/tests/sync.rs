@@ -424,3 +424,46 @@ fn a_read_only_user_may_pull_but_not_push() {
     ok(&o);
     assert_eq!(fs::read_to_string(local.join("sub/f")).unwrap(), "readable");
 }
+
+#[test]
+fn a_killed_pull_leaves_no_partial_file_and_the_rerun_cleans_up() {
+    let server = TestServer::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let src = server.root.join("src");
+    fs::create_dir(&src).unwrap();
+    for i in 0..3 {
+        make_file(&src.join(format!("f{i}")), 4 << 20, 20 + i);
+    }
+    let local = work.path().join("local");
+    fs::create_dir(&local).unwrap();
+    fs::write(local.join("f0"), "old").unwrap();
+    // The server sends slowly (its own hook); kill the client halfway.
+    let mut server = server;
+    server.restart_with_env(&[("SKIFF_TEST_CHUNK_DELAY_MS", "100")]);
+    let port = server.url().rsplit(':').next().unwrap().to_string();
+    let mut child = server
+        .client()
+        .args(["sync", "-p", &port, &remote("src"), p(&local)])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let got = fs::read(local.join("f0")).unwrap();
+    assert!(got == b"old" || got == fs::read(src.join("f0")).unwrap());
+    let staged = fs::read_dir(&local)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".part")
+        })
+        .count();
+    assert!(staged <= 1, "at most the one file in progress is staged");
+    server.restart();
+    let r = sync_json(&server, &[&remote("src"), p(&local)]);
+    assert_eq!(num(&r, "failed"), 0);
+    assert_same_tree(&src, &local);
+}

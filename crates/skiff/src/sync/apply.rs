@@ -19,7 +19,7 @@ use skiff_sync::{AssembleError, Assembler, Hash};
 use skiff_wire::{ErrorCode, ErrorMsg};
 
 use crate::transfer::commit::{self, CommitError, Destination, Observed};
-use crate::transfer::staging::{create_unique, StageKey, Staged, StagingArea};
+use crate::transfer::staging::{self, create_unique, StageKey, Staged, StagingArea};
 use crate::transfer::{errors, links, meta};
 
 /// Prefix of the files a receiver stages beside their destination (see
@@ -31,6 +31,16 @@ pub const TEMP_PREFIX: &str = ".skiff-sync";
 /// commit's cross-device copy): never listed, never synced.
 pub fn is_temp_name(name: &str) -> bool {
     (name.starts_with(TEMP_PREFIX) || name.starts_with(".skiff-commit-")) && name.len() > 20
+}
+
+/// Removes a file a killed receiver staged beside its destination
+/// ([`Stager::Beside`]), unless a live sync still holds it.
+pub fn remove_abandoned(root: &Dir, path: &str) {
+    if let Ok((dir, name)) = open_parent(root, path) {
+        if name.ends_with(".part") {
+            let _ = staging::remove_abandoned(&dir, name);
+        }
+    }
 }
 
 /// Where a receiver writes a file until it is verified.

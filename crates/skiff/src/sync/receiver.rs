@@ -103,7 +103,8 @@ impl Role {
                 Bytes::new(),
             )
             .await?;
-        let mut lists = spawn_lister(&self.root, self.opts.checksum)?;
+        let clean = matches!(self.stager, Stager::Beside) && !self.opts.dry_run;
+        let mut lists = spawn_lister(&self.root, self.opts.checksum, clean)?;
         let mut file: Option<FileJob> = None;
         loop {
             let msg = inbox.recv().await?;
@@ -368,13 +369,21 @@ fn unexpected(expected: &'static str, got: &ToReceiver) -> SyncError {
 }
 
 /// Walks the destination on its own thread, two batches ahead of the
-/// sender's requests. Files the receiver itself has in progress are left
-/// out; with `checksum`, file contents are hashed on all cores.
-fn spawn_lister(root: &Dir, checksum: bool) -> Result<mpsc::Receiver<Batch>, SyncError> {
+/// sender's requests. Files a receiver has in progress are left out, and
+/// with `clean` those a killed receiver left beside their destination are
+/// removed; with `checksum`, file contents are hashed on all cores.
+fn spawn_lister(
+    root: &Dir,
+    checksum: bool,
+    clean: bool,
+) -> Result<mpsc::Receiver<Batch>, SyncError> {
     let root = root
         .try_clone()
         .map_err(|e| SyncError::Local(e.to_string()))?;
     let hash_root = root
+        .try_clone()
+        .map_err(|e| SyncError::Local(e.to_string()))?;
+    let clean_root = root
         .try_clone()
         .map_err(|e| SyncError::Local(e.to_string()))?;
     let (tx, rx) = mpsc::channel::<Batch>(2);
@@ -382,7 +391,13 @@ fn spawn_lister(root: &Dir, checksum: bool) -> Result<mpsc::Receiver<Batch>, Syn
         let entries = Walker::unfiltered(root)
             .filter_map(Result::ok)
             .map(|w| comparable(w.entry))
-            .filter(|e| !apply::is_temp_name(e.name()));
+            .filter(|e| {
+                let temp = apply::is_temp_name(e.name());
+                if temp && clean && e.kind == skiff_sync::Kind::File {
+                    apply::remove_abandoned(&clean_root, &e.path);
+                }
+                !temp
+            });
         let hashed: Box<dyn Iterator<Item = Entry>> = if checksum {
             Box::new(skiff_sync::parallel::ordered_map(entries, move |e| {
                 with_hash(&hash_root, e)

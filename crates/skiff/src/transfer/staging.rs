@@ -323,6 +323,18 @@ pub fn create_unique(dir: Dir, prefix: &str) -> io::Result<Staged> {
     ))
 }
 
+/// Removes `name` in `dir` if it is a file no live transfer holds (one an
+/// interrupted transfer left behind); `false` when it is busy or gone.
+pub fn remove_abandoned(dir: &Dir, name: &str) -> io::Result<bool> {
+    match claim(dir, name)? {
+        Some(s) => {
+            s.discard();
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
 /// Opens and locks `name` in `dir` if no one else holds it and the name
 /// still refers to the file opened (it may have been committed or removed
 /// meanwhile). `None` when it is busy or gone.
