@@ -164,6 +164,8 @@ struct SessionHandler {
     root: PathBuf,
     exec_enabled: bool,
     handshake_timeout: Duration,
+    idle_timeout: Option<Duration>,
+    write_timeout: Duration,
     staging: Arc<StagingArea>,
     audit: Audit,
     live: Arc<RwLock<LiveSettings>>,
@@ -228,11 +230,18 @@ impl StreamHandler for SessionHandler {
         // Counted as a startup until it has logged in (skiff-net's caps
         // per source and in total), then as a session.
         let startup = conn.take_startup();
+        // Shutdown reaches every wait from here on: a connection still in
+        // its handshake is dropped (told so when TLS is up), an idle
+        // session is closed with `shutting_down`.
+        let shutdown = conn.shutdown_token();
         // A source that keeps failing waits before it costs anything (TLS,
         // HMACs); bounded, so a right key from there still gets in.
         let penalty = self.auth.penalty(peer_ip);
         if !penalty.is_zero() {
-            tokio::time::sleep(penalty).await;
+            tokio::select! {
+                _ = tokio::time::sleep(penalty) => {}
+                _ = shutdown.cancelled() => return Ok(()),
+            }
         }
         let client = match conn.peer() {
             skiff_net::PeerAddr::Ip(a) => Some(*a),
@@ -242,7 +251,11 @@ impl StreamHandler for SessionHandler {
         let (io, cb): (Box<dyn Io + '_>, Block) = match &self.tls {
             Some((acceptor, cb)) => {
                 let accept = acceptor.accept(conn.stream());
-                match tokio::time::timeout_at(deadline, accept).await {
+                let accepted = tokio::select! {
+                    r = tokio::time::timeout_at(deadline, accept) => r,
+                    _ = shutdown.cancelled() => return Ok(()),
+                };
+                match accepted {
                     Ok(Ok(tls)) => (Box::new(tls), *cb),
                     Ok(Err(e)) => {
                         self.refused(peer_ip, &peer, None, &tls_failure(&e));
@@ -257,12 +270,26 @@ impl StreamHandler for SessionHandler {
             None => (Box::new(conn.stream()), NO_BINDING),
         };
         let mut session = Session::unauthenticated(io);
-        let login = match tokio::time::timeout_at(
-            deadline,
-            self.auth.handshake(&mut session, &cb, peer_ip),
-        )
-        .await
-        {
+        let handshake =
+            tokio::time::timeout_at(deadline, self.auth.handshake(&mut session, &cb, peer_ip));
+        let outcome = tokio::select! {
+            r = handshake => Some(r),
+            _ = shutdown.cancelled() => None,
+        };
+        let Some(outcome) = outcome else {
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                let _ = session
+                    .send_error(
+                        skiff_wire::ErrorCode::ShuttingDown,
+                        "the server is shutting down",
+                    )
+                    .await;
+                let _ = session.close().await;
+            })
+            .await;
+            return Ok(());
+        };
+        let login = match outcome {
             Ok(Ok(login)) => login,
             Ok(Err(f)) => {
                 self.refused(peer_ip, &peer, f.user.as_deref(), &f.reason);
@@ -322,6 +349,7 @@ impl StreamHandler for SessionHandler {
             .accept_env
             .clone();
         session.set_read_limits(skiff_wire::Limits::default());
+        session.set_write_timeout(self.write_timeout);
         let ctx = ServiceContext {
             root,
             exec_enabled: self.exec_enabled,
@@ -333,6 +361,8 @@ impl StreamHandler for SessionHandler {
             base_env: self.base_env.clone(),
             accept_env,
             staging: self.staging.clone(),
+            idle_timeout: self.idle_timeout,
+            shutdown,
         };
         let (result, reason) = match service::serve(&mut session, &ctx).await {
             Ok(()) => {
@@ -532,6 +562,8 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             root: root.clone(),
             exec_enabled: !cfg.no_exec,
             handshake_timeout: cfg.handshake_timeout,
+            idle_timeout: cfg.idle_timeout,
+            write_timeout: cfg.write_timeout,
             staging: staging.clone(),
             audit: audit.clone(),
             live: live.clone(),

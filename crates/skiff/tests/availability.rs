@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::probe::{host_port, open_fds, raise_fd_limit, rss_kib, run_bounded, text, RawConn};
 use common::TestServer;
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// `skiff ping -c 1` with the server's own key must succeed.
 fn assert_ping_ok(server: &TestServer, target: &str) {
@@ -185,4 +185,257 @@ fn a_handshake_flood_from_one_address_leaves_room_for_others() {
         max_fds < before + 16 + 32,
         "server fds grew from {before} to {max_fds}"
     );
+}
+
+// ---------------------------------------------------------------------
+// sessions: idle and write timeouts, shutdown
+
+/// A raw session logged in over the server's `tcp+plain` listener.
+fn logged_in(server: &TestServer) -> RawConn {
+    RawConn::login(&plain_url(server), &server.key_file)
+}
+
+/// Waits (bounded) until `pid` holds at most `n` descriptors.
+fn wait_for_fds(pid: u32, n: usize, limit: Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if open_fds(pid) <= n {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn an_idle_session_is_closed_with_an_error_but_a_busy_one_lives() {
+    let server = TestServer::start_listening(
+        &["tcp://127.0.0.1:0", "tcp+plain://127.0.0.1:0"],
+        &["--idle-timeout", "1"],
+    );
+    // Busy: a ping every 300 ms for 2.5 s keeps it alive.
+    let mut busy = logged_in(&server);
+    for _ in 0..8 {
+        let _ = busy.send(&json!({"op":"ping"}));
+        assert_eq!(busy.recv().expect("pong")["op"], "pong");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Idle: closed after the timeout, with a `timeout` error first.
+    let mut idle = logged_in(&server);
+    let start = std::time::Instant::now();
+    let answer = idle.recv().expect("an error before the close");
+    let took = start.elapsed();
+    assert_eq!(answer["code"], "timeout", "{answer}");
+    assert!(idle.closed());
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    // A dribbler: one byte of a frame per 200 ms never completes a request.
+    let mut slow = logged_in(&server);
+    let start = std::time::Instant::now();
+    for b in [0u8, 0, 0, 13].iter().chain(br#"{"op":"ping"#) {
+        if std::io::Write::write_all(&mut slow.sock, &[*b]).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(slow.recv().expect("timeout")["code"], "timeout");
+    assert!(start.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn a_peer_that_never_reads_is_dropped_after_the_write_timeout() {
+    let server = TestServer::start_listening(
+        &["tcp://127.0.0.1:0", "tcp+plain://127.0.0.1:0"],
+        &["--write-timeout", "2"],
+    );
+    assert_ping_ok(&server, server.url());
+    let before = open_fds(server.pid());
+    let mut c = logged_in(&server);
+    // Pipelined pings with 1 MiB bodies, never reading a pong: the
+    // server's writes stall once the socket buffers are full.
+    c.sock
+        .set_write_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    let body = vec![b'p'; 1 << 20];
+    let start = std::time::Instant::now();
+    for _ in 0..64 {
+        if c.send_raw(br#"{"op":"ping","len":1048576}"#, &body)
+            .is_err()
+        {
+            break;
+        }
+    }
+    assert!(
+        wait_for_fds(server.pid(), before, Duration::from_secs(15)),
+        "the stalled session still holds its socket: {} fds, {before} before",
+        open_fds(server.pid())
+    );
+    eprintln!(
+        "a peer that never reads was dropped after {:?}",
+        start.elapsed()
+    );
+    assert_ping_ok(&server, server.url());
+}
+
+#[test]
+fn sigterm_reaches_idle_sessions_running_commands_and_handshakes() {
+    let server =
+        TestServer::start_listening(&["tcp://127.0.0.1:0", "tcp+plain://127.0.0.1:0"], &[]);
+    let mut idle = logged_in(&server);
+    let mut exec = server.client();
+    exec.args(["exec", "-n", server.url(), "--", "sleep", "60"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let exec = exec.spawn().expect("skiff exec");
+    let silent = std::net::TcpStream::connect(host_port(server.url())).expect("connect");
+    // Let the command start.
+    std::thread::sleep(Duration::from_millis(800));
+    let start = std::time::Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.pid() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("kill");
+    let answer = idle.recv().expect("an error frame");
+    assert_eq!(answer["code"], "shutting_down", "{answer}");
+    assert!(idle.closed());
+    let mut server = server;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = server.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "server still running");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = start.elapsed();
+    eprintln!("server exited {status} {took:?} after SIGTERM");
+    assert!(
+        took < Duration::from_secs(3),
+        "server took {took:?} to stop"
+    );
+    let out = exec.wait_with_output().expect("exec output");
+    assert!(!out.status.success(), "the command was stopped: {out:?}");
+    assert!(
+        is_closed(&silent) || {
+            std::thread::sleep(Duration::from_millis(200));
+            is_closed(&silent)
+        }
+    );
+}
+
+// ---------------------------------------------------------------------
+// recursive listings hold a bounded number of directories open
+
+/// `n` directories with one file each side by side under `root/wide`,
+/// and a chain of `depth` nested directories under `root/deep`.
+fn make_tree(root: &std::path::Path, n: usize, depth: usize) -> usize {
+    let wide = root.join("wide");
+    for i in 0..n {
+        let d = wide.join(format!("d{i:05}"));
+        std::fs::create_dir_all(&d).expect("mkdir");
+        std::fs::write(d.join("f"), b"x").expect("write");
+    }
+    let mut d = root.join("deep");
+    for i in 0..depth {
+        d = d.join(format!("l{i}"));
+    }
+    std::fs::create_dir_all(&d).expect("mkdir deep");
+    std::fs::write(d.join("bottom"), b"y").expect("write");
+    // wide + its n dirs and n files, deep + its chain and the bottom file
+    1 + 2 * n + 1 + depth + 1
+}
+
+/// The next frame, header and body; `None` on close.
+fn recv_with_body(c: &mut RawConn) -> Option<(Value, Vec<u8>)> {
+    use std::io::Read;
+    let mut len = [0u8; 4];
+    c.sock.read_exact(&mut len).ok()?;
+    let mut h = vec![0u8; u32::from_be_bytes(len) as usize];
+    c.sock.read_exact(&mut h).ok()?;
+    let v: Value = serde_json::from_slice(&h).ok()?;
+    let n = v.get("len").and_then(Value::as_u64).unwrap_or(0);
+    let mut body = vec![0u8; n as usize];
+    c.sock.read_exact(&mut body).ok()?;
+    Some((v, body))
+}
+
+#[test]
+fn ls_r_over_thousands_of_directories_holds_few_descriptors() {
+    const DIRS: usize = 3000;
+    const DEPTH: usize = 60;
+    let server = TestServer::start_listening(
+        &["tcp://127.0.0.1:0", "tcp+plain://127.0.0.1:0"],
+        &["--write-timeout", "3"],
+    );
+    let expected = make_tree(&server.root, DIRS, DEPTH);
+    // A complete listing: every entry, once, parents before contents.
+    let mut c = logged_in(&server);
+    let _ = c.send(&json!({"op":"ls","path":"/","recursive":true}));
+    let mut paths: Vec<String> = Vec::new();
+    loop {
+        let (header, body) = recv_with_body(&mut c).expect("an entries frame");
+        assert_eq!(header["op"], "entries", "{header}");
+        let batch: Vec<Value> = serde_json::from_slice(&body).expect("a JSON array");
+        paths.extend(
+            batch
+                .iter()
+                .map(|e| e["path"].as_str().expect("path").to_string()),
+        );
+        if header["more"] == false {
+            break;
+        }
+    }
+    assert_eq!(paths.len(), expected);
+    let unique: std::collections::HashSet<&String> = paths.iter().collect();
+    assert_eq!(unique.len(), expected, "an entry listed twice");
+    let bottom: String = (0..DEPTH).map(|i| format!("l{i}/")).collect();
+    let deepest = format!("deep/{bottom}bottom");
+    let at = |p: &str| {
+        paths
+            .iter()
+            .position(|x| x == p)
+            .unwrap_or_else(|| panic!("{p} not listed"))
+    };
+    assert!(at("deep") < at(&deepest), "parent before contents");
+    assert!(at("wide/d00000") < at("wide/d00000/f"));
+    drop(c);
+    // Two listings nobody reads: the server's descriptors stay bounded
+    // (a walk holds at most 16 directories open, plus a few).
+    let before = open_fds(server.pid());
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let mut c = logged_in(&server);
+        let _ = c.send(&json!({"op":"ls","path":"/","recursive":true}));
+        readers.push(c);
+    }
+    let mut most = 0;
+    for _ in 0..20 {
+        most = most.max(open_fds(server.pid()));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "two unread ls -r over {DIRS} directories: server fds {before} before, at most {most}"
+    );
+    assert!(
+        most <= before + 2 + 2 * 20,
+        "fds grew from {before} to {most}"
+    );
+    // Each walk ends (its listing fits the socket buffers, or the write
+    // timeout ends the session) and gives its directories back: only the
+    // two sessions' sockets remain, until they go.
+    assert!(
+        wait_for_fds(
+            server.pid(),
+            before + readers.len(),
+            Duration::from_secs(20)
+        ),
+        "unread listings still hold {} fds ({before} before)",
+        open_fds(server.pid())
+    );
+    drop(readers);
+    assert!(wait_for_fds(server.pid(), before, Duration::from_secs(10)));
+    assert_ping_ok(&server, server.url());
 }

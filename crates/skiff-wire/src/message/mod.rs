@@ -80,6 +80,9 @@ pub enum ErrorCode {
     /// The request is well formed but cannot be done as asked (moving a
     /// directory into itself, say).
     Invalid,
+    /// The server is stopping; it closes the connection right after this
+    /// frame.
+    ShuttingDown,
     /// A code this implementation does not know.
     #[serde(other)]
     Unknown,
@@ -105,6 +108,7 @@ impl ErrorCode {
             ErrorCode::Conflict => "conflict",
             ErrorCode::NameTooLong => "name_too_long",
             ErrorCode::Invalid => "invalid",
+            ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Unknown => "unknown",
         }
     }

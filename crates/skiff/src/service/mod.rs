@@ -12,11 +12,13 @@ pub mod udp_ping;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use skiff_wire::message::exec::{Exec, ExecInput};
 use skiff_wire::message::files::UploadData;
 use skiff_wire::message::Request;
 use skiff_wire::{ErrorMsg, Message, MessageError};
+use tokio_util::sync::CancellationToken;
 
 use crate::audit::Audit;
 use crate::policy::env::{AcceptEnv, BaseEnv};
@@ -47,6 +49,10 @@ pub struct ServiceContext {
     /// Where uploads are written until they are verified (outside the
     /// root, so no client path can name them).
     pub staging: Arc<crate::transfer::staging::StagingArea>,
+    /// A session idle this long between requests is closed (`None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// Cancelled when the server starts shutting down.
+    pub shutdown: CancellationToken,
 }
 
 impl ServiceContext {
@@ -61,10 +67,24 @@ impl ServiceContext {
 }
 
 /// Serves requests until the client closes. A protocol violation is
-/// answered with an error frame and ends the session.
+/// answered with an error frame and ends the session. Between requests the
+/// session is closed (an error frame, then TLS close_notify) when it has
+/// been idle past [`ServiceContext::idle_timeout`] or the server is
+/// shutting down; a request in progress is finished first.
 pub async fn serve(session: &mut Session<'_>, ctx: &ServiceContext) -> Result<(), SessionError> {
     loop {
-        let frame = match session.recv().await {
+        let idle_at = ctx.idle_timeout.map(|d| tokio::time::Instant::now() + d);
+        let next = tokio::select! {
+            biased;
+            _ = ctx.shutdown.cancelled() => Err(Ending::ShuttingDown),
+            _ = crate::maybe::sleep_until(idle_at) => Err(Ending::Idle),
+            r = session.recv() => Ok(r),
+        };
+        let received = match next {
+            Ok(r) => r,
+            Err(ending) => return end_session(session, ending, ctx.idle_timeout).await,
+        };
+        let frame = match received {
             Ok(Some(f)) => f,
             Ok(None) => return Ok(()),
             Err(SessionError::Frame(e)) => {
@@ -84,6 +104,36 @@ pub async fn serve(session: &mut Session<'_>, ctx: &ServiceContext) -> Result<()
         }
         session.answered().await?;
     }
+}
+
+/// Why the server ends a session between requests.
+enum Ending {
+    ShuttingDown,
+    Idle,
+}
+
+/// Tells the client why, closes the connection cleanly, and reports it.
+async fn end_session(
+    session: &mut Session<'_>,
+    ending: Ending,
+    idle: Option<Duration>,
+) -> Result<(), SessionError> {
+    let (message, err) = match ending {
+        Ending::ShuttingDown => (
+            "the server is shutting down".to_string(),
+            SessionError::ShuttingDown,
+        ),
+        Ending::Idle => {
+            let d = idle.unwrap_or_default();
+            (
+                format!("session idle for {:.0} s; closing it", d.as_secs_f64()),
+                SessionError::IdleTimeout(d),
+            )
+        }
+    };
+    let _ = session.send_error(err.code(), message).await;
+    let _ = session.close().await;
+    Err(err)
 }
 
 /// Hands one request to its service.

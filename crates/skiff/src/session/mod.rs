@@ -43,8 +43,9 @@ fn read_capacity(limits: Limits) -> usize {
 }
 
 /// How long a flush may wait for a peer that does not read before the
-/// session gives up on it.
-pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// session gives up on it, unless [`Session::set_write_timeout`] says
+/// otherwise (the server's `write-timeout`).
+pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why a session could not go on.
 #[derive(Debug, Error)]
@@ -76,6 +77,12 @@ pub enum SessionError {
     /// The peer took too long.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    /// The session sat idle between requests past the server's limit.
+    #[error("idle for {0:?}")]
+    IdleTimeout(Duration),
+    /// The server is stopping.
+    #[error("the server is shutting down")]
+    ShuttingDown,
 }
 
 impl From<CodecError> for SessionError {
@@ -93,7 +100,8 @@ impl SessionError {
         match self {
             SessionError::Frame(e) => e.code(),
             SessionError::Message(e) => e.code(),
-            SessionError::Timeout(_) => ErrorCode::Timeout,
+            SessionError::Timeout(_) | SessionError::IdleTimeout(_) => ErrorCode::Timeout,
+            SessionError::ShuttingDown => ErrorCode::ShuttingDown,
             SessionError::Unexpected { .. } => ErrorCode::BadFrame,
             SessionError::Remote(m) => m.code,
             SessionError::Io(_) | SessionError::Closed => ErrorCode::Internal,
@@ -109,6 +117,8 @@ pub struct SessionReader<'a> {
 /// The sending half of a session.
 pub struct SessionWriter<'a> {
     inner: FramedWrite<WriteHalf<Box<dyn Io + 'a>>, FrameCodec>,
+    /// Every flush (and close) gives up after this long without finishing.
+    timeout: Duration,
 }
 
 /// One framed connection: frames in, frames out.
@@ -137,7 +147,10 @@ impl<'a> Session<'a> {
         let writer = FramedWrite::new(w, FrameCodec::new());
         Session {
             reader: SessionReader { inner: reader },
-            writer: SessionWriter { inner: writer },
+            writer: SessionWriter {
+                inner: writer,
+                timeout: WRITE_STALL_TIMEOUT,
+            },
         }
     }
 
@@ -149,6 +162,13 @@ impl<'a> Session<'a> {
         inner.decoder_mut().set_limits(limits);
         let capacity = read_capacity(limits);
         inner.read_buffer_mut().reserve(capacity);
+    }
+
+    /// How long any write may wait for a peer that does not read; past it
+    /// the write fails with [`SessionError::Timeout`] (and the session
+    /// ends).
+    pub fn set_write_timeout(&mut self, timeout: Duration) {
+        self.writer.timeout = timeout;
     }
 
     /// Both halves, to read and write concurrently (e.g. stdin in, stdout out).
@@ -212,7 +232,7 @@ impl<'a> Session<'a> {
         if self.reader.has_buffered_input() && self.writer.has_room() {
             return Ok(());
         }
-        self.writer.flush_bounded().await
+        self.writer.flush().await
     }
 
     /// See [`SessionWriter::flush`].
@@ -283,14 +303,14 @@ impl SessionWriter<'_> {
     }
 
     /// Queues a frame, and sends the buffer once it is past
-    /// [`WRITE_HIGH_WATER`] (waiting at most [`WRITE_STALL_TIMEOUT`] for a
-    /// peer that does not read). The one way streams of chunks are written.
+    /// [`WRITE_HIGH_WATER`] (waiting at most the write timeout for a peer
+    /// that does not read). The one way streams of chunks are written.
     pub async fn write<M: Message>(&mut self, msg: &M, body: &[u8]) -> Result<(), SessionError> {
         self.queue(msg, body)?;
         if self.has_room() {
             return Ok(());
         }
-        self.flush_bounded().await
+        self.flush().await
     }
 
     /// [`write`](Self::write) for a frame already built (on another
@@ -301,21 +321,13 @@ impl SessionWriter<'_> {
         if self.has_room() {
             return Ok(());
         }
-        self.flush_bounded().await
+        self.flush().await
     }
 
     /// Whether the buffer is below [`WRITE_HIGH_WATER`]: loops that produce
     /// output concurrently with flushing read more only while it is.
     pub fn has_room(&self) -> bool {
         self.buffered() < WRITE_HIGH_WATER
-    }
-
-    /// [`flush`](Self::flush) within [`WRITE_STALL_TIMEOUT`].
-    async fn flush_bounded(&mut self) -> Result<(), SessionError> {
-        match tokio::time::timeout(WRITE_STALL_TIMEOUT, self.flush()).await {
-            Ok(r) => r,
-            Err(_) => Err(SessionError::Timeout(WRITE_STALL_TIMEOUT)),
-        }
     }
 
     /// Queues a frame and sends everything buffered.
@@ -333,11 +345,14 @@ impl SessionWriter<'_> {
         self.send(&ErrorMsg::new(code, message), &[]).await
     }
 
-    /// Sends everything buffered.
+    /// Sends everything buffered, within the write timeout (a peer that
+    /// stops reading cannot hold a writer forever).
     pub async fn flush(&mut self) -> Result<(), SessionError> {
-        SinkExt::<Frame>::flush(&mut self.inner)
-            .await
-            .map_err(SessionError::from)
+        let flush = SinkExt::<Frame>::flush(&mut self.inner);
+        match tokio::time::timeout(self.timeout, flush).await {
+            Ok(r) => r.map_err(SessionError::from),
+            Err(_) => Err(SessionError::Timeout(self.timeout)),
+        }
     }
 
     /// Bytes queued but not yet sent.
@@ -345,10 +360,13 @@ impl SessionWriter<'_> {
         self.inner.write_buffer().len()
     }
 
-    /// Flushes and shuts down the sending direction.
+    /// Flushes and shuts down the sending direction (TLS close_notify),
+    /// within the write timeout.
     pub async fn close(&mut self) -> Result<(), SessionError> {
-        SinkExt::<Frame>::close(&mut self.inner)
-            .await
-            .map_err(SessionError::from)
+        let close = SinkExt::<Frame>::close(&mut self.inner);
+        match tokio::time::timeout(self.timeout, close).await {
+            Ok(r) => r.map_err(SessionError::from),
+            Err(_) => Err(SessionError::Timeout(self.timeout)),
+        }
     }
 }

@@ -37,6 +37,7 @@ use skiff_wire::{ErrorCode, ErrorMsg, Frame, MessageError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use self::child::{GroupGuard, SpawnError, Started, Streams};
 use self::pty::PtyMaster;
@@ -110,6 +111,7 @@ pub async fn handle(
         session,
         started,
         allowed.timeout_ms.map(Duration::from_millis),
+        ctx.shutdown.clone(),
         &mut bytes_out,
     )
     .await;
@@ -268,6 +270,7 @@ async fn run(
     session: &mut Session<'_>,
     started: Started,
     timeout: Option<Duration>,
+    shutdown: CancellationToken,
     bytes_out: &mut u64,
 ) -> Result<Exit, SessionError> {
     let Started {
@@ -304,6 +307,8 @@ async fn run(
         timed_out: false,
         kill_at: None,
         quiet_at: None,
+        shutdown,
+        stopping: false,
         bytes_out: 0,
     };
     let (reader, writer) = session.split();
@@ -340,6 +345,10 @@ struct Running<'m> {
     kill_at: Option<Instant>,
     /// When a pty that stayed quiet after the exit is closed.
     quiet_at: Option<Instant>,
+    /// Cancelled when the server starts shutting down.
+    shutdown: CancellationToken,
+    /// The group has been told the server is stopping.
+    stopping: bool,
     /// Output bytes queued for the client so far.
     bytes_out: u64,
 }
@@ -372,6 +381,7 @@ impl Running<'_> {
                 _ = sleep_until(self.quiet_at) => self.on_quiet(),
                 _ = sleep_until(self.deadline) => self.on_deadline(),
                 _ = sleep_until(self.kill_at) => self.on_kill_grace_over(),
+                _ = self.shutdown.cancelled(), if !self.stopping => self.on_shutdown(),
                 f = reader.recv() => self.on_frame(writer, f).await?,
             }
         }
@@ -455,6 +465,16 @@ impl Running<'_> {
     fn on_deadline(&mut self) {
         self.deadline = None;
         self.timed_out = true;
+        self.group.signal(Signal::SIGTERM);
+        self.kill_at = Some(Instant::now() + KILL_GRACE);
+    }
+
+    /// The server is stopping: the group gets SIGHUP (an interactive shell
+    /// ignores SIGTERM) and SIGTERM, then SIGKILL after [`KILL_GRACE`]; its
+    /// exit is delivered as usual.
+    fn on_shutdown(&mut self) {
+        self.stopping = true;
+        self.group.signal(Signal::SIGHUP);
         self.group.signal(Signal::SIGTERM);
         self.kill_at = Some(Instant::now() + KILL_GRACE);
     }

@@ -139,59 +139,171 @@ fn batch_json(entries: &[Entry]) -> Vec<u8> {
     serde_json::to_vec(entries).unwrap_or_else(|_| b"[]".to_vec())
 }
 
+/// Most directories a recursive listing holds open at once. The first
+/// levels of the current path keep their handle; a directory deeper than
+/// that is reopened, one component at a time from the deepest open
+/// ancestor (never following a symlink), when its next subdirectory is
+/// entered. So a walk holds at most this many directory descriptors, plus
+/// two while it reopens and one while it reads a directory, whatever the
+/// width or depth of the tree.
+pub const MAX_OPEN_DIRS: usize = 16;
+
+/// One directory of the current path of a walk.
+struct Level {
+    /// Its handle, for the first [`MAX_OPEN_DIRS`] levels.
+    dir: Option<Dir>,
+    /// Its path relative to the top of the listing (`""` for the top).
+    prefix: String,
+    /// Subdirectories still to enter, last first.
+    pending: Vec<String>,
+}
+
+/// Collects entries into bounded `entries` bodies and sends them.
+struct Batcher<'t> {
+    tx: &'t mpsc::Sender<std::io::Result<Vec<u8>>>,
+    batch: Vec<Entry>,
+    bytes: usize,
+}
+
+impl Batcher<'_> {
+    /// Adds one entry; `false` once the receiver is gone (stop walking).
+    fn push(&mut self, entry: Entry) -> bool {
+        self.bytes += entry.path.len() + 128;
+        self.batch.push(entry);
+        if self.bytes < BATCH_BYTES {
+            return true;
+        }
+        self.flush()
+    }
+
+    fn flush(&mut self) -> bool {
+        if self.batch.is_empty() {
+            return true;
+        }
+        let body = batch_json(&self.batch);
+        self.batch.clear();
+        self.bytes = 0;
+        self.tx.blocking_send(Ok(body)).is_ok()
+    }
+}
+
+fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}/{name}")
+    }
+}
+
+/// Lists one directory (sorted by name) into `out`; returns its
+/// subdirectories (by lstat, so never a symlink), or `None` when the
+/// receiver is gone.
+fn list_one(
+    dir: &Dir,
+    prefix: &str,
+    recursive: bool,
+    out: &mut Batcher<'_>,
+) -> std::io::Result<Option<Vec<String>>> {
+    let mut names = Vec::new();
+    for ent in dir.entries()?.flatten() {
+        match ent.file_name().into_string() {
+            Ok(n) => names.push(n),
+            Err(n) => tracing::warn!(name = ?n, "skipping a file name that is not UTF-8"),
+        }
+    }
+    names.sort();
+    let mut subdirs = Vec::new();
+    for name in names {
+        let Ok(entry) = describe(dir, &name, join(prefix, &name)) else {
+            continue;
+        };
+        if recursive && entry.kind == EntryKind::Dir {
+            subdirs.push(name);
+        }
+        if !out.push(entry) {
+            return Ok(None);
+        }
+    }
+    subdirs.reverse();
+    Ok(Some(subdirs))
+}
+
+/// Opens subdirectory `name` of the last level of `stack`: through its
+/// handle, or, when it has none, component by component from the deepest
+/// level that has one (each step refusing symlinks).
+fn open_child(stack: &[Level], name: &str) -> std::io::Result<Dir> {
+    let Some(anchor) = stack.iter().rposition(|l| l.dir.is_some()) else {
+        return Err(std::io::Error::other("no open directory in the walk"));
+    };
+    let first = stack[anchor]
+        .dir
+        .as_ref()
+        .ok_or_else(|| std::io::Error::other("walk"))?;
+    let base = &stack[anchor].prefix;
+    let parent = &stack[stack.len() - 1].prefix;
+    let rest = parent
+        .strip_prefix(base.as_str())
+        .unwrap_or(parent)
+        .trim_start_matches('/');
+    let mut comps: Vec<&str> = rest.split('/').filter(|c| !c.is_empty()).collect();
+    comps.push(name);
+    let mut cur = first.open_dir_nofollow(comps[0])?;
+    for c in &comps[1..] {
+        cur = cur.open_dir_nofollow(c)?;
+    }
+    Ok(cur)
+}
+
 /// Reads directories (sorted by name), parents before their contents,
-/// sending bounded batches. Subdirectories are opened without following
-/// symlinks, so a walk never leaves the tree.
+/// sending bounded batches, depth first with a bounded number of open
+/// directories ([`MAX_OPEN_DIRS`]). Subdirectories are opened without
+/// following symlinks, so a walk never leaves the tree.
 fn walk(top: Dir, recursive: bool, tx: &mpsc::Sender<std::io::Result<Vec<u8>>>) {
-    let mut stack = vec![(top, String::new())];
-    let mut batch: Vec<Entry> = Vec::new();
-    let mut batch_bytes = 0usize;
-    while let Some((dir, prefix)) = stack.pop() {
-        let mut names = Vec::new();
-        let entries = match dir.entries() {
-            Ok(e) => e,
+    let mut out = Batcher {
+        tx,
+        batch: Vec::new(),
+        bytes: 0,
+    };
+    let pending = match list_one(&top, "", recursive, &mut out) {
+        Ok(Some(p)) => p,
+        Ok(None) => return,
+        Err(e) => {
+            let _ = tx.blocking_send(Err(e));
+            return;
+        }
+    };
+    let mut stack = vec![Level {
+        dir: Some(top),
+        prefix: String::new(),
+        pending,
+    }];
+    while let Some(level) = stack.last_mut() {
+        let Some(name) = level.pending.pop() else {
+            stack.pop();
+            continue;
+        };
+        let path = join(&level.prefix, &name);
+        // Gone or replaced since it was listed: its entry stands, its
+        // contents are skipped.
+        let Ok(child) = open_child(&stack, &name) else {
+            continue;
+        };
+        let pending = match list_one(&child, &path, recursive, &mut out) {
+            Ok(Some(p)) => p,
+            Ok(None) => return,
             Err(e) => {
                 let _ = tx.blocking_send(Err(e));
                 return;
             }
         };
-        for ent in entries.flatten() {
-            match ent.file_name().into_string() {
-                Ok(n) => names.push(n),
-                Err(n) => tracing::warn!(name = ?n, "skipping a file name that is not UTF-8"),
-            }
-        }
-        names.sort();
-        let mut subdirs = Vec::new();
-        for name in names {
-            let path = if prefix.is_empty() {
-                name.clone()
-            } else {
-                format!("{prefix}/{name}")
-            };
-            let Ok(entry) = describe(&dir, &name, path.clone()) else {
-                continue;
-            };
-            if recursive && entry.kind == EntryKind::Dir {
-                if let Ok(d) = dir.open_dir_nofollow(&name) {
-                    subdirs.push((d, path));
-                }
-            }
-            batch_bytes += entry.path.len() + 128;
-            batch.push(entry);
-            if batch_bytes >= BATCH_BYTES {
-                if tx.blocking_send(Ok(batch_json(&batch))).is_err() {
-                    return;
-                }
-                batch.clear();
-                batch_bytes = 0;
-            }
-        }
-        stack.extend(subdirs.into_iter().rev());
+        let keep = stack.len() < MAX_OPEN_DIRS;
+        stack.push(Level {
+            dir: keep.then_some(child),
+            prefix: path,
+            pending,
+        });
     }
-    if !batch.is_empty() {
-        let _ = tx.blocking_send(Ok(batch_json(&batch)));
-    }
+    out.flush();
 }
 
 /// A glob walk: at each depth only the names matching that component of
