@@ -68,6 +68,10 @@ fn put_destinations_follow_cp_semantics() {
     assert!(root.join("www/css/a.css").is_file());
     ok(&run(&server, &["put", "-r", url, p(&site), "www"]));
     assert!(root.join("www/site/css/a.css").is_file());
+    // Flags may follow TARGET, as they always could.
+    ok(&run(&server, &["put", url, "-f", p(&f), "backup/"]));
+    let o = run(&server, &["put", url, p(&f)]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     // A trailing slash on the source changes nothing (as cp and scp).
     ok(&run(
         &server,
@@ -467,4 +471,74 @@ fn cp_remote_to_remote_streams_through_the_client() {
     ok(&run(&a, &["cp", &ua("logs/1.log"), &ua("copy.log")]));
     assert_eq!(fs::read_to_string(a.root.join("copy.log")).unwrap(), "1");
     assert!(common::leftovers(&b.root).is_empty());
+}
+
+/// Progress is drawn only on a terminal (here a pseudo-terminal made by
+/// `script`), forced as lines by `--progress`, silenced by `-q`; a pipe
+/// gets nothing extra. `-v` names each file.
+#[test]
+fn progress_only_on_a_terminal() {
+    use std::process::Command;
+    let server = TestServer::start(&[]);
+    let url = server.url();
+    let work = tempfile::tempdir().unwrap();
+    let f = work.path().join("big.bin");
+    common::make_file(&f, 6 << 20, 3);
+    let tree = work.path().join("tree");
+    write(&tree.join("a"), "a");
+    write(&tree.join("sub/b"), "b");
+
+    let o = run(&server, &["put", url, p(&f), "quiet.bin"]);
+    ok(&o);
+    assert!(o.stderr.is_empty(), "a pipe gets nothing: {}", stderr(&o));
+    let o = run(&server, &["put", "--progress", url, p(&f), "lines.bin"]);
+    ok(&o);
+    assert!(stderr(&o).contains("1 file, 6.00 MiB in"), "{}", stderr(&o));
+    let o = run(&server, &["put", "-r", "-v", url, p(&tree), "t"]);
+    ok(&o);
+    assert!(
+        stderr(&o).contains("t/sub/b") && stderr(&o).contains("2 files"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = run(
+        &server,
+        &[
+            "put",
+            "--json",
+            url,
+            p(&f),
+            p(&work.path().join("nope")),
+            "j/",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(v["files"], 1, "{v}");
+    assert_eq!(v["bytes"], 6 << 20, "{v}");
+    assert_eq!(v["failures"].as_array().map(Vec::len), Some(1), "{v}");
+
+    let in_pty = |args: &str| {
+        let cmd = format!("{} {args}", common::skiff_bin());
+        let mut c = common::env_for(Command::new("script"), server.home.path());
+        c.env("SKIFF_TEST_CHUNK_DELAY_MS", "150")
+            .env("TERM", "xterm")
+            .args(["-qec", &cmd, "/dev/null"]);
+        c.output().unwrap()
+    };
+    let o = in_pty(&format!("put {url} {} tty.bin", p(&f)));
+    ok(&o);
+    let shown = text(&o.stdout);
+    assert!(shown.contains("ETA"), "a bar on the terminal: {shown:?}");
+    assert!(
+        shown.contains("big.bin"),
+        "the bar names the file: {shown:?}"
+    );
+    assert!(shown.contains("1 file, 6.00 MiB in"), "{shown:?}");
+    let o = in_pty(&format!("put -q {url} {} q.bin", p(&f)));
+    ok(&o);
+    assert!(!text(&o.stdout).contains("ETA"), "{:?}", text(&o.stdout));
+    assert!(server.root.join("q.bin").is_file());
 }

@@ -33,7 +33,7 @@ pub struct Args {
     /// Sources, then the destination: HOST:PATH, USER@HOST:PATH,
     /// [IPv6]:PATH, skiff://[USER@]HOST[:PORT]/PATH, a local path (write
     /// a local name holding `:` as ./name), or `-` (stdin / stdout).
-    #[arg(value_name = "PATH", num_args = 2.., required = true)]
+    #[arg(value_name = "PATH", num_args = 1.., required = true)]
     paths: Vec<String>,
 }
 
@@ -41,7 +41,7 @@ pub struct Args {
 pub fn run(a: Args) -> anyhow::Result<i32> {
     let json = a.fanout.json;
     let opts = a.flags.options(json);
-    let Some((dst, srcs)) = a.paths.split_last() else {
+    let Some((dst, srcs)) = a.paths.split_last().filter(|(_, s)| !s.is_empty()) else {
         usage!("give at least one source and a destination")
     };
     if a.fanout.selected() {
@@ -146,7 +146,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     });
     match r {
         Ok(s) => {
-            totals.add(&a.flags, "cp", s);
+            totals.add(s);
             Ok(totals.report("cp", &a.flags, json))
         }
         Err(e) => {

@@ -34,7 +34,7 @@ pub struct PutArgs {
     /// TARGET (none with -H or --hosts-file), then the local files or
     /// trees, then the remote destination (relative to the server root;
     /// `/` is the root; ending in `/`: a directory).
-    #[arg(value_name = "ARG", num_args = 2.., required = true)]
+    #[arg(value_name = "ARG", num_args = 1.., required = true)]
     args: Vec<String>,
 }
 
@@ -55,7 +55,7 @@ pub struct GetArgs {
     /// TARGET (none with -H or --hosts-file), then the remote files or
     /// trees (globs such as 'logs/*.log' are expanded by the server), then
     /// the local destination (ending in `/`: a directory).
-    #[arg(value_name = "ARG", num_args = 2.., required = true)]
+    #[arg(value_name = "ARG", num_args = 1.., required = true)]
     args: Vec<String>,
 }
 
@@ -201,7 +201,7 @@ pub(super) fn transfer_one(
     let r = with_client_quiet(target, key, port, flags.quiet, async |c| Ok(f(c).await?));
     match r {
         Ok(s) => {
-            totals.add(flags, what, s);
+            totals.add(s);
             Ok(totals.report(what, flags, json))
         }
         Err(e) => {

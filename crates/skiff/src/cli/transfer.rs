@@ -28,7 +28,7 @@ pub struct TransferFlags {
     /// No progress, no summary, no trust notices.
     #[arg(short = 'q', long, conflicts_with_all = ["verbose", "progress"])]
     pub quiet: bool,
-    /// Name each source as it is copied.
+    /// Name each file as it is done, and print the summary line.
     #[arg(short = 'v', long)]
     pub verbose: bool,
     /// Show progress even when stderr is not a terminal (one line a second).
@@ -68,6 +68,7 @@ impl TransferFlags {
             hash: self.hash,
             progress: self.progress_kind(json),
             label: String::new(),
+            verbose: self.verbose,
         }
     }
 }
@@ -88,11 +89,8 @@ impl Totals {
         }
     }
 
-    /// Adds one source's result; with `-v`, names it.
-    pub fn add(&mut self, flags: &TransferFlags, what: &str, s: Summary) {
-        if flags.verbose {
-            eprintln!("{what}: {} file(s), {} bytes", s.files, s.bytes);
-        }
+    /// Adds a command's result.
+    pub fn add(&mut self, s: Summary) {
         self.summary.absorb(s);
     }
 

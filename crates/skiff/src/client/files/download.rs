@@ -68,6 +68,7 @@ pub async fn get_as(
         let entries = remote::ls(session, remote, true).await?;
         let (jobs, dirs, total) = plan_tree(&top, remote, &entries, opts, &mut summary.failures);
         let progress = Progress::new(total, opts);
+        progress.set_files(jobs.len() as u64);
         run(session, jobs, opts, &progress, &mut summary).await?;
         progress.finish();
         // Directory times last: creating files changed them.
@@ -246,7 +247,9 @@ async fn run(
     let receive = async {
         let mut out = Summary::default();
         while let Some(job) = rx.recv().await {
-            match receive_file(reader, &job, opts, progress).await? {
+            let r = receive_file(reader, &job, opts, progress).await?;
+            progress.file_done(&job.remote);
+            match r {
                 Ok(size) => {
                     out.files += 1;
                     out.bytes += size;

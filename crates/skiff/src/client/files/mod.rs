@@ -41,6 +41,8 @@ pub struct Options {
     pub progress: progress::ProgressKind,
     /// What the progress display calls this transfer (a file or tree name).
     pub label: String,
+    /// Name each file on stderr as it is done (`-v`).
+    pub verbose: bool,
 }
 
 /// One file (or directory, or link) that could not be transferred; the

@@ -31,6 +31,7 @@ pub struct Progress {
     done: Option<Arc<AtomicBool>>,
     label: String,
     files: Arc<(AtomicU64, AtomicU64)>,
+    verbose: bool,
 }
 
 impl Progress {
@@ -74,6 +75,7 @@ impl Progress {
             done,
             label,
             files,
+            verbose: opts.verbose,
         }
     }
 
@@ -83,10 +85,17 @@ impl Progress {
         self.show_counts();
     }
 
-    /// Counts one file finished (or given up).
-    pub fn file_done(&self) {
+    /// Counts one file finished (or given up); with `-v` names it, above
+    /// the bar when there is one.
+    pub fn file_done(&self, name: &str) {
         self.files.0.fetch_add(1, Ordering::Relaxed);
         self.show_counts();
+        if self.verbose {
+            match &self.bar {
+                Some(b) if self.done.is_none() => b.println(name),
+                _ => eprintln!("{name}"),
+            }
+        }
     }
 
     fn show_counts(&self) {

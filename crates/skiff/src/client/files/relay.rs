@@ -58,6 +58,7 @@ pub async fn get_to_writer<W: AsyncWrite + Unpin>(
                 Chunk::Failed(f) => break Err(f),
             }
         };
+        progress.file_done(&path);
         progress.finish();
         match verdict {
             Ok(_) => {
@@ -115,6 +116,7 @@ pub async fn relay_all(
             _ => {
                 let progress = Progress::new(entry.size, &opts);
                 let r = relay_file(src, &path, dst, &place, &opts, &progress).await?;
+                progress.file_done(&place);
                 progress.finish();
                 summary.count(r);
             }
@@ -179,7 +181,7 @@ async fn relay_tree(
             EntryKind::File => {
                 let from = remote_join(path, &e.path);
                 let r = relay_file(src, &from, dst, &to, opts, &progress).await?;
-                progress.file_done();
+                progress.file_done(&to);
                 summary.count(r);
             }
             EntryKind::Other => summary.failures.push(Failure {

@@ -88,6 +88,7 @@ pub async fn put_as(
         (vec![job], md.len())
     };
     let progress = Progress::new(total, opts);
+    progress.set_files(jobs.iter().filter(|j| matches!(j, Job::File(_))).count() as u64);
     if md.is_dir() && !opts.resume {
         // One stream for the whole tree, when the server offers it.
         match tree_put::start(session, opts).await? {
@@ -257,6 +258,7 @@ async fn run(
                                 FilesReply::Done(d) => {
                                     done.0 += 1;
                                     done.1 += d.size;
+                                    progress.file_done(&label);
                                     continue;
                                 }
                                 other => failure_or_protocol(other, Done::OP)?,
@@ -265,6 +267,7 @@ async fn run(
                         other => failure_or_protocol(other, Ready::OP)?,
                     };
                     abort.store(index + 1, Ordering::SeqCst);
+                    progress.file_done(&label);
                     fail(labelled(&label, refusal));
                 }
             }
