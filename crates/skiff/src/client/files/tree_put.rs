@@ -168,11 +168,16 @@ pub(super) async fn stream(
                     if s.is_file {
                         files += 1;
                         bytes += s.size;
+                        progress.file_done(&s.label);
                     }
                 }
             }
             for f in ack.failed {
-                let label = answered(f.id).map(|s| s.label).unwrap_or_default();
+                let sent = answered(f.id);
+                if let Some(s) = sent.as_ref().filter(|s| s.is_file) {
+                    progress.file_done(&s.label);
+                }
+                let label = sent.map(|s| s.label).unwrap_or_default();
                 let message = if label.is_empty() || f.message.contains(&label) {
                     f.message
                 } else {
