@@ -8,10 +8,10 @@
 
 use std::path::PathBuf;
 
-use super::connect::{open, KeyArg, PortArg};
-use super::fanout::{self, FanoutArgs};
+use super::connect::open;
+use super::fanout;
 use super::output::usage;
-use super::transfer::{resume_hint, Totals, TransferFlags};
+use super::transfer::{resume_hint, Totals, TransferArgs};
 use crate::client::files::{dest, relay, sources, upload, Options, Summary};
 use crate::client::ClientError;
 use crate::target::{HostSpec, Location, RemotePath};
@@ -20,16 +20,7 @@ use crate::target::{HostSpec, Location, RemotePath};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    key: KeyArg,
-    #[command(flatten)]
-    flags: TransferFlags,
-    #[command(flatten)]
-    port: PortArg,
-    #[command(flatten)]
-    fanout: FanoutArgs,
-    /// With several hosts: each host's deadline, in seconds.
-    #[arg(long, value_name = "SECS")]
-    timeout: Option<f64>,
+    t: TransferArgs,
     /// Sources, then the destination: HOST:PATH, USER@HOST:PATH,
     /// [IPv6]:PATH, skiff://[USER@]HOST[:PORT]/PATH, a local path (write
     /// a local name holding `:` as ./name), or `-` (stdin / stdout).
@@ -39,12 +30,12 @@ pub struct Args {
 
 /// Runs `skiff cp`.
 pub fn run(a: Args) -> anyhow::Result<i32> {
-    let json = a.fanout.json;
-    let opts = a.flags.options(json);
+    let json = a.t.fanout.json;
+    let opts = a.t.flags.options(json);
     let Some((dst, srcs)) = a.paths.split_last().filter(|(_, s)| !s.is_empty()) else {
         usage!("give at least one source and a destination")
     };
-    if a.fanout.selected() {
+    if a.t.fanout.selected() {
         return many_hosts(&a, srcs, dst, opts);
     }
     let parse = |s: &String| Location::parse(s).map_err(super::output::UsageError);
@@ -83,7 +74,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             usage!("the sources must be all remote or all local")
         }
         (Location::Local(to), _) => Plan::Get(groups(&remote_srcs), to.clone()),
-        (Location::Stdio, _) if a.flags.recursive => usage!("a tree cannot be written to stdout"),
+        (Location::Stdio, _) if a.t.flags.recursive => usage!("a tree cannot be written to stdout"),
         (Location::Stdio, _) => Plan::Stdout(groups(&remote_srcs)),
         (Location::Remote(to), _) => Plan::Relay(groups(&remote_srcs), to),
     };
@@ -94,7 +85,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     };
     let several = srcs.len() > 1;
     let r = super::runtime()?.block_on(async {
-        let (k, p, q) = (&a.key, a.port, a.flags.quiet);
+        let (k, p, q) = (&a.t.key, a.t.port, a.t.flags.quiet);
         let mut all = Summary::default();
         match &plan {
             Plan::Put(local, to) => {
@@ -147,7 +138,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     match r {
         Ok(s) => {
             totals.add(s);
-            Ok(totals.report("cp", &a.flags, json))
+            Ok(totals.report("cp", &a.t.flags, json))
         }
         Err(e) => {
             resume_hint(&e);
@@ -200,21 +191,21 @@ fn spool_stdin() -> anyhow::Result<tempfile::NamedTempFile> {
 /// `:DEST` is a fan-out `put`; `:SRC`s to a local directory a fan-out
 /// `get` (into `DIR/HOST/`).
 fn many_hosts(a: &Args, srcs: &[String], dst: &str, opts: Options) -> anyhow::Result<i32> {
-    let timeout = fanout::parse_timeout(a.timeout)?;
+    let timeout = fanout::parse_timeout(a.t.timeout)?;
     let remote = |s: &str| s.strip_prefix(':').map(str::to_string);
     if let Some(to) = remote(dst) {
         if srcs.iter().any(|s| s.starts_with(':') || s == "-") {
             usage!("with -H, copy local files to :PATH, or :PATHs to a local directory");
         }
         let local = srcs.iter().map(PathBuf::from).collect();
-        return fanout::put_many(&a.fanout, &a.key, a.port, timeout, local, &to, opts);
+        return fanout::put_many(&a.t.fanout, &a.t.key, a.t.port, timeout, local, &to, opts);
     }
     let from: Option<Vec<String>> = srcs.iter().map(|s| remote(s)).collect();
     match from {
         Some(from) if dst != "-" => fanout::get_many(
-            &a.fanout,
-            &a.key,
-            a.port,
+            &a.t.fanout,
+            &a.t.key,
+            a.t.port,
             timeout,
             from,
             PathBuf::from(dst),

@@ -9,9 +9,9 @@ use std::path::PathBuf;
 use skiff_wire::message::files::{Entry, EntryKind};
 
 use super::connect::{open, parse_target, KeyArg, PortArg};
-use super::fanout::{self, FanoutArgs};
+use super::fanout;
 use super::output::usage;
-use super::transfer::{resume_hint, Totals, TransferFlags};
+use super::transfer::{resume_hint, Totals, TransferArgs, TransferFlags};
 use crate::client::files::{remote, sources, Summary};
 use crate::client::{Client, ClientError};
 use crate::target::HostSpec;
@@ -21,16 +21,7 @@ use crate::transfer::meta::{format_time, mode_string};
 #[derive(Debug, clap::Args)]
 pub struct PutArgs {
     #[command(flatten)]
-    key: KeyArg,
-    #[command(flatten)]
-    flags: TransferFlags,
-    #[command(flatten)]
-    port: PortArg,
-    #[command(flatten)]
-    fanout: FanoutArgs,
-    /// With several hosts: each host's deadline, in seconds.
-    #[arg(long, value_name = "SECS")]
-    timeout: Option<f64>,
+    t: TransferArgs,
     /// TARGET (none with -H or --hosts-file), then the local files or
     /// trees, then the remote destination (relative to the server root;
     /// `/` is the root; ending in `/`: a directory).
@@ -42,16 +33,7 @@ pub struct PutArgs {
 #[derive(Debug, clap::Args)]
 pub struct GetArgs {
     #[command(flatten)]
-    key: KeyArg,
-    #[command(flatten)]
-    flags: TransferFlags,
-    #[command(flatten)]
-    port: PortArg,
-    #[command(flatten)]
-    fanout: FanoutArgs,
-    /// With several hosts: each host's deadline, in seconds.
-    #[arg(long, value_name = "SECS")]
-    timeout: Option<f64>,
+    t: TransferArgs,
     /// TARGET (none with -H or --hosts-file), then the remote files or
     /// trees (globs such as 'logs/*.log' are expanded by the server), then
     /// the local destination (ending in `/`: a directory).
@@ -215,40 +197,60 @@ pub(super) fn transfer_one(
 
 /// Runs `skiff put`.
 pub fn put(a: PutArgs) -> anyhow::Result<i32> {
-    let json = a.fanout.json;
-    let opts = a.flags.options(json);
-    let pos = positionals(&a.args, a.fanout.selected())?;
+    let json = a.t.fanout.json;
+    let opts = a.t.flags.options(json);
+    let pos = positionals(&a.args, a.t.fanout.selected())?;
     let sources: Vec<PathBuf> = pos.sources.iter().map(PathBuf::from).collect();
     let Some(target) = pos.target else {
-        let timeout = fanout::parse_timeout(a.timeout)?;
-        return fanout::put_many(&a.fanout, &a.key, a.port, timeout, sources, pos.dest, opts);
+        let timeout = fanout::parse_timeout(a.t.timeout)?;
+        return fanout::put_many(
+            &a.t.fanout,
+            &a.t.key,
+            a.t.port,
+            timeout,
+            sources,
+            pos.dest,
+            opts,
+        );
     };
-    transfer_one("put", &target, &a.key, a.port, &a.flags, json, async |c| {
-        sources::put_all(&mut c.session, &sources, pos.dest, &opts).await
-    })
+    transfer_one(
+        "put",
+        &target,
+        &a.t.key,
+        a.t.port,
+        &a.t.flags,
+        json,
+        async |c| sources::put_all(&mut c.session, &sources, pos.dest, &opts).await,
+    )
 }
 
 /// Runs `skiff get`.
 pub fn get(a: GetArgs) -> anyhow::Result<i32> {
-    let json = a.fanout.json;
-    let opts = a.flags.options(json);
-    let pos = positionals(&a.args, a.fanout.selected())?;
+    let json = a.t.fanout.json;
+    let opts = a.t.flags.options(json);
+    let pos = positionals(&a.args, a.t.fanout.selected())?;
     let dest = PathBuf::from(pos.dest);
     let Some(target) = pos.target else {
-        let timeout = fanout::parse_timeout(a.timeout)?;
+        let timeout = fanout::parse_timeout(a.t.timeout)?;
         return fanout::get_many(
-            &a.fanout,
-            &a.key,
-            a.port,
+            &a.t.fanout,
+            &a.t.key,
+            a.t.port,
             timeout,
             pos.sources.to_vec(),
             dest,
             opts,
         );
     };
-    transfer_one("get", &target, &a.key, a.port, &a.flags, json, async |c| {
-        sources::get_all(&mut c.session, pos.sources, &dest, false, &opts).await
-    })
+    transfer_one(
+        "get",
+        &target,
+        &a.t.key,
+        a.t.port,
+        &a.t.flags,
+        json,
+        async |c| sources::get_all(&mut c.session, pos.sources, &dest, false, &opts).await,
+    )
 }
 
 /// One `ls -l` style line.

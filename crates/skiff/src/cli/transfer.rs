@@ -167,3 +167,21 @@ mod tests {
         );
     }
 }
+
+/// What every transfer command (`put`, `get`, `cp`) takes besides its
+/// paths: the key, the transfer flags, the port and, for a fan-out, the
+/// hosts and each host's deadline.
+#[derive(Debug, clap::Args)]
+pub struct TransferArgs {
+    #[command(flatten)]
+    pub(super) key: super::connect::KeyArg,
+    #[command(flatten)]
+    pub(super) flags: TransferFlags,
+    #[command(flatten)]
+    pub(super) port: super::connect::PortArg,
+    #[command(flatten)]
+    pub(super) fanout: super::fanout::FanoutArgs,
+    /// With several hosts: each host's deadline, in seconds.
+    #[arg(long, value_name = "SECS")]
+    pub(super) timeout: Option<f64>,
+}
