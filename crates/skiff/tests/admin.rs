@@ -19,7 +19,7 @@ use skiff::keys::UserKey;
 use skiff_wire::message::exec::{Exec, Exit};
 use skiff_wire::message::files::{EntryKind, Put};
 
-use common::{stderr, TestServer};
+use common::{stderr, text, write_private, TestServer};
 
 /// A server with a users file of our own, an audit log, and one key file
 /// per user.
@@ -159,15 +159,6 @@ fn new_key(dir: &Path, name: &str) -> (UserKey, PathBuf) {
     let key_file = dir.join(format!("{name}.key"));
     write_private(&key_file, &format!("{}\n", uk.to_line()));
     (uk, key_file)
-}
-
-fn write_private(path: &Path, text: &str) {
-    fs::write(path, text).unwrap();
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 /// A file operation refused by the policy: exit 1, "permission denied"

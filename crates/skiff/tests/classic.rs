@@ -548,19 +548,6 @@ fn upper_server_checks_secret_digest_and_time() {
 
 // ---------------------------------------------------------------- upload
 
-fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
-    // xorshift: deterministic, no extra crate.
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 fn names_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
@@ -579,7 +566,7 @@ fn upload_tutorial_client_against_skiff_server() {
     let src = dir.path().join("a/b/c");
     std::fs::create_dir_all(&src).unwrap();
     let file = src.join("a.txt");
-    let data = random_bytes(300_000, 7);
+    let data = common::random_bytes(300_000, 7);
     std::fs::write(&file, &data).unwrap();
     // The tutorial sends the full path as file_name; only the base name counts.
     let c = Proc::python(
@@ -608,7 +595,7 @@ fn upload_skiff_client_against_tutorial_server() {
     );
     let one = dir.path().join("one.bin");
     let two = dir.path().join("二.txt");
-    std::fs::write(&one, random_bytes(100_000, 3)).unwrap();
+    std::fs::write(&one, common::random_bytes(100_000, 3)).unwrap();
     std::fs::write(&two, b"").unwrap();
     let mut p = Command::new(skiff_bin());
     p.args(["classic", "upload-client", "--port", &port])
@@ -640,7 +627,7 @@ fn upload_fifty_tutorial_clients_at_once() {
     let files: Vec<(PathBuf, Vec<u8>)> = (0..50)
         .map(|i| {
             let f = dir.path().join(format!("f{i}.bin"));
-            let data = random_bytes(20_000 + i * 1000, i as u64 + 11);
+            let data = common::random_bytes(20_000 + i * 1000, i as u64 + 11);
             std::fs::write(&f, &data).unwrap();
             (f, data)
         })
@@ -727,7 +714,7 @@ fn upload_server_refuses_bad_uploads_and_leaves_nothing() {
         "upload-server",
         &["--root", root.to_str().unwrap(), "--idle-timeout", "2"],
     );
-    let data = random_bytes(200_000, 5);
+    let data = common::random_bytes(200_000, 5);
     let reset = Err(io::ErrorKind::ConnectionReset);
 
     // A header over 64 KiB, a negative header length, a header cut short.

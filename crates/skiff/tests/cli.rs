@@ -9,15 +9,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use common::TestServer;
+use common::{text, TestServer};
 
 /// Runs `cmd` with no stdin and returns its output.
 fn output(mut cmd: Command) -> Output {
     cmd.stdin(Stdio::null()).output().expect("run skiff")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 /// The port of the server's first listener.

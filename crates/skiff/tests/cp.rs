@@ -7,11 +7,7 @@ mod common;
 use std::fs;
 use std::path::Path;
 
-use common::{fails_with, ok, p, run, stderr, TestServer};
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use common::{fails_with, ok, p, run, stderr, text, TestServer};
 
 fn write(path: &Path, contents: &str) {
     if let Some(parent) = path.parent() {

@@ -9,16 +9,11 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::TestServer;
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use common::{text, write_private, TestServer};
 
 fn keygen(user: &str) -> String {
     let out = Command::new(common::skiff_bin())
@@ -27,11 +22,6 @@ fn keygen(user: &str) -> String {
         .expect("keygen");
     assert!(out.status.success());
     text(&out.stdout).trim().to_string()
-}
-
-fn write_private(path: &Path, contents: &str) {
-    fs::write(path, contents).expect("write");
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).expect("chmod");
 }
 
 /// What each host in the fleet is doing.

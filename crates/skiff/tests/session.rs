@@ -12,43 +12,19 @@ use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use common::TestServer;
+use common::{run_bounded, text, TestServer};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 
 // ---------------------------------------------------------------------
 // helpers
-
-/// Runs `cmd` and kills it if it takes longer than `limit` (every test
-/// stays bounded even if something hangs).
-fn run_bounded(mut cmd: Command, limit: Duration) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            panic!("command did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.wait_with_output().unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 /// `skiff ping -c 1 -i 0 TARGET` with the server's key; returns the output.
 fn ping(server: &TestServer, target: &str) -> Output {
@@ -723,14 +699,7 @@ fn garbage_and_tls_less_bytes_are_dropped_and_service_goes_on() {
         b.extend_from_slice(h);
         b
     };
-    let mut garbage = vec![0u8; 4096];
-    let mut x = 0x12345678u32;
-    for b in garbage.iter_mut() {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        *b = x as u8;
-    }
+    let garbage = common::random_bytes(4096, 0x1234_5678);
     for bytes in [&plain_frame, &garbage, &b"GET / HTTP/1.1\r\n\r\n".to_vec()] {
         let mut s = TcpStream::connect(&tls).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();

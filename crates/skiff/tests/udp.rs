@@ -322,9 +322,7 @@ fn garbage_flood_does_not_disturb_a_concurrent_ping() {
                     .unwrap(),
             );
         }
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
+        x = common::xorshift(x);
         let d: Vec<u8> = match i % 5 {
             // Random bytes of random length.
             0 => (0..(x % 1500)).map(|j| (x >> (j % 56)) as u8).collect(),

@@ -50,45 +50,14 @@ impl TestServer {
         let root = home.path().join("root");
         std::fs::create_dir(&root).expect("mkdir root");
         let h = home.path().to_string_lossy().to_string();
-        let mut cmd = Command::new(skiff_bin());
-        cmd.envs(env.iter().copied());
-        cmd.arg("serve").arg("--root").arg(&root);
+        let mut args: Vec<String> = Vec::new();
         for l in listen {
-            cmd.arg("--listen").arg(l.replace("{home}", &h));
+            args.extend(["--listen".to_string(), l.replace("{home}", &h)]);
         }
-        for a in extra {
-            cmd.arg(a.replace("{home}", &h));
-        }
-        let mut child = env_for(cmd, home.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn skiff serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    // Keep draining so the server never blocks on stdout.
-                    continue;
-                }
-            }
-        });
-        let mut urls = Vec::new();
+        args.extend(extra.iter().map(|a| a.replace("{home}", &h)));
+        let (child, rx) = spawn_serve(&root, home.path(), &args, env);
         let mut banner = Vec::new();
-        while urls.len() < listen.len() {
-            match rx.recv_timeout(Duration::from_secs(20)) {
-                Ok(line) => match line.strip_prefix("listening on ") {
-                    Some(url) => urls.push(url.to_string()),
-                    None => banner.push(line),
-                },
-                Err(_) => {
-                    let _ = child.kill();
-                    panic!("server did not start; printed {banner:?}");
-                }
-            }
-        }
+        let (urls, child) = wait_listening(&rx, listen.len(), &mut banner, child);
         let key_file = home.path().join(".config/skiff/key");
         let server = TestServer {
             child,
@@ -204,52 +173,74 @@ impl TestServer {
     pub fn restart_with_env(&mut self, env: &[(&str, &str)]) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let mut cmd = Command::new(skiff_bin());
-        cmd.envs(env.iter().copied());
-        cmd.arg("serve")
-            .arg("--root")
-            .arg(&self.root)
-            .arg("--listen")
-            .arg("tcp://127.0.0.1:0");
-        let mut child = env_for(cmd, self.home.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("respawn skiff serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        self.child = child;
+        let args = ["--listen".to_string(), "tcp://127.0.0.1:0".to_string()];
+        let (child, rx) = spawn_serve(&self.root, self.home.path(), &args, env);
         self.banner.clear();
-        loop {
-            let line = rx
-                .recv_timeout(Duration::from_secs(20))
-                .expect("restarted server did not start");
-            if let Some(url) = line.strip_prefix("listening on ") {
-                self.urls = vec![url.to_string()];
-                self.pin_known();
-                return;
+        let (urls, child) = wait_listening(&rx, 1, &mut self.banner, child);
+        self.child = child;
+        self.urls = urls;
+        self.pin_known();
+    }
+}
+
+/// Starts `skiff serve --root ROOT ARGS` in `home`'s environment (plus
+/// `env`); its stdout lines arrive on the returned channel (drained for
+/// as long as the server runs, so it never blocks on stdout).
+fn spawn_serve(
+    root: &Path,
+    home: &Path,
+    args: &[String],
+    env: &[(&str, &str)],
+) -> (Child, mpsc::Receiver<String>) {
+    let mut cmd = Command::new(skiff_bin());
+    cmd.envs(env.iter().copied());
+    cmd.arg("serve").arg("--root").arg(root).args(args);
+    let mut child = env_for(cmd, home)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn skiff serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            // Keep draining after the receiver is gone.
+            let _ = tx.send(line);
+        }
+    });
+    (child, rx)
+}
+
+/// Reads the server's stdout until `n` `listening on URL` lines came (20 s
+/// at most; the server is killed and the test fails past that); the other
+/// lines go to `banner`. Returns the URLs and the child.
+fn wait_listening(
+    rx: &mpsc::Receiver<String>,
+    n: usize,
+    banner: &mut Vec<String>,
+    mut child: Child,
+) -> (Vec<String>, Child) {
+    let mut urls = Vec::new();
+    while urls.len() < n {
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) => match line.strip_prefix("listening on ") {
+                Some(url) => urls.push(url.to_string()),
+                None => banner.push(line),
+            },
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("server did not start; printed {banner:?}");
             }
-            self.banner.push(line);
         }
     }
+    (urls, child)
 }
 
 /// Writes `size` bytes of incompressible, position-dependent data quickly:
 /// one pseudo-random 1 MiB block, stamped with its index each time.
 pub fn make_file(path: &Path, size: u64, seed: u64) {
-    let mut block = vec![0u8; 1 << 20];
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    for b in block.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        b.copy_from_slice(&x.to_le_bytes()[..b.len()]);
-    }
+    let mut block = random_bytes(1 << 20, seed);
     let mut f = fs::File::create(path).unwrap();
     let mut left = size;
     let mut i = 0u64;
@@ -262,12 +253,67 @@ pub fn make_file(path: &Path, size: u64, seed: u64) {
     }
 }
 
+/// `n` deterministic pseudo-random bytes (xorshift64; no extra crate).
+pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(n + 8);
+    while out.len() < n {
+        x = xorshift(x);
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(n);
+    out
+}
+
+/// One step of xorshift64, for tests that want their own stream of
+/// numbers.
+pub fn xorshift(mut x: u64) -> u64 {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    x
+}
+
+/// BLAKE3 of a file, in hex.
 pub fn hash(path: &Path) -> String {
     let mut h = blake3::Hasher::new();
     h.update_reader(fs::File::open(path).unwrap()).unwrap();
     h.finalize().to_hex().to_string()
 }
 
+/// Lossy UTF-8 of a command's output.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Runs `cmd` (no stdin) and kills it if it takes longer than `limit`, so
+/// every test stays bounded even if something hangs.
+pub fn run_bounded(mut cmd: Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn client");
+    let start = std::time::Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("command did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().expect("output")
+}
+
+/// Writes a file only its owner may read (keys, users files).
+pub fn write_private(path: &Path, contents: &str) {
+    fs::write(path, contents).expect("write");
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).expect("chmod");
+}
+
+/// Runs the client in the server's environment with `args`.
 pub fn run(server: &TestServer, args: &[&str]) -> Output {
     server.client().args(args).output().unwrap()
 }

@@ -3,34 +3,14 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
-/// Runs `cmd` and kills it if it takes longer than `limit`.
-pub fn run_bounded(mut cmd: Command, limit: Duration) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn client");
-    let start = Instant::now();
-    while child.try_wait().expect("wait").is_none() {
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            panic!("command did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.wait_with_output().expect("output")
-}
-
-/// Lossy UTF-8 of a command's output.
-pub fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+// Where the availability tests have always found them (each test binary
+// uses a different part of `common`, hence the allowance).
+#[allow(unused_imports)]
+pub use super::{run_bounded, text};
 
 /// Resident memory of process `pid` in KiB (VmRSS).
 pub fn rss_kib(pid: u32) -> u64 {

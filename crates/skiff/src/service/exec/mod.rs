@@ -203,6 +203,13 @@ impl Source<'_> {
     }
 }
 
+/// Which of the command's output streams a read came from.
+#[derive(Debug, Clone, Copy)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
 /// Where stdin goes.
 enum Sink<'m> {
     Pipe(ChildStdin),
@@ -369,10 +376,10 @@ impl Running<'_> {
             let room = writer.has_room();
             tokio::select! {
                 r = or_pending(self.out.as_mut().map(|s| s.read(&mut out_buf))), if room && self.out.is_some() => {
-                    self.on_stdout(writer, r, &out_buf)?;
+                    self.on_output(writer, Stream::Stdout, r, &out_buf)?;
                 }
                 r = or_pending(self.err.as_mut().map(|s| s.read(&mut err_buf))), if room && self.err.is_some() => {
-                    self.on_stderr(writer, r, &err_buf)?;
+                    self.on_output(writer, Stream::Stderr, r, &err_buf)?;
                 }
                 r = writer.flush(), if writer.buffered() > 0 => r?,
                 r = or_pending(self.sink.as_mut().zip(self.stdin.chunks.front()).map(|(s, b)| s.write(b))),
@@ -398,37 +405,33 @@ impl Running<'_> {
         })
     }
 
-    fn on_stdout(
+    /// A read from stdout or stderr: a chunk goes out, an end (or error)
+    /// closes that stream. A pty draining after the exit stays open while
+    /// output still arrives.
+    fn on_output(
         &mut self,
         writer: &mut SessionWriter<'_>,
+        stream: Stream,
         read: io::Result<usize>,
         buf: &[u8],
     ) -> Result<(), SessionError> {
-        match read {
-            Ok(n) if n > 0 => {
-                writer.queue(&Stdout {}, &buf[..n])?;
-                self.bytes_out += n as u64;
-                if self.quiet_at.is_some() {
-                    self.quiet_at = Some(Instant::now() + PTY_DRAIN_QUIET);
+        let n = match read {
+            Ok(n) if n > 0 => n,
+            _ => {
+                match stream {
+                    Stream::Stdout => self.out = None,
+                    Stream::Stderr => self.err = None,
                 }
+                return Ok(());
             }
-            _ => self.out = None,
+        };
+        match stream {
+            Stream::Stdout => writer.queue(&Stdout {}, &buf[..n])?,
+            Stream::Stderr => writer.queue(&Stderr {}, &buf[..n])?,
         }
-        Ok(())
-    }
-
-    fn on_stderr(
-        &mut self,
-        writer: &mut SessionWriter<'_>,
-        read: io::Result<usize>,
-        buf: &[u8],
-    ) -> Result<(), SessionError> {
-        match read {
-            Ok(n) if n > 0 => {
-                writer.queue(&Stderr {}, &buf[..n])?;
-                self.bytes_out += n as u64;
-            }
-            _ => self.err = None,
+        self.bytes_out += n as u64;
+        if self.quiet_at.is_some() {
+            self.quiet_at = Some(Instant::now() + PTY_DRAIN_QUIET);
         }
         Ok(())
     }
