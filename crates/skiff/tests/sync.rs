@@ -531,3 +531,44 @@ fn small_files_are_committed_in_batches_and_a_killed_sender_leaves_only_whole_fi
     assert_eq!(num(&r, "failed"), 0);
     assert_same_tree(&src, &dst);
 }
+
+/// `--delete` of more paths than are held in memory (the rest wait in a
+/// temporary file): every one is removed, in an order that empties each
+/// directory before removing it, and an excluded path is kept.
+#[test]
+fn delete_of_thousands_of_paths_spills_and_removes_them_all() {
+    let server = TestServer::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    for d in 0..5 {
+        fs::create_dir_all(src.join(format!("gone{d}"))).unwrap();
+        for i in 0..900 {
+            fs::write(src.join(format!("gone{d}/f{i:04}")), b"").unwrap();
+        }
+    }
+    fs::write(src.join("keep"), b"k").unwrap();
+    fs::write(src.join("gone0/precious.log"), b"p").unwrap();
+    sync_json(&server, &[p(&src), &remote("del")]);
+    for d in 0..5 {
+        fs::remove_dir_all(src.join(format!("gone{d}"))).unwrap();
+    }
+    let r = sync_json(
+        &server,
+        &["--delete", "--exclude", "*.log", p(&src), &remote("del")],
+    );
+    // 4,500 files and 4 directories; gone0 still holds the excluded log.
+    assert_eq!(num(&r, "deleted"), 4504, "{r}");
+    assert_eq!(num(&r, "failed"), 0, "{r}");
+    let dst = server.root.join("del");
+    let mut names: Vec<_> = fs::read_dir(&dst)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["gone0", "keep"]);
+    let left: Vec<_> = fs::read_dir(dst.join("gone0"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(left, ["precious.log"]);
+}

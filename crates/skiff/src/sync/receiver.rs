@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 
 use super::apply::{self, Incoming, Stager, Step, Verified};
 use super::batch::Batch;
+use super::deferred::Deferred;
 use super::link::{self, Counters, Inbox, Outbox};
 use super::{comparable, with_hash, Event, Events, Options, SyncError, LIST_BATCH};
 use crate::session::{SessionError, SessionReader, SessionWriter};
@@ -58,7 +59,7 @@ pub async fn run(
                 events,
                 out,
                 summary: SyncSummary::default(),
-                deletes: Vec::new(),
+                deletes: Deferred::default(),
                 batch: Some(batch),
             }
             .run(inbox)
@@ -75,7 +76,7 @@ struct Role {
     out: Outbox,
     summary: SyncSummary,
     /// `--delete`s, applied at the end: (path, is a directory).
-    deletes: Vec<(String, bool)>,
+    deletes: Deferred,
     /// Verified files and metadata not yet committed (taken while a
     /// commit runs on a blocking thread).
     batch: Option<Batch>,
@@ -109,6 +110,7 @@ impl Role {
                 match msg {
                     ToReceiver::Copy(c) => {
                         self.summary.matched_bytes += c.size;
+                        (self.events)(Event::Progress(c.size));
                         job.send(Msg::Step(Step::Copy {
                             offset: c.offset,
                             len: c.size,
@@ -158,6 +160,10 @@ impl Role {
                     let mark = if m.update || m.replace { '~' } else { '+' };
                     self.change(mark, m.path.clone());
                     if !self.opts.dry_run {
+                        (self.events)(Event::Sending {
+                            path: m.path.clone(),
+                            size: m.size,
+                        });
                         file = Some(FileJob::start(&self.root, &self.stager, m));
                     }
                 }
@@ -204,6 +210,7 @@ impl Role {
         match data {
             Ok(b) => {
                 self.summary.literal_bytes += b.len() as u64;
+                (self.events)(Event::Progress(b.len() as u64));
                 Msg::Step(Step::Literal(b))
             }
             Err(e) => Msg::Bad(e),
@@ -264,7 +271,9 @@ impl Role {
                 Err(e) => self.fail(&m.path, e).await?,
             }
         } else {
-            self.deletes.push((m.path, m.dir));
+            self.deletes
+                .push(m.path, m.dir)
+                .map_err(|e| SyncError::Local(format!("holding the deletes: {e}")))?;
         }
         Ok(())
     }
@@ -384,7 +393,12 @@ impl Role {
             if let Some(reason) = skip {
                 self.summary.delete_skipped = Some(reason);
             } else {
-                for (path, is_dir) in deletes {
+                let all = deletes
+                    .into_ordered()
+                    .map_err(|e| SyncError::Local(format!("reading the deletes back: {e}")))?;
+                for d in all {
+                    let (path, is_dir) =
+                        d.map_err(|e| SyncError::Local(format!("reading the deletes back: {e}")))?;
                     match apply::delete(&self.root, &path, is_dir) {
                         Ok(()) => self.summary.deleted += 1,
                         Err(e) => self.fail(&path, e).await?,

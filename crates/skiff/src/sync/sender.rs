@@ -214,6 +214,9 @@ fn send_tree(
             if w.entry.kind == Kind::File {
                 t.total_size += w.entry.size;
             }
+            if t.checked % 256 == 0 {
+                ev(Event::Checked(t.checked));
+            }
             Some(w)
         }
         Err(e) => {
@@ -275,6 +278,7 @@ fn send_tree(
         inbound.borrow_mut().drain()?;
     }
     drop(s);
+    events(Event::Checked(tally.borrow().checked));
     let finish = {
         let t = tally.borrow();
         SyncFinish {
@@ -472,6 +476,11 @@ impl Sender<'_> {
         if self.opts.dry_run {
             return Ok(());
         }
+        let events = self.inbound.borrow().events.clone();
+        events(Event::Sending {
+            path: e.path.clone(),
+            size,
+        });
         if self.opts.compress && self.compressor.is_none() {
             self.compressor = Compressor::new(DEFAULT_LEVEL).ok();
         }
@@ -483,9 +492,11 @@ impl Sender<'_> {
         let r = make_recipe(reader, Some(size), sig.as_ref(), |piece| {
             let sent = match piece {
                 Piece::Copy { offset, len } => {
+                    events(Event::Progress(len));
                     out.send_blocking(&SyncCopy { offset, size: len }, Bytes::new())
                 }
                 Piece::Literal(d) => {
+                    events(Event::Progress(d.len() as u64));
                     fault::maybe_delay_blocking();
                     let data = fault::maybe_corrupt(pieces, Bytes::copy_from_slice(d));
                     pieces += 1;
