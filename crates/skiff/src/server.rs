@@ -250,16 +250,13 @@ impl StreamHandler for SessionHandler {
         let deadline = tokio::time::Instant::now() + self.handshake_timeout;
         let (io, cb): (Box<dyn Io + '_>, Block) = match &self.tls {
             Some((acceptor, cb)) => {
-                let accept = acceptor.accept(crate::session::tls::buffered(conn.stream()));
+                let accept = acceptor.accept(conn.stream());
                 let accepted = tokio::select! {
                     r = tokio::time::timeout_at(deadline, accept) => r,
                     _ = shutdown.cancelled() => return Ok(()),
                 };
                 match accepted {
-                    Ok(Ok(mut tls)) => {
-                        crate::session::tls::widen(tls.get_mut().1);
-                        (Box::new(tls), *cb)
-                    }
+                    Ok(Ok(tls)) => (Box::new(tls), *cb),
                     Ok(Err(e)) => {
                         self.refused(peer_ip, &peer, None, &tls_failure(&e));
                         return Ok(());

@@ -202,12 +202,11 @@ async fn connect_inner(
             let tcp = TcpStream::connect(&addr).await.map_err(connect_err)?;
             let _ = tcp.set_nodelay(true);
             if let Target::Tls { host, .. } = target {
-                let mut tls = tls::connector()
+                let tls = tls::connector()
                     .map_err(|e| ClientError::Local(e.to_string()))?
-                    .connect(tls::server_name(host), tls::buffered(tcp))
+                    .connect(tls::server_name(host), tcp)
                     .await
                     .map_err(connect_err)?;
-                tls::widen(tls.get_mut().1);
                 let cert = tls
                     .get_ref()
                     .1

@@ -170,29 +170,6 @@ impl ServerIdentity {
     }
 }
 
-/// Bytes read from the socket at once beneath TLS. rustls asks for at
-/// most one record (16 KiB, in 4 KiB steps) per read, so a bulk transfer
-/// read straight from the socket costs a syscall per few KiB; through
-/// this buffer it costs one per 64 KiB, for 64 KiB of memory per
-/// connection.
-pub const READ_BUFFER: usize = 64 * 1024;
-
-/// Plaintext rustls takes per write before it must send (its default is
-/// 64 KiB): a session flushes up to 256 KiB of frames at once, which then
-/// go out in one `writev` instead of four.
-pub const WRITE_BUFFER: usize = 512 * 1024;
-
-/// The socket as TLS should read it: through [`READ_BUFFER`] (writes go
-/// straight through).
-pub fn buffered<S: tokio::io::AsyncRead>(socket: S) -> tokio::io::BufReader<S> {
-    tokio::io::BufReader::with_capacity(READ_BUFFER, socket)
-}
-
-/// After the handshake: lets rustls take [`WRITE_BUFFER`] bytes per write.
-pub fn widen<D>(conn: &mut rustls::ConnectionCommon<D>) {
-    conn.set_buffer_limit(Some(WRITE_BUFFER));
-}
-
 /// `SHA256:<hex>` of a certificate.
 pub fn fingerprint(cert_der: &[u8]) -> String {
     format!("SHA256:{}", hex::encode(channel_binding(cert_der)))

@@ -10,7 +10,8 @@
 //! file (where is the [`Place`]'s business: the server's staging area, the
 //! client's partial files), starts its writeback, and collects it into a
 //! batch. A batch is committed when it is full or the input pauses: one
-//! durability pass for all its files ([`super::durable`]), the renames,
+//! durability pass for all its files ([`super::durable`]; for a full
+//! batch on a helper thread, while the next batch is written), the renames,
 //! the directory modes and times that were waiting for them, one fsync
 //! per directory, and only then one `tree_ack` for all of them. A file
 //! answered `done` therefore survives a crash.
