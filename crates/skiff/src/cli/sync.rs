@@ -6,7 +6,9 @@
 //! failed (the rest went on), 2 for usage errors, 255 for connection and
 //! authentication errors.
 
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -75,7 +77,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     };
     let opts = options(&a)?;
     let tree = client_sync::open_local(&local, dir, a.dry_run)?;
-    let events = printer(a.dry_run || a.itemize, a.quiet);
+    let bar =
+        (!a.quiet && !a.json && !a.dry_run && std::io::stderr().is_terminal()).then(progress_bar);
+    let events = printer(a.dry_run || a.itemize, a.quiet, bar.clone());
     let report = super::runtime()?.block_on(async {
         let mut client = open(&remote.host, &a.key, a.port, a.quiet).await?;
         let r = client_sync::sync(
@@ -89,7 +93,11 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         .await;
         let _ = client.session.close().await;
         anyhow::Ok(r?)
-    })?;
+    });
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    let report = report?;
     print_report(&a, &report)?;
     Ok(if report.failed > 0 { 1 } else { 0 })
 }
@@ -138,19 +146,56 @@ fn options(a: &Args) -> anyhow::Result<Options> {
     })
 }
 
+/// The progress display on a terminal: files checked, the file being
+/// sent, bytes done of the bytes announced so far, rate and ETA. The
+/// lists are streamed, so the total grows as changed files are found
+/// (there is no scan before the sync starts).
+fn progress_bar() -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+    let style = ProgressStyle::with_template(
+        "{msg:40!} {bytes:>10}/{total_bytes:10} {binary_bytes_per_sec:>12} ETA {eta}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar
+}
+
 /// Prints changes (`-n`, `-i`) on stdout and failures on stderr as they
-/// happen.
-fn printer(changes: bool, quiet: bool) -> Events {
+/// happen, and drives the progress display.
+fn printer(changes: bool, quiet: bool, bar: Option<ProgressBar>) -> Events {
+    let checked = std::sync::atomic::AtomicU64::new(0);
+    let print = move |bar: &Option<ProgressBar>, f: &dyn Fn()| match bar {
+        Some(b) => b.suspend(f),
+        None => f(),
+    };
     Arc::new(move |e| match e {
-        Event::Change { mark, path } if changes && !quiet => {
+        Event::Change { mark, path } if changes && !quiet => print(&bar, &|| {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "{mark} {path}");
-        }
-        Event::Failed { path, message } => {
+        }),
+        Event::Failed { path, message } => print(&bar, &|| {
             if message.is_empty() || message.contains(&path) {
                 eprintln!("skiff: sync: {message}");
             } else {
                 eprintln!("skiff: sync: {path}: {message}");
+            }
+        }),
+        Event::Checked(n) => {
+            checked.store(n, std::sync::atomic::Ordering::Relaxed);
+            if let Some(b) = &bar {
+                b.set_message(format!("{n} checked"));
+            }
+        }
+        Event::Sending { path, size } => {
+            if let Some(b) = &bar {
+                b.inc_length(size);
+                let n = checked.load(std::sync::atomic::Ordering::Relaxed);
+                b.set_message(format!("{n} checked, {path}"));
+            }
+        }
+        Event::Progress(n) => {
+            if let Some(b) = &bar {
+                b.inc(n);
             }
         }
         _ => {}

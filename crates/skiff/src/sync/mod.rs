@@ -12,6 +12,8 @@
 //! hashing overlap and every queue is bounded. See docs/SYNC.md.
 
 pub mod apply;
+pub mod batch;
+pub mod deferred;
 pub mod link;
 pub mod receiver;
 pub mod sender;
@@ -65,6 +67,19 @@ pub enum Event {
     },
     /// A path left alone because it is excluded at the destination.
     Protected(String),
+    /// Source entries examined so far (the sender's walk; for the
+    /// progress display).
+    Checked(u64),
+    /// A file's data starts travelling: `size` bytes of new content.
+    Sending {
+        /// The file.
+        path: String,
+        /// Its size.
+        size: u64,
+    },
+    /// `n` more bytes of the file being sent were sent (literal) or
+    /// reused (copied from the old copy).
+    Progress(u64),
     /// A path that could not be synced, and why.
     Failed {
         /// The path.
