@@ -10,7 +10,8 @@
 //! file (where is the [`Place`]'s business: the server's staging area, the
 //! client's partial files), starts its writeback, and collects it into a
 //! batch. A batch is committed when it is full or the input pauses: one
-//! durability pass for all its files ([`super::durable`]), the renames,
+//! durability pass for all its files ([`super::durable`]; for a full
+//! batch on a helper thread, while the next batch is written), the renames,
 //! the directory modes and times that were waiting for them, one fsync
 //! per directory, and only then one `tree_ack` for all of them. A file
 //! answered `done` therefore survives a crash.
@@ -60,6 +61,11 @@ const ACK_IDS: usize = 2048;
 const ACK_FAILURES: usize = 32;
 /// A failure's message is cut to this many bytes.
 const MESSAGE_MAX: usize = 512;
+/// Files a batch may gather while the previous one is being synced.
+const PENDING_WHILE_SYNCING: usize = BATCH_FILES / 2;
+/// How often a disk thread waiting for input looks in on a batch being
+/// synced, to send its answers promptly.
+const SYNC_POLL: Duration = Duration::from_millis(2);
 /// Parent directories kept open for the files that follow.
 const PARENTS_MAX: usize = 1024;
 
@@ -75,8 +81,9 @@ pub trait Slot {
 
 /// Where a tree receiver puts what it receives, and how.
 pub trait Place {
-    /// A file being received.
-    type Slot: Slot;
+    /// A file being received (handed to a helper thread while its batch
+    /// is synced).
+    type Slot: Slot + Send + 'static;
     /// Creates a directory (an existing one is fine) and applies the mode
     /// and mtime when given; returns the directory whose entries changed.
     fn dir(&mut self, d: &TreeDir) -> Result<Option<Dir>, ErrorMsg>;
@@ -157,7 +164,29 @@ pub struct Receiver<P: Place> {
     /// directories, links): fsynced with the next commit.
     dirty_dirs: Vec<Dir>,
     big: Option<Big<P::Slot>>,
+    /// The batch being made durable, if any.
+    syncing: Option<Syncing<P::Slot>>,
     totals: TreeDone,
+}
+
+/// A batch being made durable while the next one is written.
+struct Syncing<S> {
+    dir_meta: Vec<TreeDir>,
+    started: Instant,
+    synced: Synced<S>,
+}
+
+/// A batch and the result of its durability pass, per file.
+type SyncedBatch<S> = (Vec<Pending<S>>, Vec<std::io::Result<()>>);
+
+/// The durability pass of a batch: on its thread (which hands the batch
+/// back), or already done.
+enum Synced<S> {
+    Running(
+        std::thread::JoinHandle<()>,
+        std::sync::mpsc::Receiver<SyncedBatch<S>>,
+    ),
+    Done(Vec<Pending<S>>, Vec<std::io::Result<()>>),
 }
 
 /// Parent directories by path, held open for the files that follow (a
@@ -203,6 +232,7 @@ impl<P: Place> Receiver<P> {
             failed: Vec::new(),
             dirty_dirs: Vec::new(),
             big: None,
+            syncing: None,
             totals: TreeDone::default(),
         }
     }
@@ -215,18 +245,32 @@ impl<P: Place> Receiver<P> {
             let job = match rx.try_recv() {
                 Ok(j) => Some(j),
                 Err(mpsc::error::TryRecvError::Disconnected) => None,
-                Err(mpsc::error::TryRecvError::Empty) => match self.linger_left() {
-                    None => rt.block_on(rx.recv()),
-                    Some(left) => match rt.block_on(tokio::time::timeout(left, rx.recv())) {
-                        Ok(j) => j,
-                        Err(_) => {
-                            if !self.commit(&tx) {
-                                return self.abort();
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    // While a batch is being synced, look in on it often.
+                    let linger = self.linger_left();
+                    let wait = match (&self.syncing, linger) {
+                        (Some(_), l) => Some(l.map_or(SYNC_POLL, |l| l.min(SYNC_POLL))),
+                        (None, l) => l,
+                    };
+                    match wait {
+                        None => rt.block_on(rx.recv()),
+                        Some(w) => match rt.block_on(tokio::time::timeout(w, rx.recv())) {
+                            Ok(j) => j,
+                            Err(_) => {
+                                let lingered = self.linger_left().is_some_and(|l| l.is_zero());
+                                let ok = if lingered {
+                                    self.commit(&tx)
+                                } else {
+                                    self.finish_if_synced(&tx)
+                                };
+                                if !ok {
+                                    return self.abort();
+                                }
+                                continue;
                             }
-                            continue;
-                        }
-                    },
-                },
+                        },
+                    }
+                }
             };
             let Some(job) = job else {
                 return self.abort();
@@ -237,12 +281,25 @@ impl<P: Place> Receiver<P> {
                 let _ = tx.blocking_send(Out::Fatal(m));
                 return self.abort();
             }
-            if (finish || self.batch_full()) && !self.commit(&tx) {
-                return self.abort();
-            }
             if finish {
+                if !self.commit(&tx) {
+                    return self.abort();
+                }
                 let _ = tx.blocking_send(Out::Done(std::mem::take(&mut self.totals)));
                 return;
+            }
+            // While a batch is synced the next one grows, up to a bound
+            // (every pending file holds a descriptor).
+            let ok = if self.syncing.is_some() && self.batch.len() >= PENDING_WHILE_SYNCING {
+                self.finish_sync(&tx)
+            } else {
+                self.finish_if_synced(&tx)
+            };
+            if !ok {
+                return self.abort();
+            }
+            if self.batch_full() && self.syncing.is_none() {
+                self.start_sync();
             }
         }
     }
@@ -485,15 +542,82 @@ impl<P: Place> Receiver<P> {
         self.batch.push(p);
     }
 
-    /// Makes the batch durable and in place, then sends the answers
-    /// (module docs); `false` when the answers can no longer be sent.
+    /// Commits everything pending (module docs) and waits for it; `false`
+    /// when the answers can no longer be sent.
     fn commit(&mut self, tx: &mpsc::Sender<Out>) -> bool {
-        let started = Instant::now();
+        if !self.finish_sync(tx) {
+            return false;
+        }
+        self.start_sync();
+        self.finish_sync(tx)
+    }
+
+    /// Starts making the current batch durable on a helper thread (one
+    /// `syncfs`, [`durable::sync_files`]) while the next batch is
+    /// written: on a busy disk a sync can take longer than writing a
+    /// batch, and the next batch then simply grows until it is done.
+    fn start_sync(&mut self) {
         let batch = std::mem::take(&mut self.batch);
         self.batch_bytes = 0;
-        let files: Vec<&File> = batch.iter().map(|p| p.slot.file()).collect();
-        let synced = durable::sync_files(&files);
-        drop(files);
+        let dir_meta = std::mem::take(&mut self.dir_meta);
+        let started = Instant::now();
+        let names: Vec<(u64, String)> = batch.iter().map(|p| (p.id, p.path.clone())).collect();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("tree-sync".into())
+            .spawn(move || {
+                let files: Vec<&File> = batch.iter().map(|p| p.slot.file()).collect();
+                let results = durable::sync_files(&files);
+                drop(files);
+                let _ = tx.send((batch, results));
+            });
+        let synced = match spawned {
+            Ok(t) => Synced::Running(t, rx),
+            Err(e) => {
+                // The batch went with the thread that never started; its
+                // staged copies are left for the expiry sweep.
+                for (id, path) in names {
+                    let m = errors::msg(ErrorCode::Internal, &path, &format!("not synced: {e}"));
+                    self.record("put", id, &path, None, Err(m));
+                }
+                Synced::Done(Vec::new(), Vec::new())
+            }
+        };
+        self.syncing = Some(Syncing {
+            dir_meta,
+            started,
+            synced,
+        });
+    }
+
+    /// [`finish_sync`](Self::finish_sync) if the sync in flight is over.
+    fn finish_if_synced(&mut self, tx: &mpsc::Sender<Out>) -> bool {
+        match &self.syncing {
+            Some(Syncing {
+                synced: Synced::Running(t, _),
+                ..
+            }) if !t.is_finished() => true,
+            _ => self.finish_sync(tx),
+        }
+    }
+
+    /// Waits for the batch being synced, renames its files into place,
+    /// applies the directory modes and times that waited for them, fsyncs
+    /// the directories and sends the answers; `false` when they can no
+    /// longer be sent.
+    fn finish_sync(&mut self, tx: &mpsc::Sender<Out>) -> bool {
+        let Some(s) = self.syncing.take() else {
+            return true;
+        };
+        let (batch, synced) = match s.synced {
+            Synced::Done(b, r) => (b, r),
+            Synced::Running(t, rx) => {
+                let _ = t.join();
+                // A thread that died took its batch with it; the files'
+                // staged copies are then left for the expiry sweep.
+                rx.recv().unwrap_or_default()
+            }
+        };
         let mut renamed = Vec::with_capacity(batch.len());
         for (p, synced) in batch.into_iter().zip(synced) {
             let r = synced
@@ -508,7 +632,7 @@ impl<P: Place> Receiver<P> {
                 }
             }
         }
-        for d in std::mem::take(&mut self.dir_meta) {
+        for d in s.dir_meta {
             let r = self.place.dir(&d);
             self.changed("mkdir", d.id, &d.path, r);
         }
@@ -534,7 +658,7 @@ impl<P: Place> Receiver<P> {
             }
             self.record("put", p.id, &p.path, Some(&done), r);
         }
-        self.last_commit = started.elapsed();
+        self.last_commit = s.started.elapsed();
         self.send_answers(tx)
     }
 
@@ -592,6 +716,18 @@ impl<P: Place> Receiver<P> {
 
     /// The peer is gone or broke the protocol: nothing hidden is kept.
     fn abort(mut self) {
+        if let Some(s) = self.syncing.take() {
+            let batch = match s.synced {
+                Synced::Running(t, rx) => {
+                    let _ = t.join();
+                    rx.recv().map(|d| d.0).unwrap_or_default()
+                }
+                Synced::Done(b, _) => b,
+            };
+            for p in batch {
+                p.slot.discard();
+            }
+        }
         for p in self.batch.drain(..) {
             p.slot.discard();
         }
