@@ -4,7 +4,7 @@
 //! One blocking thread (the [`Packer`]) reads and hashes each file and
 //! packs small files whole into `tree_files` frames (large ones go as a
 //! head, `data` chunks and an `end`); the session task writes those frames
-//! ([`send_frames`]) as long as the byte [`Window`] the receiver granted
+//! (`send_frames`) as long as the byte [`Window`] the receiver granted
 //! has room, while another task reads the receiver's `tree_ack`s, which
 //! answer entries in batches and give the window back. Nothing waits for
 //! a per-file answer, so the speed does not depend on the round trip.
