@@ -439,3 +439,60 @@ fn ls_r_over_thousands_of_directories_holds_few_descriptors() {
     assert!(wait_for_fds(server.pid(), before, Duration::from_secs(10)));
     assert_ping_ok(&server, server.url());
 }
+
+// ---------------------------------------------------------------------
+// a request in progress is bounded too
+
+#[test]
+fn a_put_that_stalls_mid_body_is_cut_after_the_idle_timeout() {
+    const SIZE: usize = 300_000;
+    let server = TestServer::start_listening(
+        &["tcp://127.0.0.1:0", "tcp+plain://127.0.0.1:0"],
+        &["--idle-timeout", "2"],
+    );
+    let work = tempfile::tempdir().expect("tempdir");
+    let src = work.path().join("src");
+    common::make_file(&src, SIZE as u64, 13);
+    let data = std::fs::read(&src).expect("read src");
+    // A put header, one whole data frame, then half of the next frame:
+    // the client stops there and never sends the rest or `end`.
+    let mut c = logged_in(&server);
+    let _ = c.send(&json!({"op":"put","path":"stalled.bin","size":SIZE}));
+    let _ = c.send_raw(br#"{"op":"data","len":100000}"#, &data[..100_000]);
+    let _ = c.send_raw(br#"{"op":"data","len":100000}"#, &data[100_000..150_000]);
+    let start = std::time::Instant::now();
+    assert_eq!(c.recv().expect("ready")["op"], "ready");
+    // The server keeps serving others meanwhile.
+    assert_ping_ok(&server, server.url());
+    let answer = c.recv().expect("an error frame before the close");
+    let took = start.elapsed();
+    assert_eq!(answer["op"], "error", "{answer}");
+    assert_eq!(answer["code"], "timeout", "{answer}");
+    let message = answer["message"].as_str().unwrap_or_default();
+    assert!(message.contains("--resume"), "{answer}");
+    assert!(c.closed(), "the session is closed after the error");
+    eprintln!("a put stalled mid-body was cut {took:?} after it stalled: {message}");
+    assert!(
+        took >= Duration::from_millis(1800) && took < Duration::from_secs(6),
+        "{took:?}"
+    );
+    // Nothing partial is visible in the root; what arrived is staged.
+    assert!(!server.root.join("stalled.bin").exists());
+    assert!(common::leftovers(&server.root).is_empty());
+    assert_eq!(std::fs::read_dir(&server.root).expect("root").count(), 0);
+    let staged = server.staged_files();
+    assert_eq!(staged.len(), 1, "{staged:?}");
+    assert_eq!(staged[0].1, 100_000, "the whole frames that arrived");
+    // `--resume` completes it from there.
+    let mut cmd = server.client();
+    cmd.args(["put", "--resume", server.url(), common::p(&src), "stalled.bin"])
+        .env("RUST_LOG", "info");
+    let out = run_bounded(cmd, Duration::from_secs(30));
+    assert!(out.status.success(), "resume: {}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("resuming"), "{}", text(&out.stderr));
+    assert_eq!(
+        common::hash(&server.root.join("stalled.bin")),
+        common::hash(&src)
+    );
+    assert!(server.staged_files().is_empty());
+}

@@ -38,7 +38,7 @@ use crate::session::{Session, SessionError, WRITE_STALL_TIMEOUT};
 use crate::transfer::checksum::{digests_match, Checksum};
 use crate::transfer::commit::{self, CommitError, Destination, Observed};
 use crate::transfer::staging::{StageKey, Staged};
-use crate::transfer::{durable, errors, meta, IDLE_TIMEOUT};
+use crate::transfer::{durable, errors, meta};
 
 /// Bytes (file sizes plus [`TreeAck::ENTRY_COST`] per entry) a client may
 /// have unanswered: far more than a bandwidth-delay product of loopback
@@ -103,11 +103,7 @@ pub async fn receive(
     let (reader, writer) = session.split();
     let read = async move {
         loop {
-            let msg = match tokio::time::timeout(IDLE_TIMEOUT, reader.recv_msg::<TreeInput>()).await
-            {
-                Ok(r) => r?,
-                Err(_) => return Err(SessionError::Timeout(IDLE_TIMEOUT)),
-            };
+            let msg = ctx.next_input::<TreeInput>(reader).await?;
             let last = matches!(msg, TreeInput::Finish(_));
             if job_tx.send(msg).await.is_err() {
                 // The disk thread stopped; the writer reports why.
