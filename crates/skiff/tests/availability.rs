@@ -485,11 +485,21 @@ fn a_put_that_stalls_mid_body_is_cut_after_the_idle_timeout() {
     assert_eq!(staged[0].1, 100_000, "the whole frames that arrived");
     // `--resume` completes it from there.
     let mut cmd = server.client();
-    cmd.args(["put", "--resume", server.url(), common::p(&src), "stalled.bin"])
-        .env("RUST_LOG", "info");
+    cmd.args([
+        "put",
+        "--resume",
+        server.url(),
+        common::p(&src),
+        "stalled.bin",
+    ])
+    .env("RUST_LOG", "info");
     let out = run_bounded(cmd, Duration::from_secs(30));
     assert!(out.status.success(), "resume: {}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("resuming"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("resuming"),
+        "{}",
+        text(&out.stderr)
+    );
     assert_eq!(
         common::hash(&server.root.join("stalled.bin")),
         common::hash(&src)

@@ -104,9 +104,9 @@ impl SessionError {
         match self {
             SessionError::Frame(e) => e.code(),
             SessionError::Message(e) => e.code(),
-            SessionError::Timeout(_)
-            | SessionError::IdleTimeout(_)
-            | SessionError::Stalled(_) => ErrorCode::Timeout,
+            SessionError::Timeout(_) | SessionError::IdleTimeout(_) | SessionError::Stalled(_) => {
+                ErrorCode::Timeout
+            }
             SessionError::ShuttingDown => ErrorCode::ShuttingDown,
             SessionError::Unexpected { .. } => ErrorCode::BadFrame,
             SessionError::Remote(m) => m.code,

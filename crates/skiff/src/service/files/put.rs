@@ -13,11 +13,11 @@ use crate::service::ServiceContext;
 use crate::session::{Session, SessionError};
 use crate::transfer::checksum::digests_match;
 use crate::transfer::commit::{self, CommitError, Destination, Observed};
+use crate::transfer::errors;
 use crate::transfer::links;
 use crate::transfer::partfile::PartFile;
 use crate::transfer::pipeline::{Sink, SinkDone};
 use crate::transfer::staging::{StageKey, Staged};
-use crate::transfer::errors;
 
 /// What a `put` was answered: the upload's `done` (`None` for a
 /// symlink), or the error.
