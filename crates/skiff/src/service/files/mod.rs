@@ -8,7 +8,7 @@
 //! Failures of one operation are answered with an `error` frame and the
 //! session goes on; only protocol violations end it.
 
-pub(crate) mod confine;
+pub mod confine;
 mod get;
 mod listing;
 mod manage;
