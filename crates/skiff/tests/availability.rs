@@ -542,9 +542,7 @@ fn a_glob_over_thousands_of_matching_directories_holds_few_descriptors() {
     assert_eq!(paths[0], "d00000/f");
     assert_eq!(paths[DIRS - 1], format!("d{:05}/f", DIRS - 1));
     // A pattern deeper than the directories a walk keeps open.
-    let deep: Vec<&str> = std::iter::repeat_n("l*", DEPTH)
-        .chain(["b*"])
-        .collect();
+    let deep: Vec<&str> = std::iter::repeat_n("l*", DEPTH).chain(["b*"]).collect();
     let _ = c.send(&json!({"op":"ls","path":"deep","pattern":deep.join("/")}));
     let bottom: String = (0..DEPTH).map(|i| format!("l{i}/")).collect();
     assert_eq!(listed_paths(&mut c), vec![format!("{bottom}bottom")]);
@@ -640,11 +638,7 @@ fn sigterm_closes_connections_still_in_the_handshake_or_being_refused_at_once() 
         std::thread::sleep(Duration::from_millis(5));
     };
     let took = start.elapsed();
-    let still_open = silent
-        .iter()
-        .chain(&busy)
-        .filter(|s| !is_closed(s))
-        .count();
+    let still_open = silent.iter().chain(&busy).filter(|s| !is_closed(s)).count();
     eprintln!(
         "{} silent connections from {} sources ({dropped_at_accept} dropped at accept, over the \
          cap), {} stalled after the challenge, {} being refused busy: server exited {status} \

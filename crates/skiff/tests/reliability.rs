@@ -148,7 +148,11 @@ fn assert_clear_failure(what: &str, out: &Output) {
 /// A random fault for one round that sends about `bytes.0` bytes up
 /// (client to server) and `bytes.1` down.
 fn random_fault(rng: &mut StdRng, bytes: (u64, u64)) -> Fault {
-    let way = if rng.gen_bool(0.5) { Way::Up } else { Way::Down };
+    let way = if rng.gen_bool(0.5) {
+        Way::Up
+    } else {
+        Way::Down
+    };
     let total = match way {
         Way::Up => bytes.0,
         Way::Down => bytes.1,
@@ -348,7 +352,11 @@ fn fault_relay_rounds_complete_or_fail_clearly_and_resume() {
         "fault relay, seed {seed}: {rounds} rounds, {ok} completed, {failed} failed clearly, \
          {resumed} resumed to completion"
     );
-    assert!(server.staged_files().is_empty(), "{:?}", server.staged_files());
+    assert!(
+        server.staged_files().is_empty(),
+        "{:?}",
+        server.staged_files()
+    );
 }
 
 // ---------------------------------------------------------------------
@@ -411,7 +419,9 @@ async fn soak_client(
     };
     let mut n = i as u64;
     while tokio::time::Instant::now() < until {
-        n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        n = n
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let r: Result<(), String> = match (n >> 33) % 10 {
             0..=5 => skiff::client::ping::ping_once(&mut c.session, b"soak")
                 .await
@@ -447,7 +457,9 @@ async fn soak_client(
                         Ok(())
                     }
                     Err(e) => Err(format!("get: {e}")),
-                    Ok(s) if !s.failures.is_empty() => Err(format!("get: {}", s.failures[0].message)),
+                    Ok(s) if !s.failures.is_empty() => {
+                        Err(format!("get: {}", s.failures[0].message))
+                    }
                     Ok(_) => match std::fs::read(&back) {
                         Ok(b) if b == payload => Ok(()),
                         Ok(_) => Err("get: the file came back different".into()),
@@ -584,7 +596,8 @@ fn soak_many_clients_beside_idle_sessions() {
     // Every idle session is still there and still answers.
     let mut idle_conns = idle_conns;
     for c in idle_conns.iter_mut().step_by((idle / 20).max(1)) {
-        c.send(&json!({"op":"ping"})).expect("idle session still open");
+        c.send(&json!({"op":"ping"}))
+            .expect("idle session still open");
         assert_eq!(c.recv().expect("pong")["op"], "pong");
     }
     if long() {
@@ -600,10 +613,8 @@ fn soak_many_clients_beside_idle_sessions() {
 
 #[test]
 fn slowloris_before_authentication_is_closed_at_the_handshake_timeout() {
-    let server = TestServer::start_listening(
-        &["tcp+plain://127.0.0.1:0"],
-        &["--handshake-timeout", "1"],
-    );
+    let server =
+        TestServer::start_listening(&["tcp+plain://127.0.0.1:0"], &["--handshake-timeout", "1"]);
     // A hello dribbled one byte per 100 ms never finishes the handshake
     // in time, however steadily it arrives.
     let hello = json!({"op":"hello","v":1,"user":"x","nonce":"AAAA"}).to_string();
