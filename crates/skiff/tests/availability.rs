@@ -279,6 +279,33 @@ fn a_peer_that_never_reads_is_dropped_after_the_write_timeout() {
     assert_ping_ok(&server, server.url());
 }
 
+/// Sends the server SIGTERM; returns when.
+fn sigterm(server: &TestServer) -> std::time::Instant {
+    let start = std::time::Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.pid() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("kill");
+    start
+}
+
+/// Waits (at most 10 s) for the server to exit: its status, and how long
+/// after `since` it exited.
+fn wait_for_exit(
+    server: &mut TestServer,
+    since: std::time::Instant,
+) -> (std::process::ExitStatus, Duration) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(s) = server.child.try_wait().expect("wait") {
+            return (s, since.elapsed());
+        }
+        assert!(std::time::Instant::now() < deadline, "server still running");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[test]
 fn sigterm_reaches_idle_sessions_running_commands_and_handshakes() {
     let server =
@@ -292,25 +319,12 @@ fn sigterm_reaches_idle_sessions_running_commands_and_handshakes() {
     let silent = std::net::TcpStream::connect(host_port(server.url())).expect("connect");
     // Let the command start.
     std::thread::sleep(Duration::from_millis(800));
-    let start = std::time::Instant::now();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(server.pid() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("kill");
+    let start = sigterm(&server);
     let answer = idle.recv().expect("an error frame");
     assert_eq!(answer["code"], "shutting_down", "{answer}");
     assert!(idle.closed());
     let mut server = server;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = server.child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(std::time::Instant::now() < deadline, "server still running");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let took = start.elapsed();
+    let (status, took) = wait_for_exit(&mut server, start);
     eprintln!("server exited {status} {took:?} after SIGTERM");
     assert!(
         took < Duration::from_secs(3),
@@ -615,12 +629,7 @@ fn sigterm_closes_connections_still_in_the_handshake_or_being_refused_at_once() 
         .collect();
     std::thread::sleep(Duration::from_millis(300));
     let dropped_at_accept = silent.iter().filter(|s| is_closed(s)).count();
-    let start = std::time::Instant::now();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(server.pid() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("kill");
+    let start = sigterm(&server);
     assert_eq!(session.recv().expect("an error")["code"], "shutting_down");
     for c in &mut stalled {
         // `shutting_down`: the skiff handshake is up.
@@ -629,15 +638,7 @@ fn sigterm_closes_connections_still_in_the_handshake_or_being_refused_at_once() 
         assert!(c.closed());
     }
     let mut server = server;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = server.child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(std::time::Instant::now() < deadline, "server still running");
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let took = start.elapsed();
+    let (status, took) = wait_for_exit(&mut server, start);
     let still_open = silent.iter().chain(&busy).filter(|s| !is_closed(s)).count();
     eprintln!(
         "{} silent connections from {} sources ({dropped_at_accept} dropped at accept, over the \
