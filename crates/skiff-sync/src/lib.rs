@@ -13,6 +13,7 @@
 //! - [`recipe`]: the sender's copy/literal recipe of a new file against
 //!   that signature, and the receiver's [`recipe::Assembler`] that rebuilds
 //!   the file and verifies its whole-file BLAKE3;
+//! - [`list`]: the compact, compressed form of a file-list batch;
 //! - [`compress`]: per-chunk zstd, skipped when a chunk does not shrink;
 //! - [`parallel`]: order-keeping work on all cores.
 
@@ -24,6 +25,7 @@ pub mod diff;
 pub mod entry;
 pub mod exclude;
 pub mod hash;
+pub mod list;
 pub mod parallel;
 pub mod params;
 pub mod recipe;

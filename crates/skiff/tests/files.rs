@@ -311,6 +311,18 @@ fn nul_and_symlink_swapped_during_upload() {
 /// A malicious server answering `get -r` with names that try to escape.
 #[test]
 fn client_refuses_malicious_server_names() {
+    malicious_server_names(false);
+}
+
+#[test]
+fn client_refuses_malicious_server_names_in_a_tree_stream() {
+    malicious_server_names(true);
+}
+
+/// A fake server (skiff's own session and handshake code) that answers
+/// `get -r` with names and links built to escape LOCAL: one `get` per
+/// file (it does not know `get_tree`), or with `stream` as a `get_tree`.
+fn malicious_server_names(tree_stream: bool) {
     use skiff::keys::UserKey;
     use skiff::session::accept::{AuthPolicy, Authenticator};
     use skiff::session::Session;
@@ -380,6 +392,14 @@ fn client_refuses_malicious_server_names() {
                         )
                         .await
                         .unwrap(),
+                    "get_tree" if !tree_stream => s
+                        .send(
+                            &skiff_wire::ErrorMsg::new(skiff_wire::ErrorCode::Unsupported, "no"),
+                            &[],
+                        )
+                        .await
+                        .unwrap(),
+                    "get_tree" => send_evil_tree(&mut s, &list).await,
                     "get" => {
                         let _g: Get = f.parse().unwrap();
                         s.queue(
@@ -449,7 +469,86 @@ fn client_refuses_malicious_server_names() {
     assert!(fs::symlink_metadata(local.join("esc")).is_err());
     assert!(fs::symlink_metadata(local.join("sub/up2")).is_err());
     assert!(!base.join("stolen").exists());
+    assert!(!base.join("big").exists());
     assert!(stderr(&out).contains("climbs"), "{}", stderr(&out));
+}
+
+/// Streams `list` as a `get_tree` would (each file holding "evil", one
+/// large file with a bad name among them), then reads the client's
+/// answers up to its `tree_done`.
+async fn send_evil_tree(
+    s: &mut skiff::session::Session<'_>,
+    list: &[skiff_wire::message::files::Entry],
+) {
+    use skiff_wire::message::files::{Data, End, EntryKind};
+    use skiff_wire::message::tree::{TreeDir, TreeEnd, TreeFile, TreeFiles, TreeLink, TreeReady};
+    s.queue(&TreeReady { window: 1 << 26 }, &[]).unwrap();
+    let digest = blake3::hash(b"evil").to_hex().to_string();
+    let mut files = Vec::new();
+    let mut body = Vec::new();
+    for (id, e) in (1u64..).zip(list) {
+        match e.kind {
+            EntryKind::Dir => s
+                .queue(
+                    &TreeDir {
+                        id,
+                        path: e.path.clone(),
+                        ..Default::default()
+                    },
+                    &[],
+                )
+                .unwrap(),
+            EntryKind::Symlink => s
+                .queue(
+                    &TreeLink {
+                        id,
+                        path: e.path.clone(),
+                        target: e.target.clone().unwrap_or_default(),
+                    },
+                    &[],
+                )
+                .unwrap(),
+            _ => {
+                files.push(TreeFile {
+                    id,
+                    path: e.path.clone(),
+                    size: 4,
+                    mode: Some(0o644),
+                    digest: digest.clone(),
+                    ..Default::default()
+                });
+                body.extend_from_slice(b"evil");
+            }
+        }
+    }
+    s.queue(&TreeFiles { files }, &body).unwrap();
+    let big = vec![7u8; 300 * 1024];
+    s.queue(
+        &TreeFile {
+            id: 1000,
+            path: "../big".into(),
+            size: big.len() as u64,
+            ..Default::default()
+        },
+        &[],
+    )
+    .unwrap();
+    s.queue(&Data {}, &big).unwrap();
+    s.queue(
+        &End {
+            size: big.len() as u64,
+            digest: blake3::hash(&big).to_hex().to_string(),
+            abort: false,
+        },
+        &[],
+    )
+    .unwrap();
+    s.send(&TreeEnd {}, &[]).await.unwrap();
+    while let Ok(Some(f)) = s.recv().await {
+        if f.op() == "tree_done" {
+            break;
+        }
+    }
 }
 
 /// How far a transfer got, for [`start_slow`].

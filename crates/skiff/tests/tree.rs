@@ -258,3 +258,194 @@ fn a_peer_that_floods_entries_and_never_reads_is_held_back() {
     drop(conn);
     assert!(!server.root.join("nodir").exists());
 }
+
+/// Files under `top` that are not partial files, and the partial files.
+fn visible_and_partial(top: &Path) -> (Vec<String>, Vec<String>) {
+    files_under(top)
+        .into_iter()
+        .partition(|f| !f.ends_with(".skiff-part"))
+}
+
+#[test]
+fn tree_download_stores_every_file_with_its_metadata() {
+    let server = TestServer::start(&[]);
+    let src = server.root.join("t");
+    small_tree(&src, 6, 120);
+    make_file(&src.join("big.bin"), (3 << 20) + 5, 7);
+    fs::write(src.join("empty"), b"").unwrap();
+    fs::set_permissions(src.join("d01/f001"), fs::Permissions::from_mode(0o751)).unwrap();
+    std::os::unix::fs::symlink("d00/f000", src.join("link")).unwrap();
+    fs::create_dir(src.join("d00/emptydir")).unwrap();
+    fs::set_permissions(src.join("d03"), fs::Permissions::from_mode(0o711)).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let dest = work.path().join("copy");
+    let o = run(
+        &server,
+        &["get", "-r", "--json", server.url(), "t", p(&dest)],
+    );
+    ok(&o);
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["files"], 6 * 120 + 2, "{report}");
+    let (visible, partial) = visible_and_partial(&dest);
+    assert!(partial.is_empty(), "{partial:?}");
+    assert_eq!(files_under(&src), visible);
+    for f in &visible {
+        let (a, b) = (src.join(f), dest.join(f));
+        assert_eq!(hash(&a), hash(&b), "{f}");
+        let (ma, mb) = (fs::metadata(&a).unwrap(), fs::metadata(&b).unwrap());
+        assert_eq!(ma.mode() & 0o777, mb.mode() & 0o777, "{f}");
+        assert_eq!(ma.mtime(), mb.mtime(), "{f}");
+    }
+    assert_eq!(
+        fs::read_link(dest.join("link")).unwrap(),
+        Path::new("d00/f000")
+    );
+    assert!(dest.join("d00/emptydir").is_dir());
+    for d in ["d02", "d03"] {
+        let (ma, mb) = (
+            fs::metadata(src.join(d)).unwrap(),
+            fs::metadata(dest.join(d)).unwrap(),
+        );
+        assert_eq!(ma.mtime(), mb.mtime(), "{d}");
+        assert_eq!(ma.mode() & 0o777, mb.mode() & 0o777, "{d}");
+    }
+    // LOCAL now exists, so the tree goes into LOCAL/t (cp semantics); a
+    // copy over that reports the files that exist and changes nothing,
+    // and with --force replaces them.
+    ok(&run(&server, &["get", "-r", server.url(), "t", p(&dest)]));
+    let inner = dest.join("t");
+    assert_eq!(files_under(&src), visible_and_partial(&inner).0);
+    fs::write(inner.join("d00/f001"), b"mine").unwrap();
+    let o = run(&server, &["get", "-r", server.url(), "t", p(&dest)]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("[exists]"), "{}", stderr(&o));
+    assert_eq!(fs::read(inner.join("d00/f001")).unwrap(), b"mine");
+    ok(&run(
+        &server,
+        &["get", "-r", "-f", server.url(), "t", p(&dest)],
+    ));
+    assert_eq!(hash(&inner.join("d00/f001")), hash(&src.join("d00/f001")));
+    assert!(visible_and_partial(&inner).1.is_empty());
+}
+
+#[test]
+fn corrupted_server_files_never_become_visible_on_get() {
+    // The server flips a byte of every file after hashing it.
+    let server = TestServer::start_with_env(
+        &["tcp://127.0.0.1:0"],
+        &[],
+        &[("SKIFF_TEST_CORRUPT_CHUNK", "0")],
+    );
+    let src = server.root.join("t");
+    small_tree(&src, 2, 20);
+    make_file(&src.join("big.bin"), 3 << 20, 9);
+    let work = tempfile::tempdir().unwrap();
+    let dest = work.path().join("copy");
+    let o = run(&server, &["get", "-r", server.url(), "t", p(&dest)]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    let nonempty = files_under(&src)
+        .into_iter()
+        .filter(|f| fs::metadata(src.join(f)).unwrap().len() > 0)
+        .count();
+    assert_eq!(err.matches("checksum_mismatch").count(), nonempty, "{err}");
+    let (visible, partial) = visible_and_partial(&dest);
+    assert!(partial.is_empty(), "{partial:?}");
+    for f in visible {
+        assert_eq!(
+            fs::metadata(src.join(&f)).unwrap().len(),
+            0,
+            "{f} is visible"
+        );
+    }
+}
+
+#[test]
+fn client_killed_mid_get_leaves_only_complete_files() {
+    // The server pauses 30 ms per frame, so the tree takes seconds.
+    let server = TestServer::start_with_env(
+        &["tcp://127.0.0.1:0"],
+        &[],
+        &[("SKIFF_TEST_CHUNK_DELAY_MS", "30")],
+    );
+    let src = server.root.join("t");
+    for d in 0..20 {
+        for i in 0..10u64 {
+            let dir = src.join(format!("d{d:02}"));
+            fs::create_dir_all(&dir).unwrap();
+            make_file(&dir.join(format!("f{i}")), 100_000 + i, d * 100 + i);
+        }
+    }
+    let work = tempfile::tempdir().unwrap();
+    let dest = work.path().join("copy");
+    let mut child = server
+        .client()
+        .args(["get", "-r", server.url(), "t", p(&dest)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(30), "the first files", || {
+        visible_and_partial(&dest).0.len() >= 10
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (visible, partial) = visible_and_partial(&dest);
+    assert!(visible.len() < 200, "the tree finished before the kill");
+    for f in &visible {
+        assert_eq!(hash(&src.join(f)), hash(&dest.join(f)), "{f}");
+    }
+    // What was in flight is at most a hidden partial file.
+    for f in &partial {
+        let name = Path::new(f).file_name().unwrap().to_string_lossy();
+        assert!(name.starts_with('.'), "{f}");
+    }
+    // The server serves on: a second copy completes.
+    let again = work.path().join("again");
+    ok(&run(&server, &["get", "-r", server.url(), "t", p(&again)]));
+    assert_eq!(visible_and_partial(&again).0.len(), 200);
+}
+
+#[test]
+fn a_client_that_never_acks_or_reads_holds_the_server_back() {
+    let server =
+        TestServer::start_listening(&["tcp://127.0.0.1:0", "tcp+plain://127.0.0.1:0"], &[]);
+    let src = server.root.join("t");
+    small_tree(&src, 4, 100);
+    for i in 0..24 {
+        make_file(&src.join(format!("big{i:02}")), 1 << 20, i);
+    }
+    let mut conn = RawConn::login(&server.urls[1], &server.key_file);
+    // The smallest window a server uses is 4 MiB; ask for less.
+    conn.send(&json!({"op":"get_tree","path":"t","window":1024}))
+        .unwrap();
+    let ready = conn.recv().unwrap();
+    assert_eq!(ready["op"], "tree_ready", "{ready}");
+    let window = ready["window"].as_u64().unwrap();
+    assert_eq!(window, 4 << 20);
+    // Read without answering: the server stops at the window.
+    conn.sock
+        .set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    let mut data = 0u64;
+    while let Some(h) = conn.recv() {
+        assert_ne!(h["op"], "tree_end", "the whole tree was sent unanswered");
+        data += h["len"].as_u64().unwrap_or(0);
+    }
+    assert!(data > 0, "nothing was sent");
+    assert!(
+        data <= window + (2 << 20),
+        "{data} bytes sent against a window of {window}"
+    );
+    // Now stop reading altogether: the server's memory stays bounded and
+    // everybody else is served.
+    let rss = rss_kib(server.pid());
+    assert!(rss < 200 * 1024, "server RSS {rss} KiB");
+    let work = tempfile::tempdir().unwrap();
+    let dest = work.path().join("copy");
+    let mut cmd = server.client();
+    cmd.args(["get", "-r", server.url(), "t", p(&dest)]);
+    ok(&run_bounded(cmd, Duration::from_secs(30)));
+    assert_eq!(files_under(&dest), files_under(&src));
+    drop(conn);
+}

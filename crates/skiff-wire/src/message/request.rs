@@ -6,7 +6,7 @@ use super::files::{Get, Ls, Mkdir, Mv, Put, Rm, Stat};
 use super::phase;
 use super::ping::Ping;
 use super::sync::SyncRequest;
-use super::tree::PutTree;
+use super::tree::{GetTree, PutTree};
 
 phase! {
     /// Client to server, between operations: the request that starts one.
@@ -35,6 +35,8 @@ phase! {
         Sync(SyncRequest),
         /// Upload a tree as one stream (its entries follow).
         PutTree(PutTree),
+        /// Download a tree as one stream (its entries follow).
+        GetTree(GetTree),
     }
 }
 
@@ -57,7 +59,10 @@ mod tests {
     fn services_in_wire_order() {
         assert_eq!(
             Request::OPS,
-            &["ping", "put", "get", "ls", "stat", "rm", "mkdir", "mv", "exec", "sync", "put_tree"]
+            &[
+                "ping", "put", "get", "ls", "stat", "rm", "mkdir", "mv", "exec", "sync",
+                "put_tree", "get_tree"
+            ]
         );
     }
 

@@ -60,12 +60,15 @@ pub struct SyncRoot {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncMore {}
 
-/// Receiver to sender: one batch of the destination list, a JSON array of
-/// entries in list order in the body; `done` on the last (possibly empty).
+/// Receiver to sender: one batch of the destination list in list order,
+/// in the compact binary form (PROTOCOL.md, `skiff_sync::list`) and
+/// zstd-compressed in the body; `done` on the last (possibly empty).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncList {
     /// No batch follows.
     pub done: bool,
+    /// Length of the batch once decompressed.
+    pub raw: u32,
 }
 
 /// Sender to receiver: describe the chunks of your copy of `path`.
@@ -327,7 +330,7 @@ phase! {
     pub enum ToSender {
         /// The destination root.
         Root(SyncRoot),
-        /// A list batch (JSON array of entries in the body).
+        /// A list batch (compressed records in the body).
         List(SyncList, with_body),
         /// A signature (36-byte records in the body).
         Sig(SyncSig, with_body),

@@ -1,4 +1,5 @@
-//! Tree uploads as one stream (PROTOCOL.md section 7, "put_tree").
+//! Trees as one stream, in either direction (PROTOCOL.md section 7,
+//! "put_tree" and "get_tree").
 //!
 //! A `put -r` of many files as separate `put` requests costs a `ready`, a
 //! `done` and three frames per file, and a window counted in requests ties
@@ -7,6 +8,10 @@
 //! many to a frame ([`TreeFiles`]); large ones as a [`TreeFile`] head, then
 //! `data` frames and an `end`. The server answers asynchronously, in
 //! batches ([`TreeAck`]), each after the batch is durable.
+//!
+//! A tree download (`get_tree`) is the same stream the other way round:
+//! the server sends the entries, the client writes them and answers with
+//! `tree_ack`s, under a window the client granted.
 
 use serde::{Deserialize, Serialize};
 
@@ -26,7 +31,22 @@ pub struct PutTree {
     pub hash: HashAlg,
 }
 
-/// Server to client: send entries; at most `window` bytes of them may be
+/// Client to server: send the tree beneath `path` as a stream of entries
+/// (the same frames a `put_tree` carries, server to client), keeping at
+/// most `window` bytes unacknowledged. Answered by [`TreeReady`] (with
+/// the window the server will use) or an error.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetTree {
+    /// The directory to send.
+    pub path: String,
+    /// The checksum each file carries.
+    #[serde(default)]
+    pub hash: HashAlg,
+    /// The window the client grants, in bytes.
+    pub window: u64,
+}
+
+/// The receiver of a tree to its sender: send entries; at most `window` bytes of them may be
 /// unacknowledged at any time (see [`TreeAck`] for how they are counted).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TreeReady {
@@ -97,7 +117,9 @@ pub struct TreeLink {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TreeEnd {}
 
-/// One entry that failed, and why.
+/// One entry that failed, and why: inside a [`TreeAck`], or on its own
+/// (`tree_failure`) when the sender could not read an entry; the receiver
+/// then answers that entry as failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TreeFailure {
     /// The entry's number.
@@ -108,7 +130,7 @@ pub struct TreeFailure {
     pub message: String,
 }
 
-/// Server to client: entries finished. Every entry is answered exactly
+/// Receiver to sender: entries finished. Every entry is answered exactly
 /// once, in `done` or in `failed`; a file in `done` is verified, in place
 /// and durable (it survives a crash of the server). Each answered entry
 /// gives back its size plus [`TreeAck::ENTRY_COST`] bytes of the window.
@@ -142,6 +164,8 @@ pub struct TreeDone {
 
 crate::messages!(
     PutTree => "put_tree",
+    GetTree => "get_tree",
+    TreeFailure => "tree_failure",
     TreeReady => "tree_ready",
     TreeDir => "tree_dir",
     TreeFile => "tree_file",
@@ -153,7 +177,8 @@ crate::messages!(
 );
 
 phase! {
-    /// Client to server during a tree upload.
+    /// Sender to receiver during a tree transfer (client to server for
+    /// `put_tree`, server to client for `get_tree`).
     pub enum TreeInput {
         /// A directory.
         Dir(TreeDir),
@@ -167,21 +192,24 @@ phase! {
         End(End),
         /// A symlink.
         Link(TreeLink),
+        /// An entry the sender could not read.
+        Failure(TreeFailure),
         /// No more entries.
         Finish(TreeEnd),
     }
 }
 
 phase! {
-    /// Server to client during a tree upload.
+    /// Receiver to sender during a tree transfer (`tree_done` only from a
+    /// server that received a `put_tree`).
     pub enum TreeOutput {
-        /// The upload may start.
+        /// The transfer may start.
         Ready(TreeReady),
         /// Entries answered.
         Ack(TreeAck),
         /// Everything answered.
         Done(TreeDone),
-        /// The tree upload as a whole was refused or failed.
+        /// The tree transfer as a whole was refused or failed.
         Error(ErrorMsg),
     }
 }

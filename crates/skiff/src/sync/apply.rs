@@ -20,7 +20,7 @@ use skiff_wire::{ErrorCode, ErrorMsg};
 
 use crate::transfer::commit::{self, CommitError, Destination, Observed};
 use crate::transfer::staging::{self, create_unique, StageKey, Staged, StagingArea};
-use crate::transfer::{errors, links, meta};
+use crate::transfer::{durable, errors, links, meta};
 
 /// Prefix of the files a receiver stages beside their destination (see
 /// [`Stager::Beside`]) and of the links it creates before renaming them
@@ -169,30 +169,31 @@ pub fn symlink(root: &Dir, path: &str, target: &str) -> Result<(), ErrorMsg> {
 }
 
 /// Sets mode and mtime of `path` (`""`: the root) without following a
-/// final symlink. A directory is also fsynced, which makes the entries
-/// created in it durable.
-pub fn set_meta(root: &Dir, path: &str, mode: u32, mtime_ns: i64) -> Result<(), ErrorMsg> {
+/// final symlink. For a directory its handle is returned: the caller
+/// fsyncs it (once per batch, `super::batch`), which makes its metadata
+/// and the entries created in it durable.
+pub fn set_meta(root: &Dir, path: &str, mode: u32, mtime_ns: i64) -> Result<Option<Dir>, ErrorMsg> {
     let io = |e: io::Error| fail(path, &e);
-    if path.is_empty() {
-        let f = meta::open_self(root).map_err(io)?;
-        meta::apply(&f, Some(mode), Some(mtime_ns)).map_err(io)?;
-        return f.sync_all().map_err(io);
-    }
-    let (dir, name) = open_parent(root, path)?;
-    let m = dir.symlink_metadata(name).map_err(io)?;
-    if m.is_dir() {
-        let sub = dir.open_dir_nofollow(name).map_err(io)?;
-        let f = meta::open_self(&sub).map_err(io)?;
-        meta::apply(&f, Some(mode), Some(mtime_ns)).map_err(io)?;
-        f.sync_all().map_err(io)
-    } else if m.is_file() {
-        let mut opts = OpenOptions::new();
-        opts.read(true).follow(FollowSymlinks::No);
-        let f = dir.open_with(name, &opts).map_err(io)?.into_std();
-        meta::apply(&f, Some(mode), Some(mtime_ns)).map_err(io)
+    let dir = if path.is_empty() {
+        root.try_clone().map_err(io)?
     } else {
-        Ok(())
-    }
+        let (parent, name) = open_parent(root, path)?;
+        let m = parent.symlink_metadata(name).map_err(io)?;
+        if m.is_file() {
+            let mut opts = OpenOptions::new();
+            opts.read(true).follow(FollowSymlinks::No);
+            let f = parent.open_with(name, &opts).map_err(io)?.into_std();
+            meta::apply(&f, Some(mode), Some(mtime_ns)).map_err(io)?;
+            return Ok(None);
+        }
+        if !m.is_dir() {
+            return Ok(None);
+        }
+        parent.open_dir_nofollow(name).map_err(io)?
+    };
+    let f = meta::open_self(&dir).map_err(io)?;
+    meta::apply(&f, Some(mode), Some(mtime_ns)).map_err(io)?;
+    Ok(Some(dir))
 }
 
 /// Removes `path` (a directory only when empty); already gone is fine.
@@ -240,7 +241,7 @@ fn assemble_msg(e: AssembleError, path: &str) -> ErrorMsg {
 /// when it started.
 pub struct Incoming {
     path: String,
-    dest: Destination,
+    dest: Option<Destination>,
     observed: Observed,
     staged: Option<Staged>,
     asm: Option<Assembler<File, BufWriter<File>>>,
@@ -282,7 +283,7 @@ impl Incoming {
         let out = staged.file().try_clone().map_err(|e| fail(path, &e))?;
         Ok(Incoming {
             path: path.to_string(),
-            dest,
+            dest: Some(dest),
             observed,
             staged: Some(staged),
             asm: Some(Assembler::new(
@@ -310,28 +311,93 @@ impl Incoming {
         .map_err(|e| assemble_msg(e, &path))
     }
 
-    /// Checks size and whole-file BLAKE3 against `expected`, then commits
-    /// the staged file by identity with its mode and mtime. On any error
+    /// Checks size and whole-file BLAKE3 against `expected`, applies mode
+    /// and mtime to the staged file and starts its writeback: the file is
+    /// then ready for its batch's commit (`super::batch`). On any error
     /// the staged file is removed and the destination keeps what it had.
-    pub fn commit(mut self, expected: Hash, mode: u32, mtime_ns: i64) -> Result<(), ErrorMsg> {
+    pub fn verify(
+        mut self,
+        expected: Hash,
+        mode: u32,
+        mtime_ns: i64,
+    ) -> Result<Verified, ErrorMsg> {
         let path = self.path.clone();
         let asm = self.asm.take().ok_or_else(|| {
             ErrorMsg::new(ErrorCode::Internal, format!("{path}: already finished"))
         })?;
         let out = asm.finish(expected).map_err(|e| assemble_msg(e, &path))?;
-        // Flushed here; the commit applies metadata and fsyncs.
         out.into_inner().map_err(|e| fail(&path, e.error()))?;
-        let Some(staged) = self.staged.as_ref() else {
+        let (Some(staged), Some(dest)) = (self.staged.take(), self.dest.take()) else {
             return Err(ErrorMsg::new(ErrorCode::Internal, "no staged file"));
         };
-        commit::commit(
+        let prepared = meta::apply(staged.file(), Some(mode), Some(mtime_ns))
+            .and_then(|()| staged.file().metadata());
+        let len = match prepared {
+            Ok(md) => md.len(),
+            Err(e) => {
+                staged.discard();
+                return Err(fail(&path, &e));
+            }
+        };
+        durable::start_writeback(staged.file(), 0, len);
+        Ok(Verified {
+            path,
             staged,
-            &self.dest,
-            self.observed,
-            Some(mode),
-            Some(mtime_ns),
-        )
-        .map_err(|e| commit_msg(e, &path))
+            dest,
+            observed: self.observed,
+            mode,
+            mtime_ns,
+            size: len,
+        })
+    }
+}
+
+/// A staged file whose content was verified and whose metadata is set,
+/// waiting to be made durable and renamed into place with its batch.
+pub struct Verified {
+    /// The path in the tree.
+    pub path: String,
+    /// The staged file.
+    pub staged: Staged,
+    /// Where it goes.
+    pub dest: Destination,
+    /// What was there when the transfer started.
+    pub observed: Observed,
+    /// Permission bits (for the cross-device copy).
+    pub mode: u32,
+    /// Modification time (for the cross-device copy).
+    pub mtime_ns: i64,
+    /// Its length.
+    pub size: u64,
+}
+
+impl Verified {
+    /// Renames the (already durable) staged file into place by identity;
+    /// when the staging area is on another file system, commits a copy
+    /// beside the destination instead (`transfer::commit`). The caller
+    /// fsyncs the destination directory.
+    pub fn rename(&self) -> Result<(), ErrorMsg> {
+        match commit::rename_into_place(&self.staged, &self.dest, self.observed) {
+            Err(CommitError::Io(e)) if e.raw_os_error() == Some(libc::EXDEV) => commit::commit(
+                &self.staged,
+                &self.dest,
+                self.observed,
+                Some(self.mode),
+                Some(self.mtime_ns),
+            ),
+            other => other,
+        }
+        .map_err(|e| commit_msg(e, &self.path))
+    }
+}
+
+impl Drop for Verified {
+    fn drop(&mut self) {
+        // After a rename the staged name is gone and this does nothing;
+        // a file whose batch never committed is removed.
+        if self.staged.still_named() {
+            let _ = self.staged.dir().remove_file(self.staged.name());
+        }
     }
 }
 
@@ -403,12 +469,15 @@ mod tests {
                 .unwrap();
             inc
         };
-        let e = start().commit(Hash::of(b"nope"), 0o640, 0).unwrap_err();
+        let e = start().verify(Hash::of(b"nope"), 0o640, 0).err().unwrap();
         assert_eq!(e.code, ErrorCode::ChecksumMismatch);
         assert_eq!(std::fs::read(t.path().join("f")).unwrap(), b"old content");
-        start()
-            .commit(Hash::of(b"old new"), 0o640, 1_000_000_000)
+        let v = start()
+            .verify(Hash::of(b"old new"), 0o640, 1_000_000_000)
+            .ok()
             .unwrap();
+        assert_eq!(std::fs::read(t.path().join("f")).unwrap(), b"old content");
+        v.rename().unwrap();
         assert_eq!(std::fs::read(t.path().join("f")).unwrap(), b"old new");
         let names: Vec<_> = std::fs::read_dir(t.path())
             .unwrap()
@@ -428,7 +497,9 @@ mod tests {
         // Someone else replaces the file while the sync assembles it.
         std::fs::write(t.path().join("other"), b"theirs").unwrap();
         std::fs::rename(t.path().join("other"), t.path().join("f")).unwrap();
-        let e = inc.commit(Hash::of(b"new"), 0o644, 0).unwrap_err();
+        let v = inc.verify(Hash::of(b"new"), 0o644, 0).ok().unwrap();
+        let e = v.rename().unwrap_err();
+        drop(v);
         assert_eq!(e.code, ErrorCode::Conflict);
         assert_eq!(std::fs::read(t.path().join("f")).unwrap(), b"theirs");
     }

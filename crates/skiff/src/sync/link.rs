@@ -61,7 +61,7 @@ fn closed() -> SyncError {
 }
 
 /// A new outgoing channel of `cap` frames.
-pub fn outbox(cap: usize) -> (Outbox, mpsc::Receiver<Frame>) {
+fn outbox(cap: usize) -> (Outbox, mpsc::Receiver<Frame>) {
     let (tx, rx) = mpsc::channel(cap);
     (Outbox(tx), rx)
 }
@@ -97,7 +97,7 @@ impl<P> Inbox<P> {
 }
 
 /// A new incoming channel of `cap` messages; call from the runtime.
-pub fn inbox<P>(cap: usize) -> (mpsc::Sender<P>, Inbox<P>) {
+fn inbox<P>(cap: usize) -> (mpsc::Sender<P>, Inbox<P>) {
     let (tx, rx) = mpsc::channel(cap);
     (
         tx,
@@ -112,7 +112,7 @@ pub fn inbox<P>(cap: usize) -> (mpsc::Sender<P>, Inbox<P>) {
 /// reading side has passed the role's last incoming message (`is_last`)
 /// or the role has ended (`role_done`). Frames after that stay unread in
 /// the session, so a server goes on with the next request.
-pub async fn pump<P: Phase + Send>(
+async fn pump<P: Phase + Send>(
     reader: &mut SessionReader<'_>,
     writer: &mut SessionWriter<'_>,
     mut out: mpsc::Receiver<Frame>,
@@ -167,10 +167,45 @@ pub async fn pump<P: Phase + Send>(
     Ok(())
 }
 
+/// Runs one role beside its pump: `role` gets the inbox (of `inbox_cap`
+/// messages, the last of which `is_last` recognises) and the outbox (16
+/// frames); when it ends the pump stops reading. The combined outcome
+/// is returned, and a failure is told to the peer.
+pub async fn run_role<P, T, F>(
+    reader: &mut SessionReader<'_>,
+    writer: &mut SessionWriter<'_>,
+    inbox_cap: usize,
+    is_last: fn(&P) -> bool,
+    counters: Arc<Counters>,
+    role: impl FnOnce(Inbox<P>, Outbox) -> F,
+) -> Result<T, SyncError>
+where
+    P: Phase + Send,
+    F: std::future::Future<Output = Result<T, SyncError>>,
+{
+    let (out, out_rx) = outbox(16);
+    let (in_tx, inbox) = inbox(inbox_cap);
+    let cancel = CancellationToken::new();
+    let done = cancel.clone();
+    let role = role(inbox, out);
+    let role = async move {
+        let r = role.await;
+        done.cancel();
+        r
+    };
+    let pump = pump(reader, writer, out_rx, in_tx, is_last, counters, cancel);
+    let (p, r) = tokio::join!(pump, role);
+    let r = outcome(p, r);
+    if let Err(e) = &r {
+        tell_peer(writer, e).await;
+    }
+    r
+}
+
 /// The outcome of a role and its pump as one result. A protocol or
 /// connection failure the pump saw explains more than the role's
 /// "closed"; otherwise the role's own error does.
-pub fn outcome<T>(pump: Result<(), SyncError>, role: Result<T, SyncError>) -> Result<T, SyncError> {
+fn outcome<T>(pump: Result<(), SyncError>, role: Result<T, SyncError>) -> Result<T, SyncError> {
     match (pump, role) {
         (Ok(()), r) => r,
         (Err(p), Ok(_)) => Err(p),
@@ -186,7 +221,7 @@ pub fn outcome<T>(pump: Result<(), SyncError>, role: Result<T, SyncError>) -> Re
 }
 
 /// Tells the peer the sync is over because of `e` (best effort, bounded).
-pub async fn tell_peer(writer: &mut SessionWriter<'_>, e: &SyncError) {
+async fn tell_peer(writer: &mut SessionWriter<'_>, e: &SyncError) {
     if matches!(
         e,
         SyncError::Session(SessionError::Closed | SessionError::Io(_) | SessionError::Remote(_))

@@ -12,6 +12,7 @@
 //! hashing overlap and every queue is bounded. See docs/SYNC.md.
 
 pub mod apply;
+pub mod batch;
 pub mod link;
 pub mod receiver;
 pub mod sender;

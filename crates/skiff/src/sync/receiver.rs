@@ -9,6 +9,7 @@ use std::time::Instant;
 use bytes::{BufMut, Bytes, BytesMut};
 use cap_std::fs::{Dir, MetadataExt};
 use skiff_sync::compress::decompress;
+use skiff_sync::list::ListEncoder;
 use skiff_sync::params::MAX_CHUNK;
 use skiff_sync::{Entry, Hash, Signature, Walker};
 use skiff_wire::message::sync::{
@@ -17,9 +18,9 @@ use skiff_wire::message::sync::{
 };
 use skiff_wire::{ErrorCode, ErrorMsg, MAX_BODY_LEN};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
-use super::apply::{self, Incoming, Stager, Step};
+use super::apply::{self, Incoming, Stager, Step, Verified};
+use super::batch::Batch;
 use super::link::{self, Counters, Inbox, Outbox};
 use super::{comparable, with_hash, Event, Events, Options, SyncError, LIST_BATCH};
 use crate::session::{SessionError, SessionReader, SessionWriter};
@@ -38,39 +39,32 @@ pub async fn run(
     events: Events,
     counters: Arc<Counters>,
 ) -> Result<SyncSummary, SyncError> {
-    let (out, out_rx) = link::outbox(16);
-    let (in_tx, inbox) = link::inbox(8);
-    let cancel = CancellationToken::new();
-    let role = Role {
-        root,
-        stager,
-        opts: opts.clone(),
-        events,
-        out,
-        summary: SyncSummary::default(),
-        deletes: Vec::new(),
-    };
-    let done = cancel.clone();
-    let role = async move {
-        let r = role.run(inbox).await;
-        done.cancel();
-        r
-    };
-    let pump = link::pump(
+    let batch = Batch::new(
+        root.try_clone()
+            .map_err(|e| SyncError::Local(e.to_string()))?,
+    );
+    let opts = opts.clone();
+    link::run_role(
         reader,
         writer,
-        out_rx,
-        in_tx,
+        8,
         |m: &ToReceiver| matches!(m, ToReceiver::Finish(_) | ToReceiver::Error(_)),
         counters,
-        cancel,
-    );
-    let (p, r) = tokio::join!(pump, role);
-    let r = link::outcome(p, r);
-    if let Err(e) = &r {
-        link::tell_peer(writer, e).await;
-    }
-    r
+        |inbox, out| {
+            Role {
+                root,
+                stager,
+                opts,
+                events,
+                out,
+                summary: SyncSummary::default(),
+                deletes: Vec::new(),
+                batch: Some(batch),
+            }
+            .run(inbox)
+        },
+    )
+    .await
 }
 
 struct Role {
@@ -82,10 +76,13 @@ struct Role {
     summary: SyncSummary,
     /// `--delete`s, applied at the end: (path, is a directory).
     deletes: Vec<(String, bool)>,
+    /// Verified files and metadata not yet committed (taken while a
+    /// commit runs on a blocking thread).
+    batch: Option<Batch>,
 }
 
 /// A list batch as JSON, made on the walker thread.
-type Batch = Result<(Bytes, bool), String>;
+type ListBatch = Result<(SyncList, Bytes), String>;
 
 impl Role {
     async fn run(mut self, mut inbox: Inbox<ToReceiver>) -> Result<SyncSummary, SyncError> {
@@ -133,12 +130,13 @@ impl Role {
             }
             match msg {
                 ToReceiver::More(_) => {
-                    let batch = lists
-                        .recv()
-                        .await
-                        .unwrap_or(Ok((Bytes::from_static(b"[]"), true)));
-                    let (body, done) = batch.map_err(SyncError::Local)?;
-                    self.out.send(&SyncList { done }, body).await?;
+                    // Asked for after the last batch: an empty one.
+                    let batch = match lists.recv().await {
+                        Some(b) => b,
+                        None => encode_batch(&mut ListEncoder::new(), true),
+                    };
+                    let (head, body) = batch.map_err(SyncError::Local)?;
+                    self.out.send(&head, body).await?;
                 }
                 ToReceiver::SigReq(req) => self.send_signature(&req.path).await?,
                 ToReceiver::Mkdir(m) => {
@@ -165,10 +163,10 @@ impl Role {
                 }
                 ToReceiver::Meta(m) => {
                     if !self.opts.dry_run {
-                        let r = apply::set_meta(&self.root, &m.path, m.mode, m.mtime_ns);
-                        if let Err(e) = r {
-                            self.fail(&m.path, e).await?;
+                        if let Some(b) = &mut self.batch {
+                            b.add_meta(m.path, m.mode, m.mtime_ns);
                         }
+                        self.commit_if_full().await?;
                     }
                 }
                 ToReceiver::Delete(m) => self.delete(m).await?,
@@ -318,16 +316,55 @@ impl Role {
     async fn finish_file(&mut self, job: FileJob, end: SyncEnd) -> Result<(), SyncError> {
         let path = job.path.clone();
         match job.finish(end).await {
-            Ok(()) => self.summary.files_sent += 1,
-            Err(e) => {
-                self.summary.changed = self.summary.changed.saturating_sub(1);
-                self.fail(&path, e).await?;
+            Ok(v) => {
+                if let Some(b) = &mut self.batch {
+                    b.add_file(v);
+                }
+                self.commit_if_full().await
             }
+            Err(e) => self.file_failed(&path, e).await,
+        }
+    }
+
+    /// A file that was not stored no longer counts as changed.
+    async fn file_failed(&mut self, path: &str, e: ErrorMsg) -> Result<(), SyncError> {
+        self.summary.changed = self.summary.changed.saturating_sub(1);
+        self.fail(path, e).await
+    }
+
+    async fn commit_if_full(&mut self) -> Result<(), SyncError> {
+        if self.batch.as_ref().is_some_and(Batch::is_full) {
+            self.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// Commits the batch on a blocking thread (see [`super::batch`]) and
+    /// counts and reports what it did.
+    async fn commit(&mut self) -> Result<(), SyncError> {
+        let Some(mut batch) = self.batch.take().filter(|b| !b.is_empty()) else {
+            return Ok(());
+        };
+        let (batch, done) = tokio::task::spawn_blocking(move || {
+            let done = batch.commit();
+            (batch, done)
+        })
+        .await
+        .map_err(|e| SyncError::Local(e.to_string()))?;
+        self.batch = Some(batch);
+        self.summary.files_sent += done.files;
+        for (path, e) in done.failed_files {
+            self.file_failed(&path, e).await?;
+        }
+        for (path, e) in done.failed_metas {
+            self.fail(&path, e).await?;
         }
         Ok(())
     }
 
     async fn finish(mut self, m: SyncFinish) -> Result<SyncSummary, SyncError> {
+        // Everything the summary counts is durable before it is sent.
+        self.commit().await?;
         self.summary.checked = m.checked;
         self.summary.total_size = m.total_size;
         // What the sender could not read counts as failed too.
@@ -376,7 +413,7 @@ fn spawn_lister(
     root: &Dir,
     checksum: bool,
     clean: bool,
-) -> Result<mpsc::Receiver<Batch>, SyncError> {
+) -> Result<mpsc::Receiver<ListBatch>, SyncError> {
     let root = root
         .try_clone()
         .map_err(|e| SyncError::Local(e.to_string()))?;
@@ -386,7 +423,7 @@ fn spawn_lister(
     let clean_root = root
         .try_clone()
         .map_err(|e| SyncError::Local(e.to_string()))?;
-    let (tx, rx) = mpsc::channel::<Batch>(2);
+    let (tx, rx) = mpsc::channel::<ListBatch>(2);
     std::thread::spawn(move || {
         let entries = Walker::unfiltered(root)
             .filter_map(Result::ok)
@@ -405,25 +442,24 @@ fn spawn_lister(
         } else {
             Box::new(entries)
         };
-        let encode = |batch: &[Entry]| {
-            serde_json::to_vec(batch)
-                .map(Bytes::from)
-                .map_err(|e| e.to_string())
-        };
-        let mut batch = Vec::with_capacity(LIST_BATCH);
+        let mut enc = ListEncoder::new();
         for e in hashed {
-            batch.push(e);
-            if batch.len() == LIST_BATCH {
-                let body = encode(&batch).map(|b| (b, false));
-                batch.clear();
-                if tx.blocking_send(body).is_err() {
-                    return;
-                }
+            enc.push(&e);
+            let full = enc.len() == LIST_BATCH || enc.is_full();
+            if full && tx.blocking_send(encode_batch(&mut enc, false)).is_err() {
+                return;
             }
         }
-        let _ = tx.blocking_send(encode(&batch).map(|b| (b, true)));
+        let _ = tx.blocking_send(encode_batch(&mut enc, true));
     });
     Ok(rx)
+}
+
+/// The batch `enc` holds, as a `sync_list` frame; `enc` is empty again.
+fn encode_batch(enc: &mut ListEncoder, done: bool) -> ListBatch {
+    let (z, raw) = enc.finish().map_err(|e| e.to_string())?;
+    let raw = u32::try_from(raw).map_err(|e| e.to_string())?;
+    Ok((SyncList { done, raw }, Bytes::from(z)))
 }
 
 /// What the assembling thread gets, in order.
@@ -441,7 +477,7 @@ enum Msg {
 struct FileJob {
     path: String,
     steps: Option<mpsc::Sender<Msg>>,
-    done: tokio::sync::oneshot::Receiver<Result<(), ErrorMsg>>,
+    done: tokio::sync::oneshot::Receiver<Result<Verified, ErrorMsg>>,
 }
 
 impl FileJob {
@@ -452,7 +488,7 @@ impl FileJob {
         let stager = stager.clone();
         let path = m.path.clone();
         tokio::task::spawn_blocking(move || {
-            let r = (|| -> Result<(), ErrorMsg> {
+            let r = (|| -> Result<Verified, ErrorMsg> {
                 let root = root.map_err(|e| ErrorMsg::new(ErrorCode::Internal, e.to_string()))?;
                 let mut inc = Incoming::start(&root, &stager, &path, m.update, m.size)?;
                 while let Some(msg) = rx.blocking_recv() {
@@ -467,7 +503,7 @@ impl FileJob {
                                 format!("{path}: the sender could not read the file to its end"),
                             ))
                         }
-                        Msg::End(Some(h)) => return inc.commit(h, m.mode, m.mtime_ns),
+                        Msg::End(Some(h)) => return inc.verify(h, m.mode, m.mtime_ns),
                     }
                 }
                 Err(ErrorMsg::new(
@@ -495,7 +531,7 @@ impl FileJob {
         }
     }
 
-    async fn finish(mut self, end: SyncEnd) -> Result<(), ErrorMsg> {
+    async fn finish(mut self, end: SyncEnd) -> Result<Verified, ErrorMsg> {
         let hash =
             if end.abort {
                 None
@@ -508,7 +544,7 @@ impl FileJob {
         drop(self.steps.take());
         let started = Instant::now();
         let r = self.done.await;
-        tracing::debug!(path = %self.path, ms = started.elapsed().as_millis() as u64, "committed");
+        tracing::debug!(path = %self.path, ms = started.elapsed().as_millis() as u64, "verified");
         r.unwrap_or_else(|_| {
             Err(ErrorMsg::new(
                 ErrorCode::Internal,

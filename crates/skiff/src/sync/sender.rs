@@ -20,10 +20,10 @@ use skiff_sync::{
     Signature, Walked, Walker,
 };
 use skiff_wire::message::sync::{
-    NoteKind, SyncCopy, SyncData, SyncDelete, SyncEnd, SyncFile, SyncFinish, SyncMeta, SyncMkdir,
-    SyncMore, SyncNote, SyncRoot, SyncSig, SyncSigReq, SyncSummary, SyncSymlink, ToSender,
+    NoteKind, SyncCopy, SyncData, SyncDelete, SyncEnd, SyncFile, SyncFinish, SyncList, SyncMeta,
+    SyncMkdir, SyncMore, SyncNote, SyncRoot, SyncSig, SyncSigReq, SyncSummary, SyncSymlink,
+    ToSender,
 };
-use tokio_util::sync::CancellationToken;
 
 use super::link::{self, Counters, Inbox, Outbox};
 use super::receiver::SIG_RECORD;
@@ -45,34 +45,21 @@ pub async fn run(
     events: Events,
     counters: Arc<Counters>,
 ) -> Result<SyncSummary, SyncError> {
-    let (out, out_rx) = link::outbox(16);
-    let (in_tx, inbox) = link::inbox(64);
-    let cancel = CancellationToken::new();
-    let done = cancel.clone();
     let opts = opts.clone();
-    let role = tokio::task::spawn_blocking(move || {
-        let r = send_tree(src, &opts, inbox, out, events);
-        done.cancel();
-        r
-    });
-    let pump = link::pump(
+    link::run_role(
         reader,
         writer,
-        out_rx,
-        in_tx,
+        64,
         |m: &ToSender| matches!(m, ToSender::Summary(_) | ToSender::Error(_)),
         counters,
-        cancel,
-    );
-    let (p, r) = tokio::join!(pump, role);
-    let r = r
-        .map_err(|e| SyncError::Local(e.to_string()))
-        .and_then(|r| r);
-    let r = link::outcome(p, r);
-    if let Err(e) = &r {
-        link::tell_peer(writer, e).await;
-    }
-    r
+        |inbox, out| async move {
+            tokio::task::spawn_blocking(move || send_tree(src, &opts, inbox, out, events))
+                .await
+                .map_err(|e| SyncError::Local(e.to_string()))
+                .and_then(|r| r)
+        },
+    )
+    .await
 }
 
 /// Messages from the receiver, sorted into what the sender waits for.
@@ -80,7 +67,7 @@ struct Inbound {
     inbox: Inbox<ToSender>,
     events: Events,
     root: Option<SyncRoot>,
-    lists: VecDeque<(bool, Bytes)>,
+    lists: VecDeque<(SyncList, Bytes)>,
     sig: Option<(SyncSig, Bytes)>,
     summary: Option<SyncSummary>,
 }
@@ -90,7 +77,7 @@ impl Inbound {
     fn file(&mut self, m: ToSender) -> Result<(), SyncError> {
         match m {
             ToSender::Root(r) => self.root = Some(r),
-            ToSender::List((l, body)) => self.lists.push_back((l.done, body)),
+            ToSender::List(l) => self.lists.push_back(l),
             ToSender::Sig(s) => self.sig = Some(s),
             ToSender::Summary(s) => self.summary = Some(s),
             ToSender::Failed(f) => (self.events)(Event::Failed {
@@ -138,14 +125,14 @@ impl DstList {
                 self.out.send_blocking(&SyncMore {}, Bytes::new())?;
                 self.outstanding += 1;
             }
-            let (done, body) = self.inbound.borrow_mut().wait(|i| i.lists.pop_front())?;
+            let (head, body) = self.inbound.borrow_mut().wait(|i| i.lists.pop_front())?;
             self.outstanding = self.outstanding.saturating_sub(1);
             if !self.done {
-                let batch: Vec<Entry> = serde_json::from_slice(&body)
+                let batch = skiff_sync::list::decode_batch(&body, head.raw as usize)
                     .map_err(|e| SyncError::BadList(format!("destination list: {e}")))?;
                 self.buf.extend(batch);
             }
-            self.done |= done;
+            self.done |= head.done;
         }
         Ok(())
     }

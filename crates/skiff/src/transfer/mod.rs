@@ -18,6 +18,8 @@ pub mod names;
 pub mod partfile;
 pub mod pipeline;
 pub mod staging;
+pub mod tree_recv;
+pub mod tree_send;
 
 /// Bytes of file data per `data` frame: large enough that per-frame costs
 /// (headers, channel hand-offs, syscalls) vanish, small enough that a few

@@ -19,6 +19,8 @@ use skiff_wire::{ErrorCode, ErrorMsg, Message};
 use tokio::sync::mpsc;
 
 use super::progress::Progress;
+use super::tree_get;
+use super::tree_put::Start;
 use super::{
     failure_or_protocol, hand_to_reader, recv_msg, remote, remote_join, Failure, Options, Summary,
 };
@@ -65,6 +67,23 @@ pub async fn get_as(
         }
         let top =
             Dir::open_ambient_dir(dest, ambient_authority()).map_err(|e| local_err(e, dest))?;
+        if !opts.resume {
+            // One stream for the whole tree, when the server offers it.
+            match tree_get::start(session, remote, opts).await? {
+                Start::Ready(_) => {
+                    let progress = Progress::new(0, opts);
+                    tree_get::receive(session, &top, opts, &progress, &mut summary).await?;
+                    progress.finish();
+                    let _ = meta::apply_dir(&top, Some(entry.mode), Some(entry.mtime_ns));
+                    return Ok(summary);
+                }
+                Start::Refused(f) => {
+                    summary.failures.push(f);
+                    return Ok(summary);
+                }
+                Start::Unsupported => {}
+            }
+        }
         let entries = remote::ls(session, remote, true).await?;
         let (jobs, dirs, total) = plan_tree(&top, remote, &entries, opts, &mut summary.failures);
         let progress = Progress::new(total, opts);
@@ -104,7 +123,7 @@ pub async fn get_as(
 
 /// Opens the directory `comps` beneath `top`, one component at a time,
 /// never following a symlink.
-fn open_nofollow(top: &Dir, comps: &[&str]) -> std::io::Result<Dir> {
+pub(super) fn open_nofollow(top: &Dir, comps: &[&str]) -> std::io::Result<Dir> {
     let mut d = top.try_clone()?;
     for c in comps {
         d = d.open_dir_nofollow(c)?;
@@ -150,45 +169,15 @@ fn plan_tree(
             }
         };
         match e.kind {
-            EntryKind::Dir => match parent.create_dir(name) {
+            EntryKind::Dir => match make_dir(&parent, name, &e.path) {
                 Ok(()) => dirs.push((comps.iter().map(|s| s.to_string()).collect(), e.clone())),
-                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
-                    match parent.symlink_metadata(name) {
-                        Ok(m) if m.is_dir() => {
-                            dirs.push((comps.iter().map(|s| s.to_string()).collect(), e.clone()))
-                        }
-                        _ => failures.push(fail(
-                            ErrorCode::Exists,
-                            "something other than a directory is in the way",
-                        )),
-                    }
-                }
-                Err(err) => failures.push(Failure::from(errors::to_msg(&err, &e.path))),
+                Err(m) => failures.push(m.into()),
             },
             EntryKind::Symlink => {
-                let target = e.target.clone().unwrap_or_default();
-                // The parents were opened without following links, so
-                // `parents` is the physical position the kernel resolves
-                // the target from; the check resolves it against what
-                // this download has created so far.
-                let physical: Vec<String> = parents.iter().map(|c| c.to_string()).collect();
-                if let Err(refused) = links::check(top, &physical, &target) {
-                    failures.push(Failure {
-                        code: ErrorCode::PathEscape,
-                        message: format!("{}: {refused} (LOCAL); the link was not created", e.path),
-                    });
-                    continue;
-                }
-                let dest = PartFile::new(parent, name);
-                let r = dest.check_destination(opts.force).and_then(|()| {
-                    match dest.dir.remove_file(name) {
-                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-                        _ => {}
-                    }
-                    dest.dir.symlink(&target, name)
-                });
-                if let Err(err) = r {
-                    failures.push(Failure::from(errors::to_msg(&err, &e.path)));
+                let target = e.target.as_deref().unwrap_or_default();
+                if let Err(m) = make_link(top, &parent, parents, name, target, &e.path, opts.force)
+                {
+                    failures.push(m.into());
                 }
             }
             EntryKind::File => {
@@ -206,6 +195,61 @@ fn plan_tree(
         }
     }
     (jobs, dirs, total)
+}
+
+/// Creates directory `name` in `parent` (LOCAL's `path`); an existing
+/// directory is fine, anything else in the way is `exists`.
+pub(super) fn make_dir(parent: &Dir, name: &str, path: &str) -> Result<(), ErrorMsg> {
+    match parent.create_dir(name) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+            match parent.symlink_metadata(name) {
+                Ok(m) if m.is_dir() => Ok(()),
+                _ => Err(errors::msg(
+                    ErrorCode::Exists,
+                    path,
+                    "something other than a directory is in the way",
+                )),
+            }
+        }
+        Err(err) => Err(errors::to_msg(&err, path)),
+    }
+}
+
+/// Creates the link `name -> target` in `parent`, the directory at
+/// `parents` beneath `top` (opened without following links, so that is
+/// its physical position, from which the kernel resolves the target),
+/// after checking by resolution against what this download has created
+/// so far that it cannot lead out (`transfer::links`).
+pub(super) fn make_link(
+    top: &Dir,
+    parent: &Dir,
+    parents: &[&str],
+    name: &str,
+    target: &str,
+    path: &str,
+    force: bool,
+) -> Result<(), ErrorMsg> {
+    let physical: Vec<String> = parents.iter().map(|c| c.to_string()).collect();
+    if let Err(refused) = links::check(top, &physical, target) {
+        return Err(ErrorMsg::new(
+            ErrorCode::PathEscape,
+            format!("{path}: {refused} (LOCAL); the link was not created"),
+        ));
+    }
+    let dest = PartFile::new(
+        parent.try_clone().map_err(|e| errors::to_msg(&e, path))?,
+        name,
+    );
+    dest.check_destination(force)
+        .and_then(|()| {
+            match dest.dir.remove_file(name) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            dest.dir.symlink(target, name)
+        })
+        .map_err(|e| errors::to_msg(&e, path))
 }
 
 /// Sends `get` requests (a bounded window ahead) while receiving the

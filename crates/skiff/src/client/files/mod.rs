@@ -13,6 +13,7 @@ pub mod relay;
 pub mod remote;
 pub mod remote_glob;
 pub mod sources;
+mod tree_get;
 mod tree_put;
 pub mod upload;
 

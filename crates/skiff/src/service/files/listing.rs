@@ -84,7 +84,16 @@ pub async fn ls(session: &mut Session<'_>, root: &Dir, req: Ls) -> Result<(), Se
         (Listing::Single(e), None) => {
             let _ = tx.blocking_send(Ok(batch_json(&[e])));
         }
-        (Listing::Dir(d), None) => walk(d, recursive, &tx),
+        (Listing::Dir(d), None) => {
+            let mut out = Batcher {
+                tx: &tx,
+                batch: Vec::new(),
+                bytes: 0,
+            };
+            if let Err(e) = walk(d, recursive, &mut out) {
+                let _ = tx.blocking_send(Err(e));
+            }
+        }
     });
     // Batches are sent with `more: true`; the final frame is empty.
     while let Some(batch) = rx.recv().await {
@@ -104,14 +113,16 @@ pub async fn ls(session: &mut Session<'_>, root: &Dir, req: Ls) -> Result<(), Se
 }
 
 /// What `ls` starts from.
-enum Listing {
+pub(super) enum Listing {
     /// A non-directory: listed as itself.
     Single(Entry),
     /// A directory to read.
     Dir(Dir),
 }
 
-fn open_listing(root: &Dir, req: &Ls) -> Result<Listing, ErrorMsg> {
+/// Opens what `req` names: a directory (a final link to one inside the
+/// root is followed) or a single entry.
+pub(super) fn open_listing(root: &Dir, req: &Ls) -> Result<Listing, ErrorMsg> {
     let comps = confine::components(&req.path)?;
     let io = |e: std::io::Error| errors::to_msg(&e, &req.path);
     if comps.is_empty() {
@@ -165,6 +176,44 @@ struct Batcher<'t> {
     bytes: usize,
 }
 
+/// What a [`walk`] tells its visitor. Each method returns `false` to stop
+/// the walk (the receiver is gone).
+pub(super) trait Visit {
+    /// An entry of `dir` (named `name` there).
+    fn entry(&mut self, dir: &Dir, name: &str, entry: Entry) -> bool;
+    /// Every entry beneath the directory `prefix` (relative to the top;
+    /// never the top itself) was visited.
+    fn leave(&mut self, _prefix: &str) -> bool {
+        true
+    }
+    /// The directory `path` could not be opened (it was removed or
+    /// replaced since it was listed, or is not readable): its entry
+    /// stands, its contents are skipped.
+    fn skipped(&mut self, _path: &str, _err: std::io::Error) -> bool {
+        true
+    }
+    /// The directory `path` could not be read.
+    fn error(&mut self, path: &str, err: std::io::Error) -> bool;
+    /// The walk is over.
+    fn finish(&mut self) -> bool {
+        true
+    }
+}
+
+impl Visit for Batcher<'_> {
+    fn entry(&mut self, _dir: &Dir, _name: &str, entry: Entry) -> bool {
+        self.push(entry)
+    }
+    fn error(&mut self, _path: &str, err: std::io::Error) -> bool {
+        // As for the top: the listing ends with the error.
+        let _ = self.tx.blocking_send(Err(err));
+        false
+    }
+    fn finish(&mut self) -> bool {
+        self.flush()
+    }
+}
+
 impl Batcher<'_> {
     /// Adds one entry; `false` once the receiver is gone (stop walking).
     fn push(&mut self, entry: Entry) -> bool {
@@ -202,7 +251,7 @@ fn list_one(
     dir: &Dir,
     prefix: &str,
     recursive: bool,
-    out: &mut Batcher<'_>,
+    out: &mut impl Visit,
 ) -> std::io::Result<Option<Vec<String>>> {
     let mut names = Vec::new();
     for ent in dir.entries()?.flatten() {
@@ -217,11 +266,12 @@ fn list_one(
         let Ok(entry) = describe(dir, &name, join(prefix, &name)) else {
             continue;
         };
-        if recursive && entry.kind == EntryKind::Dir {
-            subdirs.push(name);
-        }
-        if !out.push(entry) {
+        let is_dir = entry.kind == EntryKind::Dir;
+        if !out.entry(dir, &name, entry) {
             return Ok(None);
+        }
+        if recursive && is_dir {
+            subdirs.push(name);
         }
     }
     subdirs.reverse();
@@ -255,13 +305,14 @@ fn open_child(stack: &[Level], name: &str) -> std::io::Result<Dir> {
 }
 
 /// Reads directories (sorted by name), parents before their contents,
-/// sending bounded batches, depth first with a bounded number of open
-/// directories ([`MAX_OPEN_DIRS`]). Subdirectories are opened without
-/// following symlinks, so a walk never leaves the tree.
-fn walk(top: Dir, recursive: bool, tx: &mpsc::Sender<std::io::Result<Vec<u8>>>) {
-    descend(top, tx, |dir, prefix, _depth, out| {
+/// telling `out` about each entry, depth first with a bounded number of
+/// open directories ([`MAX_OPEN_DIRS`]). Subdirectories are opened without
+/// following symlinks, so a walk never leaves the tree. An error reading
+/// the top is returned; a subdirectory that cannot be read is skipped.
+pub(super) fn walk(top: Dir, recursive: bool, out: &mut impl Visit) -> std::io::Result<()> {
+    descend(top, out, |dir, prefix, _depth, out| {
         list_one(dir, prefix, recursive, out)
-    });
+    })
 }
 
 /// A glob walk: at each depth only the names matching that component of
@@ -271,21 +322,26 @@ fn walk(top: Dir, recursive: bool, tx: &mpsc::Sender<std::io::Result<Vec<u8>>>) 
 /// directories open as [`walk`] does; one that cannot be read matches
 /// nothing.
 fn walk_matching(top: Dir, pattern: &glob::Pattern, tx: &mpsc::Sender<std::io::Result<Vec<u8>>>) {
-    descend(top, tx, |dir, prefix, depth, out| {
+    let mut out = Batcher {
+        tx,
+        batch: Vec::new(),
+        bytes: 0,
+    };
+    let _ = descend(top, &mut out, |dir, prefix, depth, out| {
         Ok(list_matching(dir, prefix, depth, pattern, out).unwrap_or(Some(Vec::new())))
     });
 }
 
 /// The names in `dir` matching component `depth` of `pattern` (sorted):
 /// at full depth their entries go to `out`, above it they are returned as
-/// the subdirectories to enter (a name that is not a directory fails to
-/// open as one and is skipped). `None` when the receiver is gone.
+/// the subdirectories to enter, last first (a name that is not a directory
+/// fails to open as one and is skipped). `None` when the receiver is gone.
 fn list_matching(
     dir: &Dir,
     prefix: &str,
     depth: usize,
     pattern: &glob::Pattern,
-    out: &mut Batcher<'_>,
+    out: &mut impl Visit,
 ) -> std::io::Result<Option<Vec<String>>> {
     let mut names: Vec<String> = dir
         .entries()?
@@ -302,7 +358,7 @@ fn list_matching(
         let Ok(entry) = describe(dir, &name, join(prefix, &name)) else {
             continue;
         };
-        if !out.push(entry) {
+        if !out.entry(dir, &name, entry) {
             return Ok(None);
         }
     }
@@ -310,28 +366,19 @@ fn list_matching(
 }
 
 /// The depth-first walk under [`walk`] and [`walk_matching`]: `list`
-/// reads one directory (its path below the top, its depth, where its
-/// entries go) and returns the subdirectories to enter, last first, or
-/// `None` to stop. The first [`MAX_OPEN_DIRS`] levels of the current path
-/// keep their handle; deeper ones are reopened from the deepest open one.
-/// An error from `list` is sent and ends the walk.
-fn descend(
+/// reads one directory (given its path below the top and its depth,
+/// telling `out` about its entries) and returns the subdirectories to
+/// enter, last first, or `None` to stop. The first [`MAX_OPEN_DIRS`]
+/// levels of the current path keep their handle; deeper ones are reopened
+/// from the deepest open one.
+fn descend<V: Visit>(
     top: Dir,
-    tx: &mpsc::Sender<std::io::Result<Vec<u8>>>,
-    mut list: impl FnMut(&Dir, &str, usize, &mut Batcher<'_>) -> std::io::Result<Option<Vec<String>>>,
-) {
-    let mut out = Batcher {
-        tx,
-        batch: Vec::new(),
-        bytes: 0,
-    };
-    let pending = match list(&top, "", 0, &mut out) {
-        Ok(Some(p)) => p,
-        Ok(None) => return,
-        Err(e) => {
-            let _ = tx.blocking_send(Err(e));
-            return;
-        }
+    out: &mut V,
+    mut list: impl FnMut(&Dir, &str, usize, &mut V) -> std::io::Result<Option<Vec<String>>>,
+) -> std::io::Result<()> {
+    let pending = match list(&top, "", 0, out)? {
+        Some(p) => p,
+        None => return Ok(()),
     };
     let mut stack = vec![Level {
         dir: Some(top),
@@ -340,21 +387,31 @@ fn descend(
     }];
     while let Some(level) = stack.last_mut() {
         let Some(name) = level.pending.pop() else {
-            stack.pop();
+            if let Some(done) = stack.pop() {
+                if !done.prefix.is_empty() && !out.leave(&done.prefix) {
+                    return Ok(());
+                }
+            }
             continue;
         };
         let path = join(&level.prefix, &name);
-        // Gone or replaced since it was listed (or not a directory): its
-        // entry stands, its contents are skipped.
-        let Ok(child) = open_child(&stack, &name) else {
-            continue;
-        };
-        let pending = match list(&child, &path, stack.len(), &mut out) {
-            Ok(Some(p)) => p,
-            Ok(None) => return,
+        let child = match open_child(&stack, &name) {
+            Ok(c) => c,
             Err(e) => {
-                let _ = tx.blocking_send(Err(e));
-                return;
+                if !out.skipped(&path, e) || !out.leave(&path) {
+                    return Ok(());
+                }
+                continue;
+            }
+        };
+        let pending = match list(&child, &path, stack.len(), out) {
+            Ok(Some(p)) => p,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                if !out.error(&path, e) || !out.leave(&path) {
+                    return Ok(());
+                }
+                continue;
             }
         };
         let keep = stack.len() < MAX_OPEN_DIRS;
@@ -364,5 +421,6 @@ fn descend(
             pending,
         });
     }
-    out.flush();
+    out.finish();
+    Ok(())
 }

@@ -14,6 +14,7 @@ mod listing;
 mod manage;
 mod put;
 mod tree;
+mod tree_get;
 
 use skiff_wire::message::files::{Done, EntryKind, Mkdir, Mv, Put, Rm};
 use skiff_wire::message::Request;
@@ -59,6 +60,7 @@ pub async fn handle(
             }
         },
         Request::PutTree(req) => return tree::receive(session, ctx, &root, req).await,
+        Request::GetTree(req) => return tree_get::send(session, &root, req).await,
         Request::Get(req) => return get::handle(session, &root, req).await,
         Request::Ls(req) => return listing::ls(session, &root, req).await,
         Request::Stat(req) => return reply(session, listing::stat(&root, &req)).map(|_| ()),
@@ -123,7 +125,9 @@ impl Change {
             Request::Rm(r) => (Rm::OP, &r.path, None),
             Request::Mkdir(m) => (Mkdir::OP, &m.path, None),
             Request::Mv(m) => (Mv::OP, &m.from, Some(m.to.clone())),
-            Request::Get(_) | Request::Ls(_) | Request::Stat(_) => return None,
+            Request::Get(_) | Request::GetTree(_) | Request::Ls(_) | Request::Stat(_) => {
+                return None
+            }
             Request::Ping(_) | Request::Exec(_) | Request::Sync(_) => return None,
         };
         Some(Change {
