@@ -251,10 +251,19 @@ fn fault_relay_rounds_complete_or_fail_clearly_and_resume() {
                     assert_eq!(common::hash(&server.root.join(&name)), common::hash(&src));
                 } else {
                     assert_clear_failure(&format!("round {round}: put"), &out);
-                    assert!(
-                        !server.root.join(&name).exists(),
-                        "round {round}: a failed put left {name} visible"
-                    );
+                    // Cut after the server committed, before the client
+                    // heard `done`: the file is there, and whole.
+                    let dest = server.root.join(&name);
+                    if dest.exists() {
+                        assert_eq!(
+                            common::hash(&dest),
+                            common::hash(&src),
+                            "round {round}: a failed put left a partial {name} visible"
+                        );
+                        completed.insert(name);
+                        eprintln!("round {round}: put committed, its confirmation lost");
+                        continue;
+                    }
                     assert_root_clean(&server, &completed);
                     let mut cmd = server.client();
                     cmd.args(["put", "--resume", &direct, common::p(&src), &name]);
@@ -283,10 +292,15 @@ fn fault_relay_rounds_complete_or_fail_clearly_and_resume() {
                     assert_eq!(common::hash(&dst), common::hash(&src));
                 } else {
                     assert_clear_failure(&format!("round {round}: get"), &out);
-                    assert!(
-                        !dst.exists(),
-                        "round {round}: a failed get left {name} visible"
-                    );
+                    if dst.exists() {
+                        assert_eq!(
+                            common::hash(&dst),
+                            common::hash(&src),
+                            "round {round}: a failed get left a partial {name} visible"
+                        );
+                        eprintln!("round {round}: get completed, then the connection broke");
+                        continue;
+                    }
                     let mut cmd = server.client();
                     cmd.args(["get", "--resume", &direct, &name, common::p(&dst)]);
                     let again = common::probe::run_bounded(cmd, limit);
