@@ -9,6 +9,9 @@ pub mod ping;
 pub mod sync;
 pub mod udp_ping;
 
+#[cfg(test)]
+pub(crate) mod testing;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -198,5 +201,57 @@ fn refusal(e: &MessageError) -> ErrorMsg {
             ),
         ),
         MessageError::BadFields { .. } => ErrorMsg::new(e.code(), e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use skiff_wire::message::ping::Ping;
+    use skiff_wire::{ErrorCode, ErrorMsg};
+    use tokio::time::Instant;
+
+    use super::testing::{assert_pings, Harness};
+    use crate::session::SessionError;
+
+    /// A session idle past the limit gets a `timeout` error frame and a
+    /// clean close, at the limit exactly; each request restarts the clock.
+    #[tokio::test(start_paused = true)]
+    async fn idle_sessions_are_closed_and_requests_restart_the_clock() {
+        let mut h = Harness::new();
+        h.ctx.idle_timeout = Some(Duration::from_secs(30));
+        let (mut client, server) = h.connect(64 * 1024);
+        let t0 = Instant::now();
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert_pings(&mut client).await;
+        let (e, _) = client.expect::<ErrorMsg>().await.expect("error frame");
+        assert_eq!(e.code, ErrorCode::Timeout, "{e:?}");
+        assert!(e.message.contains("idle for 30 s"), "{e:?}");
+        assert_eq!(t0.elapsed(), Duration::from_secs(50));
+        assert!(matches!(client.recv().await, Ok(None)));
+        let ended = server.await.expect("server task");
+        assert!(
+            matches!(ended, Err(SessionError::IdleTimeout(_))),
+            "{ended:?}"
+        );
+    }
+
+    /// Shutdown between requests: `shutting_down`, then a clean close.
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_ends_sessions_between_requests() {
+        let h = Harness::new();
+        let (mut client, server) = h.connect(64 * 1024);
+        client.send(&Ping {}, b"").await.expect("ping");
+        assert_eq!(client.recv_required().await.expect("pong").op(), "pong");
+        h.ctx.shutdown.cancel();
+        let (e, _) = client.expect::<ErrorMsg>().await.expect("error frame");
+        assert_eq!(e.code, ErrorCode::ShuttingDown, "{e:?}");
+        assert!(matches!(client.recv().await, Ok(None)));
+        let ended = server.await.expect("server task");
+        assert!(
+            matches!(ended, Err(SessionError::ShuttingDown)),
+            "{ended:?}"
+        );
     }
 }

@@ -21,6 +21,8 @@
 
 mod child;
 mod pty;
+#[cfg(test)]
+mod tests;
 
 use std::collections::VecDeque;
 use std::io;

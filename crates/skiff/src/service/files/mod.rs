@@ -13,6 +13,8 @@ mod get;
 mod listing;
 mod manage;
 mod put;
+#[cfg(test)]
+mod put_tests;
 mod tree;
 mod tree_get;
 
