@@ -547,13 +547,18 @@ async fn accept_loop(listener: AnyListener, ctx: AcceptContext) {
                     continue; // dropping `conn` closes it at once
                 };
                 let reject = ctx.reject.clone();
+                let shutdown = ctx.shutdown.clone();
                 ctx.tracker.spawn(async move {
                     let _permit = permit;
-                    let _ = tokio::time::timeout(
-                        REJECT_DEADLINE,
-                        AssertUnwindSafe(reject(conn)).catch_unwind(),
-                    )
-                    .await;
+                    // A refusal still in progress at shutdown is dropped
+                    // (closing it) rather than holding the exit up.
+                    tokio::select! {
+                        _ = tokio::time::timeout(
+                            REJECT_DEADLINE,
+                            AssertUnwindSafe(reject(conn)).catch_unwind(),
+                        ) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
                 });
             }
         }

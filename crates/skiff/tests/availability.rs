@@ -279,6 +279,33 @@ fn a_peer_that_never_reads_is_dropped_after_the_write_timeout() {
     assert_ping_ok(&server, server.url());
 }
 
+/// Sends the server SIGTERM; returns when.
+fn sigterm(server: &TestServer) -> std::time::Instant {
+    let start = std::time::Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.pid() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("kill");
+    start
+}
+
+/// Waits (at most 10 s) for the server to exit: its status, and how long
+/// after `since` it exited.
+fn wait_for_exit(
+    server: &mut TestServer,
+    since: std::time::Instant,
+) -> (std::process::ExitStatus, Duration) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(s) = server.child.try_wait().expect("wait") {
+            return (s, since.elapsed());
+        }
+        assert!(std::time::Instant::now() < deadline, "server still running");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[test]
 fn sigterm_reaches_idle_sessions_running_commands_and_handshakes() {
     let server =
@@ -292,25 +319,12 @@ fn sigterm_reaches_idle_sessions_running_commands_and_handshakes() {
     let silent = std::net::TcpStream::connect(host_port(server.url())).expect("connect");
     // Let the command start.
     std::thread::sleep(Duration::from_millis(800));
-    let start = std::time::Instant::now();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(server.pid() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("kill");
+    let start = sigterm(&server);
     let answer = idle.recv().expect("an error frame");
     assert_eq!(answer["code"], "shutting_down", "{answer}");
     assert!(idle.closed());
     let mut server = server;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = server.child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(std::time::Instant::now() < deadline, "server still running");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let took = start.elapsed();
+    let (status, took) = wait_for_exit(&mut server, start);
     eprintln!("server exited {status} {took:?} after SIGTERM");
     assert!(
         took < Duration::from_secs(3),
@@ -438,4 +452,210 @@ fn ls_r_over_thousands_of_directories_holds_few_descriptors() {
     drop(readers);
     assert!(wait_for_fds(server.pid(), before, Duration::from_secs(10)));
     assert_ping_ok(&server, server.url());
+}
+
+// ---------------------------------------------------------------------
+// a request in progress is bounded too
+
+#[test]
+fn a_put_that_stalls_mid_body_is_cut_after_the_idle_timeout() {
+    const SIZE: usize = 300_000;
+    let server = TestServer::start_listening(
+        &["tcp://127.0.0.1:0", "tcp+plain://127.0.0.1:0"],
+        &["--idle-timeout", "2"],
+    );
+    let work = tempfile::tempdir().expect("tempdir");
+    let src = work.path().join("src");
+    common::make_file(&src, SIZE as u64, 13);
+    let data = std::fs::read(&src).expect("read src");
+    // A put header, one whole data frame, then half of the next frame:
+    // the client stops there and never sends the rest or `end`.
+    let mut c = logged_in(&server);
+    let _ = c.send(&json!({"op":"put","path":"stalled.bin","size":SIZE}));
+    let _ = c.send_raw(br#"{"op":"data","len":100000}"#, &data[..100_000]);
+    let _ = c.send_raw(br#"{"op":"data","len":100000}"#, &data[100_000..150_000]);
+    let start = std::time::Instant::now();
+    assert_eq!(c.recv().expect("ready")["op"], "ready");
+    // The server keeps serving others meanwhile.
+    assert_ping_ok(&server, server.url());
+    let answer = c.recv().expect("an error frame before the close");
+    let took = start.elapsed();
+    assert_eq!(answer["op"], "error", "{answer}");
+    assert_eq!(answer["code"], "timeout", "{answer}");
+    let message = answer["message"].as_str().unwrap_or_default();
+    assert!(message.contains("--resume"), "{answer}");
+    assert!(c.closed(), "the session is closed after the error");
+    eprintln!("a put stalled mid-body was cut {took:?} after it stalled: {message}");
+    assert!(
+        took >= Duration::from_millis(1800) && took < Duration::from_secs(6),
+        "{took:?}"
+    );
+    // Nothing partial is visible in the root; what arrived is staged.
+    assert!(!server.root.join("stalled.bin").exists());
+    assert!(common::leftovers(&server.root).is_empty());
+    assert_eq!(std::fs::read_dir(&server.root).expect("root").count(), 0);
+    let staged = server.staged_files();
+    assert_eq!(staged.len(), 1, "{staged:?}");
+    assert_eq!(staged[0].1, 100_000, "the whole frames that arrived");
+    // `--resume` completes it from there.
+    let mut cmd = server.client();
+    cmd.args([
+        "put",
+        "--resume",
+        server.url(),
+        common::p(&src),
+        "stalled.bin",
+    ])
+    .env("RUST_LOG", "info");
+    let out = run_bounded(cmd, Duration::from_secs(30));
+    assert!(out.status.success(), "resume: {}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("resuming"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        common::hash(&server.root.join("stalled.bin")),
+        common::hash(&src)
+    );
+    assert!(server.staged_files().is_empty());
+}
+
+/// Every entry path of one complete `ls` answer on `c`.
+fn listed_paths(c: &mut RawConn) -> Vec<String> {
+    let mut paths: Vec<String> = Vec::new();
+    loop {
+        let (header, body) = recv_with_body(c).expect("an entries frame");
+        assert_eq!(header["op"], "entries", "{header}");
+        let batch: Vec<Value> = serde_json::from_slice(&body).expect("a JSON array");
+        paths.extend(
+            batch
+                .iter()
+                .map(|e| e["path"].as_str().expect("path").to_string()),
+        );
+        if header["more"] == false {
+            return paths;
+        }
+    }
+}
+
+#[test]
+fn a_glob_over_thousands_of_matching_directories_holds_few_descriptors() {
+    const DIRS: usize = 3000;
+    const DEPTH: usize = 40;
+    let server = TestServer::start_listening(
+        &["tcp://127.0.0.1:0", "tcp+plain://127.0.0.1:0"],
+        &["--write-timeout", "3"],
+    );
+    make_tree(&server.root, DIRS, DEPTH);
+    // Every matching directory is entered: one match in each.
+    let mut c = logged_in(&server);
+    let _ = c.send(&json!({"op":"ls","path":"wide","pattern":"d*/f"}));
+    let paths = listed_paths(&mut c);
+    assert_eq!(paths.len(), DIRS);
+    assert_eq!(paths[0], "d00000/f");
+    assert_eq!(paths[DIRS - 1], format!("d{:05}/f", DIRS - 1));
+    // A pattern deeper than the directories a walk keeps open.
+    let deep: Vec<&str> = std::iter::repeat_n("l*", DEPTH).chain(["b*"]).collect();
+    let _ = c.send(&json!({"op":"ls","path":"deep","pattern":deep.join("/")}));
+    let bottom: String = (0..DEPTH).map(|i| format!("l{i}/")).collect();
+    assert_eq!(listed_paths(&mut c), vec![format!("{bottom}bottom")]);
+    drop(c);
+    // Two glob listings nobody reads: the walk used to open every matching
+    // subdirectory at once (3,000 descriptors each).
+    let before = open_fds(server.pid());
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let mut c = logged_in(&server);
+        let _ = c.send(&json!({"op":"ls","path":"wide","pattern":"*/*"}));
+        readers.push(c);
+    }
+    let mut most = 0;
+    for _ in 0..20 {
+        most = most.max(open_fds(server.pid()));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "two unread globs over {DIRS} matching directories: server fds {before} before, at most {most}"
+    );
+    assert!(
+        most <= before + 2 + 2 * 20,
+        "fds grew from {before} to {most}"
+    );
+    drop(readers);
+    assert!(wait_for_fds(server.pid(), before, Duration::from_secs(20)));
+    assert_ping_ok(&server, server.url());
+}
+
+#[test]
+fn sigterm_closes_connections_still_in_the_handshake_or_being_refused_at_once() {
+    const PER_SOURCE: usize = 20; // past the per-source cap of 16
+    raise_fd_limit(4096);
+    let server = TestServer::start_listening(
+        &["tcp://127.0.0.1:0", "tcp+plain://127.0.0.1:0"],
+        &["--max-connections", "1"],
+    );
+    let plain = plain_url(&server);
+    let sources: Vec<std::net::Ipv4Addr> = (2..5)
+        .map(|x| std::net::Ipv4Addr::new(127, 0, 0, x))
+        .collect();
+    if connect_from(sources[0], server.url()).is_err() {
+        eprintln!("cannot bind 127.0.0.2 here; skipping");
+        return;
+    }
+    // Connections that said hello, got the challenge and stalled.
+    let mut stalled = Vec::new();
+    for _ in 0..6 {
+        let mut c = RawConn::connect(&plain);
+        let nonce = format!("{}=", "A".repeat(43));
+        let _ = c.send(&json!({"op":"hello","v":1,"user":"nobody","nonce":nonce}));
+        assert_eq!(c.recv().expect("a challenge")["op"], "challenge");
+        stalled.push(c);
+    }
+    // Silent connections to the TLS listener from three other sources,
+    // each past its cap (54 in the handshake in all: below the 64 where
+    // random early drop starts).
+    let mut silent = Vec::new();
+    for from in &sources {
+        for _ in 0..PER_SOURCE {
+            silent.push(connect_from(*from, server.url()).expect("connect"));
+        }
+    }
+    // The one session slot taken, then connections being told `busy`
+    // (each waits for its TLS ClientHello for up to 2 s).
+    let mut session = logged_in(&server);
+    let busy: Vec<_> = (0..8)
+        .map(|_| std::net::TcpStream::connect(host_port(server.url())).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let dropped_at_accept = silent.iter().filter(|s| is_closed(s)).count();
+    let start = sigterm(&server);
+    assert_eq!(session.recv().expect("an error")["code"], "shutting_down");
+    for c in &mut stalled {
+        // `shutting_down`: the skiff handshake is up.
+        let last = c.recv().expect("an error frame");
+        assert_eq!(last["code"], "shutting_down", "{last}");
+        assert!(c.closed());
+    }
+    let mut server = server;
+    let (status, took) = wait_for_exit(&mut server, start);
+    let still_open = silent.iter().chain(&busy).filter(|s| !is_closed(s)).count();
+    eprintln!(
+        "{} silent connections from {} sources ({dropped_at_accept} dropped at accept, over the \
+         cap), {} stalled after the challenge, {} being refused busy: server exited {status} \
+         {took:?} after SIGTERM, {still_open} left open",
+        silent.len(),
+        sources.len(),
+        stalled.len(),
+        busy.len()
+    );
+    assert!(
+        dropped_at_accept >= sources.len() * (PER_SOURCE - 16),
+        "{dropped_at_accept}"
+    );
+    assert_eq!(still_open, 0);
+    assert!(
+        took < Duration::from_secs(1),
+        "server took {took:?} to stop"
+    );
 }

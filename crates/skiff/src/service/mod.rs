@@ -19,14 +19,14 @@ use std::time::Duration;
 
 use skiff_wire::message::exec::{Exec, ExecInput};
 use skiff_wire::message::files::UploadData;
-use skiff_wire::message::Request;
+use skiff_wire::message::{Phase, Request};
 use skiff_wire::{ErrorMsg, Message, MessageError};
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::Audit;
 use crate::policy::env::{AcceptEnv, BaseEnv};
 use crate::policy::Policy;
-use crate::session::{Session, SessionError};
+use crate::session::{Session, SessionError, SessionReader};
 
 /// What every service may need to know about the server.
 #[derive(Debug, Clone)]
@@ -59,6 +59,24 @@ pub struct ServiceContext {
 }
 
 impl ServiceContext {
+    /// The next frame of a request in progress (an upload's data), within
+    /// the idle timeout: a client that stops sending in the middle of a
+    /// request holds its slot no longer than an idle one, and a frame
+    /// dribbled a byte at a time must still be complete in time. `None`
+    /// (`idle-timeout 0`) waits as long as the peer stays connected.
+    pub async fn next_input<P: Phase>(
+        &self,
+        reader: &mut SessionReader<'_>,
+    ) -> Result<P, SessionError> {
+        let Some(limit) = self.idle_timeout else {
+            return reader.recv_msg::<P>().await;
+        };
+        match tokio::time::timeout(limit, reader.recv_msg::<P>()).await {
+            Ok(r) => r,
+            Err(_) => Err(SessionError::Stalled(limit)),
+        }
+    }
+
     /// The operations this server offers, as announced in `welcome`.
     pub fn services(exec_enabled: bool) -> Vec<String> {
         Request::OPS
@@ -97,7 +115,13 @@ pub async fn serve(session: &mut Session<'_>, ctx: &ServiceContext) -> Result<()
             Err(e) => return Err(e),
         };
         match Request::from_frame(frame) {
-            Ok(req) => dispatch(session, ctx, req).await?,
+            Ok(req) => match dispatch(session, ctx, req).await {
+                Ok(()) => {}
+                Err(SessionError::Stalled(d)) => {
+                    return end_session(session, Ending::Stalled(d), ctx.idle_timeout).await
+                }
+                Err(e) => return Err(e),
+            },
             // Input for an exec that already ended (a client may send it
             // while the `exit` is on its way), or the data of an upload
             // whose request was refused as malformed (a client may send
@@ -109,10 +133,14 @@ pub async fn serve(session: &mut Session<'_>, ctx: &ServiceContext) -> Result<()
     }
 }
 
-/// Why the server ends a session between requests.
+/// Why the server ends a session.
 enum Ending {
+    /// Between requests: the server is stopping.
     ShuttingDown,
+    /// Between requests: nothing came for the idle timeout.
     Idle,
+    /// In the middle of a request: its input stopped for this long.
+    Stalled(Duration),
 }
 
 /// Tells the client why, closes the connection cleanly, and reports it.
@@ -133,6 +161,14 @@ async fn end_session(
                 SessionError::IdleTimeout(d),
             )
         }
+        Ending::Stalled(d) => (
+            format!(
+                "no data for {:.0} s in the middle of a request; closing the session \
+                 (an upload's partial data is kept for --resume)",
+                d.as_secs_f64()
+            ),
+            SessionError::Stalled(d),
+        ),
     };
     let _ = session.send_error(err.code(), message).await;
     let _ = session.close().await;

@@ -80,6 +80,10 @@ pub enum SessionError {
     /// The session sat idle between requests past the server's limit.
     #[error("idle for {0:?}")]
     IdleTimeout(Duration),
+    /// The peer stopped sending in the middle of a request (an upload's
+    /// data) for longer than the server's idle limit.
+    #[error("no input for {0:?} in the middle of a request")]
+    Stalled(Duration),
     /// The server is stopping.
     #[error("the server is shutting down")]
     ShuttingDown,
@@ -100,7 +104,9 @@ impl SessionError {
         match self {
             SessionError::Frame(e) => e.code(),
             SessionError::Message(e) => e.code(),
-            SessionError::Timeout(_) | SessionError::IdleTimeout(_) => ErrorCode::Timeout,
+            SessionError::Timeout(_) | SessionError::IdleTimeout(_) | SessionError::Stalled(_) => {
+                ErrorCode::Timeout
+            }
             SessionError::ShuttingDown => ErrorCode::ShuttingDown,
             SessionError::Unexpected { .. } => ErrorCode::BadFrame,
             SessionError::Remote(m) => m.code,

@@ -310,7 +310,73 @@ fn open_child(stack: &[Level], name: &str) -> std::io::Result<Dir> {
 /// following symlinks, so a walk never leaves the tree. An error reading
 /// the top is returned; a subdirectory that cannot be read is skipped.
 pub(super) fn walk(top: Dir, recursive: bool, out: &mut impl Visit) -> std::io::Result<()> {
-    let pending = match list_one(&top, "", recursive, out)? {
+    descend(top, out, |dir, prefix, _depth, out| {
+        list_one(dir, prefix, recursive, out)
+    })
+}
+
+/// A glob walk: at each depth only the names matching that component of
+/// `pattern` are kept, and only matching directories (opened without
+/// following links) are entered, so the walk is as deep as the pattern and
+/// never leaves the tree. Entries of full depth are sent. It holds as few
+/// directories open as [`walk`] does; one that cannot be read matches
+/// nothing.
+fn walk_matching(top: Dir, pattern: &glob::Pattern, tx: &mpsc::Sender<std::io::Result<Vec<u8>>>) {
+    let mut out = Batcher {
+        tx,
+        batch: Vec::new(),
+        bytes: 0,
+    };
+    let _ = descend(top, &mut out, |dir, prefix, depth, out| {
+        Ok(list_matching(dir, prefix, depth, pattern, out).unwrap_or(Some(Vec::new())))
+    });
+}
+
+/// The names in `dir` matching component `depth` of `pattern` (sorted):
+/// at full depth their entries go to `out`, above it they are returned as
+/// the subdirectories to enter, last first (a name that is not a directory
+/// fails to open as one and is skipped). `None` when the receiver is gone.
+fn list_matching(
+    dir: &Dir,
+    prefix: &str,
+    depth: usize,
+    pattern: &glob::Pattern,
+    out: &mut impl Visit,
+) -> std::io::Result<Option<Vec<String>>> {
+    let mut names: Vec<String> = dir
+        .entries()?
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| pattern.matches_at(depth, n))
+        .collect();
+    names.sort();
+    if depth + 1 < pattern.depth() {
+        names.reverse();
+        return Ok(Some(names));
+    }
+    for name in names {
+        let Ok(entry) = describe(dir, &name, join(prefix, &name)) else {
+            continue;
+        };
+        if !out.entry(dir, &name, entry) {
+            return Ok(None);
+        }
+    }
+    Ok(Some(Vec::new()))
+}
+
+/// The depth-first walk under [`walk`] and [`walk_matching`]: `list`
+/// reads one directory (given its path below the top and its depth,
+/// telling `out` about its entries) and returns the subdirectories to
+/// enter, last first, or `None` to stop. The first [`MAX_OPEN_DIRS`]
+/// levels of the current path keep their handle; deeper ones are reopened
+/// from the deepest open one.
+fn descend<V: Visit>(
+    top: Dir,
+    out: &mut V,
+    mut list: impl FnMut(&Dir, &str, usize, &mut V) -> std::io::Result<Option<Vec<String>>>,
+) -> std::io::Result<()> {
+    let pending = match list(&top, "", 0, out)? {
         Some(p) => p,
         None => return Ok(()),
     };
@@ -338,7 +404,7 @@ pub(super) fn walk(top: Dir, recursive: bool, out: &mut impl Visit) -> std::io::
                 continue;
             }
         };
-        let pending = match list_one(&child, &path, recursive, out) {
+        let pending = match list(&child, &path, stack.len(), out) {
             Ok(Some(p)) => p,
             Ok(None) => return Ok(()),
             Err(e) => {
@@ -357,53 +423,4 @@ pub(super) fn walk(top: Dir, recursive: bool, out: &mut impl Visit) -> std::io::
     }
     out.finish();
     Ok(())
-}
-
-/// A glob walk: at each depth only the names matching that component of
-/// `pattern` are kept, and only matching directories (opened without
-/// following links) are entered, so the walk is as deep as the pattern and
-/// never leaves the tree. Entries of full depth are sent.
-fn walk_matching(top: Dir, pattern: &glob::Pattern, tx: &mpsc::Sender<std::io::Result<Vec<u8>>>) {
-    let mut stack = vec![(top, String::new(), 0usize)];
-    let mut batch: Vec<Entry> = Vec::new();
-    let mut batch_bytes = 0usize;
-    while let Some((dir, prefix, depth)) = stack.pop() {
-        let Ok(entries) = dir.entries() else { continue };
-        let mut names: Vec<String> = entries
-            .flatten()
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| pattern.matches_at(depth, n))
-            .collect();
-        names.sort();
-        let mut subdirs = Vec::new();
-        for name in names {
-            let path = if prefix.is_empty() {
-                name.clone()
-            } else {
-                format!("{prefix}/{name}")
-            };
-            if depth + 1 < pattern.depth() {
-                if let Ok(d) = dir.open_dir_nofollow(&name) {
-                    subdirs.push((d, path, depth + 1));
-                }
-                continue;
-            }
-            let Ok(entry) = describe(&dir, &name, path) else {
-                continue;
-            };
-            batch_bytes += entry.path.len() + 128;
-            batch.push(entry);
-            if batch_bytes >= BATCH_BYTES {
-                if tx.blocking_send(Ok(batch_json(&batch))).is_err() {
-                    return;
-                }
-                batch.clear();
-                batch_bytes = 0;
-            }
-        }
-        stack.extend(subdirs.into_iter().rev());
-    }
-    if !batch.is_empty() {
-        let _ = tx.blocking_send(Ok(batch_json(&batch)));
-    }
 }

@@ -8,7 +8,7 @@
 //! Failures of one operation are answered with an `error` frame and the
 //! session goes on; only protocol violations end it.
 
-pub(crate) mod confine;
+pub mod confine;
 mod get;
 mod listing;
 mod manage;
@@ -40,14 +40,14 @@ pub async fn handle(
             let m = ErrorMsg::from(refusal);
             c.record(ctx, None, Err(&m));
             session.queue(&m, &[])?;
-            return drain_refused(session, &req).await;
+            return drain_refused(session, ctx, &req).await;
         }
     }
     let root = match confine::open_root(&ctx.root) {
         Ok(r) => r,
         Err(m) => {
             session.queue(&m, &[])?;
-            return drain_refused(session, &req).await;
+            return drain_refused(session, ctx, &req).await;
         }
     };
     let (done, result) = match req {
@@ -84,10 +84,14 @@ pub async fn handle(
 
 /// An upload's data still follows a refused `put` (unless it waits for
 /// `ready`): it is read and discarded.
-async fn drain_refused(session: &mut Session<'_>, req: &Request) -> Result<(), SessionError> {
+async fn drain_refused(
+    session: &mut Session<'_>,
+    ctx: &ServiceContext,
+    req: &Request,
+) -> Result<(), SessionError> {
     if let Request::Put(put) = req {
         if !put.resume && put.kind == EntryKind::File {
-            put::drain(session).await?;
+            put::drain(session, ctx).await?;
         }
     }
     Ok(())

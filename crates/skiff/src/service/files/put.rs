@@ -13,11 +13,11 @@ use crate::service::ServiceContext;
 use crate::session::{Session, SessionError};
 use crate::transfer::checksum::digests_match;
 use crate::transfer::commit::{self, CommitError, Destination, Observed};
+use crate::transfer::errors;
 use crate::transfer::links;
 use crate::transfer::partfile::PartFile;
 use crate::transfer::pipeline::{Sink, SinkDone};
 use crate::transfer::staging::{StageKey, Staged};
-use crate::transfer::{errors, IDLE_TIMEOUT};
 
 /// What a `put` was answered: the upload's `done` (`None` for a
 /// symlink), or the error.
@@ -60,7 +60,7 @@ pub async fn handle(
             // A resuming client waits for `ready`; any other has already
             // started sending data, which is discarded.
             if !req.resume {
-                drain(session).await?;
+                drain(session, ctx).await?;
             }
             return Ok(Err(m));
         }
@@ -72,7 +72,7 @@ pub async fn handle(
         &[],
     )?;
     session.answered().await?;
-    receive(session, req, prepared).await
+    receive(session, ctx, req, prepared).await
 }
 
 /// Where an upload is being written.
@@ -141,6 +141,7 @@ enum Received {
 /// Streams `data` frames into the partial file, then verifies and commits.
 async fn receive(
     session: &mut Session<'_>,
+    ctx: &ServiceContext,
     req: &Put,
     p: Prepared,
 ) -> Result<Outcome, SessionError> {
@@ -155,17 +156,18 @@ async fn receive(
         Err(e) => {
             let m = errors::to_msg(&e, &req.path);
             session.queue(&m, &[])?;
-            drain(session).await?;
+            drain(session, ctx).await?;
             return Ok(Err(m));
         }
     };
     let mut sink = Sink::spawn(file, offset, req.hash);
     let mut received = offset;
     let outcome = loop {
-        let msg = match next_data(session).await {
+        let msg = match ctx.next_input::<UploadData>(session.split().0).await {
             Ok(m) => m,
             Err(e) => {
-                // Connection lost: keep (and fsync) what arrived, for resume.
+                // Connection lost or stalled: keep (and fsync) what
+                // arrived, for resume.
                 let _ = sink.finish().await;
                 return Err(e);
             }
@@ -243,7 +245,7 @@ async fn receive(
         }
     };
     session.queue(&err, &[])?;
-    drain(session).await?;
+    drain(session, ctx).await?;
     Ok(Err(err))
 }
 
@@ -314,18 +316,11 @@ pub(super) fn make_symlink(root: &Dir, req: &Put) -> Result<(), ErrorMsg> {
         .map_err(|e| errors::to_msg(&e, &req.path))
 }
 
-/// The next frame of an upload's data, within the idle timeout.
-async fn next_data(session: &mut Session<'_>) -> Result<UploadData, SessionError> {
-    match tokio::time::timeout(IDLE_TIMEOUT, session.recv_msg::<UploadData>()).await {
-        Ok(r) => r,
-        Err(_) => Err(SessionError::Timeout(IDLE_TIMEOUT)),
-    }
-}
-
-/// Discards the data of a refused upload, up to its `end`.
-pub async fn drain(session: &mut Session<'_>) -> Result<(), SessionError> {
+/// Discards the data of a refused upload, up to its `end` (each frame
+/// within the idle timeout).
+pub async fn drain(session: &mut Session<'_>, ctx: &ServiceContext) -> Result<(), SessionError> {
     // Let the client see the refusal promptly, so it stops sending.
     session.flush().await?;
-    while let UploadData::Data(_) = next_data(session).await? {}
+    while let UploadData::Data(_) = ctx.next_input::<UploadData>(session.split().0).await? {}
     Ok(())
 }
