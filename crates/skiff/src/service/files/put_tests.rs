@@ -124,7 +124,8 @@ async fn a_wrong_digest_commits_nothing() {
 /// a `resume` on a new session continues from there and commits the file.
 #[tokio::test(start_paused = true)]
 async fn a_stalled_upload_times_out_and_resumes() {
-    let h = Harness::new();
+    let mut h = Harness::new();
+    h.ctx.idle_timeout = Some(IDLE_TIMEOUT);
     let data = content(500_000);
     let size = data.len() as u64;
     let (mut client, server) = h.connect(64 * 1024);
@@ -147,7 +148,7 @@ async fn a_stalled_upload_times_out_and_resumes() {
     tokio::time::advance(IDLE_TIMEOUT).await;
     let ended = server.await.expect("server task");
     assert!(
-        matches!(ended, Err(SessionError::Timeout(d)) if d == IDLE_TIMEOUT),
+        matches!(ended, Err(SessionError::Stalled(d)) if d == IDLE_TIMEOUT),
         "{ended:?}"
     );
     assert!(!h.root().join("app").exists());
