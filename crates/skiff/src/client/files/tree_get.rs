@@ -11,17 +11,17 @@
 use cap_fs_ext::DirExt;
 use cap_std::fs::Dir;
 use skiff_wire::message::files::Done;
-use skiff_wire::message::tree::{GetTree, TreeDir, TreeInput, TreeLink, TreeOutput};
+use skiff_wire::message::tree::{GetTree, TreeDir, TreeInput, TreeLink};
 use skiff_wire::{ErrorCode, ErrorMsg};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 
 use super::download::{make_dir, make_link, open_nofollow};
 use super::progress::Progress;
-use super::tree_put::Start;
-use super::{recv_msg, Failure, Options, Summary};
+use super::tree_put::{self, Start};
+use super::{Failure, Options, Summary};
 use crate::client::ClientError;
-use crate::session::{Session, SessionError};
+use crate::session::Session;
 use crate::transfer::names::split_entry;
 use crate::transfer::partfile::PartFile;
 use crate::transfer::tree_recv::{self, Out, Parents, Place, Receiver, Slot};
@@ -44,16 +44,7 @@ pub(super) async fn start(
         window: WINDOW_BYTES,
     };
     session.send(&req, &[]).await?;
-    let (reader, _) = session.split();
-    match recv_msg::<TreeOutput>(reader).await? {
-        TreeOutput::Ready(r) => Ok(Start::Ready(r.window)),
-        TreeOutput::Error(m) if m.code == ErrorCode::Unsupported => Ok(Start::Unsupported),
-        TreeOutput::Error(m) => Ok(Start::Refused(m.into())),
-        other => Err(ClientError::Session(SessionError::Unexpected {
-            expected: "tree_ready",
-            got: other.op().to_string(),
-        })),
-    }
+    tree_put::answer(session).await
 }
 
 /// Receives the tree into `top` (LOCAL); returns once every entry the

@@ -36,6 +36,12 @@ pub(super) async fn start(session: &mut Session<'_>, opts: &Options) -> Result<S
         hash: opts.hash,
     };
     session.send(&req, &[]).await?;
+    answer(session).await
+}
+
+/// Reads the server's answer to a tree request (`put_tree` or `get_tree`):
+/// the window it grants, a refusal, or an old server's `unsupported`.
+pub(super) async fn answer(session: &mut Session<'_>) -> Result<Start, ClientError> {
     let (reader, _) = session.split();
     match recv_msg::<TreeOutput>(reader).await? {
         TreeOutput::Ready(r) => Ok(Start::Ready(r.window)),
