@@ -627,8 +627,18 @@ fn sigterm_closes_connections_still_in_the_handshake_or_being_refused_at_once() 
     let busy: Vec<_> = (0..8)
         .map(|_| std::net::TcpStream::connect(host_port(server.url())).expect("connect"))
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
-    let dropped_at_accept = silent.iter().filter(|s| is_closed(s)).count();
+    // The server drops the connections over each source's cap as it accepts
+    // them; on a loaded machine the accept loop may lag, so wait (bounded).
+    let over_cap = sources.len() * (PER_SOURCE - 16);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut dropped_at_accept = 0;
+    while std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        dropped_at_accept = silent.iter().filter(|s| is_closed(s)).count();
+        if dropped_at_accept >= over_cap {
+            break;
+        }
+    }
     let start = sigterm(&server);
     assert_eq!(session.recv().expect("an error")["code"], "shutting_down");
     for c in &mut stalled {
@@ -650,8 +660,8 @@ fn sigterm_closes_connections_still_in_the_handshake_or_being_refused_at_once() 
         busy.len()
     );
     assert!(
-        dropped_at_accept >= sources.len() * (PER_SOURCE - 16),
-        "{dropped_at_accept}"
+        dropped_at_accept >= over_cap,
+        "{dropped_at_accept} of the {over_cap} connections over the cap were dropped"
     );
     assert_eq!(still_open, 0);
     assert!(
