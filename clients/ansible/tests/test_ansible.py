@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 import unittest
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -65,8 +66,10 @@ class Fleet(unittest.TestCase):
         users = cls._private("users", keyline)
         cls.servers = []
         try:
-            for _ in range(HOSTS):
-                s = Server(extra=["--users", users], schemes=("tcp",), root="/")
+            for i in range(HOSTS):
+                audit = os.path.join(cls.work, f"audit-{i}.log")
+                s = Server(extra=["--users", users, "--audit-log", audit], schemes=("tcp",), root="/")
+                s.audit_log = audit  # type: ignore[attr-defined]
                 cls.servers.append(s)
         except BaseException:
             cls.tearDownClass()
@@ -150,6 +153,16 @@ class Fleet(unittest.TestCase):
     def fleet(self) -> List[str]:
         return [f"host{i}" for i in range(HOSTS)]
 
+    def module_uploads(self, host: int) -> int:
+        """How many module files (``AnsiballZ_*``) were uploaded to a host:
+        none when pipelining sends them on stdin."""
+        path = self.servers[host].audit_log  # type: ignore[attr-defined]
+        if not os.path.exists(path):
+            return 0
+        with open(path) as f:
+            events = [json.loads(line) for line in f if line.strip()]
+        return sum(1 for e in events if e.get("op") == "put" and "AnsiballZ_" in str(e.get("path")))
+
     def tmpdir(self) -> str:
         d = tempfile.mkdtemp(dir=self.work)
         os.chmod(d, 0o755)
@@ -209,6 +222,21 @@ class AdHoc(Fleet):
         with open(f"{d}/fetched.bin", "rb") as f:
             self.assertEqual(f.read(), data)
 
+    def test_file_stat_and_template(self) -> None:
+        d = self.tmpdir()
+        r = self.adhoc("host1", "file", f"path={d}/made state=directory mode=0750")
+        self.assertTrue(r["host1"]["changed"], r)
+        self.assertEqual(os.stat(f"{d}/made").st_mode & 0o777, 0o750)
+        r = self.adhoc("host1", "stat", f"path={d}/made")
+        st = r["host1"]["stat"]
+        self.assertEqual((st["exists"], st["isdir"], st["mode"]), (True, True, "0750"), st)
+        with open(os.path.join(d, "t.j2"), "w") as f:
+            f.write("{{ inventory_hostname }} of {{ groups['fleet'] | length }}\n")
+        r = self.adhoc("host1", "template", f"src={d}/t.j2 dest={d}/made/rendered", pipelining=True)
+        self.assertTrue(r["host1"]["changed"], r)
+        with open(f"{d}/made/rendered") as f:
+            self.assertEqual(f.read(), f"host1 of {HOSTS}\n")
+
     def test_setup_gathers_facts(self) -> None:
         r = self.adhoc("host2", "setup", "gather_subset=min")
         facts = r["host2"]["ansible_facts"]
@@ -263,17 +291,33 @@ class Playbook(Fleet):
                     - name: fetch it back
                       fetch: {{src: "{{{{ base }}}}/motd", dest: "{d}/fetched/"}}
                 """))
-        for pipelining in (False, True):
-            out = self.run_ansible(["--forks", str(HOSTS), play], pipelining=pipelining, tool="ansible-playbook")
-            self.assertEqual(out["rc"], 0, json.dumps(out, indent=1)[:4000])
-            for h in self.fleet():
-                stats = out["stats"][h]
-                self.assertEqual((stats["failures"], stats["unreachable"]), (0, 0), stats)
-                self.assertGreaterEqual(stats["ok"], 11)
-                with open(f"{d}/{h}/motd") as f:
-                    self.assertEqual(f.read(), f"host {h} has 3 items\n")
-                with open(f"{d}/fetched/{h}/{d.lstrip('/')}/{h}/motd") as f:
-                    self.assertEqual(f.read(), f"host {h} has 3 items\n")
+        # One run covers both ways of sending modules: host0 pipelines
+        # (the module on stdin), the others upload each module file.
+        pipelined = os.path.join(d, "pipelined.ini")
+        with open(pipelined, "w") as f:
+            f.write("[fleet]\nhost0 ansible_pipelining=true\n")
+        before = [self.module_uploads(i) for i in range(HOSTS)]
+        out = self.run_ansible(["-i", pipelined, "--forks", str(HOSTS), play], tool="ansible-playbook")
+        self.assertEqual(out["rc"], 0, json.dumps(out, indent=1)[:4000])
+        for h in self.fleet():
+            stats = out["stats"][h]
+            self.assertEqual((stats["failures"], stats["unreachable"]), (0, 0), stats)
+            self.assertGreaterEqual(stats["ok"], 11)
+            with open(f"{d}/{h}/motd") as f:
+                self.assertEqual(f.read(), f"host {h} has 3 items\n")
+            with open(f"{d}/fetched/{h}/{d.lstrip('/')}/{h}/motd") as f:
+                self.assertEqual(f.read(), f"host {h} has 3 items\n")
+        # The audit log is written off the request path: wait (bounded)
+        # for the uploads of the hosts that do not pipeline.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(
+            self.module_uploads(i) - before[i] < 8 for i in range(1, HOSTS)
+        ):
+            time.sleep(0.1)
+        uploads = [self.module_uploads(i) - before[i] for i in range(HOSTS)]
+        self.assertEqual(uploads[0], 0, uploads)
+        for i in range(1, HOSTS):
+            self.assertGreaterEqual(uploads[i], 8, uploads)
 
 
 if __name__ == "__main__":
