@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "..", "python", "tests"))
 from support import Server, skiff_bin  # noqa: E402
 
 PLUGINS = os.path.abspath(os.path.join(HERE, "..", "connection_plugins"))
+PYTHON_CLIENT = os.path.abspath(os.path.join(HERE, "..", "..", "python"))
 HOSTS = 3
 
 
@@ -107,10 +108,12 @@ class Fleet(unittest.TestCase):
             s.stop()
         shutil.rmtree(cls.work, ignore_errors=True)
 
-    def env(self, pipelining: bool = False) -> Dict[str, str]:
+    def env(self, pipelining: bool = False, plugins_from_env: bool = True) -> Dict[str, str]:
         env = dict(os.environ)
+        env.pop("ANSIBLE_CONNECTION_PLUGINS", None)
+        if plugins_from_env:
+            env["ANSIBLE_CONNECTION_PLUGINS"] = PLUGINS
         env.update(
-            ANSIBLE_CONNECTION_PLUGINS=PLUGINS,
             ANSIBLE_CALLBACK_PLUGINS=os.path.join(HERE, "callback_plugins"),
             ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
             ANSIBLE_STDOUT_CALLBACK="json_results",
@@ -125,11 +128,11 @@ class Fleet(unittest.TestCase):
         return env
 
     def run_ansible(
-        self, args: Sequence[str], pipelining: bool = False, tool: str = "ansible"
+        self, args: Sequence[str], pipelining: bool = False, tool: str = "ansible", plugins_from_env: bool = True
     ) -> Dict[str, Any]:
         proc = subprocess.run(
             [ansible_bin(tool), "-i", self.inventory, *args],
-            env=self.env(pipelining),
+            env=self.env(pipelining, plugins_from_env),
             capture_output=True,
             timeout=300,
         )
@@ -153,15 +156,22 @@ class Fleet(unittest.TestCase):
     def fleet(self) -> List[str]:
         return [f"host{i}" for i in range(HOSTS)]
 
+    def audit(self, host: int) -> List[Dict[str, Any]]:
+        """The events a host's server has logged so far."""
+        path = self.servers[host].audit_log  # type: ignore[attr-defined]
+        if not os.path.exists(path):
+            return []
+        with open(path) as f:
+            return [json.loads(line) for line in f if line.endswith("\n")]
+
     def module_uploads(self, host: int) -> int:
         """How many module files (``AnsiballZ_*``) were uploaded to a host:
         none when pipelining sends them on stdin."""
-        path = self.servers[host].audit_log  # type: ignore[attr-defined]
-        if not os.path.exists(path):
-            return 0
-        with open(path) as f:
-            events = [json.loads(line) for line in f if line.strip()]
-        return sum(1 for e in events if e.get("op") == "put" and "AnsiballZ_" in str(e.get("path")))
+        return sum(1 for e in self.audit(host) if e.get("op") == "put" and "AnsiballZ_" in str(e.get("path")))
+
+    def logins(self, host: int) -> int:
+        """How many sessions a host's server has accepted."""
+        return sum(1 for e in self.audit(host) if e.get("event") == "auth_ok")
 
     def tmpdir(self) -> str:
         d = tempfile.mkdtemp(dir=self.work)
@@ -296,8 +306,17 @@ class Playbook(Fleet):
         pipelined = os.path.join(d, "pipelined.ini")
         with open(pipelined, "w") as f:
             f.write("[fleet]\nhost0 ansible_pipelining=true\n")
+        # The plugin found in a connection_plugins/ folder beside the
+        # playbook, with skiff_client.py beside it (no
+        # ANSIBLE_CONNECTION_PLUGINS for this run).
+        os.mkdir(os.path.join(d, "connection_plugins"))
+        for src in (os.path.join(PLUGINS, "skiff.py"), os.path.join(PYTHON_CLIENT, "skiff_client.py")):
+            shutil.copy(src, os.path.join(d, "connection_plugins"))
         before = [self.module_uploads(i) for i in range(HOSTS)]
-        out = self.run_ansible(["-i", pipelined, "--forks", str(HOSTS), play], tool="ansible-playbook")
+        logins_before = [self.logins(i) for i in range(HOSTS)]
+        out = self.run_ansible(
+            ["-i", pipelined, "--forks", str(HOSTS), play], tool="ansible-playbook", plugins_from_env=False
+        )
         self.assertEqual(out["rc"], 0, json.dumps(out, indent=1)[:4000])
         for h in self.fleet():
             stats = out["stats"][h]
@@ -318,6 +337,11 @@ class Playbook(Fleet):
         self.assertEqual(uploads[0], 0, uploads)
         for i in range(1, HOSTS):
             self.assertGreaterEqual(uploads[i], 8, uploads)
+            # One session per task, not one per operation: a task that
+            # uploads its module also makes a directory, runs it and
+            # removes it, all over the session of its upload.
+            logins = self.logins(i) - logins_before[i]
+            self.assertTrue(0 < logins <= uploads[i], (logins, uploads))
 
 
 if __name__ == "__main__":
