@@ -626,14 +626,16 @@ with sc.connect({self.server.urls["unix"]!r}, key_file={self.server.key_file!r})
         with open(src, "wb") as f:
             f.write(data)
         s = self.server.connect()
+        peer = "%s:%d" % s._sock.getsockname()[:2]
         with open(src, "rb") as f:
             try:
                 s.put_fileobj(f, "cut.bin", len(data), progress=lambda done, total: done > 3 * sc.CHUNK and s.close())
             except sc.SkiffError:
                 pass
-        # The partial upload is kept out of sight: nothing appears in the
-        # root. Give the server a moment to see the connection drop.
-        time.sleep(1.0)
+        # The server keeps the partial upload once it is done with the
+        # dropped connection; it is kept out of sight, nothing appears in
+        # the root.
+        self.server.wait_session_end(peer)
         self.assertFalse(os.path.exists(self.root("cut.bin")))
         self.assertEqual([n for n in os.listdir(self.root("")) if "skiff-part" in n], [])
         s = self.session()
