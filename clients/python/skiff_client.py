@@ -715,9 +715,9 @@ class Session:
 
     def _remote_error(self, h: Dict[str, Any]) -> RemoteError:
         code = str(h.get("code", "internal"))
-        if code == "busy":
+        if code in ("busy", "shutting_down"):
             # The server closes the connection right after this one.
-            self._fail("server busy")
+            self._fail(f"server {code.replace('_', ' ')}")
         return RemoteError(str(h.get("message", code)), code)
 
     def _check_usable(self) -> None:
@@ -1714,7 +1714,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 255
     except RemoteError as err:
         print(f"skiff_client: {args.op}: {err}", file=sys.stderr)
-        return 255 if args.op == "exec" or err.code in ("busy", "bad_frame") else 1
+        return 255 if args.op == "exec" or err.code in ("busy", "shutting_down", "bad_frame") else 1
     except SkiffError as err:
         print(f"skiff_client: {args.op}: {err}", file=sys.stderr)
         return 1

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 import unittest
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -29,6 +30,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "..", "python", "tests"))
 from support import Server, skiff_bin  # noqa: E402
 
 PLUGINS = os.path.abspath(os.path.join(HERE, "..", "connection_plugins"))
+PYTHON_CLIENT = os.path.abspath(os.path.join(HERE, "..", "..", "python"))
 HOSTS = 3
 
 
@@ -104,10 +106,12 @@ class Fleet(unittest.TestCase):
             s.stop()
         shutil.rmtree(cls.work, ignore_errors=True)
 
-    def env(self, pipelining: bool = False) -> Dict[str, str]:
+    def env(self, pipelining: bool = False, plugins_from_env: bool = True) -> Dict[str, str]:
         env = dict(os.environ)
+        env.pop("ANSIBLE_CONNECTION_PLUGINS", None)
+        if plugins_from_env:
+            env["ANSIBLE_CONNECTION_PLUGINS"] = PLUGINS
         env.update(
-            ANSIBLE_CONNECTION_PLUGINS=PLUGINS,
             ANSIBLE_CALLBACK_PLUGINS=os.path.join(HERE, "callback_plugins"),
             ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
             ANSIBLE_STDOUT_CALLBACK="json_results",
@@ -122,11 +126,11 @@ class Fleet(unittest.TestCase):
         return env
 
     def run_ansible(
-        self, args: Sequence[str], pipelining: bool = False, tool: str = "ansible"
+        self, args: Sequence[str], pipelining: bool = False, tool: str = "ansible", plugins_from_env: bool = True
     ) -> Dict[str, Any]:
         proc = subprocess.run(
             [ansible_bin(tool), "-i", self.inventory, *args],
-            env=self.env(pipelining),
+            env=self.env(pipelining, plugins_from_env),
             capture_output=True,
             timeout=300,
         )
@@ -150,6 +154,15 @@ class Fleet(unittest.TestCase):
     def fleet(self) -> List[str]:
         return [f"host{i}" for i in range(HOSTS)]
 
+    def module_uploads(self, host: int) -> int:
+        """How many module files (``AnsiballZ_*``) were uploaded to a host:
+        none when pipelining sends them on stdin."""
+        return sum(1 for e in self.servers[host].audit() if e.get("op") == "put" and "AnsiballZ_" in str(e.get("path")))
+
+    def logins(self, host: int) -> int:
+        """How many sessions a host's server has accepted."""
+        return sum(1 for e in self.servers[host].audit() if e.get("event") == "auth_ok")
+
     def tmpdir(self) -> str:
         d = tempfile.mkdtemp(dir=self.work)
         os.chmod(d, 0o755)
@@ -157,12 +170,13 @@ class Fleet(unittest.TestCase):
 
 
 class AdHoc(Fleet):
-    def test_ping_with_and_without_pipelining(self) -> None:
-        for pipelining in (False, True):
-            r = self.adhoc("fleet", "ping", pipelining=pipelining)
-            self.assertEqual(r["rc"], 0, r)
-            for h in self.fleet():
-                self.assertEqual(r[h]["ping"], "pong", r[h])
+    def test_ping(self) -> None:
+        # Without pipelining here; shell, template and the playbook's host0
+        # pipeline.
+        r = self.adhoc("fleet", "ping")
+        self.assertEqual(r["rc"], 0, r)
+        for h in self.fleet():
+            self.assertEqual(r[h]["ping"], "pong", r[h])
 
     def test_command_and_shell_with_a_pipe(self) -> None:
         r = self.adhoc("fleet", "command", "uname -s")
@@ -177,15 +191,11 @@ class AdHoc(Fleet):
         self.assertTrue(r["host1"]["failed"])
         self.assertEqual((r["host1"]["rc"], r["host1"]["stderr"]), (3, "oops"))
 
-    def test_unreachable_host_is_unreachable(self) -> None:
-        r = self.adhoc("down", "ping")
+    def test_unreachable_host_and_wrong_key_are_unreachable_with_a_clear_message(self) -> None:
+        r = self.adhoc("down:badkey", "ping")
         self.assertEqual(r["rc"], 4)
         self.assertTrue(r["nowhere"]["unreachable"])
         self.assertIn("cannot connect", r["nowhere"]["msg"])
-
-    def test_wrong_key_is_unreachable_with_a_clear_message(self) -> None:
-        r = self.adhoc("badkey", "ping")
-        self.assertEqual(r["rc"], 4)
         self.assertTrue(r["intruder"]["unreachable"])
         self.assertIn("authentication failed", r["intruder"]["msg"])
 
@@ -208,6 +218,21 @@ class AdHoc(Fleet):
         self.assertFalse(r["host0"].get("failed"), r)
         with open(f"{d}/fetched.bin", "rb") as f:
             self.assertEqual(f.read(), data)
+
+    def test_file_stat_and_template(self) -> None:
+        d = self.tmpdir()
+        r = self.adhoc("host1", "file", f"path={d}/made state=directory mode=0750")
+        self.assertTrue(r["host1"]["changed"], r)
+        self.assertEqual(os.stat(f"{d}/made").st_mode & 0o777, 0o750)
+        r = self.adhoc("host1", "stat", f"path={d}/made")
+        st = r["host1"]["stat"]
+        self.assertEqual((st["exists"], st["isdir"], st["mode"]), (True, True, "0750"), st)
+        with open(os.path.join(d, "t.j2"), "w") as f:
+            f.write("{{ inventory_hostname }} of {{ groups['fleet'] | length }}\n")
+        r = self.adhoc("host1", "template", f"src={d}/t.j2 dest={d}/made/rendered", pipelining=True)
+        self.assertTrue(r["host1"]["changed"], r)
+        with open(f"{d}/made/rendered") as f:
+            self.assertEqual(f.read(), f"host1 of {HOSTS}\n")
 
     def test_setup_gathers_facts(self) -> None:
         r = self.adhoc("host2", "setup", "gather_subset=min")
@@ -263,17 +288,47 @@ class Playbook(Fleet):
                     - name: fetch it back
                       fetch: {{src: "{{{{ base }}}}/motd", dest: "{d}/fetched/"}}
                 """))
-        for pipelining in (False, True):
-            out = self.run_ansible(["--forks", str(HOSTS), play], pipelining=pipelining, tool="ansible-playbook")
-            self.assertEqual(out["rc"], 0, json.dumps(out, indent=1)[:4000])
-            for h in self.fleet():
-                stats = out["stats"][h]
-                self.assertEqual((stats["failures"], stats["unreachable"]), (0, 0), stats)
-                self.assertGreaterEqual(stats["ok"], 11)
-                with open(f"{d}/{h}/motd") as f:
-                    self.assertEqual(f.read(), f"host {h} has 3 items\n")
-                with open(f"{d}/fetched/{h}/{d.lstrip('/')}/{h}/motd") as f:
-                    self.assertEqual(f.read(), f"host {h} has 3 items\n")
+        # One run covers both ways of sending modules: host0 pipelines
+        # (the module on stdin), the others upload each module file.
+        pipelined = os.path.join(d, "pipelined.ini")
+        with open(pipelined, "w") as f:
+            f.write("[fleet]\nhost0 ansible_pipelining=true\n")
+        # The plugin found in a connection_plugins/ folder beside the
+        # playbook, with skiff_client.py beside it (no
+        # ANSIBLE_CONNECTION_PLUGINS for this run).
+        os.mkdir(os.path.join(d, "connection_plugins"))
+        for src in (os.path.join(PLUGINS, "skiff.py"), os.path.join(PYTHON_CLIENT, "skiff_client.py")):
+            shutil.copy(src, os.path.join(d, "connection_plugins"))
+        before = [self.module_uploads(i) for i in range(HOSTS)]
+        logins_before = [self.logins(i) for i in range(HOSTS)]
+        out = self.run_ansible(
+            ["-i", pipelined, "--forks", str(HOSTS), play], tool="ansible-playbook", plugins_from_env=False
+        )
+        self.assertEqual(out["rc"], 0, json.dumps(out, indent=1)[:4000])
+        for h in self.fleet():
+            stats = out["stats"][h]
+            self.assertEqual((stats["failures"], stats["unreachable"]), (0, 0), stats)
+            self.assertGreaterEqual(stats["ok"], 11)
+            with open(f"{d}/{h}/motd") as f:
+                self.assertEqual(f.read(), f"host {h} has 3 items\n")
+            with open(f"{d}/fetched/{h}/{d.lstrip('/')}/{h}/motd") as f:
+                self.assertEqual(f.read(), f"host {h} has 3 items\n")
+        # The audit log is written off the request path: wait (bounded)
+        # for the uploads of the hosts that do not pipeline.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(
+            self.module_uploads(i) - before[i] < 8 for i in range(1, HOSTS)
+        ):
+            time.sleep(0.1)
+        uploads = [self.module_uploads(i) - before[i] for i in range(HOSTS)]
+        self.assertEqual(uploads[0], 0, uploads)
+        for i in range(1, HOSTS):
+            self.assertGreaterEqual(uploads[i], 8, uploads)
+            # One session per task, not one per operation: a task that
+            # uploads its module also makes a directory, runs it and
+            # removes it, all over the session of its upload.
+            logins = self.logins(i) - logins_before[i]
+            self.assertTrue(0 < logins <= uploads[i], (logins, uploads))
 
 
 if __name__ == "__main__":

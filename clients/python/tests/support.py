@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -75,6 +76,9 @@ class Server:
             }[scheme]
             args += ["--listen", url]
         args += list(extra)
+        self.audit_log = os.path.join(self.home, "audit.log")
+        if "--audit-log" not in extra:
+            args += ["--audit-log", self.audit_log]
 
         def limits() -> None:
             if fsize_limit is not None:
@@ -140,6 +144,25 @@ class Server:
             capture_output=True,
             timeout=timeout,
         )
+
+    def audit(self) -> List[Dict[str, Any]]:
+        """The complete lines of the server's audit log so far."""
+        try:
+            with open(self.audit_log) as f:
+                return [json.loads(line) for line in f if line.endswith("\n")]
+        except FileNotFoundError:
+            return []
+
+    def wait_session_end(self, peer: str, timeout: float = 20) -> None:
+        """Waits (bounded) until the server has logged the end of the
+        session from ``peer`` (``HOST:PORT`` of a TCP client), i.e. it is
+        done with that connection."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(e.get("event") == "session_end" and e.get("peer") == peer for e in self.audit()):
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"the server did not log the end of the session from {peer}")
 
     def stop(self) -> None:
         """Kills the server and removes its home."""

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import io
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -27,6 +28,7 @@ from support import (
     Server,
     recv_frame,
     send_frame,
+    skiff_bin,
     write_key_file,
 )
 
@@ -471,6 +473,99 @@ class Files(Shared):
         # The session survived all of it.
         s.ping()
 
+    def test_more_error_codes_and_the_session_survives(self) -> None:
+        s = self.session("unix")
+
+        def code(fn, *args, **kw) -> str:  # type: ignore[no-untyped-def]
+            with self.assertRaises(sc.RemoteError) as cm:
+                fn(*args, **kw)
+            return cm.exception.code
+
+        # A component longer than the file system allows.
+        self.assertEqual(code(s.put_bytes, "n" * 300, b"x"), "name_too_long")
+        self.assertEqual(code(s.mkdir, "n" * 300), "name_too_long")
+        # Well formed but impossible: a directory moved into itself.
+        s.mkdir("inv/a", parents=True, exist_ok=True)
+        self.assertEqual(code(s.mv, "inv", "inv/a/b"), "invalid")
+        self.assertTrue(s.exists("inv/a"))
+        # The server's own variables cannot be set by a client.
+        self.assertEqual(code(s.exec, "true", env={"SKIFF_USER": "root"}), "permission")
+        # An operation the server does not know, and a known one with bad
+        # fields: refused, the session goes on.
+        s._send({"op": "no_such_operation"})
+        self.assertEqual(code(s._answer, "pong"), "unsupported")
+        s._send({"op": "stat"})
+        self.assertEqual(code(s._answer, "entry"), "bad_frame")
+        self.assertFalse(s.closed)
+        s.ping()
+
+    def test_concurrent_upload_of_one_path_is_a_conflict(self) -> None:
+        first, second = self.session(), self.session("unix")
+        first.put_bytes("race.bin", b"old", force=True)
+        data = b"from the first upload"
+        first._send({"op": "put", "path": "race.bin", "size": len(data), "hash": sc.hash_name(), "force": True})
+        first._answer("ready")
+        first._send({"op": "data"}, data)
+        # The second upload of the same path commits while the first is
+        # open: the file the first one was to replace is gone.
+        second.put_bytes("race.bin", b"second wins", force=True)
+        h = sc._new_hasher(sc.hash_name())
+        h.update(data)
+        first._send({"op": "end", "size": len(data), "digest": h.hexdigest()})
+        with self.assertRaises(sc.RemoteError) as cm:
+            first._answer("done")
+        self.assertEqual(cm.exception.code, "conflict")
+        self.assertEqual(second.get_bytes("race.bin"), b"second wins")
+        first.ping()
+
+    def test_read_only_user_gets_permission(self) -> None:
+        home = tempfile.mkdtemp(prefix="skiff-py-ro-")
+        self.addCleanup(subprocess.run, ["rm", "-rf", home])
+        line = subprocess.run(
+            [skiff_bin(), "keygen", "--user", "viewer"], capture_output=True, check=True, timeout=30
+        ).stdout.strip()
+        users = os.path.join(home, "users")
+        key = os.path.join(home, "key")
+        for path, text in ((users, line + b" read-only\n"), (key, line + b"\n")):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(text)
+        server = Server(extra=["--users", users], schemes=("unix",))
+        self.addCleanup(server.stop)
+        with open(os.path.join(server.root, "readable.txt"), "wb") as f:
+            f.write(b"yes")
+        with server.connect("unix", key_file=key) as s:
+            for fn, args in (
+                (s.put_bytes, ("new.txt", b"x")),
+                (s.mkdir, ("d",)),
+                (s.rm, ("readable.txt",)),
+                (s.mv, ("readable.txt", "moved.txt")),
+                (s.exec, ("true",)),
+            ):
+                with self.assertRaises(sc.RemoteError) as cm:
+                    fn(*args)
+                self.assertEqual(cm.exception.code, "permission", fn.__name__)
+            self.assertEqual(s.get_bytes("readable.txt"), b"yes")
+        self.assertEqual(os.listdir(server.root), ["readable.txt"])
+
+    def test_stopping_server_says_shutting_down(self) -> None:
+        server = Server(schemes=("unix",))
+        self.addCleanup(server.stop)
+        s = server.connect("unix")
+        self.addCleanup(s.close)
+        with s.exec_stream("echo started; sleep 30") as stream:
+            for _name, chunk in stream:
+                self.assertEqual(chunk, b"started\n")
+                server.proc.send_signal(signal.SIGTERM)
+        # The command was stopped and its exit sent as usual ...
+        self.assertIsNotNone(stream.result.signal)
+        # ... then the server's last frame: the session is over.
+        with self.assertRaises(sc.RemoteError) as cm:
+            s._answer("pong")
+        self.assertEqual(cm.exception.code, "shutting_down")
+        self.assertTrue(s.closed)
+        self.assertEqual(server.proc.wait(timeout=30), 0)
+
     def test_no_space(self) -> None:
         server = Server(schemes=("unix",), fsize_limit=1 << 20)
         self.addCleanup(server.stop)
@@ -531,14 +626,16 @@ with sc.connect({self.server.urls["unix"]!r}, key_file={self.server.key_file!r})
         with open(src, "wb") as f:
             f.write(data)
         s = self.server.connect()
+        peer = "%s:%d" % s._sock.getsockname()[:2]
         with open(src, "rb") as f:
             try:
                 s.put_fileobj(f, "cut.bin", len(data), progress=lambda done, total: done > 3 * sc.CHUNK and s.close())
             except sc.SkiffError:
                 pass
-        # The partial upload is kept out of sight: nothing appears in the
-        # root. Give the server a moment to see the connection drop.
-        time.sleep(1.0)
+        # The server keeps the partial upload once it is done with the
+        # dropped connection; it is kept out of sight, nothing appears in
+        # the root.
+        self.server.wait_session_end(peer)
         self.assertFalse(os.path.exists(self.root("cut.bin")))
         self.assertEqual([n for n in os.listdir(self.root("")) if "skiff-part" in n], [])
         s = self.session()
