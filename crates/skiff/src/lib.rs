@@ -6,19 +6,19 @@
 //! filesystem. [`client`] holds the same operations from the client side, and
 //! [`cli`] only wires things together.
 
-pub mod audit;
+pub(crate) mod audit;
 pub mod auth;
 pub mod cli;
 pub mod client;
-pub mod fanout;
+pub(crate) mod fanout;
 pub mod keys;
 mod maybe;
-pub mod policy;
-pub mod serve_config;
-pub mod server;
+pub(crate) mod policy;
+pub(crate) mod serve_config;
+pub(crate) mod server;
 pub mod service;
 pub mod session;
-pub mod sync;
+pub(crate) mod sync;
 pub mod target;
 pub mod transfer;
 pub mod users;

@@ -392,3 +392,37 @@ fn malformed_files_requests_are_answered_and_the_session_goes_on() {
         server.staged_files()
     );
 }
+
+/// A link's climb is resolved from where it lies, so `mv` nearer the top
+/// could carry `sub/up -> ../../x` (inside where it was uploaded) above
+/// the root: a move of the link, or of a directory holding it, is checked
+/// from the new place and refused; moves that keep every link inside go
+/// through.
+#[test]
+fn mv_cannot_carry_a_link_above_the_root() {
+    let server = TestServer::start(&[]);
+    let url = server.url();
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("deep");
+    fs::create_dir_all(tree.join("sub")).unwrap();
+    std::os::unix::fs::symlink("../../x", tree.join("sub/up")).unwrap();
+    fs::create_dir(server.root.join("t")).unwrap();
+    ok(&run(&server, &["put", "-r", url, p(&tree), "t/deep"]));
+    assert!(fs::symlink_metadata(server.root.join("t/deep/sub/up")).is_ok());
+    fails_with(
+        &run(&server, &["mv", url, "t/deep/sub", "sub2"]),
+        "outside the served root",
+    );
+    fails_with(
+        &run(&server, &["mv", url, "t/deep/sub/up", "up"]),
+        "outside the served root",
+    );
+    assert!(fs::symlink_metadata(server.root.join("t/deep/sub/up")).is_ok());
+    assert!(!server.root.join("sub2").exists());
+    assert!(fs::symlink_metadata(server.root.join("up")).is_err());
+    // Beside where it was, or deeper: every link stays inside.
+    ok(&run(&server, &["mv", url, "t/deep/sub", "t/deep/sub3"]));
+    ok(&run(&server, &["mkdir", url, "t/deep/a"]));
+    ok(&run(&server, &["mv", url, "t/deep/sub3", "t/deep/a/"]));
+    assert!(fs::symlink_metadata(server.root.join("t/deep/a/sub3/up")).is_ok());
+}

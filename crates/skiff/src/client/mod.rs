@@ -1,15 +1,15 @@
 //! The client side: connect, authenticate, and run operations.
 
-pub mod bench;
-pub mod config;
+pub(crate) mod bench;
+pub(crate) mod config;
 pub mod exec;
 pub mod files;
-pub mod handshake;
+pub(crate) mod handshake;
 pub mod identity;
-pub mod known_servers;
+pub(crate) mod known_servers;
 pub mod ping;
-pub mod sync;
-pub mod udp_ping;
+pub(crate) mod sync;
+pub(crate) mod udp_ping;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -3,11 +3,11 @@
 //! in request order, and a client may pipeline. Services see only the
 //! [`Session`] (frames), never sockets or TLS.
 
-pub mod exec;
+pub(crate) mod exec;
 pub mod files;
-pub mod ping;
-pub mod sync;
-pub mod udp_ping;
+pub(crate) mod ping;
+pub(crate) mod sync;
+pub(crate) mod udp_ping;
 
 #[cfg(test)]
 pub(crate) mod testing;

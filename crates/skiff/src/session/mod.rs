@@ -8,7 +8,7 @@
 //! source, [`tls`] the certificates.
 
 pub mod accept;
-pub mod penalty;
+pub(crate) mod penalty;
 pub mod tls;
 
 use std::time::Duration;

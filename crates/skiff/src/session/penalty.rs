@@ -192,7 +192,8 @@ impl Penalties {
         }
     }
 
-    /// Sources currently remembered (for tests and figures).
+    /// Sources currently remembered.
+    #[cfg(test)]
     pub fn tracked(&self) -> usize {
         self.table.len()
     }

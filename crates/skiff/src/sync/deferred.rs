@@ -37,6 +37,7 @@ impl Deferred {
     }
 
     /// How many deletes are held.
+    #[cfg(test)]
     pub fn len(&self) -> u64 {
         self.count
     }

@@ -144,33 +144,62 @@ fn fd_path(dir: &Dir) -> io::Result<PathBuf> {
     std::fs::read_link(Path::new("/proc/self/fd").join(dir.as_raw_fd().to_string()))
 }
 
-/// Every symlink in the tree `dir` (not following links), with the
-/// physical path of its parent relative to `dir` and its target: what a
-/// move of `dir` must re-check.
-pub fn links_in(dir: &Dir) -> io::Result<Vec<(Vec<String>, String)>> {
-    let mut out = Vec::new();
-    let mut stack = vec![(dir.try_clone()?, Vec::<String>::new())];
-    while let Some((d, path)) = stack.pop() {
-        for ent in d.entries()?.flatten() {
-            let Ok(name) = ent.file_name().into_string() else {
+/// Checks a move of the entry `name` of `from` to the place whose physical
+/// path below `top` is `dest` (its parent's physical path and its new
+/// name): a link's climb is resolved from where the link lies, so moving a
+/// link, or a directory holding links, nearer the top could carry a climb
+/// that was inside the tree above it. The entry itself, if it is a link,
+/// and every link below it, if it is a directory, must pass [`check`] from
+/// its new place. The walk holds one directory open at a time.
+pub fn check_move(
+    top: &Dir,
+    from: &Dir,
+    name: &str,
+    dest: &[String],
+) -> io::Result<Result<(), LinkRefused>> {
+    let md = from.symlink_metadata(name)?;
+    if md.file_type().is_symlink() {
+        let target = from.read_link_contents(name)?;
+        let parent = &dest[..dest.len().saturating_sub(1)];
+        return Ok(check(top, parent, &target.to_string_lossy()));
+    }
+    if !md.is_dir() {
+        return Ok(Ok(()));
+    }
+    let moved = from.open_dir_nofollow(name)?;
+    let mut pending: Vec<Vec<String>> = vec![Vec::new()];
+    while let Some(rel) = pending.pop() {
+        let dir = if rel.is_empty() {
+            moved.try_clone()?
+        } else {
+            match moved.open_dir_nofollow(rel.join("/")) {
+                Ok(d) => d,
+                // Changed while walked: nothing of it moves as a link.
+                Err(_) => continue,
+            }
+        };
+        for ent in dir.entries()?.flatten() {
+            let Ok(entry) = ent.file_name().into_string() else {
                 continue;
             };
-            let Ok(md) = d.symlink_metadata(&name) else {
+            let Ok(md) = dir.symlink_metadata(&entry) else {
                 continue;
             };
             if md.file_type().is_symlink() {
-                let target = d.read_link_contents(&name)?;
-                out.push((path.clone(), target.to_string_lossy().into_owned()));
-            } else if md.is_dir() {
-                if let Ok(sub) = d.open_dir_nofollow(&name) {
-                    let mut p = path.clone();
-                    p.push(name);
-                    stack.push((sub, p));
+                let target = dir.read_link_contents(&entry)?;
+                let mut parent = dest.to_vec();
+                parent.extend(rel.iter().cloned());
+                if let Err(refused) = check(top, &parent, &target.to_string_lossy()) {
+                    return Ok(Err(refused));
                 }
+            } else if md.is_dir() {
+                let mut sub = rel.clone();
+                sub.push(entry);
+                pending.push(sub);
             }
         }
     }
-    Ok(out)
+    Ok(Ok(()))
 }
 
 #[cfg(test)]
@@ -236,8 +265,28 @@ mod tests {
         assert_eq!(physical_path(&top, &["sub"]).unwrap(), s(&["sub"]));
         assert_eq!(physical_path(&top, &["l"]).unwrap(), s(&["sub", "deep"]));
         assert_eq!(physical_path(&top, &[]).unwrap(), s(&[]));
+    }
+
+    #[test]
+    fn a_move_nearer_the_top_rechecks_the_links_it_carries() {
+        let (t, top) = tree();
+        // `sub/deep/up -> ../../x` names `top/x`; moved to `top/d` (or the
+        // link alone to `top/up`) it would name the parent of the top.
         std::os::unix::fs::symlink("../../x", t.path().join("top/sub/deep/up")).unwrap();
-        let found = links_in(&top).unwrap();
-        assert!(found.contains(&(s(&["sub", "deep"]), "../../x".to_string())));
+        let sub = top.open_dir("sub").unwrap();
+        assert!(matches!(
+            check_move(&top, &sub, "deep", &s(&["d"])).unwrap(),
+            Err(LinkRefused::ClimbsAbove(_))
+        ));
+        let deep = top.open_dir("sub/deep").unwrap();
+        assert!(check_move(&top, &deep, "up", &s(&["up"])).unwrap().is_err());
+        // Deeper, or beside where it was: still inside.
+        assert!(check_move(&top, &sub, "deep", &s(&["a", "b"]))
+            .unwrap()
+            .is_ok());
+        assert!(check_move(&top, &top, "sub", &s(&["s2"])).unwrap().is_ok());
+        // A plain file carries no link.
+        std::fs::write(t.path().join("top/f"), b"x").unwrap();
+        assert!(check_move(&top, &top, "f", &s(&["g"])).unwrap().is_ok());
     }
 }

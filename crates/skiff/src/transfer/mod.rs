@@ -6,20 +6,20 @@
 //! images (an upload on one side is a download on the other), so the pieces
 //! that must behave identically live here once.
 
-pub mod checksum;
-pub mod commit;
-pub mod durable;
-pub mod errors;
-pub mod fault;
+pub(crate) mod checksum;
+pub(crate) mod commit;
+pub(crate) mod durable;
+pub(crate) mod errors;
+pub(crate) mod fault;
 pub mod glob;
-pub mod links;
-pub mod meta;
+pub(crate) mod links;
+pub(crate) mod meta;
 pub mod names;
-pub mod partfile;
-pub mod pipeline;
-pub mod staging;
-pub mod tree_recv;
-pub mod tree_send;
+pub(crate) mod partfile;
+pub(crate) mod pipeline;
+pub(crate) mod staging;
+pub(crate) mod tree_recv;
+pub(crate) mod tree_send;
 
 /// Bytes of file data per `data` frame: large enough that per-frame costs
 /// (headers, channel hand-offs, syscalls) vanish, small enough that a few

@@ -26,11 +26,6 @@ use cap_std::ambient_authority;
 use cap_std::fs::DirBuilderExt as _;
 use cap_std::fs::{Dir, DirBuilder, MetadataExt, OpenOptions, OpenOptionsExt};
 
-/// How long a partial file may sit untouched before it is removed: long
-/// enough to resume after a weekend, short enough that abandoned uploads
-/// do not fill the disk.
-pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
-
 /// Suffix of every staged file.
 const SUFFIX: &str = ".part";
 
@@ -439,6 +434,7 @@ mod tests {
 
     #[test]
     fn sweep_removes_only_old_idle_files() {
+        const WEEK: Duration = Duration::from_secs(7 * 24 * 3600);
         let (_t, a) = area();
         let k = StageKey::new("/r", "u", "f");
         let idle = a.create(&k).unwrap();
@@ -447,12 +443,12 @@ mod tests {
         drop(idle);
         let busy = a.create(&k).unwrap();
         let now = SystemTime::now();
-        let r = a.sweep(now, DEFAULT_MAX_AGE).unwrap();
+        let r = a.sweep(now, WEEK).unwrap();
         assert_eq!((r.kept, r.removed, r.kept_bytes), (2, 0, 10));
         // Eight days later (a faked clock): the idle one goes, the busy
         // one stays.
         let later = now + Duration::from_secs(8 * 24 * 3600);
-        let r = a.sweep(later, DEFAULT_MAX_AGE).unwrap();
+        let r = a.sweep(later, WEEK).unwrap();
         assert_eq!((r.kept, r.removed, r.removed_bytes), (1, 1, 10));
         assert!(busy.still_named());
         let dir = busy.dir().try_clone().unwrap();

@@ -7,7 +7,7 @@ use skiff_wire::{ErrorCode, ErrorMsg, Message};
 
 use super::confine;
 use crate::transfer::names::base_name;
-use crate::transfer::{errors, meta};
+use crate::transfer::{errors, links, meta};
 
 /// Removes a file or symlink, or with `recursive` a directory tree
 /// (symlinks inside are removed, never followed).
@@ -111,6 +111,21 @@ pub fn mv(root: &Dir, req: &Mv) -> Result<OkReply, ErrorMsg> {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_to(e)),
+    }
+    let to_parent: Vec<&str> = confine::components(&to_path)?
+        .split_last()
+        .map(|(_, parent)| parent.to_vec())
+        .unwrap_or_default();
+    let mut dest = links::physical_path(root, &to_parent).map_err(io_to)?;
+    dest.push(to.name.clone());
+    if let Err(refused) =
+        links::check_move(root, &from.parent, &from.name, &dest).map_err(io_from)?
+    {
+        return Err(errors::msg(
+            ErrorCode::PathEscape,
+            &req.from,
+            &format!("moved to {to_path}, {refused}"),
+        ));
     }
     from.parent
         .rename(&from.name, &to.parent, &to.name)
