@@ -48,93 +48,14 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             _ => None,
         })
         .collect();
-    let plan = match (&dst, remote_srcs.len()) {
-        (Location::Remote(to), 0) => {
-            let stdin = srcs.contains(&Location::Stdio);
-            if stdin && srcs.len() > 1 {
-                usage!("`-` (stdin) must be the only source");
-            }
-            if stdin {
-                Plan::Stdin(to)
-            } else {
-                let local = srcs
-                    .iter()
-                    .filter_map(|s| match s {
-                        Location::Local(p) => Some(p.clone()),
-                        _ => None,
-                    })
-                    .collect();
-                Plan::Put(local, to)
-            }
-        }
-        (_, 0) => usage!(
-            "no remote side: write a remote path as HOST:PATH (a local name with `:` is ./name); for a local copy use cp(1)"
-        ),
-        (_, n) if n < srcs.len() => {
-            usage!("the sources must be all remote or all local")
-        }
-        (Location::Local(to), _) => Plan::Get(groups(&remote_srcs), to.clone()),
-        (Location::Stdio, _) if a.t.flags.recursive => usage!("a tree cannot be written to stdout"),
-        (Location::Stdio, _) => Plan::Stdout(groups(&remote_srcs)),
-        (Location::Remote(to), _) => Plan::Relay(groups(&remote_srcs), to),
-    };
+    let plan = Plan::new(&dst, &srcs, &remote_srcs, a.t.flags.recursive)?;
     let mut totals = Totals::start();
     let spooled = match &plan {
         Plan::Stdin(_) => Some(spool_stdin()?),
         _ => None,
     };
-    let several = srcs.len() > 1;
-    let r = super::runtime()?.block_on(async {
-        let (k, p, q) = (&a.t.key, a.t.port, a.t.flags.quiet);
-        let mut all = Summary::default();
-        match &plan {
-            Plan::Put(local, to) => {
-                let mut c = open(&to.host, k, p, q).await?;
-                all.absorb(sources::put_all(&mut c.session, local, &to.path, &opts).await?);
-                let _ = c.session.close().await;
-            }
-            Plan::Stdin(to) => {
-                let mut c = open(&to.host, k, p, q).await?;
-                if dest::remote_destination(&mut c.session, &to.path, false).await? {
-                    return Err(ClientError::Local(format!(
-                        "{}: is a directory, and standard input has no name; give the file name to write",
-                        to.path
-                    )));
-                }
-                let file = spooled.as_ref().map(|f| f.path().to_path_buf()).unwrap_or_default();
-                let opts = sources::labelled(&opts, "stdin");
-                all.absorb(upload::put_as(&mut c.session, &file, &to.path, &opts).await?);
-                let _ = c.session.close().await;
-            }
-            Plan::Get(groups, to) => {
-                for (host, paths) in groups {
-                    let mut c = open(host, k, p, q).await?;
-                    all.absorb(sources::get_all(&mut c.session, paths, to, several, &opts).await?);
-                    let _ = c.session.close().await;
-                }
-            }
-            Plan::Stdout(groups) => {
-                let mut out = tokio::io::stdout();
-                for (host, paths) in groups {
-                    let mut c = open(host, k, p, q).await?;
-                    all.absorb(relay::get_to_writer(&mut c.session, paths, &mut out, &opts).await?);
-                    let _ = c.session.close().await;
-                }
-            }
-            Plan::Relay(groups, to) => {
-                let mut d = open(&to.host, k, p, q).await?;
-                for (host, paths) in groups {
-                    let mut c = open(host, k, p, q).await?;
-                    let s = relay::relay_all(&mut c.session, paths, &mut d.session, &to.path, &opts)
-                        .await?;
-                    all.absorb(s);
-                    let _ = c.session.close().await;
-                }
-                let _ = d.session.close().await;
-            }
-        }
-        Ok::<_, ClientError>(all)
-    });
+    let stdin_file = spooled.as_ref().map(|f| f.path().to_path_buf());
+    let r = super::runtime()?.block_on(plan.execute(&a, &opts, stdin_file, srcs.len() > 1));
     match r {
         Ok(s) => {
             totals.add(s);
@@ -159,6 +80,110 @@ enum Plan<'a> {
     Stdout(Vec<(HostSpec, Vec<String>)>),
     /// Remote sources to another (or the same) server, through us.
     Relay(Vec<(HostSpec, Vec<String>)>, &'a RemotePath),
+}
+
+impl<'a> Plan<'a> {
+    /// The plan for `srcs` to `dst`, or a usage error for a combination
+    /// `cp` does not do.
+    fn new(
+        dst: &'a Location,
+        srcs: &[Location],
+        remote_srcs: &[&RemotePath],
+        recursive: bool,
+    ) -> anyhow::Result<Self> {
+        Ok(match (dst, remote_srcs.len()) {
+            (Location::Remote(to), 0) => {
+                let stdin = srcs.contains(&Location::Stdio);
+                if stdin && srcs.len() > 1 {
+                    usage!("`-` (stdin) must be the only source");
+                }
+                if stdin {
+                    Plan::Stdin(to)
+                } else {
+                    let local = srcs
+                        .iter()
+                        .filter_map(|s| match s {
+                            Location::Local(p) => Some(p.clone()),
+                            _ => None,
+                        })
+                        .collect();
+                    Plan::Put(local, to)
+                }
+            }
+            (_, 0) => usage!(
+                "no remote side: write a remote path as HOST:PATH (a local name with `:` is ./name); for a local copy use cp(1)"
+            ),
+            (_, n) if n < srcs.len() => {
+                usage!("the sources must be all remote or all local")
+            }
+            (Location::Local(to), _) => Plan::Get(groups(remote_srcs), to.clone()),
+            (Location::Stdio, _) if recursive => usage!("a tree cannot be written to stdout"),
+            (Location::Stdio, _) => Plan::Stdout(groups(remote_srcs)),
+            (Location::Remote(to), _) => Plan::Relay(groups(remote_srcs), to),
+        })
+    }
+
+    /// Runs the plan: one connection per server group, each closed when
+    /// its part is done. `stdin_file` is standard input spooled to a file
+    /// (for [`Plan::Stdin`]); `several` whether there was more than one
+    /// source (`get` then needs a directory to write into).
+    async fn execute(
+        &self,
+        a: &Args,
+        opts: &Options,
+        stdin_file: Option<PathBuf>,
+        several: bool,
+    ) -> Result<Summary, ClientError> {
+        let (k, p, q) = (&a.t.key, a.t.port, a.t.flags.quiet);
+        let mut all = Summary::default();
+        match self {
+            Plan::Put(local, to) => {
+                let mut c = open(&to.host, k, p, q).await?;
+                all.absorb(sources::put_all(&mut c.session, local, &to.path, opts).await?);
+                let _ = c.session.close().await;
+            }
+            Plan::Stdin(to) => {
+                let mut c = open(&to.host, k, p, q).await?;
+                if dest::remote_destination(&mut c.session, &to.path, false).await? {
+                    return Err(ClientError::Local(format!(
+                        "{}: is a directory, and standard input has no name; give the file name to write",
+                        to.path
+                    )));
+                }
+                let file = stdin_file.unwrap_or_default();
+                let opts = sources::labelled(opts, "stdin");
+                all.absorb(upload::put_as(&mut c.session, &file, &to.path, &opts).await?);
+                let _ = c.session.close().await;
+            }
+            Plan::Get(groups, to) => {
+                for (host, paths) in groups {
+                    let mut c = open(host, k, p, q).await?;
+                    all.absorb(sources::get_all(&mut c.session, paths, to, several, opts).await?);
+                    let _ = c.session.close().await;
+                }
+            }
+            Plan::Stdout(groups) => {
+                let mut out = tokio::io::stdout();
+                for (host, paths) in groups {
+                    let mut c = open(host, k, p, q).await?;
+                    all.absorb(relay::get_to_writer(&mut c.session, paths, &mut out, opts).await?);
+                    let _ = c.session.close().await;
+                }
+            }
+            Plan::Relay(groups, to) => {
+                let mut d = open(&to.host, k, p, q).await?;
+                for (host, paths) in groups {
+                    let mut c = open(host, k, p, q).await?;
+                    let s = relay::relay_all(&mut c.session, paths, &mut d.session, &to.path, opts)
+                        .await?;
+                    all.absorb(s);
+                    let _ = c.session.close().await;
+                }
+                let _ = d.session.close().await;
+            }
+        }
+        Ok(all)
+    }
 }
 
 /// Consecutive sources on the same server share one connection.
