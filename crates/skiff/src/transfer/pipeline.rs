@@ -2,9 +2,9 @@
 //! bounded channels: the network task never waits for a disk write or a
 //! hash, and no more than [`WINDOW`] chunks are ever buffered.
 //!
-//! A large file is hashed on a thread of its own ([`Hashing`]), so reading
+//! A large file is hashed on a thread of its own (`Hashing`), so reading
 //! or writing the file, hashing it and the network's encryption run on
-//! three cores at once instead of two.
+//! three threads at once instead of two.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
