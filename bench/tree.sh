@@ -5,11 +5,14 @@
 # tmpfs beside the rsync daemon and socat. Prints a Markdown report.
 #
 #   bench/tree.sh [--files N] [--dirs D] [--size BYTES] [--runs R]
-#                 [--rtt-ms MS] [--bulk MIB] [--no-build] [--out FILE]
+#                 [--rtt-ms MS] [--bulk MIB] [--bulk-only] [--no-build]
+#                 [--out FILE]
 #
 # Defaults: 10000 files of 4096 bytes in 100 directories, 3 runs (the
-# median is reported), 50 ms round trip, no bulk rows. Every server it
+# median is reported, for the bulk rows too), 50 ms round trip, no bulk
+# rows. --bulk-only: only the bulk rows (needs --bulk). Every server it
 # starts is stopped by PID on exit and its directories are removed.
+# SKIFF_BIN=PATH uses that skiff binary instead of building one.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,6 +22,7 @@ SIZE=4096
 RUNS=3
 RTT=50
 BULK=0
+BULK_ONLY=0
 BUILD=1
 OUT=/dev/stdout
 ARGS_GIVEN="$*"
@@ -30,9 +34,10 @@ while [ $# -gt 0 ]; do
         --runs) RUNS=$2; shift ;;
         --rtt-ms) RTT=$2; shift ;;
         --bulk) BULK=$2; shift ;;
+        --bulk-only) BULK_ONLY=1 ;;
         --no-build) BUILD=0 ;;
         --out) OUT=$2; shift ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
         *) echo "tree.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -41,9 +46,12 @@ log() { printf '[tree %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 for t in rsync python3; do
     command -v "$t" >/dev/null || { echo "tree.sh: needs $t (apt-get install rsync python3)" >&2; exit 1; }
 done
+[ "$BULK_ONLY" = 0 ] || [ "$BULK" != 0 ] || { echo "tree.sh: --bulk-only needs --bulk MIB" >&2; exit 2; }
 [ "$BULK" = 0 ] || command -v socat >/dev/null || { echo "tree.sh: --bulk needs socat" >&2; exit 1; }
 
-SKIFF="$REPO/target/release/skiff"
+# SKIFF_BIN: another skiff binary (no build then).
+SKIFF="${SKIFF_BIN:-$REPO/target/release/skiff}"
+[ -n "${SKIFF_BIN:-}" ] && BUILD=0
 if [ "$BUILD" = 1 ]; then
     log "building skiff (release)"
     (cd "$REPO" && cargo build --release -q -p skiff)
@@ -206,26 +214,47 @@ bulk_rows() {
     local base=$1 big="$1/big.bin" bytes=$((BULK << 20)) p_put p_get r_put r_get so d_put
     log "bulk: $BULK MiB on tmpfs"
     head -c "$bytes" /dev/urandom >"$big"
+    if [ -z "${SK_URL:-}" ]; then
+        start_skiff "$base/skiff"
+        start_rsyncd "$base"
+    fi
     local sk=(env HOME="$SK_HOME" "$SKIFF")
     secs_of() { local t0 t1; t0=$(now); "$@" >/dev/null 2>&1; t1=$(now); python3 -c "print($t1 - $t0)"; }
     gbps() { python3 -c "print(f'{$bytes / $1 / 1e9:.3f}')"; }
-    p_put=$(gbps "$(secs_of "${sk[@]}" put -f "$SK_URL" "$big" big.bin)")
-    p_get=$(gbps "$(secs_of "${sk[@]}" get "$SK_URL" big.bin "$base/big.got")")
+    # med_secs SETUP CMD...: the median of RUNS timed runs of CMD, each
+    # after the shell snippet SETUP (which removes the previous copy)
+    med_secs() {
+        local setup=$1 r s=()
+        shift
+        for r in $(seq "$RUNS"); do eval "$setup"; s+=("$(secs_of "$@")"); done
+        median "${s[@]}"
+    }
+    p_put=$(gbps "$(med_secs "rm -f '$base/skiff/root/big.bin'" "${sk[@]}" put "$SK_URL" "$big" big.bin)")
+    cmp -s "$big" "$base/skiff/root/big.bin" || log "WARNING: skiff put: the copy differs"
+    p_get=$(gbps "$(med_secs "rm -f '$base/big.got'" "${sk[@]}" get "$SK_URL" big.bin "$base/big.got")")
+    cmp -s "$big" "$base/big.got" || log "WARNING: skiff get: the copy differs"
     rm -f "$base/big.got"
-    r_put=$(gbps "$(secs_of rsync "$big" "rsync://127.0.0.1:$RS_PORT/bench/big.bin")")
-    r_get=$(gbps "$(secs_of rsync "rsync://127.0.0.1:$RS_PORT/bench/big.bin" "$base/big.rgot")")
+    r_put=$(gbps "$(med_secs "rm -f '$base/rsync/big.bin'" rsync "$big" "rsync://127.0.0.1:$RS_PORT/bench/big.bin")")
+    cmp -s "$big" "$base/rsync/big.bin" || log "WARNING: rsync put: the copy differs"
+    r_get=$(gbps "$(med_secs "rm -f '$base/big.rgot'" rsync "rsync://127.0.0.1:$RS_PORT/bench/big.bin" "$base/big.rgot")")
     rm -f "$base/big.rgot" "$base/rsync/big.bin"
-    local port pid t0 t1
-    port=$(free_port)
-    socat -b131072 -u "TCP-LISTEN:$port,bind=127.0.0.1,reuseaddr" "CREATE:$base/big.socat" &
-    pid=$!
-    PIDS+=("$pid")
-    t0=$(now)
-    for i in $(seq 100); do socat -b131072 -u "OPEN:$big" "TCP:127.0.0.1:$port" 2>/dev/null && break; sleep 0.05; t0=$(now); done
-    wait "$pid" || true
-    t1=$(now)
-    so=$(gbps "$(python3 -c "print($t1 - $t0)")")
-    rm -f "$base/big.socat"
+    # socat_secs: one raw TCP copy of the file into a tmpfs file
+    socat_secs() {
+        local port pid t0 t1 i
+        port=$(free_port)
+        socat -b131072 -u "TCP-LISTEN:$port,bind=127.0.0.1,reuseaddr" "CREATE:$base/big.socat" &
+        pid=$!
+        PIDS+=("$pid")
+        t0=$(now)
+        for i in $(seq 100); do socat -b131072 -u "OPEN:$big" "TCP:127.0.0.1:$port" 2>/dev/null && break; sleep 0.05; t0=$(now); done
+        wait "$pid" || true
+        t1=$(now)
+        rm -f "$base/big.socat"
+        python3 -c "print($t1 - $t0)"
+    }
+    local r s=()
+    for r in $(seq "$RUNS"); do s+=("$(socat_secs)"); done
+    so=$(gbps "$(median "${s[@]}")")
     start_relay "${SK_URL##*:}"
     d_put=$(gbps "$(secs_of "${sk[@]}" put -f "tcp://127.0.0.1:$RELAY_PORT" "$big" big.bin)")
     BULK_REPORT+=("skiff put|$p_put|$(ratio "$p_put" "$r_put")|$(ratio "$p_put" "$so")")
@@ -237,19 +266,21 @@ bulk_rows() {
     rm -f "$big" "$base/skiff/root/big.bin"
 }
 
-tree_rows tmpfs "$WORK_T"
+[ "$BULK_ONLY" = 1 ] || tree_rows tmpfs "$WORK_T"
 [ "$BULK" = 0 ] || bulk_rows "$WORK_T"
-tree_rows disk "$WORK_D"
+[ "$BULK_ONLY" = 1 ] || tree_rows disk "$WORK_D"
 
 {
-    echo "### Small files: $FILES × $SIZE bytes in $DIRS directories"
-    echo
     echo "- $(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) CPUs; load average at the end $(cut -d' ' -f1-3 /proc/loadavg); skiff $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo unknown)"
     echo "- reproduce: \`bench/tree.sh${ARGS_GIVEN:+ $ARGS_GIVEN}\`; medians of $RUNS runs; tmpfs is $TMPFS_BASE, disk is $DISK_BASE; skiff over TLS with its state directory on the same file system as its root"
-    echo
-    echo "| what | files/s | vs rsync daemon | vs cp -r |"
-    echo "| --- | --- | --- | --- |"
-    for r in "${REPORT[@]}"; do echo "| ${r//|/ | } |"; done
+    if [ "$BULK_ONLY" = 0 ]; then
+        echo
+        echo "### Small files: $FILES × $SIZE bytes in $DIRS directories"
+        echo
+        echo "| what | files/s | vs rsync daemon | vs cp -r |"
+        echo "| --- | --- | --- | --- |"
+        for r in "${REPORT[@]}"; do echo "| ${r//|/ | } |"; done
+    fi
     if [ "$BULK" != 0 ]; then
         echo
         echo "### One $BULK MiB file on tmpfs"

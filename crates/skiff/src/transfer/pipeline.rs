@@ -1,12 +1,17 @@
 //! Disk and checksum work on blocking threads, joined to the network by
 //! bounded channels: the network task never waits for a disk write or a
 //! hash, and no more than [`WINDOW`] chunks are ever buffered.
+//!
+//! A large file is hashed on a thread of its own (`Hashing`), so reading
+//! or writing the file, hashing it and the network's encryption run on
+//! three threads at once instead of two.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
+use std::sync::mpsc as std_mpsc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use skiff_wire::message::files::HashAlg;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -34,6 +39,95 @@ fn hash_prefix(file: &File, len: u64, sum: &mut Checksum) -> io::Result<()> {
     Ok(())
 }
 
+/// Chunks hashed inline before the hash moves to a thread of its own: a
+/// small file is not worth a thread.
+const INLINE_CHUNKS: u64 = 4;
+
+/// The whole-file checksum of a pipeline: computed inline for the first
+/// [`INLINE_CHUNKS`] chunks, then on a dedicated thread fed through a
+/// channel of [`WINDOW`] chunks (the chunks are shared `Bytes`, never
+/// copied), so the pipeline thread only does disk I/O.
+enum Hashing {
+    Inline(Checksum, u64),
+    Thread {
+        tx: std_mpsc::SyncSender<Bytes>,
+        handle: std::thread::JoinHandle<Checksum>,
+    },
+    /// The thread could not be started or died: the error `finish` reports.
+    Failed(io::Error),
+}
+
+impl Hashing {
+    fn new(sum: Checksum) -> Hashing {
+        Hashing::Inline(sum, 0)
+    }
+
+    /// Adds a chunk (waits while the hash thread is [`WINDOW`] chunks behind).
+    fn update(&mut self, chunk: &Bytes) {
+        let interrupted = Hashing::Failed(io::ErrorKind::Interrupted.into());
+        *self = match std::mem::replace(self, interrupted) {
+            Hashing::Inline(mut sum, n) if n < INLINE_CHUNKS => {
+                sum.update(chunk);
+                Hashing::Inline(sum, n + 1)
+            }
+            Hashing::Inline(sum, _) => Self::start_thread(sum).sent(chunk),
+            thread @ Hashing::Thread { .. } => thread.sent(chunk),
+            failed @ Hashing::Failed(_) => failed,
+        };
+    }
+
+    /// Hands `chunk` to the hash thread (if there is one).
+    fn sent(self, chunk: &Bytes) -> Hashing {
+        match self {
+            Hashing::Thread { tx, handle } => match tx.send(chunk.clone()) {
+                Ok(()) => Hashing::Thread { tx, handle },
+                Err(_) => Hashing::Failed(io::Error::other("the hash thread stopped")),
+            },
+            other => other,
+        }
+    }
+
+    fn start_thread(mut sum: Checksum) -> Hashing {
+        let (tx, rx) = std_mpsc::sync_channel::<Bytes>(WINDOW);
+        let spawned = std::thread::Builder::new()
+            .name("skiff-hash".into())
+            .spawn(move || {
+                while let Ok(chunk) = rx.recv() {
+                    sum.update(&chunk);
+                }
+                sum
+            });
+        match spawned {
+            Ok(handle) => Hashing::Thread { tx, handle },
+            Err(e) => Hashing::Failed(e),
+        }
+    }
+
+    /// The hex digest of every chunk added.
+    fn finish(self) -> io::Result<String> {
+        match self {
+            Hashing::Inline(sum, _) => Ok(sum.finish_hex()),
+            Hashing::Thread { tx, handle } => {
+                drop(tx);
+                handle
+                    .join()
+                    .map(Checksum::finish_hex)
+                    .map_err(|_| io::Error::other("hash thread panicked"))
+            }
+            Hashing::Failed(e) => Err(e),
+        }
+    }
+}
+
+/// Reads up to `CHUNK` bytes from `file`'s cursor into a fresh buffer that
+/// is never zeroed first (std reads into the spare capacity); short only
+/// at the end of the file.
+fn read_chunk(file: &File) -> io::Result<Bytes> {
+    let mut buf = Vec::with_capacity(CHUNK);
+    file.take(CHUNK as u64).read_to_end(&mut buf)?;
+    Ok(Bytes::from(buf))
+}
+
 /// What a finished [`Source`] read.
 #[derive(Debug)]
 pub struct SourceDone {
@@ -57,25 +151,19 @@ impl Source {
         let task = tokio::task::spawn_blocking(move || {
             let mut sum = Checksum::new(alg);
             hash_prefix(&file, offset, &mut sum)?;
+            let mut sum = Hashing::new(sum);
+            (&file).seek(SeekFrom::Start(offset))?;
             let mut pos = offset;
             let mut index = 0u64;
             loop {
-                let mut buf = BytesMut::zeroed(CHUNK);
-                let mut filled = 0;
-                while filled < CHUNK {
-                    let n = file.read_at(&mut buf[filled..], pos + filled as u64)?;
-                    if n == 0 {
-                        break;
-                    }
-                    filled += n;
-                }
+                let buf = read_chunk(&file)?;
+                let filled = buf.len();
                 if filled == 0 {
                     break;
                 }
-                buf.truncate(filled);
                 sum.update(&buf);
                 pos += filled as u64;
-                let chunk = super::fault::maybe_corrupt(index, buf.freeze());
+                let chunk = super::fault::maybe_corrupt(index, buf);
                 index += 1;
                 if tx.blocking_send(chunk).is_err() {
                     // The network side gave up; nothing more to do.
@@ -87,7 +175,7 @@ impl Source {
             }
             Ok(SourceDone {
                 size: pos,
-                digest: sum.finish_hex(),
+                digest: sum.finish()?,
             })
         });
         Source { rx, task }
@@ -135,22 +223,24 @@ impl Sink {
             let mut sum = Checksum::new(alg);
             file.set_len(offset)?;
             hash_prefix(&file, offset, &mut sum)?;
+            let mut sum = Hashing::new(sum);
             let mut pos = offset;
             let mut result = Ok(());
             while let Some(chunk) = rx.blocking_recv() {
+                sum.update(&chunk);
                 if let Err(e) = file.write_all_at(&chunk, pos) {
                     result = Err(e);
                     break;
                 }
-                sum.update(&chunk);
                 pos += chunk.len() as u64;
             }
             drop(rx);
+            let digest = sum.finish();
             result?;
             file.sync_all()?;
             Ok(SinkDone {
                 size: pos,
-                digest: sum.finish_hex(),
+                digest: digest?,
                 file,
             })
         });
@@ -173,5 +263,70 @@ impl Sink {
         self.task
             .await
             .map_err(|e| io::Error::other(format!("writer thread failed: {e}")))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file of `len` bytes of a fixed pattern, and its BLAKE3 digest.
+    fn pattern(len: usize) -> (Vec<u8>, String) {
+        let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 4093) as u8).collect();
+        let mut sum = Checksum::new(HashAlg::Blake3);
+        sum.update(&data);
+        (data, sum.finish_hex())
+    }
+
+    /// Sizes around the chunk size and past the point where hashing moves
+    /// to its own thread: the digest and the bytes must not change.
+    const SIZES: [usize; 6] = [0, 1, CHUNK, CHUNK + 1, 6 * CHUNK + 12_345, 9 * CHUNK];
+
+    #[tokio::test]
+    async fn source_reads_every_byte_and_hashes_the_whole_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for len in SIZES {
+            let (data, digest) = pattern(len);
+            let path = dir.path().join(format!("src{len}"));
+            std::fs::write(&path, &data).expect("write");
+            for offset in [0, len as u64 / 2] {
+                let file = File::open(&path).expect("open");
+                let mut source = Source::spawn(file, offset, HashAlg::Blake3);
+                let mut got = Vec::new();
+                while let Some(chunk) = source.next().await {
+                    assert!(chunk.len() <= CHUNK);
+                    got.extend_from_slice(&chunk);
+                }
+                let done = source.finish().await.expect("finish");
+                assert_eq!(got, data[offset as usize..], "len {len} offset {offset}");
+                assert_eq!(done.size, len as u64);
+                assert_eq!(done.digest, digest, "len {len} offset {offset}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn sink_writes_every_byte_and_hashes_the_whole_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for len in SIZES {
+            let (data, digest) = pattern(len);
+            let path = dir.path().join(format!("dst{len}"));
+            let offset = len / 3;
+            std::fs::write(&path, &data[..offset]).expect("write prefix");
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .expect("open");
+            let mut sink = Sink::spawn(file, offset as u64, HashAlg::Blake3);
+            // Uneven pieces, as frames of another sender might be.
+            for piece in data[offset..].chunks(CHUNK / 3 + 1) {
+                assert!(sink.write(Bytes::copy_from_slice(piece)).await);
+            }
+            let done = sink.finish().await.expect("finish");
+            assert_eq!(done.size, len as u64);
+            assert_eq!(done.digest, digest, "len {len}");
+            assert_eq!(std::fs::read(&path).expect("read back"), data);
+        }
     }
 }
