@@ -254,6 +254,12 @@ impl Role {
 
     async fn delete(&mut self, m: SyncDelete) -> Result<(), SyncError> {
         skiff_sync::entry::check_path(&m.path).map_err(|e| SyncError::BadList(e.to_string()))?;
+        if !m.forced && !self.opts.delete {
+            return Err(SyncError::BadList(format!(
+                "the sender asked to delete {:?}, but --delete was not given",
+                m.path
+            )));
+        }
         let shown = if m.dir {
             format!("{}/", m.path)
         } else {

@@ -63,22 +63,68 @@ pub async fn run(
 }
 
 /// Messages from the receiver, sorted into what the sender waits for.
+/// Only answers to what was asked are accepted (a list batch per
+/// `sync_more`, a signature per `sync_sig_req`, one root, the summary
+/// after `sync_finish`), so a receiver cannot make the sender hold more
+/// than it asked for.
 struct Inbound {
     inbox: Inbox<ToSender>,
     events: Events,
     root: Option<SyncRoot>,
+    root_seen: bool,
     lists: VecDeque<(SyncList, Bytes)>,
+    /// `sync_more` requests not answered yet.
+    lists_asked: usize,
     sig: Option<(SyncSig, Bytes)>,
+    /// `sync_sig_req` requests not answered yet.
+    sigs_asked: usize,
+    /// `sync_finish` was sent: the summary may come.
+    finished: bool,
     summary: Option<SyncSummary>,
 }
 
+/// An answer the sender did not ask for: the receiver is broken or hostile.
+fn unasked(what: &str) -> SyncError {
+    SyncError::BadList(format!("the receiver sent {what} that was not asked for"))
+}
+
 impl Inbound {
+    fn new(inbox: Inbox<ToSender>, events: Events) -> Inbound {
+        Inbound {
+            inbox,
+            events,
+            root: None,
+            root_seen: false,
+            lists: VecDeque::new(),
+            lists_asked: 0,
+            sig: None,
+            sigs_asked: 0,
+            finished: false,
+            summary: None,
+        }
+    }
+
     /// Files one message; a receiver's `error` ends the sync.
     fn file(&mut self, m: ToSender) -> Result<(), SyncError> {
         match m {
-            ToSender::Root(r) => self.root = Some(r),
-            ToSender::List(l) => self.lists.push_back(l),
-            ToSender::Sig(s) => self.sig = Some(s),
+            ToSender::Root(_) if self.root_seen => return Err(unasked("a second sync_root")),
+            ToSender::Root(r) => {
+                self.root_seen = true;
+                self.root = Some(r);
+            }
+            ToSender::List(_) if self.lists_asked == 0 => return Err(unasked("a list batch")),
+            ToSender::List(l) => {
+                self.lists_asked -= 1;
+                self.lists.push_back(l);
+            }
+            ToSender::Sig(_) if self.sigs_asked == 0 => return Err(unasked("a signature")),
+            ToSender::Sig(s) => {
+                self.sigs_asked -= 1;
+                self.sig = Some(s);
+            }
+            ToSender::Summary(_) if !self.finished => {
+                return Err(unasked("a summary before the end of the sync"))
+            }
             ToSender::Summary(s) => self.summary = Some(s),
             ToSender::Failed(f) => (self.events)(Event::Failed {
                 path: f.path,
@@ -122,6 +168,7 @@ impl DstList {
     fn fill(&mut self) -> Result<(), SyncError> {
         while self.buf.is_empty() && !(self.done && self.outstanding == 0) {
             while !self.done && self.outstanding < LIST_AHEAD {
+                self.inbound.borrow_mut().lists_asked += 1;
                 self.out.send_blocking(&SyncMore {}, Bytes::new())?;
                 self.outstanding += 1;
             }
@@ -178,14 +225,7 @@ fn send_tree(
 ) -> Result<SyncSummary, SyncError> {
     let global = global_rules(&opts.excludes).map_err(SyncError::BadList)?;
     let src_root = root_entry(&src)?;
-    let inbound = Rc::new(RefCell::new(Inbound {
-        inbox,
-        events: events.clone(),
-        root: None,
-        lists: VecDeque::new(),
-        sig: None,
-        summary: None,
-    }));
+    let inbound = Rc::new(RefCell::new(Inbound::new(inbox, events.clone())));
     let dst_root = inbound.borrow_mut().wait(|i| i.root.take())?;
     let dst_root = match (dst_root.mode, dst_root.mtime_ns) {
         (Some(mode), Some(mtime_ns)) => Some(Entry {
@@ -287,6 +327,7 @@ fn send_tree(
             source_errors: t.source_errors,
         }
     };
+    inbound.borrow_mut().finished = true;
     out.send_blocking(&finish, Bytes::new())?;
     drop(out);
     let summary = inbound.borrow_mut().wait(|i| i.summary.take())?;
@@ -410,6 +451,7 @@ impl Sender<'_> {
 
     /// Asks the receiver for its old copy's chunks.
     fn signature(&self, path: &str) -> Result<Option<Signature>, SyncError> {
+        self.inbound.borrow_mut().sigs_asked += 1;
         self.send(&SyncSigReq {
             path: path.to_string(),
         })?;

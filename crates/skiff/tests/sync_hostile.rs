@@ -1,0 +1,759 @@
+//! `skiff sync` against a hostile server: a fake server (skiff's own
+//! session and handshake code on a Unix socket) that answers a pull as a
+//! sender or a push as a receiver with crafted frames: names with `..`,
+//! absolute names, links out of DST, writes through links the user has,
+//! recipes that copy what the old file does not have, content that does
+//! not match its BLAKE3, oversized and unsolicited lists and signatures,
+//! deletes nobody asked for. The client must refuse each with a clear
+//! error, write nothing outside DST and commit nothing unverified.
+
+mod common;
+
+use std::fs;
+use std::future::Future;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::*;
+use skiff::session::Session;
+use skiff_sync::list::ListEncoder;
+use skiff_sync::{Entry, Kind};
+use skiff_wire::message::sync::{
+    SyncCopy, SyncData, SyncDelete, SyncEnd, SyncFile, SyncFinish, SyncList, SyncMeta, SyncMkdir,
+    SyncMore, SyncReady, SyncRequest, SyncRoot, SyncSig, SyncSigReq, SyncSummary, SyncSymlink,
+};
+use skiff_wire::Frame;
+
+/// Longest a client run or a fake server may take.
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// A fake server for one connection, and what its script observed.
+struct Evil {
+    _work: tempfile::TempDir,
+    home: tempfile::TempDir,
+    key_file: PathBuf,
+    config: PathBuf,
+    thread: Option<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl Evil {
+    /// Listens on a Unix socket, performs the real handshake with the
+    /// first client, reads its `sync` request, answers `sync_ready`, and
+    /// hands the session to `script`, whose notes [`Evil::notes`] returns.
+    fn start<F, Fut>(script: F) -> Evil
+    where
+        F: FnOnce(SyncRequest, Session<'static>) -> Fut + Send + 'static,
+        Fut: Future<Output = Vec<String>>,
+    {
+        use skiff::keys::UserKey;
+        use skiff::session::accept::{AuthPolicy, Authenticator};
+        use skiff::users::{live::LiveUsers, Users};
+        use skiff_wire::message::handshake::Welcome;
+
+        let work = tempfile::tempdir().unwrap();
+        let sock = work.path().join("evil.sock");
+        let key = UserKey::generate("u");
+        let key_file = work.path().join("key");
+        skiff::keys::write_private_new(&key_file, &format!("{}\n", key.to_line())).unwrap();
+        let config = work.path().join("config.toml");
+        fs::write(
+            &config,
+            format!("[hosts.evil]\naddress = \"unix://{}\"\n", sock.display()),
+        )
+        .unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let users = LiveUsers::fixed(Users::from_keys([key]));
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let served = async move {
+                    let listener = tokio::net::UnixListener::from_std(listener).unwrap();
+                    let (stream, _) = listener.accept().await.unwrap();
+                    let auth = Authenticator::new(users, AuthPolicy::default(), Welcome::default());
+                    let mut s = Session::new(Box::new(stream));
+                    auth.handshake(&mut s, &[0u8; 32], None).await.unwrap();
+                    let (req, _) = s.expect::<SyncRequest>().await.unwrap();
+                    s.send(&SyncReady {}, &[]).await.unwrap();
+                    script(req, s).await
+                };
+                tokio::time::timeout(LIMIT, served)
+                    .await
+                    .unwrap_or_else(|_| vec!["timeout".into()])
+            })
+        });
+        Evil {
+            _work: work,
+            home: tempfile::tempdir().unwrap(),
+            key_file,
+            config,
+            thread: Some(thread),
+        }
+    }
+
+    /// Runs `skiff sync ARGS` against this server (`evil:PATH` names it).
+    fn sync(&self, args: &[&str]) -> Output {
+        let mut cmd = env_for(Command::new(skiff_bin()), self.home.path());
+        cmd.env("SKIFF_CONFIG", &self.config)
+            .args(["sync", "--key", p(&self.key_file)])
+            .args(args);
+        run_bounded(cmd, LIMIT)
+    }
+
+    /// What the script saw (waits for it to end).
+    fn notes(mut self) -> Vec<String> {
+        self.thread
+            .take()
+            .map(|t| t.join().expect("fake server panicked"))
+            .unwrap_or_default()
+    }
+}
+
+/// The next frame that is not a `sync_failed` notice (those are noted as
+/// `failed PATH CODE`); `None` once the client is gone.
+async fn next(s: &mut Session<'static>, notes: &mut Vec<String>) -> Option<Frame> {
+    loop {
+        let f = s.recv().await.ok()??;
+        if f.op() == "sync_failed" {
+            let v: serde_json::Value = serde_json::from_slice(f.header()).unwrap();
+            notes.push(format!("failed {} {}", v["path"], v["code"]));
+            continue;
+        }
+        return Some(f);
+    }
+}
+
+/// Reads what the client says until it closes, noting its failures and
+/// errors (a client that stops with an error tells the peer why).
+async fn drain(s: &mut Session<'static>, notes: &mut Vec<String>) {
+    while let Some(f) = next(s, notes).await {
+        notes.push(format!(
+            "{} {}",
+            f.op(),
+            String::from_utf8_lossy(f.header())
+        ));
+    }
+}
+
+/// A hostile sender's opening: the client's root, then its whole list.
+async fn read_receiver_list(s: &mut Session<'static>, notes: &mut Vec<String>) {
+    let f = next(s, notes).await.unwrap();
+    assert_eq!(f.op(), "sync_root");
+    loop {
+        s.send(&SyncMore {}, &[]).await.unwrap();
+        let f = next(s, notes).await.unwrap();
+        let l: SyncList = f.parse().unwrap();
+        if l.done {
+            break;
+        }
+    }
+}
+
+/// Sends a whole file: header, steps, digest.
+async fn send_file(s: &mut Session<'static>, head: SyncFile, steps: &[Step<'_>], digest: &[u8]) {
+    s.queue(&head, &[]).unwrap();
+    for step in steps {
+        match step {
+            Step::Copy(offset, size) => s.queue(
+                &SyncCopy {
+                    offset: *offset,
+                    size: *size,
+                },
+                &[],
+            ),
+            Step::Data(d) => s.queue(&SyncData { raw: None }, d),
+            Step::Zstd(raw, d) => s.queue(&SyncData { raw: Some(*raw) }, d),
+        }
+        .unwrap();
+    }
+    let end = SyncEnd {
+        hash: blake3::hash(digest).to_hex().to_string(),
+        abort: false,
+    };
+    s.send(&end, &[]).await.unwrap();
+}
+
+enum Step<'a> {
+    Copy(u64, u64),
+    Data(&'a [u8]),
+    Zstd(u32, &'a [u8]),
+}
+
+fn file(path: &str, size: u64, update: bool) -> SyncFile {
+    SyncFile {
+        path: path.into(),
+        size,
+        mode: 0o644,
+        mtime_ns: 1_600_000_000_000_000_000,
+        update,
+        replace: false,
+    }
+}
+
+/// Names in `dir`, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+/// A destination the user has: two files, a directory link out of DST
+/// and a file link out of DST (both made by the user, so they stay),
+/// beside a directory `outside` with a secret.
+struct Layout {
+    _t: tempfile::TempDir,
+    base: PathBuf,
+    dst: PathBuf,
+    outside: PathBuf,
+}
+
+const KEEP: &[u8] = b"the user's own content, which no hostile server may change";
+
+fn layout() -> Layout {
+    let t = tempfile::tempdir().unwrap();
+    let base = t.path().join("base");
+    let dst = base.join("dst");
+    let outside = base.join("outside");
+    fs::create_dir_all(&dst).unwrap();
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("secret"), b"secret").unwrap();
+    fs::set_permissions(outside.join("secret"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::write(dst.join("keep"), KEEP).unwrap();
+    fs::write(dst.join("keep2"), KEEP).unwrap();
+    symlink("../outside", dst.join("out")).unwrap();
+    symlink("../outside/secret", dst.join("secretlink")).unwrap();
+    Layout {
+        _t: t,
+        base,
+        dst,
+        outside,
+    }
+}
+
+impl Layout {
+    /// Nothing outside DST was created, changed or exposed.
+    fn outside_untouched(&self) {
+        assert_eq!(names(&self.base), ["dst", "outside"], "nothing beside DST");
+        assert_eq!(names(&self.outside), ["secret"], "nothing written outside");
+        assert_eq!(fs::read(self.outside.join("secret")).unwrap(), b"secret");
+        let mode = fs::metadata(self.outside.join("secret"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o600);
+        let mode = fs::metadata(&self.outside).unwrap().permissions().mode();
+        assert_ne!(mode & 0o777, 0o777, "the outside directory's mode kept");
+        for n in names(&self.dst) {
+            assert!(!n.starts_with(".skiff"), "a staged file was left: {n}");
+        }
+        assert_eq!(fs::read(self.dst.join("keep")).unwrap(), KEEP);
+        assert_eq!(
+            fs::read_link(self.dst.join("out")).unwrap(),
+            Path::new("../outside")
+        );
+    }
+}
+
+/// A pull from a sender that tries every way out of DST and every way of
+/// getting unverified data committed, one path at a time: each is refused
+/// and reported, the honest file among them is committed, and the client
+/// exits 1.
+#[test]
+fn a_hostile_sender_cannot_write_outside_dst_or_commit_unverified_data() {
+    let l = layout();
+    let abs = format!("{}/abs_dir", l.base.display());
+    let abs2 = abs.clone();
+    let evil = Evil::start(move |_req, mut s| async move {
+        let abs = abs2;
+        let mut notes = Vec::new();
+        read_receiver_list(&mut s, &mut notes).await;
+        // Signatures of files outside DST, by name or through a link.
+        for path in ["secretlink", "../outside/secret", "out/secret"] {
+            s.send(&SyncSigReq { path: path.into() }, &[])
+                .await
+                .unwrap();
+            let f = next(&mut s, &mut notes).await.unwrap();
+            let sig: SyncSig = f.parse().unwrap();
+            notes.push(format!(
+                "sig {path} missing={} body={}",
+                sig.missing,
+                f.body().len()
+            ));
+        }
+        // Names that climb out or are absolute.
+        for path in ["../escaped_dir", abs.as_str(), "d/../../escaped2"] {
+            let m = SyncMkdir {
+                path: path.into(),
+                mode: 0o755,
+                replace: false,
+            };
+            s.send(&m, &[]).await.unwrap();
+        }
+        s.send(
+            &SyncMkdir {
+                path: "d".into(),
+                mode: 0o755,
+                replace: false,
+            },
+            &[],
+        )
+        .await
+        .unwrap();
+        // Links out of DST.
+        for (path, target) in [("up", "../outside"), ("abs", "/etc"), ("d/up", "../..")] {
+            let m = SyncSymlink {
+                path: path.into(),
+                target: target.into(),
+                replace: true,
+            };
+            s.send(&m, &[]).await.unwrap();
+        }
+        // Files through the user's link out of DST, or named out of it.
+        for path in ["out/stolen", "../escaped_file", "d/up/stolen"] {
+            send_file(
+                &mut s,
+                file(path, 4, false),
+                &[Step::Data(b"evil")],
+                b"evil",
+            )
+            .await;
+        }
+        // The old copy of a link out of DST as the basis of a copy.
+        send_file(
+            &mut s,
+            file("secretlink", 6, true),
+            &[Step::Copy(0, 6)],
+            b"secret",
+        )
+        .await;
+        // A recipe copying what the old file does not have.
+        send_file(
+            &mut s,
+            file("keep", 10, true),
+            &[Step::Copy(1 << 20, 10)],
+            &[0u8; 10],
+        )
+        .await;
+        send_file(
+            &mut s,
+            file("keep", 10, true),
+            &[Step::Copy(u64::MAX - 4, 10)],
+            &[0u8; 10],
+        )
+        .await;
+        // Content that is not what its digest says.
+        send_file(
+            &mut s,
+            file("keep2", 4, false),
+            &[Step::Data(b"evil")],
+            b"good",
+        )
+        .await;
+        // More data than announced, less data than announced.
+        send_file(
+            &mut s,
+            file("long", 4, false),
+            &[Step::Data(b"evil and more")],
+            b"evil and more",
+        )
+        .await;
+        send_file(
+            &mut s,
+            file("short", 100, false),
+            &[Step::Data(b"evil")],
+            b"evil",
+        )
+        .await;
+        // A compressed chunk announcing 100 MiB (and one that lies).
+        send_file(
+            &mut s,
+            file("bomb", 100 << 20, false),
+            &[Step::Zstd(100 << 20, b"not zstd at all")],
+            b"",
+        )
+        .await;
+        send_file(
+            &mut s,
+            file("liar", 4, false),
+            &[Step::Zstd(4, b"not zstd at all")],
+            b"evil",
+        )
+        .await;
+        // Metadata out of DST, and through the user's link.
+        for path in ["../outside", "out"] {
+            let m = SyncMeta {
+                path: path.into(),
+                mode: 0o777,
+                mtime_ns: 0,
+            };
+            s.send(&m, &[]).await.unwrap();
+        }
+        // One honest file, asking for set-uid.
+        let mut good = file("good", 4, false);
+        good.mode = 0o4755;
+        send_file(&mut s, good, &[Step::Data(b"good")], b"good").await;
+        s.send(
+            &SyncFinish {
+                checked: 1,
+                total_size: 4,
+                source_errors: 0,
+            },
+            &[],
+        )
+        .await
+        .unwrap();
+        loop {
+            let Some(f) = next(&mut s, &mut notes).await else {
+                break;
+            };
+            if f.op() == "sync_summary" {
+                let sum: SyncSummary = f.parse().unwrap();
+                notes.push(format!(
+                    "summary failed={} sent={}",
+                    sum.failed, sum.files_sent
+                ));
+                break;
+            }
+        }
+        notes
+    });
+    let out = evil.sync(&["evil:src", p(&l.dst)]);
+    let notes = evil.notes();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}\n{notes:?}");
+    for path in ["secretlink", "../outside/secret", "out/secret"] {
+        assert!(
+            notes.contains(&format!("sig {path} missing=true body=0")),
+            "no signature of a file outside DST: {notes:?}"
+        );
+    }
+    let failed = |path: &str, code: &str| {
+        let want = format!("failed \"{path}\" \"{code}\"");
+        assert!(notes.contains(&want), "{want} not in {notes:?}");
+    };
+    for path in ["../escaped_dir", abs.as_str(), "d/../../escaped2"] {
+        failed(path, "invalid");
+    }
+    for path in ["up", "abs", "d/up"] {
+        failed(path, "path_escape");
+    }
+    failed("../escaped_file", "invalid");
+    failed("keep2", "checksum_mismatch");
+    failed("short", "checksum_mismatch");
+    for path in [
+        "out/stolen",
+        "d/up/stolen",
+        "secretlink",
+        "keep",
+        "long",
+        "bomb",
+        "liar",
+    ] {
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.starts_with(&format!("failed \"{path}\""))),
+            "{path} not refused: {notes:?}"
+        );
+    }
+    failed("../outside", "invalid");
+    assert!(
+        notes.contains(&"summary failed=18 sent=1".to_string()),
+        "{notes:?}"
+    );
+    for code in ["path_escape", "checksum_mismatch", "invalid"] {
+        assert!(err.contains(code), "{code} not reported: {err}");
+    }
+    l.outside_untouched();
+    assert!(!Path::new(&abs).exists());
+    assert_eq!(fs::read(l.dst.join("keep2")).unwrap(), KEEP);
+    assert_eq!(
+        fs::read_link(l.dst.join("secretlink")).unwrap(),
+        Path::new("../outside/secret")
+    );
+    assert_eq!(fs::read(l.dst.join("good")).unwrap(), b"good");
+    let mode = fs::metadata(l.dst.join("good"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o755, "set-uid is never carried");
+    assert_eq!(
+        names(&l.dst),
+        ["d", "good", "keep", "keep2", "out", "secretlink"]
+    );
+    assert!(names(&l.dst.join("d")).is_empty());
+}
+
+/// Frames that break the protocol stop the pull at once with a clear
+/// error (exit 255) and the server is told why: a delete nobody asked
+/// for, a delete out of DST, a step outside a file. A delete through the
+/// user's link out of DST fails as one path (exit 1). The destination
+/// keeps everything.
+#[test]
+fn a_hostile_sender_breaking_the_protocol_stops_the_pull() {
+    let cases: [(&str, i32, &str, Frame); 4] = [
+        (
+            "a delete without --delete",
+            255,
+            "--delete",
+            frame(&SyncDelete {
+                path: "keep".into(),
+                dir: false,
+                forced: false,
+            }),
+        ),
+        (
+            "a forced delete out of DST",
+            255,
+            "not a plain relative path",
+            frame(&SyncDelete {
+                path: "../outside/secret".into(),
+                dir: false,
+                forced: true,
+            }),
+        ),
+        (
+            "a delete through a link out of DST",
+            1,
+            "out/secret",
+            frame(&SyncDelete {
+                path: "out/secret".into(),
+                dir: false,
+                forced: true,
+            }),
+        ),
+        (
+            "a copy step outside a file",
+            255,
+            "sync_copy",
+            frame(&SyncCopy { offset: 0, size: 4 }),
+        ),
+    ];
+    for (what, exit, says, bad) in cases {
+        let l = layout();
+        let evil = Evil::start(move |_req, mut s| async move {
+            let mut notes = Vec::new();
+            read_receiver_list(&mut s, &mut notes).await;
+            let (_, w) = s.split();
+            let _ = w.write_frame(&bad).await;
+            let finish = SyncFinish {
+                checked: 1,
+                total_size: 0,
+                source_errors: 0,
+            };
+            let _ = s.send(&finish, &[]).await;
+            drain(&mut s, &mut notes).await;
+            notes
+        });
+        let out = evil.sync(&["evil:src", p(&l.dst)]);
+        let notes = evil.notes();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(exit), "{what}: {err}");
+        assert!(err.contains(says), "{what}: {says:?} not in {err}");
+        l.outside_untouched();
+        assert_eq!(fs::read(l.dst.join("keep2")).unwrap(), KEEP, "{what}");
+        if exit == 255 {
+            assert!(
+                notes.iter().any(|n| n.starts_with("error ")),
+                "{what}: the server is told why: {notes:?}"
+            );
+        } else {
+            assert!(
+                notes.iter().any(|n| n.starts_with("failed \"out/secret\"")),
+                "{what}: {notes:?}"
+            );
+        }
+    }
+}
+
+fn frame<M: skiff_wire::Message>(m: &M) -> Frame {
+    Frame::from_message(m, bytes::Bytes::new()).unwrap()
+}
+
+/// What a hostile receiver answers a push with, after `sync_root`.
+#[derive(Clone, Copy, Debug)]
+enum Receiver {
+    /// A list batch announcing 100 MiB once decompressed.
+    HugeList,
+    /// List batches nobody asked for, as fast as it can, before its root.
+    FloodLists,
+    /// Signatures nobody asked for.
+    FloodSigs,
+    /// A list naming `..`.
+    Climbing,
+    /// A list naming an absolute path.
+    Absolute,
+    /// A list out of order.
+    Unsorted,
+    /// A signature with chunk parameters that ask for tiny chunks.
+    TinyChunks,
+    /// A signature body that is not made of 36-byte records.
+    RaggedSig,
+}
+
+/// One list batch of `entries` (path, kind, size), as `sync_list` carries it.
+fn batch(entries: &[(&str, Kind, u64)], done: bool) -> (SyncList, Vec<u8>) {
+    let mut enc = ListEncoder::new();
+    for (path, kind, size) in entries {
+        enc.push(&Entry {
+            path: (*path).into(),
+            kind: *kind,
+            mode: 0o644,
+            mtime_ns: 0,
+            size: *size,
+            target: None,
+            hash: None,
+        });
+    }
+    let (z, raw) = enc.finish().unwrap();
+    (
+        SyncList {
+            done,
+            raw: raw as u32,
+        },
+        z,
+    )
+}
+
+async fn hostile_receiver(how: Receiver, mut s: Session<'static>) -> Vec<String> {
+    let mut notes = Vec::new();
+    if let Receiver::FloodLists = how {
+        let (head, body) = batch(&[], false);
+        for _ in 0..200 {
+            if s.send(&head, &body).await.is_err() {
+                break;
+            }
+        }
+    }
+    let root = SyncRoot {
+        mode: Some(0o755),
+        mtime_ns: Some(0),
+    };
+    let _ = s.send(&root, &[]).await;
+    let list = |entries: &[(&str, Kind, u64)]| batch(entries, true);
+    match how {
+        Receiver::FloodLists => {}
+        Receiver::FloodSigs => {
+            let sig = SyncSig {
+                missing: true,
+                ..SyncSig::default()
+            };
+            for _ in 0..200 {
+                if s.send(&sig, &[]).await.is_err() {
+                    break;
+                }
+            }
+        }
+        _ => {
+            let f = next(&mut s, &mut notes).await.unwrap();
+            assert_eq!(f.op(), "sync_more");
+            let (head, body) = match how {
+                Receiver::HugeList => (
+                    SyncList {
+                        done: false,
+                        raw: 100 << 20,
+                    },
+                    b"tiny".to_vec(),
+                ),
+                Receiver::Climbing => list(&[("../x", Kind::File, 1)]),
+                Receiver::Absolute => list(&[("/etc/passwd", Kind::File, 1)]),
+                Receiver::Unsorted => list(&[("b", Kind::File, 1), ("a", Kind::File, 1)]),
+                _ => list(&[("f", Kind::File, 5)]),
+            };
+            s.send(&head, &body).await.unwrap();
+            if matches!(how, Receiver::TinyChunks | Receiver::RaggedSig) {
+                loop {
+                    let Some(f) = next(&mut s, &mut notes).await else {
+                        break;
+                    };
+                    if f.op() == "sync_sig_req" {
+                        break;
+                    }
+                }
+                let (sig, body) = if matches!(how, Receiver::TinyChunks) {
+                    let sig = SyncSig {
+                        size: 5,
+                        min: 1,
+                        avg: 2,
+                        max: 4,
+                        missing: false,
+                    };
+                    (sig, vec![0u8; 36 * 3])
+                } else {
+                    let p = skiff_sync::ChunkParams::for_size(5);
+                    let sig = SyncSig {
+                        size: 5,
+                        min: p.min,
+                        avg: p.avg,
+                        max: p.max,
+                        missing: false,
+                    };
+                    (sig, vec![0u8; 35])
+                };
+                s.send(&sig, &body).await.unwrap();
+            }
+        }
+    }
+    drain(&mut s, &mut notes).await;
+    notes
+}
+
+/// A push to a receiver that sends oversized, unsolicited, climbing,
+/// absolute or unsorted lists, or signatures with bad parameters: the
+/// client stops with a clear error (exit 255), tells the server why, and
+/// its source tree is left exactly as it was.
+#[test]
+fn a_hostile_receiver_cannot_make_a_push_misbehave() {
+    let cases = [
+        (Receiver::HugeList, "destination list"),
+        (Receiver::FloodLists, "not asked for"),
+        (Receiver::FloodSigs, "not asked for"),
+        (Receiver::Climbing, "not a plain relative path"),
+        (Receiver::Absolute, "not a plain relative path"),
+        (Receiver::Unsorted, "not sorted"),
+        (Receiver::TinyChunks, "invalid chunk parameters"),
+        (Receiver::RaggedSig, "36-byte records"),
+    ];
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("f"), b"0123456789").unwrap();
+    fs::write(src.join("g"), b"g").unwrap();
+    let before = names(&src);
+    for (how, says) in cases {
+        let evil = Evil::start(move |req, s| async move {
+            assert!(req.push);
+            hostile_receiver(how, s).await
+        });
+        let out = evil.sync(&["--delete", p(&src), "evil:dst"]);
+        let notes = evil.notes();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(255), "{how:?}: {err}\n{notes:?}");
+        assert!(err.contains(says), "{how:?}: {says:?} not in {err}");
+        assert!(
+            notes.iter().any(|n| n.starts_with("error ")),
+            "{how:?}: the server is told why: {notes:?}"
+        );
+        assert!(
+            !notes
+                .iter()
+                .any(|n| n.starts_with("sync_delete") && (n.contains("../") || n.contains("/etc"))),
+            "{how:?}: no delete is sent for a bad name: {notes:?}"
+        );
+        assert_eq!(names(&src), before, "{how:?}");
+        assert_eq!(fs::read(src.join("f")).unwrap(), b"0123456789");
+        assert_eq!(
+            names(t.path()),
+            ["src"],
+            "{how:?}: nothing written beside SRC"
+        );
+    }
+}
