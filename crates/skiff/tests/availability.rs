@@ -765,3 +765,62 @@ fn sigterm_closes_connections_still_in_the_handshake_or_being_refused_at_once() 
     );
 }
 
+// ---------------------------------------------------------------------
+// a server that dies: the client says so plainly
+
+/// Runs the client `cmd` while the server is killed (SIGKILL, so no TLS
+/// close_notify and no error frame) `after` it started; returns the
+/// client's output.
+fn run_while_server_dies(
+    server: &TestServer,
+    cmd: std::process::Command,
+    after: Duration,
+) -> std::process::Output {
+    let pid = server.pid().to_string();
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(after);
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid])
+            .status();
+    });
+    let out = run_bounded(cmd, Duration::from_secs(60));
+    let _ = killer.join();
+    out
+}
+
+fn assert_says_the_server_closed(what: &str, out: &std::process::Output) {
+    let err = text(&out.stderr);
+    eprintln!("{what} while the server died: {err}");
+    assert!(!out.status.success(), "{what}: {err}");
+    assert!(
+        err.contains("the server closed the connection"),
+        "{what}: {err}"
+    );
+    for raw in ["close_notify", "os error", "Broken pipe", "reset by peer"] {
+        assert!(!err.contains(raw), "{what}: raw transport error: {err}");
+    }
+}
+
+#[test]
+fn a_server_killed_mid_exec_or_mid_put_is_reported_plainly() {
+    let server = TestServer::start(&[]);
+    let mut cmd = server.client();
+    cmd.args(["exec", server.url(), "--", "sleep", "30"]);
+    let out = run_while_server_dies(&server, cmd, Duration::from_millis(1500));
+    assert_says_the_server_closed("exec", &out);
+
+    let server = TestServer::start(&[]);
+    let work = tempfile::tempdir().expect("tempdir");
+    let src = work.path().join("big.bin");
+    common::make_file(&src, 8 << 20, 41);
+    let mut cmd = server.client();
+    cmd.args(["put", server.url(), common::p(&src), "big.bin"])
+        .env("SKIFF_TEST_CHUNK_DELAY_MS", "300");
+    let out = run_while_server_dies(&server, cmd, Duration::from_millis(1500));
+    assert_says_the_server_closed("put", &out);
+    assert!(
+        text(&out.stderr).contains("--resume"),
+        "{}",
+        text(&out.stderr)
+    );
+}
