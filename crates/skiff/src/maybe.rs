@@ -22,6 +22,18 @@ pub(crate) async fn sleep_until(at: Option<tokio::time::Instant>) {
     or_pending(at.map(tokio::time::sleep_until)).await
 }
 
+/// Awaits `f` for at most `limit` (`None`: as long as it takes); past
+/// the limit, the limit itself is the error, for the message that names it.
+pub(crate) async fn timeout<F: Future>(
+    limit: Option<std::time::Duration>,
+    f: F,
+) -> Result<F::Output, std::time::Duration> {
+    match limit {
+        Some(d) => tokio::time::timeout(d, f).await.map_err(|_| d),
+        None => Ok(f.await),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -41,5 +53,12 @@ mod tests {
                 .await
                 .is_err()
         );
+        let limit = Some(Duration::from_secs(2));
+        assert_eq!(timeout(limit, async { 7 }).await, Ok(7));
+        assert_eq!(
+            timeout(limit, std::future::pending::<()>()).await,
+            Err(Duration::from_secs(2))
+        );
+        assert_eq!(timeout(None, async { 7 }).await, Ok(7));
     }
 }

@@ -521,6 +521,101 @@ fn a_put_that_stalls_mid_body_is_cut_after_the_idle_timeout() {
     assert!(server.staged_files().is_empty());
 }
 
+/// The next frame on `c` that is not a `tree_ack` (acks are collected
+/// into `done`).
+fn recv_past_acks(c: &mut RawConn, done: &mut Vec<u64>) -> Option<Value> {
+    loop {
+        let v = c.recv()?;
+        if v["op"] != "tree_ack" {
+            return Some(v);
+        }
+        done.extend(v["done"].as_array()?.iter().filter_map(Value::as_u64));
+    }
+}
+
+#[test]
+fn a_put_tree_that_stalls_mid_stream_is_cut_after_the_idle_timeout() {
+    let server = TestServer::start_listening(
+        &["tcp://127.0.0.1:0", "tcp+plain://127.0.0.1:0"],
+        &["--idle-timeout", "2"],
+    );
+    let small = b"a small file, delivered whole".to_vec();
+    let digest = blake3::hash(&small).to_hex().to_string();
+    let big = common::random_bytes(300_000, 29);
+    let mut c = logged_in(&server);
+    let _ = c.send(&json!({"op":"put_tree"}));
+    assert_eq!(c.recv().expect("tree_ready")["op"], "tree_ready");
+    // One small file whole, then a large one's head, one data frame and
+    // half of the next: the client stops there, never sending `tree_end`.
+    let files = json!({"op":"tree_files","len":small.len(),"files":[
+        {"id":1,"path":"t/small.txt","size":small.len(),"digest":digest}]});
+    let _ = c.send(&json!({"op":"tree_dir","id":0,"path":"t"}));
+    let _ = c.send_raw(files.to_string().as_bytes(), &small);
+    let _ = c.send(&json!({"op":"tree_file","id":2,"path":"t/big.bin","size":big.len()}));
+    let _ = c.send_raw(br#"{"op":"data","len":100000}"#, &big[..100_000]);
+    let _ = c.send_raw(br#"{"op":"data","len":100000}"#, &big[100_000..150_000]);
+    let start = std::time::Instant::now();
+    assert_ping_ok(&server, server.url());
+    let mut done = Vec::new();
+    let answer = recv_past_acks(&mut c, &mut done).expect("an error frame before the close");
+    let took = start.elapsed();
+    assert_eq!(answer["op"], "error", "{answer}");
+    assert_eq!(answer["code"], "timeout", "{answer}");
+    assert!(c.closed(), "the session is closed after the error");
+    eprintln!("a put_tree stalled mid-stream was cut {took:?} after it stalled: {answer}");
+    // Generous: the timeout is 2 s (the old fixed wait was 120 s).
+    assert!(
+        took >= Duration::from_millis(1800) && took < Duration::from_secs(20),
+        "{took:?}"
+    );
+    // What was answered is in place; the file cut short is nowhere.
+    assert_eq!(done, vec![0, 1], "the directory and the small file");
+    assert_eq!(
+        std::fs::read(server.root.join("t/small.txt")).expect("small"),
+        small
+    );
+    assert!(!server.root.join("t/big.bin").exists());
+    assert!(common::leftovers(&server.root).is_empty());
+}
+
+#[test]
+fn a_get_tree_whose_client_never_answers_is_cut_after_the_idle_timeout() {
+    let server = TestServer::start_listening(
+        &["tcp://127.0.0.1:0", "tcp+plain://127.0.0.1:0"],
+        &["--idle-timeout", "2"],
+    );
+    // More than the smallest window (4 MiB), so the server must wait for
+    // answers that never come.
+    std::fs::create_dir(server.root.join("tree")).expect("mkdir");
+    for i in 0..8 {
+        common::make_file(&server.root.join(format!("tree/f{i}")), 1 << 20, i);
+    }
+    let mut c = logged_in(&server);
+    let _ = c.send(&json!({"op":"get_tree","path":"tree","window":0}));
+    assert_eq!(c.recv().expect("tree_ready")["op"], "tree_ready");
+    // Read everything the server sends, never answer: it stops at the
+    // window, waits the idle timeout, then says why and closes.
+    let start = std::time::Instant::now();
+    let mut frames = 0;
+    let answer = loop {
+        let v = c.recv().expect("frames, then an error before the close");
+        if v["op"] == "error" {
+            break v;
+        }
+        frames += 1;
+        assert!(frames < 10_000, "no end to the stream");
+    };
+    let took = start.elapsed();
+    assert_eq!(answer["code"], "timeout", "{answer}");
+    assert!(c.closed(), "the session is closed after the error");
+    eprintln!("a get_tree nobody answers was cut {took:?} after it started ({frames} frames)");
+    assert!(
+        took >= Duration::from_millis(1800) && took < Duration::from_secs(20),
+        "{took:?}"
+    );
+    assert_ping_ok(&server, server.url());
+}
+
 /// Every entry path of one complete `ls` answer on `c`.
 fn listed_paths(c: &mut RawConn) -> Vec<String> {
     let mut paths: Vec<String> = Vec::new();
@@ -667,5 +762,65 @@ fn sigterm_closes_connections_still_in_the_handshake_or_being_refused_at_once() 
     assert!(
         took < Duration::from_secs(1),
         "server took {took:?} to stop"
+    );
+}
+
+// ---------------------------------------------------------------------
+// a server that dies: the client says so plainly
+
+/// Runs the client `cmd` while the server is killed (SIGKILL, so no TLS
+/// close_notify and no error frame) `after` it started; returns the
+/// client's output.
+fn run_while_server_dies(
+    server: &TestServer,
+    cmd: std::process::Command,
+    after: Duration,
+) -> std::process::Output {
+    let pid = server.pid().to_string();
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(after);
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid])
+            .status();
+    });
+    let out = run_bounded(cmd, Duration::from_secs(60));
+    let _ = killer.join();
+    out
+}
+
+fn assert_says_the_server_closed(what: &str, out: &std::process::Output) {
+    let err = text(&out.stderr);
+    eprintln!("{what} while the server died: {err}");
+    assert!(!out.status.success(), "{what}: {err}");
+    assert!(
+        err.contains("the server closed the connection"),
+        "{what}: {err}"
+    );
+    for raw in ["close_notify", "os error", "Broken pipe", "reset by peer"] {
+        assert!(!err.contains(raw), "{what}: raw transport error: {err}");
+    }
+}
+
+#[test]
+fn a_server_killed_mid_exec_or_mid_put_is_reported_plainly() {
+    let server = TestServer::start(&[]);
+    let mut cmd = server.client();
+    cmd.args(["exec", server.url(), "--", "sleep", "30"]);
+    let out = run_while_server_dies(&server, cmd, Duration::from_millis(1500));
+    assert_says_the_server_closed("exec", &out);
+
+    let server = TestServer::start(&[]);
+    let work = tempfile::tempdir().expect("tempdir");
+    let src = work.path().join("big.bin");
+    common::make_file(&src, 8 << 20, 41);
+    let mut cmd = server.client();
+    cmd.args(["put", server.url(), common::p(&src), "big.bin"])
+        .env("SKIFF_TEST_CHUNK_DELAY_MS", "300");
+    let out = run_while_server_dies(&server, cmd, Duration::from_millis(1500));
+    assert_says_the_server_closed("put", &out);
+    assert!(
+        text(&out.stderr).contains("--resume"),
+        "{}",
+        text(&out.stderr)
     );
 }

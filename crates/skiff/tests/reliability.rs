@@ -503,11 +503,18 @@ fn percentile(v: &[Duration], p: f64) -> Duration {
 
 #[test]
 fn soak_many_clients_beside_idle_sessions() {
-    let (clients, idle, seconds) = if long() {
+    let (clients, idle, mut seconds) = if long() {
         (1000usize, 10_000usize, 60u64)
     } else {
         (50, 500, 10)
     };
+    // A longer run of either form shows whether the RSS levels off.
+    if let Some(s) = std::env::var("SKIFF_SOAK_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        seconds = s;
+    }
     raise_fd_limit((idle + 3 * clients + 1024) as u64);
     let max = (clients + idle + 64).to_string();
     let server = TestServer::start_listening(
@@ -570,6 +577,7 @@ fn soak_many_clients_beside_idle_sessions() {
         let mut pings = Vec::new();
         let mut rss_warm = None;
         let begun = tokio::time::Instant::now();
+        let mut next_sample = Duration::ZERO;
         while tokio::time::Instant::now() < until {
             let t = Instant::now();
             skiff::client::ping::ping_once(&mut probe.session, b"probe")
@@ -580,6 +588,15 @@ fn soak_many_clients_beside_idle_sessions() {
                 if rss_warm.is_none() {
                     rss_warm = Some(rss_kib(pid));
                 }
+            }
+            // The RSS every 5 s, to see whether it levels off.
+            if begun.elapsed() >= next_sample {
+                eprintln!(
+                    "soak: {:>3} s: server RSS {} KiB",
+                    next_sample.as_secs(),
+                    rss_kib(pid)
+                );
+                next_sample += Duration::from_secs(5);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

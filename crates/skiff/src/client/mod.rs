@@ -83,7 +83,7 @@ pub enum ClientError {
     #[error(transparent)]
     Config(#[from] config::ConfigError),
     /// The session broke (protocol error, connection lost, timeout).
-    #[error(transparent)]
+    #[error("{}", session_message(.0))]
     Session(SessionError),
     /// The server refused or failed the operation.
     #[error("{}", .0.message)]
@@ -116,6 +116,36 @@ impl From<SessionError> for ClientError {
             e => ClientError::Session(e),
         }
     }
+}
+
+/// What a user is told when the session broke. A server that went away
+/// shows up as whatever the transport noticed first (a clean EOF, rustls's
+/// "peer closed connection without sending TLS close_notify", a reset, a
+/// broken pipe): all of them mean the same thing to the user, so they get
+/// one message that says what happened and what to do.
+fn session_message(e: &SessionError) -> String {
+    let lost = match e {
+        SessionError::Closed => true,
+        SessionError::Io(io) => connection_lost(io),
+        _ => false,
+    };
+    if lost {
+        "the server closed the connection before the operation finished (it was stopped, \
+         restarted or crashed, or the network cut the connection); check that the server \
+         is running, then try again"
+            .to_string()
+    } else {
+        e.to_string()
+    }
+}
+
+/// Whether an I/O error on an established session means the peer is gone.
+fn connection_lost(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe | NotConnected
+    )
 }
 
 /// How to connect.

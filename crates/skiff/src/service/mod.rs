@@ -68,13 +68,9 @@ impl ServiceContext {
         &self,
         reader: &mut SessionReader<'_>,
     ) -> Result<P, SessionError> {
-        let Some(limit) = self.idle_timeout else {
-            return reader.recv_msg::<P>().await;
-        };
-        match tokio::time::timeout(limit, reader.recv_msg::<P>()).await {
-            Ok(r) => r,
-            Err(_) => Err(SessionError::Stalled(limit)),
-        }
+        crate::maybe::timeout(self.idle_timeout, reader.recv_msg::<P>())
+            .await
+            .unwrap_or_else(|d| Err(SessionError::Stalled(d)))
     }
 
     /// The operations this server offers, as announced in `welcome`.

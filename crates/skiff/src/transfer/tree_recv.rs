@@ -37,7 +37,7 @@ use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 
 use super::checksum::{digests_match, Checksum};
-use super::{durable, errors, IDLE_TIMEOUT};
+use super::{durable, errors};
 use crate::session::{SessionError, SessionReader, SessionWriter};
 
 /// Frames queued between the network task and the disk thread (each at
@@ -740,8 +740,12 @@ impl<P: Place> Receiver<P> {
 /// Runs the network side of a receiver: reads entries into `jobs` (for
 /// the disk thread; `on_input` sees each first) and sends the answers it
 /// produces (`on_ack` sees each batch first), then `tree_done`, which it
-/// returns.
+/// returns. Each entry must be complete within `idle` (the session's idle
+/// timeout on a server, the I/O timeout on a client; `None`: as long as
+/// the connection stays up), or the stream ends with
+/// [`SessionError::Stalled`].
 pub async fn exchange(
+    idle: Option<Duration>,
     reader: &mut SessionReader<'_>,
     writer: &mut SessionWriter<'_>,
     jobs: mpsc::Sender<TreeInput>,
@@ -751,10 +755,9 @@ pub async fn exchange(
 ) -> Result<TreeDone, SessionError> {
     let read = async move {
         loop {
-            let msg = match tokio::time::timeout(IDLE_TIMEOUT, reader.recv_msg::<TreeInput>()).await
-            {
+            let msg = match crate::maybe::timeout(idle, reader.recv_msg::<TreeInput>()).await {
                 Ok(r) => r?,
-                Err(_) => return Err(SessionError::Timeout(IDLE_TIMEOUT)),
+                Err(d) => return Err(SessionError::Stalled(d)),
             };
             on_input(&msg);
             let last = matches!(msg, TreeInput::Finish(_));

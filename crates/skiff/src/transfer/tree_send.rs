@@ -22,7 +22,7 @@ use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use skiff_wire::message::files::{Data, End, HashAlg};
@@ -35,7 +35,7 @@ use skiff_wire::{ErrorCode, ErrorMsg, Message};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::checksum::Checksum;
-use super::{errors, fault, CHUNK, IDLE_TIMEOUT};
+use super::{errors, fault, CHUNK};
 use crate::session::{SessionError, SessionReader, SessionWriter};
 
 /// Files up to this size travel whole inside a `tree_files` batch.
@@ -98,11 +98,17 @@ pub struct Window {
     /// making progress is not a stalled peer.
     last_write: AtomicU64,
     epoch: Instant,
+    /// How long the receiver may answer nothing while nothing is written
+    /// either (`None`: as long as the connection stays up).
+    idle: Option<Duration>,
 }
 
 impl Window {
-    /// A window of `bytes` (clamped to [`WINDOW_MIN`]..=[`WINDOW_MAX`]).
-    pub fn new(bytes: u64) -> Window {
+    /// A window of `bytes` (clamped to [`WINDOW_MIN`]..=[`WINDOW_MAX`]);
+    /// a receiver silent for `idle` (the session's idle timeout on a
+    /// server, the I/O timeout on a client) while nothing could be written
+    /// is given up on with [`SessionError::Stalled`].
+    pub fn new(bytes: u64, idle: Option<Duration>) -> Window {
         let total = bytes.clamp(WINDOW_MIN, WINDOW_MAX);
         Window {
             total,
@@ -111,6 +117,7 @@ impl Window {
             outstanding: Mutex::new(HashMap::new()),
             last_write: AtomicU64::new(0),
             epoch: Instant::now(),
+            idle,
         }
     }
 
@@ -140,15 +147,15 @@ impl Window {
         self.last_write.store(ms, Ordering::Relaxed);
     }
 
-    fn writing_recently(&self) -> bool {
+    fn writing_recently(&self, limit: Duration) -> bool {
         let now = self.epoch.elapsed().as_millis();
         let last = u128::from(self.last_write.load(Ordering::Relaxed));
-        now.saturating_sub(last) < IDLE_TIMEOUT.as_millis()
+        now.saturating_sub(last) < limit.as_millis()
     }
 
     /// Waits for `cost` bytes of window; sends what is buffered first,
     /// since the answers that give the window back may wait for it. A
-    /// receiver that answers nothing for [`IDLE_TIMEOUT`] is given up on.
+    /// receiver that answers nothing for the idle limit is given up on.
     async fn take(&self, writer: &mut SessionWriter<'_>, cost: u64) -> Result<(), SessionError> {
         let n = u32::try_from(cost.min(self.total)).unwrap_or(u32::MAX);
         if n == 0 {
@@ -158,10 +165,10 @@ impl Window {
             Ok(p) => p.forget(),
             Err(_) => {
                 writer.flush().await?;
-                match tokio::time::timeout(IDLE_TIMEOUT, self.permits.acquire_many(n)).await {
+                match crate::maybe::timeout(self.idle, self.permits.acquire_many(n)).await {
                     Ok(Ok(p)) => p.forget(),
                     Ok(Err(_)) => return Err(SessionError::Closed),
-                    Err(_) => return Err(SessionError::Timeout(IDLE_TIMEOUT)),
+                    Err(d) => return Err(SessionError::Stalled(d)),
                 }
             }
         }
@@ -245,16 +252,16 @@ pub async fn exchange(
 
 /// The receiver's next answer. Answers come only once a batch is durable
 /// and a large file may take long to send, so silence is a stalled peer
-/// only when nothing was written for [`IDLE_TIMEOUT`] either.
+/// only when nothing was written for the window's idle limit either.
 async fn recv_answer<P: Phase>(
     reader: &mut SessionReader<'_>,
     window: &Window,
 ) -> Result<P, SessionError> {
     loop {
-        match tokio::time::timeout(IDLE_TIMEOUT, reader.recv_msg::<P>()).await {
+        match crate::maybe::timeout(window.idle, reader.recv_msg::<P>()).await {
             Ok(r) => return r,
-            Err(_) if window.writing_recently() => continue,
-            Err(_) => return Err(SessionError::Timeout(IDLE_TIMEOUT)),
+            Err(d) if window.writing_recently(d) => continue,
+            Err(d) => return Err(SessionError::Stalled(d)),
         }
     }
 }

@@ -25,7 +25,7 @@ use crate::session::Session;
 use crate::transfer::names::split_entry;
 use crate::transfer::partfile::PartFile;
 use crate::transfer::tree_recv::{self, Out, Parents, Place, Receiver, Slot};
-use crate::transfer::{errors, meta};
+use crate::transfer::{errors, meta, IDLE_TIMEOUT};
 
 /// The window this client grants: far more than a bandwidth-delay
 /// product of loopback or a LAN, so the round trip does not limit the
@@ -82,7 +82,16 @@ pub(super) async fn receive(
             message: f.message.clone(),
         }));
     };
-    let result = tree_recv::exchange(reader, writer, job_tx, &mut out_rx, on_input, on_ack).await;
+    let result = tree_recv::exchange(
+        Some(IDLE_TIMEOUT),
+        reader,
+        writer,
+        job_tx,
+        &mut out_rx,
+        on_input,
+        on_ack,
+    )
+    .await;
     // On an error both channels are dropped, so the disk thread removes
     // the partial files of the unfinished batch and ends.
     drop(out_rx);

@@ -62,7 +62,7 @@ pub async fn handle(
             }
         },
         Request::PutTree(req) => return tree::receive(session, ctx, &root, req).await,
-        Request::GetTree(req) => return tree_get::send(session, &root, req).await,
+        Request::GetTree(req) => return tree_get::send(session, ctx, &root, req).await,
         Request::Get(req) => return get::handle(session, &root, req).await,
         Request::Ls(req) => return listing::ls(session, &root, req).await,
         Request::Stat(req) => return reply(session, listing::stat(&root, &req)).map(|_| ()),

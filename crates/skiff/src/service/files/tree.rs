@@ -51,7 +51,16 @@ pub async fn receive(
     let rt = Handle::current();
     let disk = tokio::task::spawn_blocking(move || receiver.run(job_rx, out_tx, rt));
     let (reader, writer) = session.split();
-    let result = tree_recv::exchange(reader, writer, job_tx, &mut out_rx, |_| {}, |_, _| {}).await;
+    let result = tree_recv::exchange(
+        ctx.idle_timeout,
+        reader,
+        writer,
+        job_tx,
+        &mut out_rx,
+        |_| {},
+        |_, _| {},
+    )
+    .await;
     // On an error both channels are dropped, so the disk thread removes
     // what it had staged and ends.
     drop(out_rx);

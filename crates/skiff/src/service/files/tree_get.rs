@@ -15,12 +15,18 @@ use skiff_wire::{ErrorCode, ErrorMsg};
 use tokio::sync::mpsc;
 
 use super::listing::{self, Listing, Visit};
+use crate::service::ServiceContext;
 use crate::session::{Session, SessionError};
 use crate::transfer::errors;
 use crate::transfer::tree_send::{self, Packer, SendFile, Window};
 
 /// Handles a `get_tree` and everything up to the client's `tree_done`.
-pub async fn send(session: &mut Session<'_>, root: &Dir, req: GetTree) -> Result<(), SessionError> {
+pub async fn send(
+    session: &mut Session<'_>,
+    ctx: &ServiceContext,
+    root: &Dir,
+    req: GetTree,
+) -> Result<(), SessionError> {
     let ls = Ls {
         path: req.path.clone(),
         recursive: true,
@@ -34,7 +40,7 @@ pub async fn send(session: &mut Session<'_>, root: &Dir, req: GetTree) -> Result
         }
         Err(m) => return session.queue(&m, &[]),
     };
-    let window = Window::new(req.window);
+    let window = Window::new(req.window, ctx.idle_timeout);
     session.queue(
         &TreeReady {
             window: window.bytes(),
