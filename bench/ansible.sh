@@ -81,9 +81,7 @@ BUILD_KIND=release
 WORK=$(mktemp -d /tmp/skiff-ansible-bench.XXXXXX)
 PIDS=()
 cleanup() {
-    local p
-    for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null || true; done
+    stop_pids
     rm -rf "$WORK"
 }
 trap cleanup EXIT

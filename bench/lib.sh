@@ -33,3 +33,11 @@ UsePAM no
 CONF
     } >"$dir/sshd_config"
 }
+
+# Stops every process whose pid is in the caller's PIDS array and waits for
+# it (the scripts' exit trap).
+stop_pids() {
+    local p
+    for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null || true; done
+}

@@ -47,12 +47,13 @@ if [ "$BUILD" = 1 ]; then
 fi
 [ -x "$SKIFF" ] || { echo "rss.sh: $SKIFF not built" >&2; exit 1; }
 
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
+
 WORK=$(mktemp -d /dev/shm/skiff-rss.XXXXXX)
 PIDS=()
 cleanup() {
-    local p
-    for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null || true; done
+    stop_pids
     rm -rf "$WORK"
 }
 trap cleanup EXIT

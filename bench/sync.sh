@@ -54,9 +54,7 @@ SKIFF="$REPO/target/release/skiff"
 PIDS=()
 DIRS=()
 cleanup() {
-    local p
-    for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null || true; done
+    stop_pids
     for p in "${DIRS[@]:-}"; do [ -n "$p" ] && rm -rf "$p"; done
 }
 trap cleanup EXIT

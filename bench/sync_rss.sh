@@ -41,9 +41,7 @@ log() { printf '[sync-rss %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 BASE=$(mktemp -d /dev/shm/skiff-sync-rss.XXXXXX)
 PIDS=()
 cleanup() {
-    local p
-    for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null || true; done
+    stop_pids
     rm -rf "$BASE"
 }
 trap cleanup EXIT
