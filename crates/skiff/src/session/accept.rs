@@ -1,5 +1,5 @@
 //! The server's side of the handshake, with graduated per-source
-//! penalties ([`super::penalty`]) for failures.
+//! penalties (`session::penalty`) for failures.
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};

@@ -4,7 +4,7 @@
 //! [`Session`] owns the read and write buffers of one connection (as
 //! mini-redis's `Connection` does); [`accept`] is the server's side of the
 //! handshake (the client's is `client::handshake`, the proofs of both are
-//! in `auth::handshake`), [`penalty`] what repeated failures cost a
+//! in `auth::handshake`), `penalty` what repeated failures cost a
 //! source, [`tls`] the certificates.
 
 pub mod accept;

@@ -4,7 +4,7 @@
 //! The client does not validate the certificate against any authority:
 //! the mutual HMAC proofs, bound to the certificate's hash, authenticate the
 //! server; on top, the client pins each server's certificate on first use
-//! (see [`crate::client::known_servers`]). The TLS handshake signature is
+//! (see `client::known_servers`). The TLS handshake signature is
 //! still verified, so only the holder of the certificate's private key can
 //! complete it.
 

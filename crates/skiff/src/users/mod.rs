@@ -1,5 +1,5 @@
 //! The server's users file: who may log in, with which key, under which
-//! [`Policy`].
+//! `policy::Policy`.
 //!
 //! One user per line: `NAME BASE64KEY [OPTION]...`; options are separated
 //! by spaces or commas, and a value holding spaces is written in double
