@@ -165,6 +165,6 @@ row "get $BULK MiB" "cmp '$WORK/big.bin' '$WORK/big.got'" \
     echo "| --- | --- | --- | --- |"
     printf '%s\n' "${ROWS[@]}"
     echo
-    echo "$(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) CPUs; load average at the end $(cut -d' ' -f1-3 /proc/loadavg); skiff $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo unknown), release build, TLS on loopback, tmpfs (/dev/shm); reproduce: \`bench/rss.sh${ARGS_GIVEN:+ $ARGS_GIVEN}\`"
+    echo "$(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) CPUs; load average at the end $(cut -d' ' -f1-3 /proc/loadavg); skiff $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo unknown), binary $SKIFF, TLS on loopback, tmpfs (/dev/shm); reproduce: \`bench/rss.sh${ARGS_GIVEN:+ $ARGS_GIVEN}\`"
 } >"$OUT"
 log "done"
