@@ -111,6 +111,28 @@ fn connect_from(from: std::net::Ipv4Addr, url: &str) -> std::io::Result<std::net
 }
 
 /// Whether the server has closed `s` (EOF or reset), without blocking.
+/// Sends `request` on two logged-in sessions that then never read, and
+/// watches the server's descriptors for 2 s: the count before, the most
+/// seen, and the sessions (kept open by the caller).
+fn peak_fds_with_unread_requests(
+    server: &TestServer,
+    request: &serde_json::Value,
+) -> (usize, usize, Vec<RawConn>) {
+    let before = open_fds(server.pid());
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let mut c = logged_in(server);
+        let _ = c.send(request);
+        readers.push(c);
+    }
+    let mut most = 0;
+    for _ in 0..20 {
+        most = most.max(open_fds(server.pid()));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (before, most, readers)
+}
+
 fn is_closed(s: &std::net::TcpStream) -> bool {
     use std::io::Read;
     let _ = s.set_nonblocking(true);
@@ -418,18 +440,8 @@ fn ls_r_over_thousands_of_directories_holds_few_descriptors() {
     drop(c);
     // Two listings nobody reads: the server's descriptors stay bounded
     // (a walk holds at most 16 directories open, plus a few).
-    let before = open_fds(server.pid());
-    let mut readers = Vec::new();
-    for _ in 0..2 {
-        let mut c = logged_in(&server);
-        let _ = c.send(&json!({"op":"ls","path":"/","recursive":true}));
-        readers.push(c);
-    }
-    let mut most = 0;
-    for _ in 0..20 {
-        most = most.max(open_fds(server.pid()));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let (before, most, readers) =
+        peak_fds_with_unread_requests(&server, &json!({"op":"ls","path":"/","recursive":true}));
     eprintln!(
         "two unread ls -r over {DIRS} directories: server fds {before} before, at most {most}"
     );
@@ -658,18 +670,8 @@ fn a_glob_over_thousands_of_matching_directories_holds_few_descriptors() {
     drop(c);
     // Two glob listings nobody reads: the walk used to open every matching
     // subdirectory at once (3,000 descriptors each).
-    let before = open_fds(server.pid());
-    let mut readers = Vec::new();
-    for _ in 0..2 {
-        let mut c = logged_in(&server);
-        let _ = c.send(&json!({"op":"ls","path":"wide","pattern":"*/*"}));
-        readers.push(c);
-    }
-    let mut most = 0;
-    for _ in 0..20 {
-        most = most.max(open_fds(server.pid()));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let (before, most, readers) =
+        peak_fds_with_unread_requests(&server, &json!({"op":"ls","path":"wide","pattern":"*/*"}));
     eprintln!(
         "two unread globs over {DIRS} matching directories: server fds {before} before, at most {most}"
     );
