@@ -501,6 +501,131 @@ fn percentile(v: &[Duration], p: f64) -> Duration {
     v[i.min(v.len() - 1)]
 }
 
+/// Every transfer wait on the client is bounded: with the server's side of
+/// the connection stalled by the relay (its answers held back, or the
+/// client's data no longer taken), `put` and `get`, of one file and of a
+/// tree, end at the client's idle timeout (shortened by the debug-only hook
+/// `SKIFF_TEST_IDLE_TIMEOUT_MS`) with a clear error; nothing partial
+/// becomes visible on either side, and what a single file's transfer kept
+/// finishes with `--resume`.
+#[test]
+fn transfers_to_a_stalled_server_end_at_the_client_idle_timeout() {
+    let server = TestServer::start(&[]);
+    let target: std::net::SocketAddr = host_port(server.url()).parse().expect("an IP URL");
+    // Past the handshake (a few KiB each way), long before the end.
+    let stall = |way| {
+        Relay::start(target, move |_| Fault::Stall {
+            way,
+            at: 256 * 1024,
+            ms: 600_000,
+        })
+    };
+    let (answers_held, data_refused) = (stall(Way::Down), stall(Way::Up));
+    pin_relay(&server, &answers_held);
+    pin_relay(&server, &data_refused);
+    let work = tempfile::tempdir().expect("tempdir");
+    let up = work.path().join("up");
+    for i in 0..100u64 {
+        let dir = up.join(format!("d{}", i % 10));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        common::make_file(&dir.join(format!("f{i}")), 64 * 1024, i);
+    }
+    common::make_file(&work.path().join("one.bin"), 8 << 20, 7);
+    let remote = server.root.join("there");
+    std::fs::create_dir_all(&remote).expect("mkdir");
+    for i in 0..100u64 {
+        common::make_file(&remote.join(format!("g{i}")), 64 * 1024, 100 + i);
+    }
+    common::make_file(&server.root.join("big.bin"), 8 << 20, 8);
+    let down = work.path().join("down");
+    std::fs::create_dir_all(&down).expect("mkdir");
+    let via = |r: &Relay| format!("tcp://{}", r.addr);
+    let cases: [(&str, &Relay, Vec<String>); 4] = [
+        (
+            "put -r (its data refused)",
+            &data_refused,
+            vec![
+                "put".into(),
+                "-r".into(),
+                common::p(&up).into(),
+                "up".into(),
+            ],
+        ),
+        (
+            "put (its data refused)",
+            &data_refused,
+            vec![
+                "put".into(),
+                common::p(&work.path().join("one.bin")).into(),
+                "one.bin".into(),
+            ],
+        ),
+        (
+            "get -r (its data held back)",
+            &answers_held,
+            vec![
+                "get".into(),
+                "-r".into(),
+                "there".into(),
+                common::p(&down).into(),
+            ],
+        ),
+        (
+            "get (its data held back)",
+            &answers_held,
+            vec!["get".into(), "big.bin".into(), common::p(&down).into()],
+        ),
+    ];
+    for (what, relay, args) in cases {
+        let mut cmd = server.client();
+        cmd.env("SKIFF_TEST_IDLE_TIMEOUT_MS", "1500");
+        cmd.arg(args[0].as_str()).arg(via(relay)).args(&args[1..]);
+        // Far below the 120 s default: only the client's own timeout
+        // ends the command in time.
+        let out = common::probe::run_bounded(cmd, Duration::from_secs(40));
+        assert_clear_failure(what, &out);
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("timed out") || err.contains("nothing received"),
+            "{what}: the failure does not say the server stopped answering: {err:?}"
+        );
+        if what.starts_with("get -r") {
+            // A tree's unfinished files are removed, not kept.
+            assert!(
+                common::leftovers(&down).is_empty(),
+                "{what}: partial files left"
+            );
+        }
+    }
+    assert!(
+        !down.join("big.bin").exists(),
+        "an unfinished get became visible"
+    );
+    assert!(
+        !server.root.join("one.bin").exists(),
+        "an unfinished put became visible"
+    );
+    assert!(common::leftovers(&server.root).is_empty());
+    // What a single file's transfer kept finishes with --resume.
+    let direct = server.url().to_string();
+    let one = work.path().join("one.bin");
+    let mut cmd = server.client();
+    cmd.args(["put", "--resume", &direct, common::p(&one), "one.bin"]);
+    common::ok(&common::probe::run_bounded(cmd, Duration::from_secs(60)));
+    assert_eq!(
+        common::hash(&server.root.join("one.bin")),
+        common::hash(&one)
+    );
+    let mut cmd = server.client();
+    cmd.args(["get", "--resume", &direct, "big.bin", common::p(&down)]);
+    common::ok(&common::probe::run_bounded(cmd, Duration::from_secs(60)));
+    assert_eq!(
+        common::hash(&down.join("big.bin")),
+        common::hash(&server.root.join("big.bin"))
+    );
+    assert!(common::leftovers(&down).is_empty());
+}
+
 #[test]
 fn soak_many_clients_beside_idle_sessions() {
     let (clients, idle, mut seconds) = if long() {

@@ -253,6 +253,11 @@ async fn connect_inner(
         }
     };
     let mut session = Session::new(io);
+    // The test hook that shortens the client's read waits shortens its
+    // write waits too, so a test sees every wait on a stalled server end.
+    if let Some(wait) = crate::transfer::fault::idle_timeout() {
+        session.set_write_timeout(wait);
+    }
     let welcome = authenticate(&mut session, key, &cb).await?;
     let trust = trust.map(|(mut t, cert)| {
         if let (Some(cert), Some(file)) = (cert, &opts.known_servers) {

@@ -160,7 +160,7 @@ async fn end_session(
         Ending::Stalled(d) => (
             format!(
                 "no data for {:.0} s in the middle of a request; closing the session \
-                 (an upload's partial data is kept for --resume)",
+                 (a single-file upload's partial data is kept for `put --resume`)",
                 d.as_secs_f64()
             ),
             SessionError::Stalled(d),

@@ -82,7 +82,7 @@ pub enum SessionError {
     IdleTimeout(Duration),
     /// The peer stopped sending in the middle of a request (an upload's
     /// data) for longer than the server's idle limit.
-    #[error("no input for {0:?} in the middle of a request")]
+    #[error("nothing received for {0:?} in the middle of a request")]
     Stalled(Duration),
     /// The server is stopping.
     #[error("the server is shutting down")]

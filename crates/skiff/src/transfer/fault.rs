@@ -67,6 +67,23 @@ pub fn maybe_delay_blocking() {
     }
 }
 
+/// The client's waits on its server (the transfer idle timeout, the write
+/// timeout) as set by the test hook `SKIFF_TEST_IDLE_TIMEOUT_MS` (debug
+/// builds only).
+#[cfg(debug_assertions)]
+pub fn idle_timeout() -> Option<std::time::Duration> {
+    std::env::var("SKIFF_TEST_IDLE_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(std::time::Duration::from_millis)
+}
+
+/// No test hook in release builds.
+#[cfg(not(debug_assertions))]
+pub fn idle_timeout() -> Option<std::time::Duration> {
+    None
+}
+
 /// The clock that decides when partial files expire: the system clock,
 /// moved forward by `SKIFF_TEST_CLOCK_OFFSET_SECS` seconds when that test
 /// hook is set (debug builds only), so tests can age files without waiting.

@@ -31,6 +31,14 @@ pub const CHUNK: usize = 1024 * 1024;
 /// at about `WINDOW * CHUNK` per transfer.
 pub const WINDOW: usize = 4;
 
-/// How long a receiver waits for the next frame of a transfer before it
-/// gives up on the peer.
+/// How long a client waits for the next frame of a transfer before it
+/// gives up on the server (the server has its own, configurable idle
+/// timeout).
 pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// The client's wait for the next frame of a transfer: [`IDLE_TIMEOUT`],
+/// or the shorter one a test sets with `SKIFF_TEST_IDLE_TIMEOUT_MS` (debug
+/// builds only) to prove the wait is bounded without waiting two minutes.
+pub fn idle_timeout() -> std::time::Duration {
+    fault::idle_timeout().unwrap_or(IDLE_TIMEOUT)
+}

@@ -25,7 +25,7 @@ use super::ClientError;
 use tokio::sync::mpsc;
 
 use crate::session::{SessionError, SessionReader, SessionWriter};
-use crate::transfer::IDLE_TIMEOUT;
+use crate::transfer::idle_timeout;
 
 /// How a transfer behaves.
 #[derive(Debug, Clone, Default)]
@@ -124,9 +124,10 @@ pub fn remote_join(dir: &str, rel: &str) -> String {
 /// The next message of phase `P`, within the idle timeout; a closed
 /// connection is an error here.
 pub(crate) async fn recv_msg<P: Phase>(reader: &mut SessionReader<'_>) -> Result<P, ClientError> {
-    match tokio::time::timeout(IDLE_TIMEOUT, reader.recv_msg::<P>()).await {
+    let wait = idle_timeout();
+    match tokio::time::timeout(wait, reader.recv_msg::<P>()).await {
         Ok(r) => Ok(r?),
-        Err(_) => Err(ClientError::Session(SessionError::Timeout(IDLE_TIMEOUT))),
+        Err(_) => Err(ClientError::Session(SessionError::Timeout(wait))),
     }
 }
 

@@ -25,7 +25,7 @@ use crate::session::Session;
 use crate::transfer::names::split_entry;
 use crate::transfer::partfile::PartFile;
 use crate::transfer::tree_recv::{self, Out, Parents, Place, Receiver, Slot};
-use crate::transfer::{errors, meta, IDLE_TIMEOUT};
+use crate::transfer::{errors, idle_timeout, meta};
 
 /// The window this client grants: far more than a bandwidth-delay
 /// product of loopback or a LAN, so the round trip does not limit the
@@ -83,7 +83,7 @@ pub(super) async fn receive(
         }));
     };
     let result = tree_recv::exchange(
-        Some(IDLE_TIMEOUT),
+        Some(idle_timeout()),
         reader,
         writer,
         job_tx,

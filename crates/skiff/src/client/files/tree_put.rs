@@ -17,8 +17,8 @@ use super::upload::{local_failure, FileJob, Job};
 use super::{recv_msg, Failure, Options, Summary};
 use crate::client::ClientError;
 use crate::session::{Session, SessionError};
+use crate::transfer::idle_timeout;
 use crate::transfer::tree_send::{self, Answered, Outgoing, Packer, SendFile, Window};
-use crate::transfer::IDLE_TIMEOUT;
 
 /// How the server answered `put_tree`.
 pub(super) enum Start {
@@ -62,7 +62,7 @@ pub(super) async fn stream(
     summary: &mut Summary,
 ) -> Result<(), ClientError> {
     let (reader, writer) = session.split();
-    let window = Window::new(window, Some(IDLE_TIMEOUT));
+    let window = Window::new(window, Some(idle_timeout()));
     let (tx, mut rx) = mpsc::channel::<Outgoing>(tree_send::QUEUE);
     let packer = Packer::new(tx, opts.hash, window.head_cost());
     let producer = tokio::task::spawn_blocking(move || produce(jobs, packer));
