@@ -51,7 +51,8 @@ fn finish(c: Child) -> (Option<i32>, String) {
 
 /// Two uploads of one path at once, both complete: exactly one wins, its
 /// bytes are the file, the other is told it lost (`exists` without
-/// `--force`, `conflict` with it) and nothing else is left behind.
+/// `--force`, `conflict` with it, whether or not the path existed before)
+/// and nothing else is left behind.
 #[test]
 fn concurrent_uploads_of_one_path_one_wins_the_other_is_told() {
     let server = TestServer::start(&[]);
@@ -61,9 +62,9 @@ fn concurrent_uploads_of_one_path_one_wins_the_other_is_told() {
     make_file(&a, 16 << 20, 1);
     make_file(&b, 16 << 20, 2);
     let url = server.url().to_string();
-    for force in [false, true] {
+    for (force, existed) in [(false, false), (true, true), (true, false)] {
         let dest = server.root.join("f");
-        if force {
+        if existed {
             fs::write(&dest, b"old").unwrap();
         }
         let mut args = vec!["put"];
@@ -86,7 +87,10 @@ fn concurrent_uploads_of_one_path_one_wins_the_other_is_told() {
             (Some(1), Some(0)) => (&b, ea),
             other => panic!("exactly one upload must win: {other:?}\n{ea}\n{eb}"),
         };
-        assert!(loser_err.contains(lost_code), "force={force}: {loser_err}");
+        assert!(
+            loser_err.contains(lost_code),
+            "force={force} existed={existed}: {loser_err}"
+        );
         assert_eq!(hash(&dest), hash(winner), "force={force}");
         assert_eq!(fs::metadata(&dest).unwrap().len(), 16 << 20);
         assert!(

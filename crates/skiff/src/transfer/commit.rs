@@ -46,6 +46,10 @@ static COMMIT_LOCK: Mutex<()> = Mutex::new(());
 pub enum Observed {
     /// Nothing was there.
     Absent,
+    /// Nothing was there, and the transfer asked to replace whatever it
+    /// found (`force`): a file that appears meanwhile is another
+    /// transfer's result, a conflict rather than a plain `exists`.
+    AbsentForced,
     /// This object was there (a file, symlink or other non-directory).
     Present {
         /// Device and inode.
@@ -100,6 +104,7 @@ impl Destination {
             Current::Is(Observed::Present { .. }) if !force => {
                 Err(CommitError::Exists("file exists"))
             }
+            Current::Is(Observed::Absent) if force => Ok(Observed::AbsentForced),
             Current::Is(o) => Ok(o),
         }
     }
@@ -210,16 +215,17 @@ pub fn rename_into_place(
         }
         match (observed, dest.current()?) {
             (_, Current::Dir) => return Err(CommitError::Exists("a directory is in the way")),
-            (Observed::Absent, Current::Is(Observed::Absent)) => rename(staged, dest, true)
-                .map_err(|e| {
+            (Observed::Absent | Observed::AbsentForced, Current::Is(Observed::Absent)) => {
+                rename(staged, dest, true).map_err(|e| {
                     if e.raw_os_error() == Some(libc::EEXIST) {
-                        CommitError::Exists("file exists")
+                        taken(observed)
                     } else {
                         CommitError::Io(e)
                     }
-                })?,
-            (Observed::Absent, Current::Is(_)) => {
-                return Err(CommitError::Exists("file exists"));
+                })?
+            }
+            (Observed::Absent | Observed::AbsentForced, Current::Is(_)) => {
+                return Err(taken(observed));
             }
             (want, Current::Is(now)) if want == now => rename(staged, dest, false)?,
             _ => return Err(CommitError::Conflict),
@@ -229,6 +235,17 @@ pub fn rename_into_place(
         }
     }
     Ok(())
+}
+
+/// The answer when the destination was absent at the start and something
+/// took the name since: `exists`, or with `force` a conflict (`force`
+/// replaces what the transfer saw, never another transfer's result).
+fn taken(observed: Observed) -> CommitError {
+    if observed == Observed::AbsentForced {
+        CommitError::Conflict
+    } else {
+        CommitError::Exists("file exists")
+    }
 }
 
 /// `renameat2` from the staged name to the destination, optionally with
@@ -303,6 +320,22 @@ mod tests {
         ));
         assert_eq!(std::fs::read(&path).unwrap(), b"dddd");
         c.discard();
+        b.discard();
+    }
+
+    #[test]
+    fn a_forced_upload_of_an_absent_path_loses_to_an_earlier_commit_with_a_conflict() {
+        let (t, area, dest) = setup();
+        let a = staged_with(&area, b"aaaa");
+        let b = staged_with(&area, b"bbbb");
+        let seen_a = dest.observe(true).unwrap();
+        let seen_b = dest.observe(true).unwrap();
+        commit(&a, &dest, seen_a, None, None).unwrap();
+        assert!(matches!(
+            commit(&b, &dest, seen_b, None, None),
+            Err(CommitError::Conflict)
+        ));
+        assert_eq!(std::fs::read(t.path().join("root/f")).unwrap(), b"aaaa");
         b.discard();
     }
 
