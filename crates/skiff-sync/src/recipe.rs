@@ -496,7 +496,14 @@ mod tests {
         changed[(3 << 20) + 10] ^= 1;
         let e = recipe_of_prepared(&changed[..], &prepared, &sig, |_| Ok(())).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
-        let other = Signature::of_reader(&new[..100_000], 100_000).unwrap();
+        // An old copy whose size calls for other parameters (the smallest
+        // sizes all get 8 KiB chunks, so take one above 32 MiB).
+        let other = Signature {
+            params: ChunkParams::for_size(64 << 20),
+            size: sig.size,
+            chunks: sig.chunks.clone(),
+        };
+        assert_ne!(other.params, sig.params);
         assert!(!prepared.fits(&other));
         let e = recipe_of_prepared(&new[..], &prepared, &other, |_| Ok(())).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
