@@ -2,12 +2,15 @@
 # skiff sync beside rsync (to an rsync daemon, and over ssh) in one run, on
 # tmpfs and on disk, all on loopback. Prints a Markdown table on stdout.
 #
-#   bench/sync.sh [--full] [--no-build] [--fs tmpfs|disk|both]
+#   bench/sync.sh [--full] [--no-build] [--fs tmpfs|disk|both] [--before BIN]
 #
 # --full      10,000 files and a 1 GiB file on tmpfs (default: 2,000 files
 #             and a 256 MiB file; the disk always uses 64 MiB)
 # --no-build  use target/release/skiff as it is
 # --fs        where the trees live (default both: /dev/shm and $TMPDIR)
+# --before    also run the client BIN (another skiff build, e.g. of an
+#             earlier commit) into its own destination on the same server,
+#             and add its time and the ratio BIN / skiff to the table
 #
 # Scenarios, each run by skiff and by both rsyncs into their own
 # destination: first copy of a tree of small files (4 KiB each), the same
@@ -23,13 +26,15 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 FULL=0
 BUILD=1
+BEFORE=
 FSES="tmpfs disk"
 while [ $# -gt 0 ]; do
     case "$1" in
         --full) FULL=1 ;;
         --no-build) BUILD=0 ;;
         --fs) FSES="$2"; [ "$FSES" = both ] && FSES="tmpfs disk"; shift ;;
-        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        --before) BEFORE="$2"; shift ;;
+        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
         *) echo "sync.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -102,9 +107,17 @@ measure() {
     t0=$(now); out=$(rsync -a --delete --stats -e "$RSH" "$SRC/" "127.0.0.1:$ROOT/ssh/"); t1=$(now)
     te=$(python3 -c "print(round($t1-$t0,3))"); be=$(rsync_bytes <<<"$out")
     diff -r "$SRC" "$ROOT/skiff/dst" >/dev/null || { echo "skiff's copy differs after: $what" >&2; exit 1; }
-    local r1 r2
+    local r1 r2 extra=""
     r1=$(python3 -c "print(f'{$tr/max($ts,1e-6):.2f}x')"); r2=$(python3 -c "print(f'{$te/max($ts,1e-6):.2f}x')")
-    ROWS+=("| $fs | $what | $ts s | $tr s | $te s | $r1 | $r2 | $bs | $br | $be |")
+    if [ -n "$BEFORE" ]; then
+        local tb bb
+        t0=$(now); out=$("$BEFORE" sync --json -p "$SKIFF_PORT" "$SRC" "127.0.0.1:before" 2>/dev/null); t1=$(now)
+        tb=$(python3 -c "print(round($t1-$t0,3))"); bb=$(skiff_bytes <<<"$out")
+        diff -r "$SRC" "$ROOT/skiff/before" >/dev/null || { echo "--before's copy differs after: $what" >&2; exit 1; }
+        extra=" $tb s | $(python3 -c "print(f'{$tb/max($ts,1e-6):.2f}x')") | $bb |"
+        log "$fs / $what: --before ${tb}s ${bb}B"
+    fi
+    ROWS+=("| $fs | $what | $ts s | $tr s | $te s | $r1 | $r2 | $bs | $br | $be |$extra")
     log "$fs / $what: skiff ${ts}s ${bs}B, rsync daemon ${tr}s ${br}B, rsync ssh ${te}s ${be}B"
 }
 
@@ -184,6 +197,11 @@ EOF
     rm -rf "$BASE"
 done
 
-echo "| fs | scenario | skiff | rsync daemon | rsync -e ssh | rsync daemon / skiff | rsync ssh / skiff | skiff wire bytes | rsync daemon wire bytes | rsync ssh wire bytes |"
-echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+if [ -n "$BEFORE" ]; then
+    echo "| fs | scenario | skiff | rsync daemon | rsync -e ssh | rsync daemon / skiff | rsync ssh / skiff | skiff wire bytes | rsync daemon wire bytes | rsync ssh wire bytes | skiff --before | --before / skiff | --before wire bytes |"
+    echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+else
+    echo "| fs | scenario | skiff | rsync daemon | rsync -e ssh | rsync daemon / skiff | rsync ssh / skiff | skiff wire bytes | rsync daemon wire bytes | rsync ssh wire bytes |"
+    echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+fi
 printf '%s\n' "${ROWS[@]}"

@@ -37,7 +37,9 @@ pub use entry::{path_cmp, Entry, Kind};
 pub use exclude::{RuleStack, Rules};
 pub use hash::Hash;
 pub use params::ChunkParams;
-pub use recipe::{make_recipe, AssembleError, Assembler, Piece, ReadAt};
+pub use recipe::{
+    make_recipe, prepare, recipe_of_prepared, AssembleError, Assembler, Piece, Prepared, ReadAt,
+};
 pub use walk::{WalkError, Walked, Walker};
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use std::io::{self, Read, Write};
 
 use crate::chunker::{Chunk, Chunker, Signature};
 use crate::hash::Hash;
+use crate::params::ChunkParams;
 
 /// Literal pieces of a file the receiver has no copy of are cut at this
 /// size (no chunking needed when nothing can match).
@@ -47,9 +48,43 @@ impl Matcher {
         }
     }
 
-    /// The old offset of `chunk`'s content, if the old file has it.
-    fn find(&self, chunk: &Chunk) -> Option<u64> {
-        self.index.get(&chunk.hash).copied()
+    /// Adds `chunk` to the current copy run when the old file has it
+    /// (emitting the previous run if this one does not continue it) and
+    /// says so; otherwise emits the pending run, and the caller emits the
+    /// chunk as a literal.
+    fn matched<F>(&mut self, chunk: &Chunk, emit: &mut F) -> io::Result<bool>
+    where
+        F: FnMut(Piece<'_>) -> io::Result<()>,
+    {
+        match self.index.get(&chunk.hash).copied() {
+            Some(at) => {
+                match &mut self.pending {
+                    Some((o, l)) if *o + *l == at => *l += u64::from(chunk.len),
+                    pending => {
+                        if let Some((offset, len)) = pending.take() {
+                            emit(Piece::Copy { offset, len })?;
+                        }
+                        *pending = Some((at, u64::from(chunk.len)));
+                    }
+                }
+                Ok(true)
+            }
+            None => {
+                self.flush(emit)?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Emits the pending copy run, if any.
+    fn flush<F>(&mut self, emit: &mut F) -> io::Result<()>
+    where
+        F: FnMut(Piece<'_>) -> io::Result<()>,
+    {
+        match self.pending.take() {
+            Some((offset, len)) => emit(Piece::Copy { offset, len }),
+            None => Ok(()),
+        }
     }
 }
 
@@ -75,29 +110,114 @@ where
     let mut chunker = Chunker::new(new, params, size_hint);
     while let Some(block) = chunker.next_block()? {
         for chunk in &block.chunks {
-            match matcher.find(chunk) {
-                Some(at) => match &mut matcher.pending {
-                    Some((o, l)) if *o + *l == at => *l += u64::from(chunk.len),
-                    pending => {
-                        if let Some((offset, len)) = pending.take() {
-                            emit(Piece::Copy { offset, len })?;
-                        }
-                        *pending = Some((at, u64::from(chunk.len)));
-                    }
-                },
-                None => {
-                    if let Some((offset, len)) = matcher.pending.take() {
-                        emit(Piece::Copy { offset, len })?;
-                    }
-                    emit(Piece::Literal(block.bytes_of(chunk)))?;
-                }
+            if !matcher.matched(chunk, &mut emit)? {
+                emit(Piece::Literal(block.bytes_of(chunk)))?;
             }
         }
     }
-    if let Some((offset, len)) = matcher.pending.take() {
-        emit(Piece::Copy { offset, len })?;
-    }
+    matcher.flush(&mut emit)?;
     chunker.finish()
+}
+
+/// A new file cut into chunks and hashed before the receiver's signature
+/// has arrived ([`prepare`]), so that the sender's chunking overlaps the
+/// signature's round trip and the receiver's work on it. The recipe then
+/// comes from [`recipe_of_prepared`] without cutting the file again.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The parameters it was cut with (those the receiver picks for the
+    /// old copy's size, expected from the destination list).
+    pub params: ChunkParams,
+    /// Its chunks in file order.
+    pub chunks: Vec<Chunk>,
+    /// Whole-file BLAKE3, as read.
+    pub hash: Hash,
+    /// Length, as read.
+    pub size: u64,
+}
+
+/// Most chunks [`prepare`] holds (48 bytes each: 3 MiB); files that would
+/// have more are not prepared but cut once the signature is there.
+pub const PREPARE_MAX_CHUNKS: u64 = 1 << 16;
+
+impl Prepared {
+    /// Whether the chunks fit `sig` (same parameters), so that
+    /// [`recipe_of_prepared`] can use them.
+    pub fn fits(&self, sig: &Signature) -> bool {
+        self.params == sig.params
+    }
+}
+
+/// Cuts and hashes `new` with `params` (on all cores, as the chunker
+/// does), keeping only the chunk list.
+pub fn prepare<R: Read>(
+    new: R,
+    params: ChunkParams,
+    size_hint: Option<u64>,
+) -> io::Result<Prepared> {
+    let params = params.validate().map_err(io::Error::other)?;
+    let mut chunker = Chunker::new(new, params, size_hint);
+    let mut chunks = Vec::new();
+    while let Some(block) = chunker.next_block()? {
+        chunks.extend_from_slice(&block.chunks);
+    }
+    let (hash, size) = chunker.finish()?;
+    Ok(Prepared {
+        params,
+        chunks,
+        hash,
+        size,
+    })
+}
+
+/// Streams the recipe of a [`prepare`]d file against `old` (which it must
+/// [fit](Prepared::fits)) into `emit`. Only the chunks the old file lacks
+/// are read again from `new`, and each is checked against its hash from
+/// the first pass: a file that changed between the passes is an error
+/// (`InvalidData`), never a wrong recipe. Returns the whole-file BLAKE3 and
+/// length of the first pass.
+pub fn recipe_of_prepared<R, F>(
+    new: &R,
+    prepared: &Prepared,
+    old: &Signature,
+    mut emit: F,
+) -> io::Result<(Hash, u64)>
+where
+    R: ReadAt + ?Sized,
+    F: FnMut(Piece<'_>) -> io::Result<()>,
+{
+    if !prepared.fits(old) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the prepared chunks were cut with other parameters than the signature",
+        ));
+    }
+    let mut matcher = Matcher::new(old);
+    let mut buf = Vec::new();
+    for chunk in &prepared.chunks {
+        if matcher.matched(chunk, &mut emit)? {
+            continue;
+        }
+        buf.resize(chunk.len as usize, 0);
+        let mut filled = 0;
+        while filled < buf.len() {
+            match new.read_at(&mut buf[filled..], chunk.offset + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if filled < buf.len() || Hash::of(&buf) != chunk.hash {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the file changed while it was being sent",
+            ));
+        }
+        emit(Piece::Literal(&buf))?;
+    }
+    matcher.flush(&mut emit)?;
+    Ok((prepared.hash, prepared.size))
 }
 
 fn plain_recipe<R, F>(mut new: R, size_hint: Option<u64>, mut emit: F) -> io::Result<(Hash, u64)>
@@ -319,7 +439,6 @@ impl<O: ReadAt, W: Write> Assembler<O, W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::params::ChunkParams;
     use crate::testdata::pseudo_random;
     use proptest::prelude::*;
 
@@ -343,6 +462,51 @@ mod tests {
         assert_eq!(size, new.len() as u64);
         assert_eq!(hash, Hash::of(new));
         (asm.finish(hash).unwrap(), literal)
+    }
+
+    /// The recipe of a prepared file is the streaming recipe, step for
+    /// step, and a file changed between the passes is refused.
+    #[test]
+    fn a_prepared_file_gives_the_same_recipe() {
+        let old = pseudo_random(6 << 20, 7);
+        let mut new = old.clone();
+        new.splice(3 << 20..3 << 20, pseudo_random(300_000, 8));
+        new[100..200].copy_from_slice(&[0u8; 100]);
+        let sig = Signature::of_reader(&old[..], old.len() as u64).unwrap();
+        let record = |pieces: &mut Vec<String>, p: Piece<'_>| {
+            pieces.push(match p {
+                Piece::Copy { offset, len } => format!("copy {offset} {len}"),
+                Piece::Literal(d) => format!("literal {}", Hash::of(d)),
+            });
+            Ok(())
+        };
+        let mut streamed = Vec::new();
+        let r1 = make_recipe(&new[..], None, Some(&sig), |p| record(&mut streamed, p)).unwrap();
+        let prepared = prepare(&new[..], ChunkParams::for_size(old.len() as u64), None).unwrap();
+        assert!(prepared.fits(&sig));
+        let mut from_prepared = Vec::new();
+        let r2 = recipe_of_prepared(&new[..], &prepared, &sig, |p| record(&mut from_prepared, p))
+            .unwrap();
+        assert_eq!(r1, r2);
+        assert_eq!(r2, (Hash::of(&new), new.len() as u64));
+        assert_eq!(streamed, from_prepared);
+        assert!(streamed.iter().any(|s| s.starts_with("literal")));
+
+        let mut changed = new.clone();
+        changed[(3 << 20) + 10] ^= 1;
+        let e = recipe_of_prepared(&changed[..], &prepared, &sig, |_| Ok(())).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        // An old copy whose size calls for other parameters (the smallest
+        // sizes all get 8 KiB chunks, so take one above 32 MiB).
+        let other = Signature {
+            params: ChunkParams::for_size(64 << 20),
+            size: sig.size,
+            chunks: sig.chunks.clone(),
+        };
+        assert_ne!(other.params, sig.params);
+        assert!(!prepared.fits(&other));
+        let e = recipe_of_prepared(&new[..], &prepared, &other, |_| Ok(())).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
     }
 
     #[test]

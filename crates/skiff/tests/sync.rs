@@ -572,3 +572,58 @@ fn delete_of_thousands_of_paths_spills_and_removes_them_all() {
         .collect();
     assert_eq!(left, ["precious.log"]);
 }
+
+/// Many changed files, small and large, between new directories and
+/// metadata changes: their signatures are asked for ahead (several in
+/// flight), each answer goes to its own file, the order of directories
+/// and their contents holds, and every file travels as a small delta,
+/// in both directions.
+#[test]
+fn many_changed_files_each_get_their_own_delta_both_ways() {
+    let server = TestServer::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    let mut files = Vec::new();
+    for d in 0..5 {
+        for f in 0..8 {
+            let path = src.join(format!("d{d}/sub{}/f{f}", f % 2));
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            // Every fourth file is large enough to be cut while its
+            // signature is on its way.
+            let size = if f % 4 == 0 {
+                (2 << 20) + f * 1000
+            } else {
+                20_000 + f * 100
+            };
+            make_file(&path, size, d * 100 + f);
+            files.push(path);
+        }
+    }
+    sync_json(&server, &[p(&src), &remote("m")]);
+    let local = work.path().join("local");
+    sync_json(&server, &[&remote("m"), p(&local)]);
+    let total: u64 = files.iter().map(|f| fs::metadata(f).unwrap().len()).sum();
+    // Change every file in the middle, add a directory between them and
+    // change a directory's mode.
+    for (i, f) in files.iter().enumerate() {
+        let mut data = fs::read(f).unwrap();
+        let mid = data.len() / 2;
+        data.splice(mid..mid, random_bytes(50, i as u64 + 1000));
+        fs::write(f, data).unwrap();
+    }
+    fs::create_dir_all(src.join("d2/new/deeper")).unwrap();
+    fs::write(src.join("d2/new/deeper/n"), "new").unwrap();
+    fs::set_permissions(src.join("d3/sub1"), fs::Permissions::from_mode(0o750)).unwrap();
+    let push = sync_json(&server, &[p(&src), &remote("m")]);
+    assert_eq!(num(&push, "failed"), 0, "{push}");
+    assert_eq!(num(&push, "files_sent"), files.len() as u64 + 1, "{push}");
+    assert!(num(&push, "literal_bytes") < total / 5, "{push}");
+    assert!(num(&push, "matched_bytes") > total / 2, "{push}");
+    assert_same_tree(&src, &server.root.join("m"));
+    let pull = sync_json(&server, &[&remote("m"), p(&local)]);
+    assert_eq!(num(&pull, "failed"), 0, "{pull}");
+    assert!(num(&pull, "literal_bytes") < total / 5, "{pull}");
+    assert_same_tree(&src, &local);
+    let again = sync_json(&server, &[p(&src), &remote("m")]);
+    assert_eq!(num(&again, "files_changed"), 0, "{again}");
+}

@@ -98,8 +98,14 @@ impl Evil {
 
     /// Runs `skiff sync ARGS` against this server (`evil:PATH` names it).
     fn sync(&self, args: &[&str]) -> Output {
+        self.sync_env(args, &[])
+    }
+
+    /// [`sync`](Self::sync) with extra environment variables (test hooks).
+    fn sync_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let mut cmd = env_for(Command::new(skiff_bin()), self.home.path());
         cmd.env("SKIFF_CONFIG", &self.config)
+            .envs(env.iter().copied())
             .args(["sync", "--key", p(&self.key_file)])
             .args(args);
         run_bounded(cmd, LIMIT)
@@ -595,6 +601,8 @@ enum Receiver {
     Unsorted,
     /// A signature with chunk parameters that ask for tiny chunks.
     TinyChunks,
+    /// Answers every list request but never the signature request.
+    Silent,
     /// A signature body that is not made of 36-byte records.
     RaggedSig,
 }
@@ -669,12 +677,29 @@ async fn hostile_receiver(how: Receiver, mut s: Session<'static>) -> Vec<String>
                 _ => list(&[("f", Kind::File, 5)]),
             };
             s.send(&head, &body).await.unwrap();
-            if matches!(how, Receiver::TinyChunks | Receiver::RaggedSig) {
+            if matches!(
+                how,
+                Receiver::TinyChunks | Receiver::RaggedSig | Receiver::Silent
+            ) {
+                // The sender asks for list batches ahead and for
+                // signatures before it needs them: every `sync_more` is
+                // answered (after the last batch, with an empty one), as
+                // an honest receiver does.
                 loop {
                     let Some(f) = next(&mut s, &mut notes).await else {
                         break;
                     };
-                    if f.op() == "sync_sig_req" {
+                    if f.op() == "sync_more" {
+                        let (head, body) = list(&[]);
+                        s.send(&head, &body).await.unwrap();
+                    } else if f.op() != "sync_sig_req" {
+                        notes.push(format!(
+                            "{} {}",
+                            f.op(),
+                            String::from_utf8_lossy(f.header())
+                        ));
+                    }
+                    if f.op() == "sync_sig_req" && !matches!(how, Receiver::Silent) {
                         break;
                     }
                 }
@@ -698,7 +723,9 @@ async fn hostile_receiver(how: Receiver, mut s: Session<'static>) -> Vec<String>
                     };
                     (sig, vec![0u8; 35])
                 };
-                s.send(&sig, &body).await.unwrap();
+                if !matches!(how, Receiver::Silent) {
+                    s.send(&sig, &body).await.unwrap();
+                }
             }
         }
     }
@@ -707,9 +734,11 @@ async fn hostile_receiver(how: Receiver, mut s: Session<'static>) -> Vec<String>
 }
 
 /// A push to a receiver that sends oversized, unsolicited, climbing,
-/// absolute or unsorted lists, or signatures with bad parameters: the
-/// client stops with a clear error (exit 255), tells the server why, and
-/// its source tree is left exactly as it was.
+/// absolute or unsorted lists, signatures with bad parameters, or never
+/// answers a signature request: the client stops with a clear error
+/// (exit 255) within its peer timeout (2 s here, through the debug-build
+/// hook), tells the server why, and its source tree is left exactly as
+/// it was.
 #[test]
 fn a_hostile_receiver_cannot_make_a_push_misbehave() {
     let cases = [
@@ -721,6 +750,7 @@ fn a_hostile_receiver_cannot_make_a_push_misbehave() {
         (Receiver::Unsorted, "not sorted"),
         (Receiver::TinyChunks, "invalid chunk parameters"),
         (Receiver::RaggedSig, "36-byte records"),
+        (Receiver::Silent, "timed out after 2s"),
     ];
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");
@@ -733,10 +763,19 @@ fn a_hostile_receiver_cannot_make_a_push_misbehave() {
             assert!(req.push);
             hostile_receiver(how, s).await
         });
-        let out = evil.sync(&["--delete", p(&src), "evil:dst"]);
+        let started = std::time::Instant::now();
+        let out = evil.sync_env(
+            &["--delete", p(&src), "evil:dst"],
+            &[("SKIFF_TEST_SYNC_PEER_TIMEOUT_MS", "2000")],
+        );
+        let took = started.elapsed();
         let notes = evil.notes();
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(255), "{how:?}: {err}\n{notes:?}");
+        assert!(
+            took < Duration::from_secs(20),
+            "{how:?}: the push fails fast ({took:?})"
+        );
         assert!(err.contains(says), "{how:?}: {says:?} not in {err}");
         assert!(
             notes.iter().any(|n| n.starts_with("error ")),

@@ -18,7 +18,7 @@ use skiff_wire::{Frame, Message};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{SyncError, PEER_TIMEOUT};
+use super::{peer_timeout, SyncError};
 use crate::session::{SessionError, SessionReader, SessionWriter, WRITE_STALL_TIMEOUT};
 
 /// Frame bytes each way, for `--stats`.
@@ -67,7 +67,7 @@ fn outbox(cap: usize) -> (Outbox, mpsc::Receiver<Frame>) {
 }
 
 /// The consuming end of the incoming channel, for async or blocking code;
-/// every wait is bounded by [`PEER_TIMEOUT`].
+/// every wait is bounded by [`peer_timeout`] (ten minutes).
 pub struct Inbox<P> {
     rx: mpsc::Receiver<P>,
     /// For waiting from a blocking thread.
@@ -77,8 +77,9 @@ pub struct Inbox<P> {
 impl<P> Inbox<P> {
     /// The next message, within the timeout.
     pub async fn recv(&mut self) -> Result<P, SyncError> {
-        match tokio::time::timeout(PEER_TIMEOUT, self.rx.recv()).await {
-            Err(_) => Err(SessionError::Timeout(PEER_TIMEOUT).into()),
+        let limit = peer_timeout();
+        match tokio::time::timeout(limit, self.rx.recv()).await {
+            Err(_) => Err(SessionError::Timeout(limit).into()),
             Ok(None) => Err(closed()),
             Ok(Some(m)) => Ok(m),
         }

@@ -32,6 +32,21 @@ use crate::transfer::meta::MODE_MASK;
 /// `--checksum` a peer may hash a large file between two frames.
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// The wait for the peer's next frame: [`PEER_TIMEOUT`], or in debug
+/// builds `SKIFF_TEST_SYNC_PEER_TIMEOUT_MS` when set, so a test can show
+/// that a peer that stops answering ends the sync with a timeout instead
+/// of waiting ten minutes. A release binary ignores the variable.
+pub fn peer_timeout() -> Duration {
+    #[cfg(debug_assertions)]
+    if let Some(ms) = std::env::var("SKIFF_TEST_SYNC_PEER_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return Duration::from_millis(ms);
+    }
+    PEER_TIMEOUT
+}
+
 /// Entries per `sync_list` batch: small enough that a batch's JSON stays
 /// well under the frame body limit (1000 paths of 4 KiB are 4 MiB), large
 /// enough that the list costs few frames.

@@ -4,10 +4,17 @@
 //! deletes. All of it runs on one blocking thread (walking, hashing,
 //! chunking and reading are blocking work; hashing and chunking spread
 //! over all cores inside `skiff-sync`); the session is the pump's.
+//!
+//! Changed files do not cost a round trip each: the differences wait in a
+//! short queue ([`QUEUE_CAP`]) in merge order, the signature of every
+//! changed file in it is asked for as it enters ([`SIGS_AHEAD`] at most in
+//! flight), and a file at the head whose signature has not arrived yet is
+//! cut and hashed meanwhile (`skiff_sync::prepare`), so the sender's
+//! chunking overlaps the receiver's.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -16,8 +23,8 @@ use cap_fs_ext::{FollowSymlinks, OpenOptionsFollowExt};
 use cap_std::fs::{Dir, MetadataExt, OpenOptions};
 use skiff_sync::compress::{Compressor, DEFAULT_LEVEL};
 use skiff_sync::{
-    make_recipe, Action, ChunkParams, Entry, Hash, Kind, Merge, MergeOptions, Piece, RuleStack,
-    Signature, Walked, Walker,
+    make_recipe, recipe_of_prepared, Action, ChunkParams, Entry, Hash, Kind, Merge, MergeOptions,
+    Piece, Prepared, RuleStack, Signature, Walked, Walker,
 };
 use skiff_wire::message::sync::{
     NoteKind, SyncCopy, SyncData, SyncDelete, SyncEnd, SyncFile, SyncFinish, SyncList, SyncMeta,
@@ -34,6 +41,20 @@ use crate::transfer::meta::MODE_MASK;
 
 /// List batches asked for ahead of the merge.
 const LIST_AHEAD: usize = 2;
+
+/// Signature requests in flight ahead of the file being sent. Each answer
+/// is one frame (an honest one is 36 bytes per chunk, about 150 KB for a
+/// 1 GiB file), so this bounds what waits for the sender too.
+const SIGS_AHEAD: usize = 8;
+
+/// Differences held back behind a changed file whose signature is on its
+/// way (they must reach the receiver in merge order).
+const QUEUE_CAP: usize = 64;
+
+/// A changed file at least this large is cut and hashed while its
+/// signature is awaited; a smaller one is cut after (in less time than a
+/// round trip, and without reading its literal chunks twice).
+const PREPARE_MIN: u64 = 1 << 20;
 
 /// Runs the sending role from the tree `src` until the receiver's summary
 /// arrives, and returns it.
@@ -75,7 +96,8 @@ struct Inbound {
     lists: VecDeque<(SyncList, Bytes)>,
     /// `sync_more` requests not answered yet.
     lists_asked: usize,
-    sig: Option<(SyncSig, Bytes)>,
+    /// Signatures in the order asked for.
+    sigs: VecDeque<(SyncSig, Bytes)>,
     /// `sync_sig_req` requests not answered yet.
     sigs_asked: usize,
     /// `sync_finish` was sent: the summary may come.
@@ -97,7 +119,7 @@ impl Inbound {
             root_seen: false,
             lists: VecDeque::new(),
             lists_asked: 0,
-            sig: None,
+            sigs: VecDeque::new(),
             sigs_asked: 0,
             finished: false,
             summary: None,
@@ -120,7 +142,7 @@ impl Inbound {
             ToSender::Sig(_) if self.sigs_asked == 0 => return Err(unasked("a signature")),
             ToSender::Sig(s) => {
                 self.sigs_asked -= 1;
-                self.sig = Some(s);
+                self.sigs.push_back(s);
             }
             ToSender::Summary(_) if !self.finished => {
                 return Err(unasked("a summary before the end of the sync"))
@@ -301,6 +323,8 @@ fn send_tree(
         inbound: inbound.clone(),
         compressor: None,
         tally: tally.clone(),
+        queue: VecDeque::new(),
+        asked: 0,
     };
     for action in Merge::new(
         src_iter,
@@ -314,9 +338,11 @@ fn send_tree(
             skiff_sync::MergeError::Input(e) => e,
             e => SyncError::BadList(e.to_string()),
         })?;
-        s.apply(action)?;
+        s.enqueue(action)?;
+        s.run_queue(false)?;
         inbound.borrow_mut().drain()?;
     }
+    s.run_queue(true)?;
     drop(s);
     events(Event::Checked(tally.borrow().checked));
     let finish = {
@@ -341,6 +367,27 @@ struct Sender<'a> {
     inbound: Rc<RefCell<Inbound>>,
     compressor: Option<Compressor>,
     tally: Rc<RefCell<Tally>>,
+    /// Differences not sent yet, in merge order.
+    queue: VecDeque<Queued>,
+    /// Signatures asked for and not yet used by a file.
+    asked: usize,
+}
+
+/// A difference waiting its turn.
+struct Queued {
+    action: Action,
+    sig: Ask,
+}
+
+/// Where a queued file stands with its signature.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ask {
+    /// Not a changed file (or a dry run): no signature.
+    No,
+    /// To be asked for once fewer than [`SIGS_AHEAD`] are in flight.
+    Later,
+    /// Asked for; the answer is the oldest one not yet used.
+    Asked,
 }
 
 /// Why one file could not be sent.
@@ -372,19 +419,83 @@ impl Sender<'_> {
         (self.inbound.borrow().events)(Event::Change { mark, path });
     }
 
-    fn apply(&mut self, action: Action) -> Result<(), SyncError> {
+    /// Queues a difference; a changed file's signature is asked for now
+    /// when few enough are in flight.
+    fn enqueue(&mut self, action: Action) -> Result<(), SyncError> {
+        let changed_file = matches!(&action, Action::Update { src, .. } if src.kind == Kind::File);
+        let sig = if changed_file && !self.opts.dry_run {
+            Ask::Later
+        } else {
+            Ask::No
+        };
+        self.queue.push_back(Queued { action, sig });
+        self.ask_ahead()
+    }
+
+    /// Asks for the signatures of queued files, in order, up to
+    /// [`SIGS_AHEAD`] in flight.
+    fn ask_ahead(&mut self) -> Result<(), SyncError> {
+        let mut queue = std::mem::take(&mut self.queue);
+        let r = queue
+            .iter_mut()
+            .filter(|q| q.sig == Ask::Later)
+            .take(SIGS_AHEAD.saturating_sub(self.asked))
+            .try_for_each(|q| self.ask(q));
+        self.queue = queue;
+        r
+    }
+
+    /// Sends the signature request of a queued changed file.
+    fn ask(&mut self, q: &mut Queued) -> Result<(), SyncError> {
+        if let Action::Update { src, .. } = &q.action {
+            self.inbound.borrow_mut().sigs_asked += 1;
+            self.send(&SyncSigReq {
+                path: src.path.clone(),
+            })?;
+            q.sig = Ask::Asked;
+            self.asked += 1;
+        }
+        Ok(())
+    }
+
+    /// Sends queued differences in order. The head waits for its
+    /// signature only when nothing else can be done: at the end (`all`),
+    /// with a full queue, or with every signature slot taken; then it is
+    /// cut and hashed while the signature comes.
+    fn run_queue(&mut self, all: bool) -> Result<(), SyncError> {
+        while let Some(head) = self.queue.front() {
+            let ready = head.sig != Ask::Asked || !self.inbound.borrow().sigs.is_empty();
+            let look_ahead = !all && self.queue.len() < QUEUE_CAP && self.asked < SIGS_AHEAD;
+            if !ready && look_ahead {
+                break;
+            }
+            let Some(mut q) = self.queue.pop_front() else {
+                break;
+            };
+            if q.sig == Ask::Later {
+                // Nothing ahead of it is in flight any more.
+                self.ask(&mut q)?;
+            }
+            self.apply(q.action, q.sig == Ask::Asked)?;
+            self.ask_ahead()?;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, action: Action, asked: bool) -> Result<(), SyncError> {
         match action {
             Action::Create(e) => {
                 self.change('+', &e);
-                self.create(&e, false, false)
+                self.create(&e, false, false, None)
             }
-            Action::Update { src, .. } => {
+            Action::Update { src, dst } => {
                 self.change('~', &src);
-                self.create(&src, true, false)
+                let old = asked.then_some(dst.size);
+                self.create(&src, true, false, old)
             }
             Action::Replace { src, .. } => {
                 self.change('~', &src);
-                self.create(&src, false, true)
+                self.create(&src, false, true, None)
             }
             Action::Meta { src, .. } => {
                 self.change('.', &src);
@@ -422,7 +533,15 @@ impl Sender<'_> {
         })
     }
 
-    fn create(&mut self, e: &Entry, update: bool, replace: bool) -> Result<(), SyncError> {
+    /// Sends one new or changed entry; `old` is the size of the old copy
+    /// (from the destination list) when its signature was asked for.
+    fn create(
+        &mut self,
+        e: &Entry,
+        update: bool,
+        replace: bool,
+        old: Option<u64>,
+    ) -> Result<(), SyncError> {
         match e.kind {
             Kind::Dir => self.send(&SyncMkdir {
                 path: e.path.clone(),
@@ -434,7 +553,7 @@ impl Sender<'_> {
                 target: e.target.clone().unwrap_or_default(),
                 replace: update || replace,
             }),
-            Kind::File => match self.send_file(e, update, replace) {
+            Kind::File => match self.send_file(e, update, replace, old) {
                 Ok(()) => Ok(()),
                 Err(FileError::Sync(err)) => Err(err),
                 Err(FileError::Source(err)) => {
@@ -449,13 +568,10 @@ impl Sender<'_> {
         }
     }
 
-    /// Asks the receiver for its old copy's chunks.
-    fn signature(&self, path: &str) -> Result<Option<Signature>, SyncError> {
-        self.inbound.borrow_mut().sigs_asked += 1;
-        self.send(&SyncSigReq {
-            path: path.to_string(),
-        })?;
-        let (m, mut body) = self.inbound.borrow_mut().wait(|i| i.sig.take())?;
+    /// The signature asked for first and not used yet (waiting for it).
+    fn signature(&mut self) -> Result<Option<Signature>, SyncError> {
+        let (m, mut body) = self.inbound.borrow_mut().wait(|i| i.sigs.pop_front())?;
+        self.asked = self.asked.saturating_sub(1);
         if m.missing {
             return Ok(None);
         }
@@ -485,25 +601,43 @@ impl Sender<'_> {
         }))
     }
 
-    fn send_file(&mut self, e: &Entry, update: bool, replace: bool) -> Result<(), FileError> {
+    /// Opens a source file without following a final symlink.
+    fn open_source(&self, path: &str) -> io::Result<(std::fs::File, cap_std::fs::Metadata)> {
         let mut oo = OpenOptions::new();
         oo.read(true).follow(FollowSymlinks::No);
-        let file = self
-            .src
-            .open_with(&e.path, &oo)
-            .map_err(FileError::Source)?;
-        let md = file.metadata().map_err(FileError::Source)?;
+        let file = self.src.open_with(path, &oo)?;
+        let md = file.metadata()?;
         if !md.is_file() {
-            return Err(FileError::Source(io::Error::other(
-                "no longer a regular file",
-            )));
+            return Err(io::Error::other("no longer a regular file"));
         }
-        let size = md.len();
-        let sig = if update && !self.opts.dry_run {
-            self.signature(&e.path)?
-        } else {
-            None
+        Ok((file.into_std(), md))
+    }
+
+    /// Sends one file; `old` is the old copy's size when its signature
+    /// was asked for, which is then always taken (even when the file
+    /// cannot be read), so the answers stay matched to their files.
+    fn send_file(
+        &mut self,
+        e: &Entry,
+        update: bool,
+        replace: bool,
+        old: Option<u64>,
+    ) -> Result<(), FileError> {
+        let opened = self.open_source(&e.path);
+        let waiting = old.is_some() && self.inbound.borrow().sigs.is_empty();
+        let prepared = match (&opened, old) {
+            (Ok((f, md)), Some(old_size)) if waiting && md.len() >= PREPARE_MIN => {
+                prepare_file(f, md.len(), old_size)
+            }
+            _ => Ok(None),
         };
+        let sig = match old {
+            Some(_) => self.signature()?,
+            None => None,
+        };
+        let (file, md) = opened.map_err(FileError::Source)?;
+        let prepared = prepared.map_err(FileError::Source)?;
+        let size = md.len();
         self.send(&SyncFile {
             path: e.path.clone(),
             size,
@@ -526,12 +660,11 @@ impl Sender<'_> {
         if self.opts.compress && self.compressor.is_none() {
             self.compressor = Compressor::new(DEFAULT_LEVEL).ok();
         }
-        let reader = BufReader::with_capacity(1 << 20, file.into_std()).take(size);
         let out = &self.out;
         let compressor = &mut self.compressor;
         let mut send_error = None;
         let mut pieces = 0u64;
-        let r = make_recipe(reader, Some(size), sig.as_ref(), |piece| {
+        let mut emit = |piece: Piece<'_>| {
             let sent = match piece {
                 Piece::Copy { offset, len } => {
                     events(Event::Progress(len));
@@ -558,7 +691,16 @@ impl Sender<'_> {
                 send_error = Some(e);
                 io
             })
-        });
+        };
+        let r = match (&prepared, &sig) {
+            (Some(p), Some(sig)) if p.fits(sig) && p.size == size && !sig.chunks.is_empty() => {
+                recipe_of_prepared(&file, p, sig, &mut emit)
+            }
+            _ => (&file).seek(SeekFrom::Start(0)).and_then(|_| {
+                let reader = BufReader::with_capacity(1 << 20, &file).take(size);
+                make_recipe(reader, Some(size), sig.as_ref(), &mut emit)
+            }),
+        };
         if let Some(e) = send_error {
             return Err(FileError::Sync(e));
         }
@@ -589,4 +731,16 @@ impl Sender<'_> {
         })
         .map_err(FileError::Sync)
     }
+}
+
+/// Cuts and hashes a changed file of `size` bytes with the parameters the
+/// receiver will pick for its old copy of `old_size` bytes, while the
+/// signature is on its way; `None` when the chunk list would be too
+/// large to hold ([`skiff_sync::recipe::PREPARE_MAX_CHUNKS`]).
+fn prepare_file(f: &std::fs::File, size: u64, old_size: u64) -> io::Result<Option<Prepared>> {
+    let params = ChunkParams::for_size(old_size);
+    if size / u64::from(params.min.max(1)) > skiff_sync::recipe::PREPARE_MAX_CHUNKS {
+        return Ok(None);
+    }
+    skiff_sync::prepare(f.take(size), params, Some(size)).map(Some)
 }
