@@ -3,6 +3,7 @@
 use bytes::{Buf, Bytes, BytesMut};
 use serde::{Deserialize, Deserializer};
 
+use crate::recycle::{BodyBuffers, LARGE_BODY};
 use crate::{Frame, FrameError, Limits};
 
 /// Decodes frames from a caller-owned buffer.
@@ -13,6 +14,11 @@ use crate::{Frame, FrameError, Limits};
 /// into pieces, come out exactly as they were sent). It never reserves more
 /// than [`Limits`] allow, and only after the lengths have been checked.
 ///
+/// A large body (128 KiB or more) is read into a buffer of its own, and
+/// the buffers of bodies the caller has dropped are reused for the next
+/// ones, so a stream of large frames does not allocate (and page-fault)
+/// a fresh buffer per frame.
+///
 /// After an error the stream is out of sync and the decoder must not be used
 /// again on it.
 #[derive(Debug, Default)]
@@ -20,6 +26,8 @@ pub struct FrameDecoder {
     limits: Limits,
     /// Header already validated, waiting for its body.
     pending: Option<PendingBody>,
+    /// Read buffers of earlier large bodies, for reuse.
+    pub(crate) buffers: BodyBuffers,
 }
 
 #[derive(Debug)]
@@ -27,6 +35,8 @@ struct PendingBody {
     op: String,
     header: Bytes,
     len: usize,
+    /// Whether a buffer was chosen for this (large) body yet.
+    placed: bool,
 }
 
 /// How far ahead of the bytes actually received the decoder reserves buffer
@@ -71,6 +81,7 @@ impl FrameDecoder {
         FrameDecoder {
             limits: limits.clamped(),
             pending: None,
+            buffers: BodyBuffers::default(),
         }
     }
 
@@ -115,16 +126,28 @@ impl FrameDecoder {
                 op,
                 header,
                 len: body_len,
+                placed: false,
             });
         }
-        let need = self.pending.as_ref().map_or(0, |p| p.len);
-        if buf.len() < need {
-            reserve_for(buf, need);
+        let Some(p) = self.pending.as_mut() else {
+            return Ok(None);
+        };
+        if buf.len() < p.len {
+            if p.len >= LARGE_BODY && !p.placed {
+                p.placed = true;
+                let missing = p.len - buf.len();
+                self.buffers.place(buf, missing, missing.min(RESERVE_AHEAD));
+            } else {
+                reserve_for(buf, p.len);
+            }
             return Ok(None);
         }
         let Some(p) = self.pending.take() else {
             return Ok(None);
         };
+        if p.len < LARGE_BODY {
+            self.buffers.release();
+        }
         let body = buf.split_to(p.len).freeze();
         Ok(Some(Frame::from_parts(p.op, p.header, body)))
     }

@@ -26,6 +26,7 @@ mod encoder;
 mod error;
 mod frame;
 pub mod message;
+mod recycle;
 
 #[cfg(feature = "codec")]
 pub use codec::{CodecError, FrameCodec};
