@@ -1,14 +1,18 @@
 //! `skiff serve`: assembles listeners, TLS, authentication and services on
 //! top of skiff-net.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use skiff_net::{Connection, ListenAddr, Server, StartupLimits, StreamHandler};
+use skiff_net::{
+    Connection, Established, ListenAddr, Server, Startup, StartupLimits, StreamHandler,
+};
 use skiff_wire::message::handshake::Welcome;
+use skiff_wire::ErrorCode;
+use tokio_util::sync::CancellationToken;
 
 use crate::audit::{Audit, Destination, Event};
 use crate::auth::handshake::{Block, NO_BINDING};
@@ -16,7 +20,7 @@ use crate::policy::env::{AcceptEnv, BaseEnv};
 use crate::serve_config::{ConfigSource, ServeFile};
 use crate::service::udp_ping::UdpPingService;
 use crate::service::{self, ServiceContext};
-use crate::session::accept::{AuthPolicy, Authenticator};
+use crate::session::accept::{AuthPolicy, Authenticator, LoggedIn};
 use crate::session::penalty::Recorded;
 use crate::session::tls::{self, ServerIdentity};
 use crate::session::{Io, Session, SessionError};
@@ -158,6 +162,8 @@ struct LiveSettings {
     accept_env: Arc<AcceptEnv>,
 }
 
+/// The stream listeners' handler: one per listener (they differ in TLS).
+#[derive(Clone)]
 struct SessionHandler {
     tls: Option<(tokio_rustls::TlsAcceptor, Block)>,
     auth: Arc<Authenticator>,
@@ -176,28 +182,234 @@ impl SessionHandler {
     /// A failed handshake: one log line and one audit event; it counts
     /// towards its source's penalty, and when it starts one, that is
     /// logged (once per penalty) too.
-    fn refused(&self, peer_ip: Option<IpAddr>, peer: &str, user: Option<&str>, reason: &str) {
-        tracing::info!(peer, user = user.unwrap_or("-"), "login refused: {reason}");
-        let (user, peer, reason) = (user.map(String::from), peer.to_string(), reason.to_string());
-        let recorded = self.auth.record_failure(peer_ip);
+    fn refused(&self, peer: &Peer, user: Option<&str>, reason: &str) {
+        let name = &peer.name;
+        tracing::info!(
+            peer = name,
+            user = user.unwrap_or("-"),
+            "login refused: {reason}"
+        );
+        let user = user.map(String::from);
+        let recorded = self.auth.record_failure(peer.ip);
         self.audit.record(Event::AuthFailed {
             user: user.clone(),
-            peer: peer.clone(),
-            reason,
+            peer: name.clone(),
+            reason: reason.to_string(),
         });
         if let Recorded::PenaltyBegins { delay, failures } = recorded {
             let why = format!(
                 "{failures} recent failed logins: new connections from this source wait {} ms",
                 delay.as_millis()
             );
-            tracing::warn!(%peer, "penalty: {why}");
+            tracing::warn!(peer = name, "penalty: {why}");
             self.audit.record(Event::Penalty {
                 user,
-                peer,
+                peer: name.clone(),
                 reason: why,
             });
         }
     }
+
+    /// A source that keeps failing waits before it costs anything (TLS,
+    /// HMACs); bounded, so a right key from there still gets in. False
+    /// when the server shut down meanwhile.
+    async fn wait_out_penalty(&self, peer: &Peer, shutdown: &CancellationToken) -> bool {
+        let penalty = self.auth.penalty(peer.ip);
+        if penalty.is_zero() {
+            return true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(penalty) => true,
+            _ = shutdown.cancelled() => false,
+        }
+    }
+}
+
+/// Who is on the other end of a connection, as the penalties (`ip`) and
+/// the logs (`name`) know it.
+struct Peer {
+    ip: Option<IpAddr>,
+    name: String,
+}
+
+/// One connection on its way from accepted to served: one method per
+/// step, each of which may end it (`None`: already logged and, where the
+/// peer can still hear it, told).
+struct Arrival<'h> {
+    handler: &'h SessionHandler,
+    peer: Peer,
+    /// Shutdown reaches every wait from here on: a connection still in
+    /// its handshake is dropped (told so when TLS is up), an idle session
+    /// is closed with `shutting_down`.
+    shutdown: CancellationToken,
+    /// TLS and the handshake together end by this instant.
+    deadline: tokio::time::Instant,
+}
+
+impl<'h> Arrival<'h> {
+    /// TLS where this listener has it (the binding its proofs cover),
+    /// else the plain stream.
+    async fn secure<'c>(
+        &self,
+        stream: &'c mut skiff_net::Stream,
+    ) -> Option<(Box<dyn Io + 'c>, Block)> {
+        let Some((acceptor, cb)) = &self.handler.tls else {
+            return Some((Box::new(stream), NO_BINDING));
+        };
+        let accept = acceptor.accept(stream);
+        let accepted = tokio::select! {
+            r = tokio::time::timeout_at(self.deadline, accept) => r,
+            _ = self.shutdown.cancelled() => return None,
+        };
+        let reason = match accepted {
+            Ok(Ok(tls)) => return Some((Box::new(tls), *cb)),
+            Ok(Err(e)) => tls_failure(&e),
+            Err(_) => "TLS handshake timed out".to_string(),
+        };
+        self.handler.refused(&self.peer, None, &reason);
+        None
+    }
+
+    /// The handshake, within the deadline and until shutdown.
+    async fn log_in(&self, session: &mut Session<'_>, cb: &Block) -> Option<LoggedIn> {
+        let handshake = tokio::time::timeout_at(
+            self.deadline,
+            self.handler.auth.handshake(session, cb, self.peer.ip),
+        );
+        let outcome = tokio::select! {
+            r = handshake => Some(r),
+            _ = self.shutdown.cancelled() => None,
+        };
+        match outcome {
+            Some(Ok(Ok(login))) => Some(login),
+            None => {
+                let _ = tokio::time::timeout(GOODBYE, async {
+                    let _ = session
+                        .send_error(ErrorCode::ShuttingDown, "the server is shutting down")
+                        .await;
+                    let _ = session.close().await;
+                })
+                .await;
+                None
+            }
+            Some(Ok(Err(f))) => {
+                self.handler
+                    .refused(&self.peer, f.user.as_deref(), &f.reason);
+                // Bounded: a peer that stops reading cannot hold us here.
+                let _ = tokio::time::timeout(GOODBYE, session.close()).await;
+                None
+            }
+            Some(Err(_)) => {
+                say_goodbye(session, ErrorCode::Timeout, "handshake timed out").await;
+                self.handler
+                    .refused(&self.peer, None, "authentication timed out");
+                None
+            }
+        }
+    }
+
+    /// A logged-in user becomes a session: it leaves the startup caps for
+    /// the connection limit, and its root must exist.
+    async fn admit(
+        &self,
+        startup: Option<Startup>,
+        login: &LoggedIn,
+        session: &mut Session<'_>,
+    ) -> Option<(Option<Established>, PathBuf)> {
+        let (peer, user) = (&self.peer.name, &login.user);
+        let established = match startup.map(Startup::establish).transpose() {
+            Ok(established) => established,
+            Err(busy) => {
+                tracing::info!(%peer, %user, "session refused: {busy}");
+                say_goodbye(session, ErrorCode::Busy, BUSY).await;
+                return None;
+            }
+        };
+        match login.policy.resolve_root(&self.handler.root) {
+            Ok(root) => Some((established, root)),
+            Err(refusal) => {
+                tracing::warn!(%peer, %user, "session refused: {refusal}");
+                say_goodbye(session, ErrorCode::Permission, refusal.to_string()).await;
+                None
+            }
+        }
+    }
+
+    /// What the services of this session see.
+    fn context(
+        &self,
+        login: &LoggedIn,
+        root: PathBuf,
+        client: Option<SocketAddr>,
+    ) -> ServiceContext {
+        let h = self.handler;
+        let accept_env = h
+            .live
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .accept_env
+            .clone();
+        ServiceContext {
+            root,
+            exec_enabled: h.exec_enabled,
+            user: login.user.clone(),
+            policy: login.policy.clone(),
+            client,
+            peer: self.peer.name.clone(),
+            audit: h.audit.clone(),
+            base_env: h.base_env.clone(),
+            accept_env,
+            staging: h.staging.clone(),
+            idle_timeout: h.idle_timeout,
+            shutdown: self.shutdown.clone(),
+        }
+    }
+
+    /// Serves the session's requests until it ends, between its start and
+    /// end lines in the logs.
+    async fn serve(&self, mut session: Session<'_>, ctx: ServiceContext) -> std::io::Result<()> {
+        let started = std::time::Instant::now();
+        let (peer, user) = (ctx.peer.clone(), ctx.user.clone());
+        tracing::info!(%peer, %user, "session start");
+        self.handler.audit.record(Event::AuthOk {
+            user: user.clone(),
+            peer: peer.clone(),
+        });
+        session.set_read_limits(skiff_wire::Limits::default());
+        session.set_write_timeout(self.handler.write_timeout);
+        let (result, reason) = match service::serve(&mut session, &ctx).await {
+            Ok(()) => {
+                let _ = session.close().await;
+                (Ok(()), "closed".to_string())
+            }
+            Err(SessionError::Io(e)) => {
+                let reason = format!("connection error: {e}");
+                (Err(e), reason)
+            }
+            Err(e) => (Ok(()), e.to_string()),
+        };
+        let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        tracing::info!(%peer, %user, duration_ms, "session end: {reason}");
+        self.handler.audit.record(Event::SessionEnd {
+            user,
+            peer,
+            duration_ms,
+            reason,
+        });
+        result
+    }
+}
+
+/// How long a last word to a peer may take: one that stops reading cannot
+/// hold the connection open.
+const GOODBYE: Duration = Duration::from_secs(1);
+
+/// What a client over the connection limit is told.
+const BUSY: &str = "server is at its connection limit; try again later";
+
+/// Sends a last error, bounded by [`GOODBYE`].
+async fn say_goodbye(session: &mut Session<'_>, code: ErrorCode, message: impl Into<String>) {
+    let _ = tokio::time::timeout(GOODBYE, session.send_error(code, message)).await;
 }
 
 impl StreamHandler for SessionHandler {
@@ -215,175 +427,44 @@ impl StreamHandler for SessionHandler {
             None => Box::new(conn.stream()),
         };
         let mut session = Session::new(io);
-        let _ = session
-            .send_error(
-                skiff_wire::ErrorCode::Busy,
-                "server is at its connection limit; try again later",
-            )
-            .await;
+        let _ = session.send_error(ErrorCode::Busy, BUSY).await;
         let _ = session.close().await;
     }
 
     async fn handle(&self, conn: &mut Connection) -> std::io::Result<()> {
-        let peer_ip: Option<IpAddr> = conn.peer().ip();
-        let peer = conn.peer().to_string();
-        // Counted as a startup until it has logged in (skiff-net's caps
-        // per source and in total), then as a session.
-        let startup = conn.take_startup();
-        // Shutdown reaches every wait from here on: a connection still in
-        // its handshake is dropped (told so when TLS is up), an idle
-        // session is closed with `shutting_down`.
-        let shutdown = conn.shutdown_token();
-        // A source that keeps failing waits before it costs anything (TLS,
-        // HMACs); bounded, so a right key from there still gets in.
-        let penalty = self.auth.penalty(peer_ip);
-        if !penalty.is_zero() {
-            tokio::select! {
-                _ = tokio::time::sleep(penalty) => {}
-                _ = shutdown.cancelled() => return Ok(()),
-            }
-        }
+        let peer = Peer {
+            ip: conn.peer().ip(),
+            name: conn.peer().to_string(),
+        };
         let client = match conn.peer() {
             skiff_net::PeerAddr::Ip(a) => Some(*a),
             skiff_net::PeerAddr::Unix(_) => None,
         };
-        let deadline = tokio::time::Instant::now() + self.handshake_timeout;
-        let (io, cb): (Box<dyn Io + '_>, Block) = match &self.tls {
-            Some((acceptor, cb)) => {
-                let accept = acceptor.accept(conn.stream());
-                let accepted = tokio::select! {
-                    r = tokio::time::timeout_at(deadline, accept) => r,
-                    _ = shutdown.cancelled() => return Ok(()),
-                };
-                match accepted {
-                    Ok(Ok(tls)) => (Box::new(tls), *cb),
-                    Ok(Err(e)) => {
-                        self.refused(peer_ip, &peer, None, &tls_failure(&e));
-                        return Ok(());
-                    }
-                    Err(_) => {
-                        self.refused(peer_ip, &peer, None, "TLS handshake timed out");
-                        return Ok(());
-                    }
-                }
-            }
-            None => (Box::new(conn.stream()), NO_BINDING),
+        // Counted as a startup until it has logged in (skiff-net's caps
+        // per source and in total), then as a session.
+        let startup = conn.take_startup();
+        let shutdown = conn.shutdown_token();
+        if !self.wait_out_penalty(&peer, &shutdown).await {
+            return Ok(());
+        }
+        let arrival = Arrival {
+            handler: self,
+            peer,
+            shutdown,
+            deadline: tokio::time::Instant::now() + self.handshake_timeout,
         };
-        let mut session = Session::unauthenticated(io);
-        let handshake =
-            tokio::time::timeout_at(deadline, self.auth.handshake(&mut session, &cb, peer_ip));
-        let outcome = tokio::select! {
-            r = handshake => Some(r),
-            _ = shutdown.cancelled() => None,
-        };
-        let Some(outcome) = outcome else {
-            let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                let _ = session
-                    .send_error(
-                        skiff_wire::ErrorCode::ShuttingDown,
-                        "the server is shutting down",
-                    )
-                    .await;
-                let _ = session.close().await;
-            })
-            .await;
+        let Some((io, cb)) = arrival.secure(conn.stream()).await else {
             return Ok(());
         };
-        let login = match outcome {
-            Ok(Ok(login)) => login,
-            Ok(Err(f)) => {
-                self.refused(peer_ip, &peer, f.user.as_deref(), &f.reason);
-                // Bounded: a peer that stops reading cannot hold us here.
-                let _ = tokio::time::timeout(Duration::from_secs(1), session.close()).await;
-                return Ok(());
-            }
-            Err(_) => {
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(1),
-                    session.send_error(skiff_wire::ErrorCode::Timeout, "handshake timed out"),
-                )
-                .await;
-                self.refused(peer_ip, &peer, None, "authentication timed out");
-                return Ok(());
-            }
+        let mut session = Session::unauthenticated(io);
+        let Some(login) = arrival.log_in(&mut session, &cb).await else {
+            return Ok(());
         };
-        let user = login.user.clone();
-        let _established = match startup.map(|s| s.establish()) {
-            Some(Err(busy)) => {
-                tracing::info!(%peer, %user, "session refused: {busy}");
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(1),
-                    session.send_error(
-                        skiff_wire::ErrorCode::Busy,
-                        "server is at its connection limit; try again later",
-                    ),
-                )
-                .await;
-                return Ok(());
-            }
-            Some(Ok(established)) => Some(established),
-            None => None,
+        let Some((_established, root)) = arrival.admit(startup, &login, &mut session).await else {
+            return Ok(());
         };
-        let root = match login.policy.resolve_root(&self.root) {
-            Ok(r) => r,
-            Err(refusal) => {
-                tracing::warn!(%peer, %user, "session refused: {refusal}");
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(1),
-                    session.send_error(skiff_wire::ErrorCode::Permission, refusal.to_string()),
-                )
-                .await;
-                return Ok(());
-            }
-        };
-        let started = std::time::Instant::now();
-        tracing::info!(%peer, %user, "session start");
-        self.audit.record(Event::AuthOk {
-            user: user.clone(),
-            peer: peer.clone(),
-        });
-        let accept_env = self
-            .live
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .accept_env
-            .clone();
-        session.set_read_limits(skiff_wire::Limits::default());
-        session.set_write_timeout(self.write_timeout);
-        let ctx = ServiceContext {
-            root,
-            exec_enabled: self.exec_enabled,
-            user: user.clone(),
-            policy: login.policy.clone(),
-            client,
-            peer: peer.clone(),
-            audit: self.audit.clone(),
-            base_env: self.base_env.clone(),
-            accept_env,
-            staging: self.staging.clone(),
-            idle_timeout: self.idle_timeout,
-            shutdown,
-        };
-        let (result, reason) = match service::serve(&mut session, &ctx).await {
-            Ok(()) => {
-                let _ = session.close().await;
-                (Ok(()), "closed".to_string())
-            }
-            Err(SessionError::Io(e)) => {
-                let reason = format!("connection error: {e}");
-                (Err(e), reason)
-            }
-            Err(e) => (Ok(()), e.to_string()),
-        };
-        let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        tracing::info!(%peer, %user, duration_ms, "session end: {reason}");
-        self.audit.record(Event::SessionEnd {
-            user,
-            peer,
-            duration_ms,
-            reason,
-        });
-        result
+        let ctx = arrival.context(&login, root, client);
+        arrival.serve(session, ctx).await
     }
 }
 
@@ -475,21 +556,8 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     // of killing us.
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("installing the SIGHUP handler")?;
-    if !cfg.root.is_dir() {
-        bail!("root {} is not a directory", cfg.root.display());
-    }
-    let root = cfg
-        .root
-        .canonicalize()
-        .with_context(|| format!("resolving root {}", cfg.root.display()))?;
-    let users = LiveUsers::open(&cfg.users_file)?;
-    service::files::ignore_file_size_signal();
-    if users.snapshot().is_empty() {
-        bail!(
-            "{} lists no users; add one with `skiff keygen --user NAME`",
-            cfg.users_file.display()
-        );
-    }
+    let root = open_root(&cfg)?;
+    let users = open_users(&cfg)?;
     let audit = match &cfg.audit {
         Some(dest) => Audit::open(dest.clone())?,
         None => Audit::disabled(),
@@ -498,81 +566,52 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let live = Arc::new(RwLock::new(LiveSettings {
         accept_env: Arc::new(accept_env),
     }));
-    let base_env = Arc::new(BaseEnv::from_server());
     let welcome = Welcome {
         server: format!("skiff {}", env!("CARGO_PKG_VERSION")),
         services: ServiceContext::services(!cfg.no_exec),
     };
     let staging = Arc::new(open_staging(&cfg, &root)?);
-    let udp_ping = Arc::new(UdpPingService::new(users.clone()));
-    let auth = Arc::new(Authenticator::new(users.clone(), cfg.auth.clone(), welcome));
-    let needs_tls = cfg.listen.iter().any(|l| l.tls);
-    let mut fingerprint = None;
-    let tls = if needs_tls {
-        let (identity, created) = ServerIdentity::load_or_create(&cfg.state_dir)?;
-        if created {
-            announce(format_args!(
-                "created server certificate in {}",
-                cfg.state_dir.join("cert.pem").display()
-            ));
-        }
-        announce(format_args!(
-            "certificate fingerprint {}",
-            identity.fingerprint()
-        ));
-        match identity.days_left() {
-            Ok(days) if days < 0 => warn_start(format_args!(
-                "the server certificate expired {} days ago; clients pin it, so it still works, \
-                 but replace it: stop the server, remove {} and {}, start it and let clients \
-                 re-pin with `skiff known remove`",
-                -days,
-                cfg.state_dir.join("cert.pem").display(),
-                cfg.state_dir.join("key.pem").display()
-            )),
-            Ok(days) if days < tls::CERT_WARN_DAYS => warn_start(format_args!(
-                "the server certificate expires in {days} days; to renew it, stop the server, \
-                 remove {} and {}, and start it again (clients must re-pin it)",
-                cfg.state_dir.join("cert.pem").display(),
-                cfg.state_dir.join("key.pem").display()
-            )),
-            Ok(_) => {}
-            Err(e) => warn_start(format_args!("{e:#}")),
-        }
-        fingerprint = Some(identity.fingerprint());
-        Some((identity.acceptor()?, identity.binding()))
-    } else {
-        None
+    let tls = match cfg.listen.iter().any(|l| l.tls) {
+        true => Some(open_identity(&cfg.state_dir)?),
+        false => None,
     };
+    let sessions = SessionHandler {
+        tls: None,
+        auth: Arc::new(Authenticator::new(users.clone(), cfg.auth.clone(), welcome)),
+        root: root.clone(),
+        exec_enabled: !cfg.no_exec,
+        handshake_timeout: cfg.handshake_timeout,
+        idle_timeout: cfg.idle_timeout,
+        write_timeout: cfg.write_timeout,
+        staging: staging.clone(),
+        audit: audit.clone(),
+        live: live.clone(),
+        base_env: Arc::new(BaseEnv::from_server()),
+    };
+    let udp_ping = Arc::new(UdpPingService::new(users.clone()));
     let mut builder = Server::builder()
         .max_connections(cfg.max_connections)
         .max_startups(cfg.startups)
         .shutdown_on_signals(true);
-    let mut listeners = Vec::new();
-    for l in &cfg.listen {
-        if l.addr.is_datagram() {
-            listeners.push((
-                builder.add_datagram(l.addr.clone(), udp_ping.clone()),
-                false,
-            ));
-            continue;
-        }
-        let handler = Arc::new(SessionHandler {
-            tls: if l.tls { tls.clone() } else { None },
-            auth: auth.clone(),
-            root: root.clone(),
-            exec_enabled: !cfg.no_exec,
-            handshake_timeout: cfg.handshake_timeout,
-            idle_timeout: cfg.idle_timeout,
-            write_timeout: cfg.write_timeout,
-            staging: staging.clone(),
-            audit: audit.clone(),
-            live: live.clone(),
-            base_env: base_env.clone(),
-        });
-        listeners.push((builder.add_stream(l.addr.clone(), handler), l.tls));
-    }
+    let listeners: Vec<_> = cfg
+        .listen
+        .iter()
+        .map(|l| {
+            let id = match l.addr.is_datagram() {
+                true => builder.add_datagram(l.addr.clone(), udp_ping.clone()),
+                false => builder.add_stream(
+                    l.addr.clone(),
+                    Arc::new(SessionHandler {
+                        tls: tls.as_ref().filter(|_| l.tls).map(|t| t.tls.clone()),
+                        ..sessions.clone()
+                    }),
+                ),
+            };
+            (id, l.tls && !l.addr.is_datagram())
+        })
+        .collect();
     let server = builder.bind().await?;
-    tokio::spawn(sweep_periodically(staging.clone(), cfg.partial_max_age));
+    tokio::spawn(sweep_periodically(staging, cfg.partial_max_age));
     let urls: Vec<String> = listeners
         .into_iter()
         .filter_map(|(id, tls)| server.local_addr(id).map(|addr| Listen::url(addr, tls)))
@@ -581,12 +620,85 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         announce(format_args!("listening on {url}"));
     }
     announce(format_args!("serving {}", root.display()));
-    announce_how_to_connect(&urls, &users, fingerprint.as_deref(), cfg.audit.as_ref());
+    let fingerprint = tls.as_ref().map(|t| t.fingerprint.as_str());
+    announce_how_to_connect(&urls, &users, fingerprint, cfg.audit.as_ref());
     use std::io::Write;
     let _ = std::io::stdout().flush();
     tokio::spawn(on_hangups(hangups, cfg, users, audit, live));
     server.run().await?;
     Ok(())
+}
+
+/// The root, resolved once: every path a client names is checked against
+/// this.
+fn open_root(cfg: &ServeConfig) -> anyhow::Result<PathBuf> {
+    if !cfg.root.is_dir() {
+        bail!("root {} is not a directory", cfg.root.display());
+    }
+    cfg.root
+        .canonicalize()
+        .with_context(|| format!("resolving root {}", cfg.root.display()))
+}
+
+/// The users file, refused when it lists nobody (a server nobody can log
+/// in to is a mistake, not a configuration).
+fn open_users(cfg: &ServeConfig) -> anyhow::Result<LiveUsers> {
+    let users = LiveUsers::open(&cfg.users_file)?;
+    service::files::ignore_file_size_signal();
+    if users.snapshot().is_empty() {
+        bail!(
+            "{} lists no users; add one with `skiff keygen --user NAME`",
+            cfg.users_file.display()
+        );
+    }
+    Ok(users)
+}
+
+/// The server's TLS identity as the listeners and the start-up lines use
+/// it.
+struct Identity {
+    /// The acceptor, and the channel binding its handshake proofs cover.
+    tls: (tokio_rustls::TlsAcceptor, Block),
+    /// What clients pin.
+    fingerprint: String,
+}
+
+/// Loads (or creates, on first start) the certificate in `state_dir` and
+/// says so, with its fingerprint and, when it is near or past its end, a
+/// warning.
+fn open_identity(state_dir: &std::path::Path) -> anyhow::Result<Identity> {
+    let (identity, created) = ServerIdentity::load_or_create(state_dir)?;
+    let (cert, key) = (state_dir.join("cert.pem"), state_dir.join("key.pem"));
+    if created {
+        announce(format_args!(
+            "created server certificate in {}",
+            cert.display()
+        ));
+    }
+    let fingerprint = identity.fingerprint();
+    announce(format_args!("certificate fingerprint {fingerprint}"));
+    match identity.days_left() {
+        Ok(days) if days < 0 => warn_start(format_args!(
+            "the server certificate expired {} days ago; clients pin it, so it still works, \
+             but replace it: stop the server, remove {} and {}, start it and let clients \
+             re-pin with `skiff known remove`",
+            -days,
+            cert.display(),
+            key.display()
+        )),
+        Ok(days) if days < tls::CERT_WARN_DAYS => warn_start(format_args!(
+            "the server certificate expires in {days} days; to renew it, stop the server, \
+             remove {} and {}, and start it again (clients must re-pin it)",
+            cert.display(),
+            key.display()
+        )),
+        Ok(_) => {}
+        Err(e) => warn_start(format_args!("{e:#}")),
+    }
+    Ok(Identity {
+        tls: (identity.acceptor()?, identity.binding()),
+        fingerprint,
+    })
 }
 
 /// The lines after `listening on`: where the users are, and the two

@@ -14,6 +14,7 @@ use crate::auth::handshake::{self as hs, Block};
 use crate::keys::Key;
 use crate::policy::Policy;
 use crate::users::live::LiveUsers;
+use crate::users::{UserEntry, Users};
 
 /// Server-side authentication policy: who may log in, and how failures
 /// are slowed down.
@@ -66,87 +67,34 @@ impl Authenticator {
         cb: &Block,
         peer: Option<IpAddr>,
     ) -> Result<LoggedIn, AuthFailure> {
-        let fail = |user: Option<&str>, reason: String| AuthFailure {
-            user: user.map(String::from),
+        let (hello, cn) = read_hello(session).await?;
+        let fail = |reason: String| AuthFailure {
+            user: Some(hello.user.clone()),
             reason,
         };
-        let hello: Hello = expect_handshake(session)
-            .await
-            .map_err(|e| fail(None, e.to_string()))?;
-        let who = Some(hello.user.as_str());
-        if hello.v != hs::VERSION {
-            let _ = session
-                .send_error(
-                    ErrorCode::Unsupported,
-                    format!(
-                        "protocol version {} is not supported (this server speaks 1)",
-                        hello.v
-                    ),
-                )
-                .await;
-            return Err(fail(
-                who,
-                format!("unsupported protocol version {}", hello.v),
-            ));
-        }
-        let Some(cn) = hs::unb64(&hello.nonce) else {
-            let why = "hello nonce must be 32 bytes of base64";
-            reject(session, why).await;
-            return Err(fail(who, why.into()));
-        };
         let users = self.users.current();
-        // Outside the user's `from=` networks the user is treated as
-        // unknown from here on (a dummy key): even a client holding the
-        // right key learns neither that the user exists nor that its key
-        // is right. Only the log says why.
-        let entry = users.entry(&hello.user);
-        let outside = entry.and_then(|e| e.policy.check_login(peer).err());
-        let known = entry.filter(|_| outside.is_none());
-        let unknown = || match &outside {
-            Some(refusal) => refusal.0.clone(),
-            None => "unknown user".to_string(),
-        };
-        let key = known.map(|e| &e.key).unwrap_or(&self.dummy_key);
+        let claim = self.claim(&users, &hello.user, peer);
         let sn = hs::nonce();
-        let proof = hs::proof(key, hs::SERVER_LABEL, cb, &cn, &sn);
-        session
-            .send(
-                &Challenge {
-                    nonce: hs::b64(&sn),
-                    proof: hs::b64(&proof),
-                },
-                &[],
-            )
-            .await
-            .map_err(|e| fail(who, e.to_string()))?;
-        let auth = match expect_handshake::<Auth>(session).await {
-            Ok(a) => a,
-            Err(e) => {
-                // A client that gives up here found our proof wrong (or
-                // never had the key): that is a failed attempt too (the
-                // caller records it, as every failure).
-                let reason = match known {
-                    Some(_) => format!("client left before proving its key ({e}); it may not trust this server's proof"),
-                    None => format!("{}; client left before proving a key ({e})", unknown()),
-                };
-                return Err(fail(who, reason));
-            }
+        let proof = hs::proof(claim.key, hs::SERVER_LABEL, cb, &cn, &sn);
+        let challenge = Challenge {
+            nonce: hs::b64(&sn),
+            proof: hs::b64(&proof),
         };
+        session
+            .send(&challenge, &[])
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let auth = expect_handshake::<Auth>(session)
+            .await
+            .map_err(|e| fail(claim.left_early(&e)))?;
         let given = hs::proof_bytes(&auth.proof);
-        let valid = hs::verify(key, hs::CLIENT_LABEL, cb, &cn, &sn, &given);
-        let entry = match known {
-            Some(entry) if valid => entry,
-            _ => {
-                tokio::time::sleep(self.fail_delay).await;
-                let _ = session
-                    .send_error(ErrorCode::AuthFailed, "authentication failed")
-                    .await;
-                let reason = match known {
-                    None => unknown(),
-                    Some(_) => "wrong key".to_string(),
-                };
-                return Err(fail(who, reason));
-            }
+        let valid = hs::verify(claim.key, hs::CLIENT_LABEL, cb, &cn, &sn, &given);
+        let Some(entry) = claim.known.filter(|_| valid) else {
+            tokio::time::sleep(self.fail_delay).await;
+            let _ = session
+                .send_error(ErrorCode::AuthFailed, "authentication failed")
+                .await;
+            return Err(fail(claim.refusal()));
         };
         let mut welcome = self.welcome.clone();
         if !entry.policy.may_exec() {
@@ -155,11 +103,28 @@ impl Authenticator {
         session
             .send(&welcome, &[])
             .await
-            .map_err(|e| fail(who, e.to_string()))?;
+            .map_err(|e| fail(e.to_string()))?;
         Ok(LoggedIn {
-            user: hello.user,
+            user: hello.user.clone(),
             policy: entry.policy.clone(),
         })
+    }
+
+    /// What the handshake may know of the user a client names.
+    ///
+    /// Outside the user's `from=` networks the user is treated as unknown
+    /// from here on (a dummy key): even a client holding the right key
+    /// learns neither that the user exists nor that its key is right. Only
+    /// the log says why.
+    fn claim<'u>(&'u self, users: &'u Users, user: &str, peer: Option<IpAddr>) -> Claim<'u> {
+        let entry = users.entry(user);
+        let outside = entry.and_then(|e| e.policy.check_login(peer).err());
+        let known = entry.filter(|_| outside.is_none());
+        Claim {
+            known,
+            outside: outside.map(|refusal| refusal.0),
+            key: known.map(|e| &e.key).unwrap_or(&self.dummy_key),
+        }
     }
 
     /// How long a new connection from `peer` waits before the server
@@ -202,6 +167,77 @@ pub struct AuthFailure {
     pub user: Option<String>,
     /// Why, in words for an administrator.
     pub reason: String,
+}
+
+/// The user a client names, as far as the handshake may tell.
+struct Claim<'u> {
+    /// The user's entry, only when it exists and may log in from here.
+    known: Option<&'u UserEntry>,
+    /// Why a user who exists is treated as unknown (outside `from=`).
+    outside: Option<String>,
+    /// What proofs are made with: the user's key, or a dummy one.
+    key: &'u Key,
+}
+
+impl Claim<'_> {
+    /// Why an unknown user (or one outside its networks) failed, for the
+    /// log.
+    fn unknown(&self) -> String {
+        match &self.outside {
+            Some(refusal) => refusal.clone(),
+            None => "unknown user".to_string(),
+        }
+    }
+
+    /// A client that gives up before its proof found ours wrong (or never
+    /// had the key): that is a failed attempt too (the caller records it,
+    /// as every failure).
+    fn left_early(&self, e: &SessionError) -> String {
+        match self.known {
+            Some(_) => format!(
+                "client left before proving its key ({e}); it may not trust this server's proof"
+            ),
+            None => format!("{}; client left before proving a key ({e})", self.unknown()),
+        }
+    }
+
+    /// Why a proof was refused, for the log.
+    fn refusal(&self) -> String {
+        match self.known {
+            None => self.unknown(),
+            Some(_) => "wrong key".to_string(),
+        }
+    }
+}
+
+/// The client's `hello` and its nonce, in a version this server speaks.
+async fn read_hello(session: &mut Session<'_>) -> Result<(Hello, Block), AuthFailure> {
+    let hello: Hello = expect_handshake(session).await.map_err(|e| AuthFailure {
+        user: None,
+        reason: e.to_string(),
+    })?;
+    let fail = |reason: String| AuthFailure {
+        user: Some(hello.user.clone()),
+        reason,
+    };
+    if hello.v != hs::VERSION {
+        let _ = session
+            .send_error(
+                ErrorCode::Unsupported,
+                format!(
+                    "protocol version {} is not supported (this server speaks 1)",
+                    hello.v
+                ),
+            )
+            .await;
+        return Err(fail(format!("unsupported protocol version {}", hello.v)));
+    }
+    let Some(cn) = hs::unb64(&hello.nonce) else {
+        let why = "hello nonce must be 32 bytes of base64";
+        reject(session, why).await;
+        return Err(fail(why.into()));
+    };
+    Ok((hello, cn))
 }
 
 async fn reject(session: &mut Session<'_>, why: &str) -> SessionError {
