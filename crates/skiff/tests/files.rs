@@ -323,31 +323,14 @@ fn client_refuses_malicious_server_names_in_a_tree_stream() {
 /// `get -r` with names and links built to escape LOCAL: one `get` per
 /// file (it does not know `get_tree`), or with `stream` as a `get_tree`.
 fn malicious_server_names(tree_stream: bool) {
-    use skiff::keys::UserKey;
-    use skiff::session::accept::{AuthPolicy, Authenticator};
     use skiff::session::Session;
-    use skiff::users::{live::LiveUsers, Users};
     use skiff_wire::message::files::{
         Data, End, Entries, Entry, EntryKind, FileHead, Get, StatReply,
     };
-    use skiff_wire::message::handshake::Welcome;
 
     let work = tempfile::tempdir().unwrap();
-    let sock = work.path().join("evil.sock");
-    let key = UserKey::generate("u");
-    let key_file = work.path().join("key");
-    skiff::keys::write_private_new(&key_file, &format!("{}\n", key.to_line())).unwrap();
-    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
-    let users = LiveUsers::fixed(Users::from_keys([key.clone()]));
-    let server = std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async move {
-            listener.set_nonblocking(true).unwrap();
-            let listener = tokio::net::UnixListener::from_std(listener).unwrap();
-            let (stream, _) = listener.accept().await.unwrap();
-            let auth = Authenticator::new(users, AuthPolicy::default(), Welcome::default());
-            let mut s = Session::new(Box::new(stream));
-            auth.handshake(&mut s, &[0u8; 32], None).await.unwrap();
+    let fake = FakeServer::start(work.path(), move |mut s: Session<'static>| async move {
+        {
             let entry = |path: &str, kind, target: Option<&str>| Entry {
                 path: path.into(),
                 kind,
@@ -428,20 +411,12 @@ fn malicious_server_names(tree_stream: bool) {
                     _ => {}
                 }
             }
-        });
+        }
     });
-    let home = tempfile::tempdir().unwrap();
     let base = work.path().join("base");
     fs::create_dir(&base).unwrap();
     let local = base.join("local");
-    let out = common::env_for(Command::new(common::skiff_bin()), home.path())
-        .args(["get", "-r", "--key", p(&key_file)])
-        .arg(format!("unix://{}", sock.display()))
-        .args(["t", p(&local)])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    server.join().unwrap();
+    let out = fake.run(&["get", "-r"], &["t", p(&local)]);
     fails_with(&out, "path_escape");
     assert_eq!(fs::read(local.join("good")).unwrap(), b"evil");
     let mut names: Vec<_> = fs::read_dir(&base)
@@ -471,6 +446,122 @@ fn malicious_server_names(tree_stream: bool) {
     assert!(!base.join("stolen").exists());
     assert!(!base.join("big").exists());
     assert!(stderr(&out).contains("climbs"), "{}", stderr(&out));
+}
+
+/// A fake server on a Unix socket: skiff's own handshake code logs the
+/// client in, then `serve` answers the session as it likes.
+struct FakeServer {
+    sock: std::path::PathBuf,
+    key_file: std::path::PathBuf,
+    home: tempfile::TempDir,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeServer {
+    fn start<F, Fut>(work: &Path, serve: F) -> FakeServer
+    where
+        F: FnOnce(skiff::session::Session<'static>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()>,
+    {
+        use skiff::keys::UserKey;
+        use skiff::session::accept::{AuthPolicy, Authenticator};
+        use skiff::session::Session;
+        use skiff::users::{live::LiveUsers, Users};
+        use skiff_wire::message::handshake::Welcome;
+
+        let sock = work.join("evil.sock");
+        let key = UserKey::generate("u");
+        let key_file = work.join("key");
+        skiff::keys::write_private_new(&key_file, &format!("{}\n", key.to_line())).unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let users = LiveUsers::fixed(Users::from_keys([key]));
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async move {
+                listener.set_nonblocking(true).unwrap();
+                let listener = tokio::net::UnixListener::from_std(listener).unwrap();
+                let (stream, _) = listener.accept().await.unwrap();
+                let auth = Authenticator::new(users, AuthPolicy::default(), Welcome::default());
+                let mut s = Session::new(Box::new(stream));
+                auth.handshake(&mut s, &[0u8; 32], None).await.unwrap();
+                serve(s).await;
+            });
+        });
+        FakeServer {
+            sock,
+            key_file,
+            home: tempfile::tempdir().unwrap(),
+            thread: Some(thread),
+        }
+    }
+
+    /// Runs `skiff CMD... unix://SOCK ARGS...` against it (bounded), then
+    /// waits for the fake to finish.
+    fn run(mut self, cmd: &[&str], args: &[&str]) -> std::process::Output {
+        let mut c = common::env_for(Command::new(common::skiff_bin()), self.home.path());
+        c.args(cmd)
+            .args(["--key", p(&self.key_file)])
+            .arg(format!("unix://{}", self.sock.display()))
+            .args(args);
+        let out = common::run_bounded(c, Duration::from_secs(60));
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        out
+    }
+}
+
+/// A server that announces a small file on `get`, then keeps sending data
+/// past that size: the client stops at the size it was told, removes its
+/// partial file, and fails with `too_large` instead of filling the disk.
+#[test]
+fn client_refuses_a_get_longer_than_announced() {
+    use skiff::session::Session;
+    use skiff_wire::message::files::{Data, Entry, EntryKind, FileHead, StatReply};
+
+    let work = tempfile::tempdir().unwrap();
+    let fake = FakeServer::start(work.path(), move |mut s: Session<'static>| async move {
+        // The client may describe the file first.
+        loop {
+            let Ok(Some(f)) = s.recv().await else { return };
+            match f.op() {
+                "get" => break,
+                "stat" => {
+                    let entry = Entry {
+                        path: "f.bin".into(),
+                        kind: EntryKind::File,
+                        size: 4096,
+                        mode: 0o644,
+                        ..Default::default()
+                    };
+                    s.send(&StatReply { entry }, &[]).await.unwrap();
+                }
+                other => panic!("unexpected {other}"),
+            }
+        }
+        let head = FileHead {
+            size: 4096,
+            mode: 0o644,
+            mtime_ns: 0,
+            offset: 0,
+        };
+        s.queue(&head, &[]).unwrap();
+        // 1 GiB, unless the client hangs up first (it must, at 4 KiB).
+        let chunk = vec![0x5au8; 1 << 20];
+        for _ in 0..1024 {
+            if s.send(&Data {}, &chunk).await.is_err() {
+                return;
+            }
+        }
+        panic!("the client took 1 GiB for a 4 KiB file");
+    });
+    let local = work.path().join("local");
+    fs::create_dir(&local).unwrap();
+    let out = fake.run(&["get"], &["f.bin", p(&local)]);
+    fails_with(&out, "too_large");
+    assert!(stderr(&out).contains("announced"), "{}", stderr(&out));
+    let left: Vec<_> = fs::read_dir(&local).unwrap().flatten().collect();
+    assert!(left.is_empty(), "nothing kept: {left:?}");
 }
 
 /// Streams `list` as a `get_tree` would (each file holding "evil", one

@@ -119,12 +119,12 @@ impl Hashing {
     }
 }
 
-/// Reads up to `CHUNK` bytes from `file`'s cursor into a fresh buffer that
-/// is never zeroed first (std reads into the spare capacity); short only
-/// at the end of the file.
-fn read_chunk(file: &File) -> io::Result<Bytes> {
-    let mut buf = Vec::with_capacity(CHUNK);
-    file.take(CHUNK as u64).read_to_end(&mut buf)?;
+/// Reads up to `max` (at most `CHUNK`) bytes from `file`'s cursor into a
+/// fresh buffer that is never zeroed first (std reads into the spare
+/// capacity); short only at the end of the file.
+fn read_chunk(file: &File, max: usize) -> io::Result<Bytes> {
+    let mut buf = Vec::with_capacity(max);
+    file.take(max as u64).read_to_end(&mut buf)?;
     Ok(Bytes::from(buf))
 }
 
@@ -145,8 +145,15 @@ pub struct Source {
 }
 
 impl Source {
-    /// Starts reading `file` from `offset`.
+    /// Starts reading `file` from `offset` to its end.
     pub fn spawn(file: File, offset: u64, alg: HashAlg) -> Source {
+        Source::spawn_upto(file, offset, u64::MAX, alg)
+    }
+
+    /// Starts reading `file` from `offset`, stopping at `size` bytes even
+    /// if it grew: a `get` sends the size it announced and not a byte more,
+    /// so a client can refuse anything past it.
+    pub fn spawn_upto(file: File, offset: u64, size: u64, alg: HashAlg) -> Source {
         let (tx, rx) = mpsc::channel(WINDOW);
         let task = tokio::task::spawn_blocking(move || {
             let mut sum = Checksum::new(alg);
@@ -156,7 +163,11 @@ impl Source {
             let mut pos = offset;
             let mut index = 0u64;
             loop {
-                let buf = read_chunk(&file)?;
+                let want = size.saturating_sub(pos).min(CHUNK as u64) as usize;
+                if want == 0 {
+                    break;
+                }
+                let buf = read_chunk(&file, want)?;
                 let filled = buf.len();
                 if filled == 0 {
                     break;
@@ -169,7 +180,7 @@ impl Source {
                     // The network side gave up; nothing more to do.
                     break;
                 }
-                if filled < CHUNK {
+                if filled < want {
                     break;
                 }
             }
@@ -302,6 +313,26 @@ mod tests {
                 assert_eq!(done.size, len as u64);
                 assert_eq!(done.digest, digest, "len {len} offset {offset}");
             }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bounded_source_stops_at_its_size_however_long_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (data, _) = pattern(6 * CHUNK + 12_345);
+        let path = dir.path().join("grown");
+        std::fs::write(&path, &data).expect("write");
+        for size in [0, 1, CHUNK as u64, 3 * CHUNK as u64 + 7] {
+            let (_, digest) = pattern(size as usize);
+            let file = File::open(&path).expect("open");
+            let mut source = Source::spawn_upto(file, 0, size, HashAlg::Blake3);
+            let mut got = Vec::new();
+            while let Some(chunk) = source.next().await {
+                got.extend_from_slice(&chunk);
+            }
+            let done = source.finish().await.expect("finish");
+            assert_eq!(got, data[..size as usize], "size {size}");
+            assert_eq!((done.size, done.digest), (size, digest), "size {size}");
         }
     }
 

@@ -341,6 +341,7 @@ async fn receive_file(
     }
     progress.skip(head.offset);
     let mut index = 0u64;
+    let mut received = head.offset;
     let end = loop {
         let chunk = match recv_msg(reader).await? {
             DownloadData::Data(body) => body,
@@ -353,6 +354,23 @@ async fn receive_file(
                 return Ok(Err(m.into()));
             }
         };
+        received += chunk.len() as u64;
+        if received > head.size {
+            // A server that sends past the size it announced is broken or
+            // hostile: stop before it fills the local disk.
+            if let Some(s) = sink {
+                let _ = s.finish().await;
+            }
+            job.dest.discard();
+            return Err(ClientError::Remote(ErrorMsg::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "{}: the server sent more than the {} bytes it announced; \
+                     the partial file was removed",
+                    job.remote, head.size
+                ),
+            )));
+        }
         fault::maybe_delay().await;
         let chunk = fault::maybe_corrupt(index, chunk);
         index += 1;

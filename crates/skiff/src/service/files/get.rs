@@ -19,7 +19,9 @@ pub async fn handle(session: &mut Session<'_>, root: &Dir, req: Get) -> Result<(
         Err(m) => return session.queue(&m, &[]),
     };
     session.queue(&head, &[])?;
-    let mut source = Source::spawn(file, head.offset, req.hash);
+    // The announced size and not a byte more, even if the file grows
+    // meanwhile: the client refuses anything past it.
+    let mut source = Source::spawn_upto(file, head.offset, head.size, req.hash);
     while let Some(chunk) = source.next().await {
         session.write(&Data {}, &chunk).await?;
     }
