@@ -51,11 +51,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-wait_line() { # FILE PATTERN: waits (20 s at most) for a line matching PATTERN
-    local i
-    for i in $(seq 200); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
-    echo "faults.sh: timed out waiting for '$2' in $1" >&2; cat "$1" >&2; return 1
-}
 # server_stat PID: "MINFLT CPU_SECONDS" of a running process
 server_stat() {
     awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print $8, ($12 + $13) / hz }' "/proc/$1/stat"

@@ -41,3 +41,9 @@ stop_pids() {
     for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
     for p in "${PIDS[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null || true; done
 }
+
+wait_line() { # FILE PATTERN: waits (20 s at most) for a line matching PATTERN
+    local i
+    for i in $(seq 200); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
+    echo "$(basename "$0"): timed out waiting for '$2' in $1" >&2; cat "$1" >&2; return 1
+}

@@ -59,11 +59,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-wait_line() { # FILE PATTERN: waits (20 s at most) for a line matching PATTERN
-    local i
-    for i in $(seq 200); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
-    echo "rss.sh: timed out waiting for '$2' in $1" >&2; cat "$1" >&2; return 1
-}
 hwm_kib() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
 mib() { python3 -c "print(f'{$1/1024:.1f}')"; }
 

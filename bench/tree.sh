@@ -86,11 +86,6 @@ try:
 except ValueError:
     print('n/a')"
 }
-wait_line() { # FILE PATTERN: waits (20 s at most) until FILE has a line matching PATTERN
-    local i
-    for i in $(seq 200); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
-    echo "tree.sh: timed out waiting for '$2' in $1" >&2; cat "$1" >&2; return 1
-}
 
 # make_tree DIR: FILES files of SIZE random bytes spread over DIRS directories.
 make_tree() {
