@@ -172,6 +172,13 @@ pub fn symlink(root: &Dir, path: &str, target: &str) -> Result<(), ErrorMsg> {
 /// final symlink. For a directory its handle is returned: the caller
 /// fsyncs it (once per batch, `super::batch`), which makes its metadata
 /// and the entries created in it durable.
+///
+/// A file with other hard links is never changed in place: its metadata
+/// belongs to every name it has, and under `--atomic` the other name is
+/// the old tree a reader may be looking at (`super::atomic`). Such a file
+/// is copied, the copy gets the new mode and mtime, and it replaces the
+/// name by identity ([`unshare`]); its directory is then returned too, to
+/// make the rename durable.
 pub fn set_meta(root: &Dir, path: &str, mode: u32, mtime_ns: i64) -> Result<Option<Dir>, ErrorMsg> {
     let io = |e: io::Error| fail(path, &e);
     let dir = if path.is_empty() {
@@ -180,9 +187,19 @@ pub fn set_meta(root: &Dir, path: &str, mode: u32, mtime_ns: i64) -> Result<Opti
         let (parent, name) = open_parent(root, path)?;
         let m = parent.symlink_metadata(name).map_err(io)?;
         if m.is_file() {
+            use std::os::unix::fs::MetadataExt as _;
             let mut opts = OpenOptions::new();
             opts.read(true).follow(FollowSymlinks::No);
             let f = parent.open_with(name, &opts).map_err(io)?.into_std();
+            let md = f.metadata().map_err(io)?;
+            let same = md.mode() & meta::MODE_MASK == mode & meta::MODE_MASK
+                && md.mtime().saturating_mul(1_000_000_000) + md.mtime_nsec() == mtime_ns;
+            if same {
+                return Ok(None);
+            }
+            if md.nlink() > 1 {
+                return unshare(parent, name, path, f, mode, mtime_ns).map(Some);
+            }
             meta::apply(&f, Some(mode), Some(mtime_ns)).map_err(io)?;
             return Ok(None);
         }
@@ -194,6 +211,47 @@ pub fn set_meta(root: &Dir, path: &str, mode: u32, mtime_ns: i64) -> Result<Opti
     let f = meta::open_self(&dir).map_err(io)?;
     meta::apply(&f, Some(mode), Some(mtime_ns)).map_err(io)?;
     Ok(Some(dir))
+}
+
+/// Replaces the hard-linked file `name` in `parent` (opened as `old`) by
+/// a copy of it carrying `mode` and `mtime_ns`, so that the file's other
+/// names keep their metadata. The copy is staged beside it, made durable,
+/// and renamed into place only if `name` still is `old` (otherwise
+/// `conflict`, and nothing changes). Returns `parent`, which the caller
+/// fsyncs.
+pub fn unshare(
+    parent: Dir,
+    name: &str,
+    path: &str,
+    mut old: File,
+    mode: u32,
+    mtime_ns: i64,
+) -> Result<Dir, ErrorMsg> {
+    let io = |e: io::Error| fail(path, &e);
+    let dest = Destination {
+        dir: parent,
+        name: name.to_string(),
+    };
+    let observed = dest.observe(true).map_err(|e| commit_msg(e, path))?;
+    let opened = staging::FileId::of_file(&old).map_err(io)?;
+    if !matches!(observed, Observed::Present { id, .. } if id == opened) {
+        return Err(commit_msg(CommitError::Conflict, path));
+    }
+    let copy = create_unique(dest.dir.try_clone().map_err(io)?, TEMP_PREFIX).map_err(io)?;
+    let written = io::copy(&mut old, &mut copy.file())
+        .and_then(|_| meta::apply(copy.file(), Some(mode), Some(mtime_ns)))
+        .and_then(|()| copy.file().sync_all())
+        .map_err(io)
+        .and_then(|()| {
+            commit::rename_into_place(&copy, &dest, observed).map_err(|e| commit_msg(e, path))
+        });
+    match written {
+        Ok(()) => Ok(dest.dir),
+        Err(e) => {
+            copy.discard();
+            Err(e)
+        }
+    }
 }
 
 /// Removes `path` (a directory only when empty); already gone is fine.
@@ -484,6 +542,79 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["f"], "no staged file left");
+    }
+
+    #[test]
+    fn metadata_of_a_hard_linked_file_is_changed_on_a_copy() {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        let t = tempfile::tempdir().unwrap();
+        let (old, new) = (t.path().join("old"), t.path().join("new"));
+        std::fs::create_dir_all(&old).unwrap();
+        std::fs::create_dir_all(&new).unwrap();
+        std::fs::write(old.join("f"), b"shared").unwrap();
+        std::fs::set_permissions(old.join("f"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::hard_link(old.join("f"), new.join("f")).unwrap();
+        std::fs::write(new.join("single"), b"own").unwrap();
+        let before = std::fs::metadata(old.join("f")).unwrap();
+        let root = Dir::open_ambient_dir(&new, ambient_authority()).unwrap();
+
+        // Mode and mtime of the shared file: set on a copy.
+        let d = set_meta(&root, "f", 0o600, 1_000_000_007).unwrap();
+        assert!(d.is_some(), "the directory is handed back to be fsynced");
+        let o = std::fs::metadata(old.join("f")).unwrap();
+        let n = std::fs::metadata(new.join("f")).unwrap();
+        assert_eq!(
+            (o.ino(), o.mode(), o.mtime(), o.mtime_nsec()),
+            (
+                before.ino(),
+                before.mode(),
+                before.mtime(),
+                before.mtime_nsec()
+            ),
+            "the other name keeps its inode and metadata"
+        );
+        assert_eq!(o.nlink(), 1);
+        assert_ne!(n.ino(), o.ino());
+        assert_eq!((n.mode() & 0o777, n.mtime(), n.mtime_nsec()), (0o600, 1, 7));
+        assert_eq!(std::fs::read(new.join("f")).unwrap(), b"shared");
+        assert_eq!(std::fs::read(old.join("f")).unwrap(), b"shared");
+
+        // A file with one name is changed in place.
+        let ino = std::fs::metadata(new.join("single")).unwrap().ino();
+        assert!(set_meta(&root, "single", 0o640, 2_000_000_000)
+            .unwrap()
+            .is_none());
+        let s = std::fs::metadata(new.join("single")).unwrap();
+        assert_eq!((s.ino(), s.mode() & 0o777, s.mtime()), (ino, 0o640, 2));
+
+        // Nothing to change on a shared file: no copy either.
+        std::fs::hard_link(new.join("single"), old.join("single")).unwrap();
+        set_meta(&root, "single", 0o640, 2_000_000_000).unwrap();
+        assert_eq!(std::fs::metadata(new.join("single")).unwrap().ino(), ino);
+
+        let mut names: Vec<_> = std::fs::read_dir(&new)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["f", "single"], "no staged copy left");
+    }
+
+    #[test]
+    fn a_shared_file_replaced_meanwhile_is_left_alone() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("f"), b"old").unwrap();
+        std::fs::hard_link(t.path().join("f"), t.path().join("g")).unwrap();
+        let root = Dir::open_ambient_dir(t.path(), ambient_authority()).unwrap();
+        let old = File::open(t.path().join("f")).unwrap();
+        // Someone replaces `f` between the open and the copy.
+        std::fs::write(t.path().join("other"), b"theirs").unwrap();
+        std::fs::rename(t.path().join("other"), t.path().join("f")).unwrap();
+        let e = unshare(root.try_clone().unwrap(), "f", "f", old, 0o600, 0).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Conflict);
+        assert_eq!(std::fs::read(t.path().join("f")).unwrap(), b"theirs");
+        let names: Vec<_> = std::fs::read_dir(t.path()).unwrap().collect();
+        assert_eq!(names.len(), 2, "no staged copy left");
     }
 
     #[test]
