@@ -79,7 +79,7 @@ impl Evil {
                     let mut s = Session::new(Box::new(stream));
                     auth.handshake(&mut s, &[0u8; 32], None).await.unwrap();
                     let (req, _) = s.expect::<SyncRequest>().await.unwrap();
-                    s.send(&SyncReady {}, &[]).await.unwrap();
+                    s.send(&SyncReady::default(), &[]).await.unwrap();
                     script(req, s).await
                 };
                 tokio::time::timeout(LIMIT, served)

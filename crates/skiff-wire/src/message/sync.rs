@@ -38,11 +38,22 @@ pub struct SyncRequest {
     /// line; the sender applies them with the source's `.skiffignore`s.
     #[serde(default)]
     pub excludes: Vec<String>,
+    /// Push only: build the new tree beside the destination and exchange
+    /// the two in one step at the end (`skiff sync --atomic`). Left out
+    /// when false, so older servers see the request they know.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub atomic: bool,
 }
 
 /// Server to client: the sync is accepted; role traffic follows.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SyncReady {}
+pub struct SyncReady {
+    /// The server will apply the push atomically (it was asked and
+    /// supports it). A server that does not know `atomic` leaves this
+    /// out, and the client then stops before anything is sent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub atomic: bool,
+}
 
 /// Receiver to sender, first role frame: the destination root as a file
 /// list entry (JSON), absent when it does not exist yet.
@@ -267,6 +278,11 @@ pub struct SyncSummary {
     /// Why deletes were skipped, if they were.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delete_skipped: Option<String>,
+    /// With `atomic`: `exchanged` (the new tree replaced the old one in
+    /// one step), `unchanged` (nothing differed, no exchange) or `kept`
+    /// (something failed; the destination is still the old tree).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub atomic: Option<String>,
 }
 
 crate::messages!(

@@ -47,6 +47,12 @@ pub struct Args {
     /// Read exclude patterns from FILE, one a line.
     #[arg(long, value_name = "FILE")]
     exclude_from: Vec<PathBuf>,
+    /// Switch DST from the old tree to the new one in one step: the new
+    /// tree is built beside DST (unchanged files hard-linked) and the two
+    /// are exchanged at the end (Linux; DST not a mount point, and for a
+    /// push not the server's root). On any failure DST stays the old tree.
+    #[arg(long)]
+    atomic: bool,
     /// Print each change as it is made.
     #[arg(short = 'i', long)]
     itemize: bool,
@@ -76,7 +82,12 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         _ => usage!("sync: one of SRC and DST must be remote ([USER@]HOST:PATH)"),
     };
     let opts = options(&a)?;
-    let tree = client_sync::open_local(&local, dir, a.dry_run)?;
+    let (tree, shadow) = if a.atomic && dir == Direction::Pull && !a.dry_run {
+        let (shadow, tree) = client_sync::prepare_atomic(&local)?;
+        (Some(tree), Some(shadow))
+    } else {
+        (client_sync::open_local(&local, dir, a.dry_run)?, None)
+    };
     let bar =
         (!a.quiet && !a.json && !a.dry_run && std::io::stderr().is_terminal()).then(progress_bar);
     let events = printer(a.dry_run || a.itemize, a.quiet, bar.clone());
@@ -89,6 +100,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             dir,
             &opts,
             events,
+            shadow,
         )
         .await;
         let _ = client.session.close().await;
@@ -143,6 +155,7 @@ fn options(a: &Args) -> anyhow::Result<Options> {
         compress: a.compress,
         dry_run: a.dry_run,
         excludes,
+        atomic: a.atomic,
     })
 }
 
@@ -209,6 +222,13 @@ fn print_report(a: &Args, r: &Report) -> anyhow::Result<()> {
     }
     if let Some(why) = &r.delete_skipped {
         eprintln!("skiff: sync: deletes skipped: {why}");
+    }
+    if r.atomic.as_deref() == Some(crate::sync::atomic::outcome::KEPT) {
+        eprintln!(
+            "skiff: sync: --atomic: {} entries failed, so the new tree was discarded and DST \
+             is still the old tree; fix the failures and run the sync again",
+            r.failed
+        );
     }
     if a.quiet {
         return Ok(());

@@ -16,6 +16,7 @@ use skiff_wire::message::sync::{SyncReady, SyncRequest};
 use super::ClientError;
 use crate::session::Session;
 use crate::sync::apply::Stager;
+use crate::sync::atomic::Shadow;
 use crate::sync::link::Counters;
 use crate::sync::{receiver, sender, Events, Options, Report, SyncError};
 
@@ -52,7 +53,10 @@ pub fn open_local(path: &Path, dir: Direction, dry_run: bool) -> Result<Option<D
 
 /// Runs a sync of `local` (opened with [`open_local`]; `None`: a dry-run
 /// pull into a directory that does not exist yet) with the server's
-/// `remote` directory.
+/// `remote` directory. An atomic pull passes the [`Shadow`] that `local`
+/// is the directory of (see [`prepare_atomic`]); an atomic push
+/// (`opts.atomic`) asks the server for one and stops before anything is
+/// sent if the server cannot do it.
 pub async fn sync(
     session: &mut Session<'_>,
     local: Option<Dir>,
@@ -60,6 +64,7 @@ pub async fn sync(
     dir: Direction,
     opts: &Options,
     events: Events,
+    shadow: Option<Shadow>,
 ) -> Result<Report, ClientError> {
     let started = Instant::now();
     let req = SyncRequest {
@@ -70,9 +75,17 @@ pub async fn sync(
         compress: opts.compress,
         dry_run: opts.dry_run,
         excludes: opts.excludes.clone(),
+        atomic: opts.atomic && dir == Direction::Push && !opts.dry_run,
     };
     session.send(&req, &[]).await?;
-    session.expect::<SyncReady>().await?;
+    let (ready, _) = session.expect::<SyncReady>().await?;
+    if req.atomic && !ready.atomic {
+        return Err(ClientError::Local(
+            "--atomic: the server does not support atomic syncs (it is older than this \
+             client); upgrade it, or run without --atomic"
+                .into(),
+        ));
+    }
     let counters = Arc::new(Counters::default());
     let (reader, writer) = session.split();
     let local = match local {
@@ -90,6 +103,7 @@ pub async fn sync(
                 opts,
                 events,
                 counters.clone(),
+                shadow,
             )
             .await
         }
@@ -101,6 +115,33 @@ pub async fn sync(
         started.elapsed().as_secs_f64(),
         opts.dry_run,
     ))
+}
+
+/// Prepares an atomic pull into `path`: creates it when missing, checks
+/// what `--atomic` needs and builds the new tree beside it
+/// (`sync::atomic`). Returns the shadow and its directory, which the
+/// sync then writes into. Blocking.
+pub fn prepare_atomic(path: &Path) -> Result<(Shadow, Dir), ClientError> {
+    let local = |e: std::io::Error| ClientError::Local(format!("{}: {e}", path.display()));
+    let abs = std::path::absolute(path).map_err(local)?;
+    let name = match abs.file_name().and_then(|n| n.to_str()) {
+        Some(n) if n != ".." && n != "." => n.to_string(),
+        _ => {
+            return Err(ClientError::Local(format!(
+                "--atomic: {}: the new tree is built beside DST, so DST needs a parent \
+                 directory and a UTF-8 name (not `/`, `.` or `..`)",
+                path.display()
+            )))
+        }
+    };
+    let parent_path = abs.parent().unwrap_or(Path::new("/"));
+    if std::fs::symlink_metadata(&abs).is_err() {
+        std::fs::create_dir_all(&abs).map_err(local)?;
+    }
+    let parent = Dir::open_ambient_dir(parent_path, ambient_authority()).map_err(local)?;
+    let shadow = Shadow::prepare(parent, &name).map_err(|e| ClientError::Local(e.to_string()))?;
+    let dir = shadow.dir().map_err(local)?;
+    Ok((shadow, dir))
 }
 
 /// A whole-sync failure as the CLI reports it: the server's refusals and

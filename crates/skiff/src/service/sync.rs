@@ -18,6 +18,7 @@ use super::ServiceContext;
 use crate::audit::Event;
 use crate::session::{Session, SessionError};
 use crate::sync::apply::Stager;
+use crate::sync::atomic::Shadow;
 use crate::sync::link::Counters;
 use crate::sync::{no_events, receiver, sender, Options};
 use crate::transfer::errors;
@@ -38,7 +39,18 @@ pub async fn handle(
             return session.queue(&m, &[]);
         }
     }
-    let dir = match open_tree(ctx, &req) {
+    let atomic = writes && req.atomic;
+    let opened = match open_tree(ctx, &req) {
+        Ok(_) if atomic => {
+            let (root, path) = (ctx.root.to_path_buf(), req.path.clone());
+            tokio::task::spawn_blocking(move || prepare_atomic(&root, &path))
+                .await
+                .unwrap_or_else(|e| Err(ErrorMsg::new(ErrorCode::Internal, e.to_string())))
+        }
+        Ok(d) => Ok((d, None)),
+        Err(m) => Err(m),
+    };
+    let (dir, shadow) = match opened {
         Ok(d) => d,
         Err(m) => {
             if writes {
@@ -47,7 +59,7 @@ pub async fn handle(
             return session.queue(&m, &[]);
         }
     };
-    session.queue(&SyncReady {}, &[])?;
+    session.queue(&SyncReady { atomic }, &[])?;
     session.flush().await?;
     let opts = Options {
         checksum: req.checksum,
@@ -55,6 +67,7 @@ pub async fn handle(
         compress: req.compress,
         dry_run: req.dry_run,
         excludes: req.excludes.clone(),
+        atomic,
     };
     let counters = Arc::new(Counters::default());
     let (reader, writer) = session.split();
@@ -67,7 +80,17 @@ pub async fn handle(
                 .map(|c| c.join("/"))
                 .unwrap_or_default(),
         };
-        receiver::run(reader, writer, dir, stager, &opts, no_events(), counters).await
+        receiver::run(
+            reader,
+            writer,
+            dir,
+            stager,
+            &opts,
+            no_events(),
+            counters,
+            shadow,
+        )
+        .await
     } else {
         sender::run(reader, writer, dir, &opts, no_events(), counters).await
     };
@@ -148,6 +171,27 @@ fn open_tree(ctx: &ServiceContext, req: &SyncRequest) -> Result<Dir, ErrorMsg> {
         }
         Err(e) => Err(io(e)),
     }
+}
+
+/// The new tree of an atomic push (`sync::atomic`), built beside the
+/// destination inside the served root; the root itself cannot be
+/// exchanged. Blocking (one hard link per file, done before `sync_ready`).
+/// Returns the shadow's directory, which the receiver writes into.
+fn prepare_atomic(served: &std::path::Path, path: &str) -> Result<(Dir, Option<Shadow>), ErrorMsg> {
+    let comps = confine::components(path)?;
+    let Some((name, up)) = comps.split_last() else {
+        return Err(ErrorMsg::new(
+            ErrorCode::Invalid,
+            "--atomic: the destination is the server's root, which cannot be exchanged; \
+             sync into a directory inside it (HOST:DIR)",
+        ));
+    };
+    let root = confine::open_root(served)?;
+    let parent = confine::open_dir(&root, up).map_err(|e| errors::to_msg(&e, path))?;
+    let shadow = Shadow::prepare(parent, name)
+        .map_err(|e| ErrorMsg::new(ErrorCode::Invalid, e.to_string()))?;
+    let dir = shadow.dir().map_err(|e| errors::to_msg(&e, path))?;
+    Ok((dir, Some(shadow)))
 }
 
 /// An empty directory to compare against (a dry run into a destination

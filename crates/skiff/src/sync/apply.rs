@@ -171,7 +171,8 @@ pub fn symlink(root: &Dir, path: &str, target: &str) -> Result<(), ErrorMsg> {
 /// Sets mode and mtime of `path` (`""`: the root) without following a
 /// final symlink. For a directory its handle is returned: the caller
 /// fsyncs it (once per batch, `super::batch`), which makes its metadata
-/// and the entries created in it durable.
+/// and the entries created in it durable. The flag says whether anything
+/// differed (`--atomic` exchanges the trees only when something did).
 ///
 /// A file with other hard links is never changed in place: its metadata
 /// belongs to every name it has, and under `--atomic` the other name is
@@ -179,7 +180,12 @@ pub fn symlink(root: &Dir, path: &str, target: &str) -> Result<(), ErrorMsg> {
 /// is copied, the copy gets the new mode and mtime, and it replaces the
 /// name by identity ([`unshare`]); its directory is then returned too, to
 /// make the rename durable.
-pub fn set_meta(root: &Dir, path: &str, mode: u32, mtime_ns: i64) -> Result<Option<Dir>, ErrorMsg> {
+pub fn set_meta(
+    root: &Dir,
+    path: &str,
+    mode: u32,
+    mtime_ns: i64,
+) -> Result<(Option<Dir>, bool), ErrorMsg> {
     let io = |e: io::Error| fail(path, &e);
     let dir = if path.is_empty() {
         root.try_clone().map_err(io)?
@@ -192,25 +198,31 @@ pub fn set_meta(root: &Dir, path: &str, mode: u32, mtime_ns: i64) -> Result<Opti
             opts.read(true).follow(FollowSymlinks::No);
             let f = parent.open_with(name, &opts).map_err(io)?.into_std();
             let md = f.metadata().map_err(io)?;
-            let same = md.mode() & meta::MODE_MASK == mode & meta::MODE_MASK
-                && md.mtime().saturating_mul(1_000_000_000) + md.mtime_nsec() == mtime_ns;
-            if same {
-                return Ok(None);
+            if same_meta(&md, mode, mtime_ns) {
+                return Ok((None, false));
             }
             if md.nlink() > 1 {
-                return unshare(parent, name, path, f, mode, mtime_ns).map(Some);
+                return unshare(parent, name, path, f, mode, mtime_ns).map(|d| (Some(d), true));
             }
             meta::apply(&f, Some(mode), Some(mtime_ns)).map_err(io)?;
-            return Ok(None);
+            return Ok((None, true));
         }
         if !m.is_dir() {
-            return Ok(None);
+            return Ok((None, false));
         }
         parent.open_dir_nofollow(name).map_err(io)?
     };
     let f = meta::open_self(&dir).map_err(io)?;
+    let changed = !same_meta(&f.metadata().map_err(io)?, mode, mtime_ns);
     meta::apply(&f, Some(mode), Some(mtime_ns)).map_err(io)?;
-    Ok(Some(dir))
+    Ok((Some(dir), changed))
+}
+
+/// Whether `md` already has the permission bits and mtime asked for.
+fn same_meta(md: &std::fs::Metadata, mode: u32, mtime_ns: i64) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    md.mode() & meta::MODE_MASK == mode & meta::MODE_MASK
+        && md.mtime().saturating_mul(1_000_000_000) + md.mtime_nsec() == mtime_ns
 }
 
 /// Replaces the hard-linked file `name` in `parent` (opened as `old`) by
@@ -559,8 +571,9 @@ mod tests {
         let root = Dir::open_ambient_dir(&new, ambient_authority()).unwrap();
 
         // Mode and mtime of the shared file: set on a copy.
-        let d = set_meta(&root, "f", 0o600, 1_000_000_007).unwrap();
+        let (d, changed) = set_meta(&root, "f", 0o600, 1_000_000_007).unwrap();
         assert!(d.is_some(), "the directory is handed back to be fsynced");
+        assert!(changed);
         let o = std::fs::metadata(old.join("f")).unwrap();
         let n = std::fs::metadata(new.join("f")).unwrap();
         assert_eq!(
@@ -581,15 +594,13 @@ mod tests {
 
         // A file with one name is changed in place.
         let ino = std::fs::metadata(new.join("single")).unwrap().ino();
-        assert!(set_meta(&root, "single", 0o640, 2_000_000_000)
-            .unwrap()
-            .is_none());
+        assert!(set_meta(&root, "single", 0o640, 2_000_000_000).unwrap().1);
         let s = std::fs::metadata(new.join("single")).unwrap();
         assert_eq!((s.ino(), s.mode() & 0o777, s.mtime()), (ino, 0o640, 2));
 
         // Nothing to change on a shared file: no copy either.
         std::fs::hard_link(new.join("single"), old.join("single")).unwrap();
-        set_meta(&root, "single", 0o640, 2_000_000_000).unwrap();
+        assert!(!set_meta(&root, "single", 0o640, 2_000_000_000).unwrap().1);
         assert_eq!(std::fs::metadata(new.join("single")).unwrap().ino(), ino);
 
         let mut names: Vec<_> = std::fs::read_dir(&new)

@@ -57,6 +57,8 @@ pub struct Committed {
     pub failed_files: Vec<(String, ErrorMsg)>,
     /// Metadata changes that failed.
     pub failed_metas: Vec<(String, ErrorMsg)>,
+    /// Metadata changes that changed something.
+    pub metas_changed: u64,
 }
 
 impl Batch {
@@ -120,8 +122,10 @@ impl Batch {
         let mut dirs = Vec::new();
         for m in metas {
             match apply::set_meta(&self.root, &m.path, m.mode, m.mtime_ns) {
-                Ok(Some(d)) => dirs.push(d),
-                Ok(None) => {}
+                Ok((d, changed)) => {
+                    out.metas_changed += u64::from(changed);
+                    dirs.extend(d);
+                }
                 Err(e) => out.failed_metas.push((m.path, e)),
             }
         }

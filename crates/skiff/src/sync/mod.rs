@@ -12,6 +12,7 @@
 //! hashing overlap and every queue is bounded. See docs/SYNC.md.
 
 pub mod apply;
+pub mod atomic;
 pub mod batch;
 pub mod deferred;
 pub mod link;
@@ -68,6 +69,9 @@ pub struct Options {
     pub dry_run: bool,
     /// Command-line exclude patterns (gitignore syntax).
     pub excludes: Vec<String>,
+    /// Switch the destination from the old tree to the new one in one
+    /// step (`sync::atomic`).
+    pub atomic: bool,
 }
 
 /// Something worth telling the user, as it happens (`-i`, `-n`).
@@ -185,6 +189,9 @@ pub struct Report {
     /// Why deletes were skipped, if they were.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delete_skipped: Option<String>,
+    /// With `--atomic`: `exchanged`, `unchanged` or `kept` (docs/SYNC.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub atomic: Option<String>,
 }
 
 impl Report {
@@ -206,6 +213,7 @@ impl Report {
             seconds,
             dry_run,
             delete_skipped: s.delete_skipped.clone(),
+            atomic: s.atomic.clone(),
         }
     }
 }

@@ -20,6 +20,7 @@ use skiff_wire::{ErrorCode, ErrorMsg, MAX_BODY_LEN};
 use tokio::sync::mpsc;
 
 use super::apply::{self, Incoming, Stager, Step, Verified};
+use super::atomic::{outcome, Shadow};
 use super::batch::Batch;
 use super::deferred::Deferred;
 use super::link::{self, Counters, Inbox, Outbox};
@@ -30,7 +31,12 @@ use crate::session::{SessionError, SessionReader, SessionWriter};
 pub const SIG_RECORD: usize = 36;
 
 /// Runs the receiving role on `root` until the sender's `sync_finish` has
-/// been answered with the summary, which is also returned.
+/// been answered with the summary, which is also returned. With a
+/// `shadow` (`--atomic`), `root` is the shadow's directory: before the
+/// summary the shadow is exchanged with the destination when everything
+/// succeeded and something changed, and discarded otherwise; a sync that
+/// stops early discards it too.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     reader: &mut SessionReader<'_>,
     writer: &mut SessionWriter<'_>,
@@ -39,7 +45,9 @@ pub async fn run(
     opts: &Options,
     events: Events,
     counters: Arc<Counters>,
+    shadow: Option<Shadow>,
 ) -> Result<SyncSummary, SyncError> {
+    let shadow = ShadowGuard(shadow);
     let batch = Batch::new(
         root.try_clone()
             .map_err(|e| SyncError::Local(e.to_string()))?,
@@ -61,6 +69,8 @@ pub async fn run(
                 summary: SyncSummary::default(),
                 deletes: Deferred::default(),
                 batch: Some(batch),
+                modified: false,
+                shadow,
             }
             .run(inbox)
         },
@@ -80,6 +90,26 @@ struct Role {
     /// Verified files and metadata not yet committed (taken while a
     /// commit runs on a blocking thread).
     batch: Option<Batch>,
+    /// Whether anything in the tree was changed (`--atomic` exchanges
+    /// only then).
+    modified: bool,
+    /// The new tree of an atomic sync.
+    shadow: ShadowGuard,
+}
+
+/// Discards an atomic sync's new tree when the receiver stops before its
+/// end (on a blocking thread: removing it is one unlink per file).
+struct ShadowGuard(Option<Shadow>);
+
+impl Drop for ShadowGuard {
+    fn drop(&mut self) {
+        if let Some(s) = self.0.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(h) => drop(h.spawn_blocking(move || s.abort())),
+                Err(_) => s.abort(),
+            }
+        }
+    }
 }
 
 /// A list batch as JSON, made on the walker thread.
@@ -244,7 +274,10 @@ impl Role {
     /// A change that failed no longer counts as made.
     async fn outcome(&mut self, path: &str, r: Result<(), ErrorMsg>) -> Result<(), SyncError> {
         match r {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.modified = true;
+                Ok(())
+            }
             Err(e) => {
                 self.summary.changed = self.summary.changed.saturating_sub(1);
                 self.fail(path, e).await
@@ -273,7 +306,10 @@ impl Role {
             self.summary.deleted += 1;
         } else if m.forced {
             match apply::delete(&self.root, &m.path, m.dir) {
-                Ok(()) => self.summary.deleted += 1,
+                Ok(()) => {
+                    self.summary.deleted += 1;
+                    self.modified = true;
+                }
                 Err(e) => self.fail(&m.path, e).await?,
             }
         } else {
@@ -368,6 +404,7 @@ impl Role {
         .map_err(|e| SyncError::Local(e.to_string()))?;
         self.batch = Some(batch);
         self.summary.files_sent += done.files;
+        self.modified |= done.files > 0 || done.metas_changed > 0;
         for (path, e) in done.failed_files {
             self.file_failed(&path, e).await?;
         }
@@ -406,15 +443,50 @@ impl Role {
                     let (path, is_dir) =
                         d.map_err(|e| SyncError::Local(format!("reading the deletes back: {e}")))?;
                     match apply::delete(&self.root, &path, is_dir) {
-                        Ok(()) => self.summary.deleted += 1,
+                        Ok(()) => {
+                            self.summary.deleted += 1;
+                            self.modified = true;
+                        }
                         Err(e) => self.fail(&path, e).await?,
                     }
                 }
             }
         }
+        if let Some(shadow) = self.shadow.0.take() {
+            self.exchange(shadow).await?;
+        }
         let summary = self.summary.clone();
         self.out.send(&summary, Bytes::new()).await?;
         Ok(summary)
+    }
+}
+
+impl Role {
+    /// The end of an atomic sync: the new tree replaces the old one when
+    /// everything succeeded and something changed; otherwise it is
+    /// discarded and the destination stays the old tree.
+    async fn exchange(&mut self, shadow: Shadow) -> Result<(), SyncError> {
+        let failed = self.summary.failed;
+        let modified = self.modified;
+        let r = tokio::task::spawn_blocking(move || {
+            if failed > 0 {
+                shadow.abort();
+                Ok(outcome::KEPT)
+            } else {
+                shadow.commit(modified)
+            }
+        })
+        .await
+        .map_err(|e| SyncError::Local(e.to_string()))?;
+        match r {
+            Ok(o) => self.summary.atomic = Some(o.to_string()),
+            Err(e) => {
+                self.summary.atomic = Some(outcome::KEPT.to_string());
+                let m = ErrorMsg::new(ErrorCode::Internal, e.to_string());
+                self.fail("", m).await?;
+            }
+        }
+        Ok(())
     }
 }
 
