@@ -55,11 +55,15 @@ wait_port() {
     echo "nothing listens on port $1" >&2; return 1
 }
 hwm_kib() { awk '/^VmHWM/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
-# The largest VmHWM of PID and its descendants.
+# The largest VmHWM of PID and all its descendants (the rsync daemon
+# forks a child per connection, which forks again for the receiver).
 tree_hwm_kib() {
-    local best=0 p h
-    for p in $1 $(pgrep -P "$1" 2>/dev/null || true); do
+    local best=0 p h c
+    for p in $1; do
         h=$(hwm_kib "$p"); [ "${h:-0}" -gt "$best" ] && best=$h
+        for c in $(pgrep -P "$p" 2>/dev/null || true); do
+            h=$(tree_hwm_kib "$c"); [ "${h:-0}" -gt "$best" ] && best=$h
+        done
     done
     echo "$best"
 }
