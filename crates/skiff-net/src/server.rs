@@ -396,13 +396,7 @@ impl Server {
         // served, so a signal that arrives once we serve is never lost to
         // the default action (which would kill the process).
         let signals = if config.handle_signals {
-            let signal = shutdown_signal()?;
-            let token = shutdown.clone();
-            Some(tokio::spawn(async move {
-                signal.await;
-                tracing::info!("shutting down: finishing running requests");
-                token.cancel();
-            }))
+            Some(watch_signals(shutdown.clone())?)
         } else {
             None
         };
@@ -454,19 +448,32 @@ impl Server {
         for path in &socket_files {
             let _ = std::fs::remove_file(path);
         }
-        tracker.close();
-        if tokio::time::timeout(config.grace_period, tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                remaining = tracker.len(),
-                "grace period over: closing remaining connections"
-            );
-            hard_stop.cancel();
-            tracker.wait().await;
-        }
+        drain(&tracker, config.grace_period, &hard_stop).await;
         Ok(())
+    }
+}
+
+/// Cancels `shutdown` on the first SIGINT or SIGTERM; installs the
+/// handlers before it returns.
+fn watch_signals(shutdown: CancellationToken) -> io::Result<tokio::task::JoinHandle<()>> {
+    let signal = shutdown_signal()?;
+    Ok(tokio::spawn(async move {
+        signal.await;
+        tracing::info!("shutting down: finishing running requests");
+        shutdown.cancel();
+    }))
+}
+
+/// Gives the running handlers `grace` to finish, then closes the rest.
+async fn drain(tracker: &TaskTracker, grace: Duration, hard_stop: &CancellationToken) {
+    tracker.close();
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(
+            remaining = tracker.len(),
+            "grace period over: closing remaining connections"
+        );
+        hard_stop.cancel();
+        tracker.wait().await;
     }
 }
 

@@ -252,95 +252,116 @@ fn seconds(secs: f64, flag: &str) -> anyhow::Result<Duration> {
 pub fn run(args: Args) -> anyhow::Result<i32> {
     match args.program {
         Program::CmdServer(a) => cmd_server(a),
-        Program::CmdClient(a) => {
-            let client = CmdClient {
-                addr: c::resolve(&a.host.host, a.port)?,
-                encoding: a.encoding,
-                timeout: seconds(a.timeout, "--timeout")?,
-            };
-            client.run(&mut io::stdin().lock(), &mut io::stdout().lock())?;
-            Ok(0)
-        }
-        Program::UpperServer(a) => {
-            let handler = UpperServer::new(
-                a.secret.secret.into_bytes(),
-                a.secret.digest,
-                seconds(a.auth_timeout, "--auth-timeout")?,
-            );
-            let addr = c::resolve(&a.host.host, a.port)?;
-            let builder = a.server.settings()?.builder().stream(c::tcp(addr), handler);
-            serve(builder)
-        }
-        Program::UpperClient(a) => {
-            let client = UpperClient {
-                addr: c::resolve(&a.host.host, a.port)?,
-                secret: a.secret.secret.into_bytes(),
-                digest: a.secret.digest,
-                timeout: seconds(a.timeout, "--timeout")?,
-            };
-            client.run(&mut io::stdin().lock(), &mut io::stdout().lock())?;
-            Ok(0)
-        }
-        Program::UploadServer(a) => {
-            let root = match a.root {
-                Some(r) => r,
-                None => std::env::current_dir().context("finding the current directory")?,
-            };
-            anyhow::ensure!(
-                root.is_dir(),
-                "--root {} is not a directory",
-                root.display()
-            );
-            let addr = c::resolve(&a.host.host, a.port)?;
-            a.exposure.check(
-                addr,
-                "upload-server",
-                "stores any file it is sent in its root",
-            )?;
-            let handler = UploadServer::new(root).overwrite(a.overwrite);
-            let builder = a.server.settings()?.builder().stream(c::tcp(addr), handler);
-            serve(builder)
-        }
-        Program::UploadClient(a) => {
-            let client = UploadClient {
-                addr: c::resolve(&a.host.host, a.port)?,
-                timeout: seconds(a.timeout, "--timeout")?,
-            };
-            let mut failed = 0;
-            for file in &a.files {
-                match client.upload(file) {
-                    Ok(size) => println!("sent {} ({size} bytes)", file.display()),
-                    Err(e) => {
-                        eprintln!("skiff: {}: {e}", file.display());
-                        failed += 1;
-                    }
-                }
+        Program::CmdClient(a) => cmd_client(a),
+        Program::UpperServer(a) => upper_server(a),
+        Program::UpperClient(a) => upper_client(a),
+        Program::UploadServer(a) => upload_server(a),
+        Program::UploadClient(a) => upload_client(a),
+        Program::UdpServer(a) => udp_server(a),
+        Program::UdpClient(a) => udp_client(a),
+    }
+}
+
+/// The `>>: ` loop of the command client.
+fn cmd_client(a: CmdClientArgs) -> anyhow::Result<i32> {
+    let client = CmdClient {
+        addr: c::resolve(&a.host.host, a.port)?,
+        encoding: a.encoding,
+        timeout: seconds(a.timeout, "--timeout")?,
+    };
+    client.run(&mut io::stdin().lock(), &mut io::stdout().lock())?;
+    Ok(0)
+}
+
+/// The HMAC-authenticated upper-case echo server.
+fn upper_server(a: UpperServerArgs) -> anyhow::Result<i32> {
+    let handler = UpperServer::new(
+        a.secret.secret.into_bytes(),
+        a.secret.digest,
+        seconds(a.auth_timeout, "--auth-timeout")?,
+    );
+    let addr = c::resolve(&a.host.host, a.port)?;
+    let builder = a.server.settings()?.builder().stream(c::tcp(addr), handler);
+    serve(builder)
+}
+
+/// The HMAC client.
+fn upper_client(a: UpperClientArgs) -> anyhow::Result<i32> {
+    let client = UpperClient {
+        addr: c::resolve(&a.host.host, a.port)?,
+        secret: a.secret.secret.into_bytes(),
+        digest: a.secret.digest,
+        timeout: seconds(a.timeout, "--timeout")?,
+    };
+    client.run(&mut io::stdin().lock(), &mut io::stdout().lock())?;
+    Ok(0)
+}
+
+/// The upload server, after checking its root.
+fn upload_server(a: UploadServerArgs) -> anyhow::Result<i32> {
+    let root = match a.root {
+        Some(r) => r,
+        None => std::env::current_dir().context("finding the current directory")?,
+    };
+    anyhow::ensure!(
+        root.is_dir(),
+        "--root {} is not a directory",
+        root.display()
+    );
+    let addr = c::resolve(&a.host.host, a.port)?;
+    a.exposure.check(
+        addr,
+        "upload-server",
+        "stores any file it is sent in its root",
+    )?;
+    let handler = UploadServer::new(root).overwrite(a.overwrite);
+    let builder = a.server.settings()?.builder().stream(c::tcp(addr), handler);
+    serve(builder)
+}
+
+/// Sends each file; 1 when any failed.
+fn upload_client(a: UploadClientArgs) -> anyhow::Result<i32> {
+    let client = UploadClient {
+        addr: c::resolve(&a.host.host, a.port)?,
+        timeout: seconds(a.timeout, "--timeout")?,
+    };
+    let mut failed = 0;
+    for file in &a.files {
+        match client.upload(file) {
+            Ok(size) => println!("sent {} ({size} bytes)", file.display()),
+            Err(e) => {
+                eprintln!("skiff: {}: {e}", file.display());
+                failed += 1;
             }
-            Ok(if failed == 0 { 0 } else { 1 })
-        }
-        Program::UdpServer(a) => {
-            let addr = c::resolve(&a.host.host, a.port)?;
-            anyhow::ensure!(
-                a.max_replies_per_sec.is_finite() && a.max_replies_per_sec > 0.0,
-                "--max-replies-per-sec must be a positive number, not {}",
-                a.max_replies_per_sec
-            );
-            let handler = UdpUpperServer::new(RateLimit::per_second(a.max_replies_per_sec));
-            let builder = skiff_net::Server::builder()
-                .shutdown_on_signals(true)
-                .datagram_buffer(udp::MAX_DATAGRAM)
-                .datagram(skiff_net::ListenAddr::Udp(addr), handler);
-            serve(builder)
-        }
-        Program::UdpClient(a) => {
-            let client = UdpClient {
-                addr: c::resolve(&a.host.host, a.port)?,
-                timeout: seconds(a.timeout, "--timeout")?,
-            };
-            let lost = client.run(&mut io::stdin().lock(), &mut io::stdout().lock())?;
-            Ok(if lost == 0 { 0 } else { 1 })
         }
     }
+    Ok(if failed == 0 { 0 } else { 1 })
+}
+
+/// The UDP upper-case echo server.
+fn udp_server(a: UdpServerArgs) -> anyhow::Result<i32> {
+    let addr = c::resolve(&a.host.host, a.port)?;
+    anyhow::ensure!(
+        a.max_replies_per_sec.is_finite() && a.max_replies_per_sec > 0.0,
+        "--max-replies-per-sec must be a positive number, not {}",
+        a.max_replies_per_sec
+    );
+    let handler = UdpUpperServer::new(RateLimit::per_second(a.max_replies_per_sec));
+    let builder = skiff_net::Server::builder()
+        .shutdown_on_signals(true)
+        .datagram_buffer(udp::MAX_DATAGRAM)
+        .datagram(skiff_net::ListenAddr::Udp(addr), handler);
+    serve(builder)
+}
+
+/// The UDP client; 1 when any datagram was lost.
+fn udp_client(a: UdpClientArgs) -> anyhow::Result<i32> {
+    let client = UdpClient {
+        addr: c::resolve(&a.host.host, a.port)?,
+        timeout: seconds(a.timeout, "--timeout")?,
+    };
+    let lost = client.run(&mut io::stdin().lock(), &mut io::stdout().lock())?;
+    Ok(if lost == 0 { 0 } else { 1 })
 }
 
 fn cmd_server(a: CmdServerArgs) -> anyhow::Result<i32> {

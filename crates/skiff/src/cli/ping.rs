@@ -6,6 +6,7 @@ use super::output::usage;
 
 use super::connect::{parse_target, prepare, resolve, KeyArg, PortArg};
 use super::fanout::FanoutArgs;
+use crate::client::config::Endpoint;
 use crate::client::ping::{ping_once, RttStats};
 use crate::client::udp_ping::{self, PingEvent, UdpPingOptions};
 use crate::target::{split_host_port, HostRef, HostSpec, Target, DEFAULT_PORT};
@@ -80,25 +81,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     let target = match (&args.target, args.fanout.selected()) {
         (Some(_), true) => usage!("give a TARGET or -H/--hosts-file, not both"),
         (Some(t), false) => t.clone(),
-        (None, _) => {
-            if args.udp {
-                usage!("--udp pings one host");
-            }
-            // Each host: the connect limit, then every ping and its wait.
-            let count = args.count.unwrap_or(1);
-            let per_ping = interval + Duration::try_from_secs_f64(args.timeout).unwrap_or_default();
-            let deadline = Duration::from_secs(10)
-                .saturating_add(per_ping.saturating_mul(u32::try_from(count).unwrap_or(u32::MAX)));
-            return super::fanout::ping_many(
-                &args.fanout,
-                &args.key,
-                args.port,
-                count,
-                interval,
-                args.size,
-                deadline,
-            );
-        }
+        (None, _) => return ping_many(&args, interval),
     };
     // A bare HOST[:PORT] (or an alias) names a TLS server; over UDP it is
     // the same host and port.
@@ -126,9 +109,41 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         }
         (_, false) => None,
     };
-    let Some((host, port)) = udp_addr else {
-        return super::runtime()?.block_on(session_ping(&args, &spec, interval));
-    };
+    match udp_addr {
+        None => super::runtime()?.block_on(session_ping(&args, &spec, interval)),
+        Some((host, port)) => ping_udp(&args, endpoint, &host, port, interval),
+    }
+}
+
+/// `-H`/`--hosts-file`: pings each host over a session.
+fn ping_many(args: &Args, interval: Duration) -> anyhow::Result<i32> {
+    if args.udp {
+        usage!("--udp pings one host");
+    }
+    // Each host: the connect limit, then every ping and its wait.
+    let count = args.count.unwrap_or(1);
+    let per_ping = interval + Duration::try_from_secs_f64(args.timeout).unwrap_or_default();
+    let deadline = Duration::from_secs(10)
+        .saturating_add(per_ping.saturating_mul(u32::try_from(count).unwrap_or(u32::MAX)));
+    super::fanout::ping_many(
+        &args.fanout,
+        &args.key,
+        args.port,
+        count,
+        interval,
+        args.size,
+        deadline,
+    )
+}
+
+/// `--udp` or `udp://`: checks the UDP limits, then pings `host:port`.
+fn ping_udp(
+    args: &Args,
+    endpoint: Endpoint,
+    host: &str,
+    port: u16,
+    interval: Duration,
+) -> anyhow::Result<i32> {
     let max = skiff_wire::message::udp::MAX_UDP_BODY;
     if args.size > max {
         usage!("-s {}: a UDP ping carries at most {max} bytes", args.size);

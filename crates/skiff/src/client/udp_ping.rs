@@ -122,101 +122,161 @@ pub async fn run(
     stop: impl Future<Output = ()>,
     mut on_event: impl FnMut(&PingEvent),
 ) -> Result<UdpPingReport, ClientError> {
-    let sid = new_sid();
-    let payload: Vec<u8> = (0..opts.size).map(|i| i as u8).collect();
-    let mut report = UdpPingReport::default();
-    // Sent but not yet answered or timed out: seq -> send time.
-    let mut outstanding: BTreeMap<u64, Instant> = BTreeMap::new();
-    let mut seen: HashSet<u64> = HashSet::new();
-    let mut highest_answered: Option<u64> = None;
-    let mut next_send = tokio::time::Instant::now();
+    let mut pinger = Pinger::new(socket, key, opts);
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
     tokio::pin!(stop);
     loop {
-        let more = opts.count.is_none_or(|c| report.transmitted < c);
-        let may_send = more && (!opts.interval.is_zero() || outstanding.is_empty());
-        if !more && outstanding.is_empty() {
+        let more = opts.count.is_none_or(|c| pinger.report.transmitted < c);
+        let may_send = more && (!opts.interval.is_zero() || pinger.outstanding.is_empty());
+        if !more && pinger.outstanding.is_empty() {
             break;
         }
-        let expiry = outstanding
-            .values()
-            .min()
-            .map(|sent| tokio::time::Instant::from_std(*sent + opts.timeout));
         tokio::select! {
             _ = &mut stop => break,
-            _ = tokio::time::sleep_until(next_send), if may_send => {
-                let seq = report.transmitted;
-                let stamp = Stamp { user: key.user.clone(), sid, seq, ts: now_micros() };
-                let datagram = seal_request(&key.key, stamp, &payload).ok_or_else(|| {
-                    ClientError::Local(format!(
-                        "a {}-byte request does not fit in one datagram",
-                        opts.size
-                    ))
-                })?;
-                let sent_at = Instant::now();
-                if let Err(e) = socket.send(&datagram).await {
-                    // An ICMP error from an earlier datagram can surface
-                    // here; the request is simply lost.
-                    tracing::debug!(error = %e, "udp send failed");
-                }
-                outstanding.insert(seq, sent_at);
-                report.transmitted += 1;
-                next_send += opts.interval;
-                let now = tokio::time::Instant::now();
-                if next_send < now {
-                    next_send = now;
-                }
-            }
-            _ = sleep_until(expiry) => {
-                let now = Instant::now();
-                let expired: Vec<u64> = outstanding
-                    .iter()
-                    .filter(|(_, sent)| **sent + opts.timeout <= now)
-                    .map(|(seq, _)| *seq)
-                    .collect();
-                for seq in expired {
-                    outstanding.remove(&seq);
-                    on_event(&PingEvent::Timeout { seq });
-                }
-            }
+            _ = tokio::time::sleep_until(pinger.next_send), if may_send => pinger.send().await?,
+            _ = sleep_until(pinger.expiry()) => pinger.expire(&mut on_event),
             received = socket.recv(&mut buf) => {
-                let Ok(n) = received else {
-                    // "Connection refused" from ICMP: nobody listens (yet).
-                    continue;
-                };
-                let Some((stamp, body)) = open_reply(&key.key, &buf[..n.min(buf.len())])
-                    .filter(|(s, _)| s.sid == sid && s.user == key.user)
-                else {
-                    report.invalid += 1;
-                    continue;
-                };
-                let seq = stamp.seq;
-                if let Some(sent) = outstanding.remove(&seq) {
-                    let rtt = sent.elapsed();
-                    if body.as_ref() != payload.as_slice() {
-                        report.invalid += 1;
-                        outstanding.insert(seq, sent);
-                        continue;
-                    }
-                    let reordered = highest_answered.is_some_and(|h| seq < h);
-                    highest_answered = Some(highest_answered.map_or(seq, |h| h.max(seq)));
-                    report.received += 1;
-                    report.reordered += u64::from(reordered);
-                    report.rtt.add(rtt);
-                    seen.insert(seq);
-                    if seen.len() as u64 > 2 * SEEN_WINDOW {
-                        let floor = report.transmitted.saturating_sub(SEEN_WINDOW);
-                        seen.retain(|s| *s >= floor);
-                    }
-                    on_event(&PingEvent::Reply { seq, bytes: body.len(), rtt, reordered });
-                } else if seen.contains(&seq) {
-                    report.duplicates += 1;
-                    on_event(&PingEvent::Duplicate { seq });
+                // An error is "connection refused" from ICMP: nobody
+                // listens (yet).
+                if let Ok(n) = received {
+                    pinger.on_datagram(&buf[..n.min(buf.len())], &mut on_event);
                 }
-                // Otherwise: a late reply to a request already counted as
-                // lost, ignored as ping(8) does without -O.
             }
         }
     }
-    Ok(report)
+    Ok(pinger.report)
+}
+
+/// The state of one run: what was sent, what is still awaited, what was
+/// answered.
+struct Pinger<'a> {
+    socket: &'a UdpSocket,
+    key: &'a UserKey,
+    opts: &'a UdpPingOptions,
+    sid: u64,
+    payload: Vec<u8>,
+    report: UdpPingReport,
+    /// Sent but not yet answered or timed out: seq -> send time.
+    outstanding: BTreeMap<u64, Instant>,
+    seen: HashSet<u64>,
+    highest_answered: Option<u64>,
+    next_send: tokio::time::Instant,
+}
+
+impl<'a> Pinger<'a> {
+    fn new(socket: &'a UdpSocket, key: &'a UserKey, opts: &'a UdpPingOptions) -> Self {
+        Pinger {
+            socket,
+            key,
+            opts,
+            sid: new_sid(),
+            payload: (0..opts.size).map(|i| i as u8).collect(),
+            report: UdpPingReport::default(),
+            outstanding: BTreeMap::new(),
+            seen: HashSet::new(),
+            highest_answered: None,
+            next_send: tokio::time::Instant::now(),
+        }
+    }
+
+    /// When the oldest outstanding request times out, if any is.
+    fn expiry(&self) -> Option<tokio::time::Instant> {
+        self.outstanding
+            .values()
+            .min()
+            .map(|sent| tokio::time::Instant::from_std(*sent + self.opts.timeout))
+    }
+
+    /// Sends the next request and schedules the one after it.
+    async fn send(&mut self) -> Result<(), ClientError> {
+        let seq = self.report.transmitted;
+        let stamp = Stamp {
+            user: self.key.user.clone(),
+            sid: self.sid,
+            seq,
+            ts: now_micros(),
+        };
+        let datagram = seal_request(&self.key.key, stamp, &self.payload).ok_or_else(|| {
+            ClientError::Local(format!(
+                "a {}-byte request does not fit in one datagram",
+                self.opts.size
+            ))
+        })?;
+        let sent_at = Instant::now();
+        if let Err(e) = self.socket.send(&datagram).await {
+            // An ICMP error from an earlier datagram can surface
+            // here; the request is simply lost.
+            tracing::debug!(error = %e, "udp send failed");
+        }
+        self.outstanding.insert(seq, sent_at);
+        self.report.transmitted += 1;
+        self.next_send += self.opts.interval;
+        let now = tokio::time::Instant::now();
+        if self.next_send < now {
+            self.next_send = now;
+        }
+        Ok(())
+    }
+
+    /// Counts every request past its timeout as lost.
+    fn expire(&mut self, on_event: &mut impl FnMut(&PingEvent)) {
+        let now = Instant::now();
+        let timeout = self.opts.timeout;
+        let expired: Vec<u64> = self
+            .outstanding
+            .iter()
+            .filter(|(_, sent)| **sent + timeout <= now)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in expired {
+            self.outstanding.remove(&seq);
+            on_event(&PingEvent::Timeout { seq });
+        }
+    }
+
+    /// One datagram from the server: a reply, a duplicate, or not ours.
+    fn on_datagram(&mut self, datagram: &[u8], on_event: &mut impl FnMut(&PingEvent)) {
+        let Some((stamp, body)) = open_reply(&self.key.key, datagram)
+            .filter(|(s, _)| s.sid == self.sid && s.user == self.key.user)
+        else {
+            self.report.invalid += 1;
+            return;
+        };
+        let seq = stamp.seq;
+        if let Some(sent) = self.outstanding.remove(&seq) {
+            let rtt = sent.elapsed();
+            if body.as_ref() != self.payload.as_slice() {
+                self.report.invalid += 1;
+                self.outstanding.insert(seq, sent);
+                return;
+            }
+            let reordered = self.answered(seq, rtt);
+            on_event(&PingEvent::Reply {
+                seq,
+                bytes: body.len(),
+                rtt,
+                reordered,
+            });
+        } else if self.seen.contains(&seq) {
+            self.report.duplicates += 1;
+            on_event(&PingEvent::Duplicate { seq });
+        }
+        // Otherwise: a late reply to a request already counted as
+        // lost, ignored as ping(8) does without -O.
+    }
+
+    /// Records the first reply to `seq`; says whether it came out of order.
+    fn answered(&mut self, seq: u64, rtt: Duration) -> bool {
+        let reordered = self.highest_answered.is_some_and(|h| seq < h);
+        self.highest_answered = Some(self.highest_answered.map_or(seq, |h| h.max(seq)));
+        self.report.received += 1;
+        self.report.reordered += u64::from(reordered);
+        self.report.rtt.add(rtt);
+        self.seen.insert(seq);
+        if self.seen.len() as u64 > 2 * SEEN_WINDOW {
+            let floor = self.report.transmitted.saturating_sub(SEEN_WINDOW);
+            self.seen.retain(|s| *s >= floor);
+        }
+        reordered
+    }
 }

@@ -161,82 +161,23 @@ async fn receive(
         }
     };
     let mut sink = Sink::spawn(file, offset, req.hash);
-    let mut received = offset;
-    let outcome = loop {
-        let msg = match ctx.next_input::<UploadData>(session.split().0).await {
-            Ok(m) => m,
-            Err(e) => {
-                // Connection lost or stalled: keep (and fsync) what
-                // arrived, for resume.
-                let _ = sink.finish().await;
-                return Err(e);
-            }
-        };
-        match msg {
-            UploadData::Data(body) => {
-                received += body.len() as u64;
-                if received > req.size {
-                    break Received::TooMuch;
-                }
-                if !sink.write(body).await {
-                    break Received::SinkStopped;
-                }
-            }
-            UploadData::End(end) => break Received::End(end),
-        }
-    };
     // Dropping `staged` keeps the partial file (for resume); `discard`
     // removes it.
-    let err: ErrorMsg = match outcome {
-        Received::TooMuch => {
+    let received = match stream(session, ctx, req, &mut sink, offset).await {
+        Ok(r) => r,
+        Err(e) => {
+            // Connection lost or stalled: keep (and fsync) what
+            // arrived, for resume.
             let _ = sink.finish().await;
-            staged.discard();
-            ErrorMsg::new(
-                ErrorCode::TooLarge,
-                format!(
-                    "{}: more data than the announced {} bytes",
-                    req.path, req.size
-                ),
-            )
+            return Err(e);
         }
-        Received::SinkStopped => {
-            let e = match sink.finish().await {
-                Ok(_) => std::io::Error::other("the disk writer stopped"),
-                Err(e) => e,
-            };
-            let m = errors::to_msg(&e, &req.path);
-            if m.code == ErrorCode::NoSpace {
-                staged.discard();
-            }
-            m
-        }
+    };
+    let err = match received {
+        Received::TooMuch => too_much(sink, staged, req).await,
+        Received::SinkStopped => sink_stopped(sink, staged, req).await,
         Received::End(end) => {
             // The client has sent `end`: nothing is left to drain.
-            let r = if end.abort {
-                let _ = sink.finish().await;
-                Err(ErrorMsg::new(
-                    ErrorCode::Internal,
-                    format!(
-                        "{}: upload aborted by the client; the partial data is kept for --resume",
-                        req.path
-                    ),
-                ))
-            } else {
-                match sink.finish().await {
-                    Err(e) => {
-                        let m = errors::to_msg(&e, &req.path);
-                        if m.code == ErrorCode::NoSpace {
-                            staged.discard();
-                        }
-                        Err(m)
-                    }
-                    Ok(done) => {
-                        let r = verify_and_commit(&staged, &dest, observed, req, &end, done);
-                        staged.discard();
-                        r
-                    }
-                }
-            };
+            let r = finish(sink, staged, &dest, observed, req, &end).await;
             match &r {
                 Ok(d) => session.queue(d, &[])?,
                 Err(m) => session.queue(m, &[])?,
@@ -247,6 +188,94 @@ async fn receive(
     session.queue(&err, &[])?;
     drain(session, ctx).await?;
     Ok(Err(err))
+}
+
+/// Feeds `data` frames to the sink until `end`, an overrun or a stopped
+/// writer.
+async fn stream(
+    session: &mut Session<'_>,
+    ctx: &ServiceContext,
+    req: &Put,
+    sink: &mut Sink,
+    offset: u64,
+) -> Result<Received, SessionError> {
+    let mut received = offset;
+    loop {
+        match ctx.next_input::<UploadData>(session.split().0).await? {
+            UploadData::Data(body) => {
+                received += body.len() as u64;
+                if received > req.size {
+                    return Ok(Received::TooMuch);
+                }
+                if !sink.write(body).await {
+                    return Ok(Received::SinkStopped);
+                }
+            }
+            UploadData::End(end) => return Ok(Received::End(end)),
+        }
+    }
+}
+
+/// The client sent more than it announced: the partial file goes.
+async fn too_much(sink: Sink, staged: Staged, req: &Put) -> ErrorMsg {
+    let _ = sink.finish().await;
+    staged.discard();
+    ErrorMsg::new(
+        ErrorCode::TooLarge,
+        format!(
+            "{}: more data than the announced {} bytes",
+            req.path, req.size
+        ),
+    )
+}
+
+/// The disk writer stopped early: its error, and the partial file goes
+/// when the disk is full.
+async fn sink_stopped(sink: Sink, staged: Staged, req: &Put) -> ErrorMsg {
+    let e = match sink.finish().await {
+        Ok(_) => std::io::Error::other("the disk writer stopped"),
+        Err(e) => e,
+    };
+    disk_error(&e, staged, req)
+}
+
+/// A disk error as the reply; a full disk also discards the partial file.
+fn disk_error(e: &std::io::Error, staged: Staged, req: &Put) -> ErrorMsg {
+    let m = errors::to_msg(e, &req.path);
+    if m.code == ErrorCode::NoSpace {
+        staged.discard();
+    }
+    m
+}
+
+/// After the client's `end`: keeps the partial file on an abort, else
+/// verifies and commits it.
+async fn finish(
+    sink: Sink,
+    staged: Staged,
+    dest: &Destination,
+    observed: Observed,
+    req: &Put,
+    end: &End,
+) -> Result<Done, ErrorMsg> {
+    if end.abort {
+        let _ = sink.finish().await;
+        return Err(ErrorMsg::new(
+            ErrorCode::Internal,
+            format!(
+                "{}: upload aborted by the client; the partial data is kept for --resume",
+                req.path
+            ),
+        ));
+    }
+    match sink.finish().await {
+        Err(e) => Err(disk_error(&e, staged, req)),
+        Ok(done) => {
+            let r = verify_and_commit(&staged, dest, observed, req, end, done);
+            staged.discard();
+            r
+        }
+    }
 }
 
 /// Verifies size and digest, then commits the staged file by identity.
