@@ -2,9 +2,12 @@
 # skiff beside the tools people would otherwise use, in one run on one
 # machine, all on loopback. Writes docs/BENCHMARKS.md.
 #
-#   bench/compare.sh [--quick] [--no-install] [--no-build] [--out FILE]
+#   bench/compare.sh [--quick] [--bulk MIB] [--no-install] [--no-build]
+#                    [--out FILE]
 #
 # --quick      small sizes and short durations, for iterating (about 2 min)
+# --bulk MIB   size of the bulk file (default 2048, --quick 256); also adds
+#              bench/tree.sh's rows for one file of that size on tmpfs
 # --no-install do not apt-get anything (fail if a tool is missing)
 # --no-build   use target/release/skiff as it is
 # --out FILE   where to write the report (default docs/BENCHMARKS.md)
@@ -18,15 +21,17 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 QUICK=0
 INSTALL=1
 BUILD=1
+BULK_MIB=""
 OUT="$REPO/docs/BENCHMARKS.md"
 ARGS_GIVEN="$*"
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1 ;;
+        --bulk) BULK_MIB="$2"; shift ;;
         --no-install) INSTALL=0 ;;
         --no-build) BUILD=0 ;;
         --out) OUT="$2"; shift ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -47,9 +52,11 @@ else
     SSH_RUNS=10
     REDIS_N=200000
 fi
+[ -z "$BULK_MIB" ] || BIG=$((BULK_MIB << 20))
 CONNS_LIST="50 16"
 
 log() { printf '[compare %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---------------------------------------------------------------- install
 need_tools() {
@@ -417,6 +424,7 @@ T_PING+=("redis-benchmark PING -c 50 -P 16|$RD||$RDCPU||")
 log "small files and the delay relay (bench/tree.sh)"
 TREE_ARGS=(--no-build --out "$RESULTS/tree.md")
 [ "$QUICK" = 1 ] && TREE_ARGS+=(--files 2000 --runs 1)
+[ -z "$BULK_MIB" ] || TREE_ARGS+=(--bulk "$BULK_MIB")
 "$REPO/bench/tree.sh" "${TREE_ARGS[@]}" || echo "bench/tree.sh failed" >"$RESULTS/tree.md"
 
 # ================================================================= report
@@ -445,7 +453,7 @@ MODE=full
     echo
     echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "- machine: $(nproc) CPUs, $CPU; kernel $(uname -r); $(awk '/MemTotal/ {printf "%.0f GiB RAM", $2/1048576}' /proc/meminfo)"
-    echo "- load average at the end: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine makes figures noisy; compare ratios within one run)"
+    echo "- load average at the start: $LOAD_START; at the end: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine makes figures noisy; compare ratios within one run)"
     echo "- skiff: $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo unknown), release build; mode: $MODE"
     echo "- reproduce: \`bench/compare.sh${ARGS_GIVEN:+ $ARGS_GIVEN}\` from the repository root"
     echo "- everything on loopback; ratios are skiff's figure divided by the other's (higher is better for skiff), except for latency, where they are the other's time divided by skiff's"

@@ -7,6 +7,7 @@
 //! that must behave identically live here once.
 
 pub(crate) mod checksum;
+pub(crate) mod chunk_pool;
 pub(crate) mod commit;
 pub(crate) mod durable;
 pub(crate) mod errors;

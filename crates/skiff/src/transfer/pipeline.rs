@@ -7,7 +7,7 @@
 //! three threads at once instead of two.
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::sync::mpsc as std_mpsc;
 
@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::checksum::Checksum;
+use super::chunk_pool::ChunkPool;
 use super::{CHUNK, WINDOW};
 
 /// Hashes `file[0..len)` (the prefix a resumed transfer already holds), so
@@ -119,15 +120,6 @@ impl Hashing {
     }
 }
 
-/// Reads up to `max` (at most `CHUNK`) bytes from `file`'s cursor into a
-/// fresh buffer that is never zeroed first (std reads into the spare
-/// capacity); short only at the end of the file.
-fn read_chunk(file: &File, max: usize) -> io::Result<Bytes> {
-    let mut buf = Vec::with_capacity(max);
-    file.take(max as u64).read_to_end(&mut buf)?;
-    Ok(Bytes::from(buf))
-}
-
 /// What a finished [`Source`] read.
 #[derive(Debug)]
 pub struct SourceDone {
@@ -138,7 +130,8 @@ pub struct SourceDone {
 }
 
 /// Reads a file from an offset in [`CHUNK`]s on a blocking thread, hashing
-/// the whole file (the skipped prefix too).
+/// the whole file (the skipped prefix too). Chunks are read into recycled
+/// buffers ([`ChunkPool`]), without zeroing them first.
 pub struct Source {
     rx: mpsc::Receiver<Bytes>,
     task: JoinHandle<io::Result<SourceDone>>,
@@ -162,12 +155,13 @@ impl Source {
             (&file).seek(SeekFrom::Start(offset))?;
             let mut pos = offset;
             let mut index = 0u64;
+            let mut pool = ChunkPool::new();
             loop {
                 let want = size.saturating_sub(pos).min(CHUNK as u64) as usize;
                 if want == 0 {
                     break;
                 }
-                let buf = read_chunk(&file, want)?;
+                let buf = pool.read(&file, want)?;
                 let filled = buf.len();
                 if filled == 0 {
                     break;

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use skiff_wire::message::files::{Data, End, HashAlg};
 use skiff_wire::message::tree::{
     TreeAck, TreeDir, TreeDone, TreeEnd, TreeFailure, TreeFile, TreeFiles, TreeLink, TreeOutput,
@@ -35,6 +35,7 @@ use skiff_wire::{ErrorCode, ErrorMsg, Message};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::checksum::Checksum;
+use super::chunk_pool::ChunkPool;
 use super::{errors, fault, CHUNK};
 use crate::session::{SessionError, SessionReader, SessionWriter};
 
@@ -286,7 +287,8 @@ fn apply_ack(window: &Window, ack: TreeAck) -> Answered {
 #[derive(Default)]
 struct Batch {
     files: Vec<TreeFile>,
-    body: BytesMut,
+    /// The files' bytes, back to back, in a buffer from the packer's pool.
+    body: Vec<u8>,
     header: usize,
     entries: Vec<(u64, Sent)>,
 }
@@ -311,6 +313,8 @@ pub struct Packer {
     hash: HashAlg,
     head_cost: u64,
     batch: Batch,
+    /// Buffers for batch bodies and large files' chunks, recycled.
+    pool: ChunkPool,
 }
 
 impl Packer {
@@ -322,6 +326,7 @@ impl Packer {
             hash,
             head_cost,
             batch: Batch::default(),
+            pool: ChunkPool::new(),
         }
     }
 
@@ -417,6 +422,9 @@ impl Packer {
         let data = fault::maybe_corrupt(0, Bytes::from(data));
         let size = data.len() as u64;
         let cost = size + TreeAck::ENTRY_COST;
+        if self.batch.body.capacity() == 0 {
+            self.batch.body = self.pool.buffer(BATCH_BODY);
+        }
         let b = &mut self.batch;
         b.files.push(TreeFile {
             id: f.id,
@@ -441,8 +449,9 @@ impl Packer {
         let b = std::mem::take(&mut self.batch);
         let cost = b.entries.iter().map(|(_, s)| s.cost).sum();
         let bytes = b.body.len() as u64;
+        let body = self.pool.lend(b.body);
         self.send(Outgoing {
-            frame: Frame::Files(TreeFiles { files: b.files }, b.body.freeze()),
+            frame: Frame::Files(TreeFiles { files: b.files }, body),
             cost,
             bytes,
             entries: b.entries,
@@ -470,23 +479,17 @@ impl Packer {
         let mut index = 0u64;
         let mut reader = (&f.file).take(size);
         let result = loop {
-            let mut buf = BytesMut::zeroed(CHUNK);
-            let mut filled = 0;
-            while filled < CHUNK {
-                match reader.read(&mut buf[filled..]) {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return self.abort_large(&f, &e),
-                }
-            }
+            let buf = match self.pool.read(&mut reader, CHUNK) {
+                Ok(buf) => buf,
+                Err(e) => return self.abort_large(&f, &e),
+            };
+            let filled = buf.len();
             if filled == 0 {
                 break changed(&f.file, md, sent);
             }
-            buf.truncate(filled);
             sum.update(&buf);
             sent += filled as u64;
-            let chunk = fault::maybe_corrupt(index, buf.freeze());
+            let chunk = fault::maybe_corrupt(index, buf);
             index += 1;
             let out = Outgoing {
                 frame: Frame::Data(chunk),
