@@ -10,7 +10,6 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -19,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
+use common::probe::RawConn as Raw;
 use common::{run_bounded, text, TestServer};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
@@ -113,13 +113,6 @@ fn fingerprint(server: &TestServer) -> String {
 // ---------------------------------------------------------------------
 // a raw frame client, written from DESIGN sections 2 and 3 only
 
-trait Conn: Read + Write {}
-impl<T: Read + Write> Conn for T {}
-
-struct Raw {
-    io: Box<dyn Conn>,
-}
-
 fn hmac(key: &[u8], label: &[u8], cb: &[u8; 32], cn: &[u8; 32], sn: &[u8; 32]) -> [u8; 32] {
     let mut m = Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
     m.update(label);
@@ -127,54 +120,6 @@ fn hmac(key: &[u8], label: &[u8], cb: &[u8; 32], cn: &[u8; 32], sn: &[u8; 32]) -
     m.update(cn);
     m.update(sn);
     m.finalize().into_bytes().into()
-}
-
-impl Raw {
-    fn tcp(url: &str) -> Raw {
-        let s = TcpStream::connect(host_port(url)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        Raw { io: Box::new(s) }
-    }
-
-    fn unix(url: &str) -> Raw {
-        let s = UnixStream::connect(url.strip_prefix("unix://").unwrap()).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        Raw { io: Box::new(s) }
-    }
-
-    fn send(&mut self, header: Value) {
-        let h = serde_json::to_vec(&header).unwrap();
-        let mut buf = (h.len() as u32).to_be_bytes().to_vec();
-        buf.extend_from_slice(&h);
-        self.io.write_all(&buf).unwrap();
-    }
-
-    /// The next frame's header; `None` when the server closed.
-    fn recv(&mut self) -> Option<Value> {
-        let mut len = [0u8; 4];
-        if self.io.read_exact(&mut len).is_err() {
-            return None;
-        }
-        let mut h = vec![0u8; u32::from_be_bytes(len) as usize];
-        self.io.read_exact(&mut h).ok()?;
-        let v: Value = serde_json::from_slice(&h).unwrap();
-        if let Some(n) = v.get("len").and_then(Value::as_u64) {
-            let mut body = vec![0u8; n as usize];
-            self.io.read_exact(&mut body).ok()?;
-        }
-        Some(v)
-    }
-
-    /// Whether the server closed the connection (EOF or reset).
-    fn closed(&mut self) -> bool {
-        let mut b = [0u8; 1];
-        matches!(self.io.read(&mut b), Ok(0) | Err(_))
-    }
-
-    fn hello(&mut self, user: &str, cn: &[u8; 32]) -> Value {
-        self.send(json!({"op":"hello","v":1,"user":user,"nonce":B64.encode(cn)}));
-        self.recv().expect("an answer to hello")
-    }
 }
 
 /// A complete handshake without TLS (cb = 32 zero bytes), checking the
@@ -195,7 +140,7 @@ fn raw_handshake(raw: &mut Raw, user: &str, key: &[u8], cn: &[u8; 32]) -> (Strin
         "server proof"
     );
     let proof = B64.encode(hmac(key, b"skiff/1 client", &cb, cn, &sn));
-    raw.send(json!({"op":"auth","proof":proof}));
+    raw.send(&json!({"op":"auth","proof":proof})).unwrap();
     (proof, raw.recv().expect("an answer to auth"))
 }
 
@@ -244,7 +189,7 @@ fn right_key_welcome_over_tls_plain_and_unix() {
         let mut raw = if url.starts_with("unix") {
             Raw::unix(url)
         } else {
-            Raw::tcp(url)
+            Raw::connect(url)
         };
         let (_, answer) = raw_handshake(&mut raw, &user, &key, &[7; 32]);
         assert_eq!(answer["op"], "welcome", "{answer}");
@@ -252,7 +197,7 @@ fn right_key_welcome_over_tls_plain_and_unix() {
             .as_array()
             .unwrap()
             .contains(&json!("ping")));
-        raw.send(json!({"op":"ping"}));
+        raw.send(&json!({"op":"ping"})).unwrap();
         assert_eq!(raw.recv().unwrap()["op"], "pong");
     }
 }
@@ -325,11 +270,12 @@ fn raw_wrong_proof_and_unknown_user_answered_alike_after_a_delay() {
     let (user, _) = key_line(&server);
     let mut answers = Vec::new();
     for who in [user.as_str(), "nobody-here"] {
-        let mut raw = Raw::tcp(server.url());
+        let mut raw = Raw::connect(server.url());
         let challenge = raw.hello(who, &[1; 32]);
         assert_eq!(challenge["op"], "challenge", "{challenge}");
         // A well-formed but wrong proof.
-        raw.send(json!({"op":"auth","proof":B64.encode([0u8; 32])}));
+        raw.send(&json!({"op":"auth","proof":B64.encode([0u8; 32])}))
+            .unwrap();
         let start = Instant::now();
         let answer = raw.recv().expect("an error");
         let delay = start.elapsed();
@@ -358,7 +304,7 @@ fn replayed_client_proof_fails_on_a_new_connection() {
             if url.starts_with("unix") {
                 Raw::unix(url)
             } else {
-                Raw::tcp(url)
+                Raw::connect(url)
             }
         };
         let cn = [0x5a; 32];
@@ -370,12 +316,12 @@ fn replayed_client_proof_fails_on_a_new_connection() {
         let mut replay = connect();
         let challenge = replay.hello(&user, &cn);
         assert_eq!(challenge["op"], "challenge");
-        replay.send(json!({"op":"auth","proof":proof}));
+        replay.send(&json!({"op":"auth","proof":proof})).unwrap();
         let answer = replay.recv().expect("an error");
         assert_eq!(answer["code"], "auth_failed", "{answer}");
         assert!(replay.closed());
         // The original session is unaffected.
-        first.send(json!({"op":"ping"}));
+        first.send(&json!({"op":"ping"})).unwrap();
         assert_eq!(first.recv().unwrap()["op"], "pong");
     }
 }
@@ -391,7 +337,7 @@ fn nothing_but_the_handshake_is_answered_before_welcome() {
         if url.starts_with("unix") {
             Raw::unix(url)
         } else {
-            Raw::tcp(url)
+            Raw::connect(url)
         }
     };
     for url in &server.urls {
@@ -405,7 +351,7 @@ fn nothing_but_the_handshake_is_answered_before_welcome() {
         for req in &requests {
             // As the first frame...
             let mut raw = connect(url);
-            raw.send(req.clone());
+            raw.send(req).unwrap();
             let answer = raw.recv().expect("an error frame");
             assert_eq!(answer["op"], "error", "{req} -> {answer}");
             assert_eq!(answer["code"], "bad_frame", "{answer}");
@@ -413,7 +359,7 @@ fn nothing_but_the_handshake_is_answered_before_welcome() {
             // ...and instead of `auth`.
             let mut raw = connect(url);
             assert_eq!(raw.hello(&user, &[3; 32])["op"], "challenge");
-            raw.send(req.clone());
+            raw.send(req).unwrap();
             let answer = raw.recv().expect("an error frame");
             assert_eq!(answer["op"], "error", "{req} -> {answer}");
             assert!(raw.closed(), "{req}: connection must close");
@@ -428,7 +374,7 @@ fn nothing_but_the_handshake_is_answered_before_welcome() {
 fn malformed_and_unknown_requests_are_answered_and_the_session_goes_on() {
     let server = TestServer::start_listening(&["tcp+plain://127.0.0.1:0"], &[]);
     let (user, key) = key_line(&server);
-    let mut raw = Raw::tcp(&server.urls[0]);
+    let mut raw = Raw::connect(&server.urls[0]);
     let (_, welcome) = raw_handshake(&mut raw, &user, &key, &[9; 32]);
     assert_eq!(welcome["op"], "welcome", "{welcome}");
     let refused = [
@@ -442,14 +388,14 @@ fn malformed_and_unknown_requests_are_answered_and_the_session_goes_on() {
         (json!({"op":"frobnicate"}), "unsupported", "frobnicate"),
     ];
     for (req, code, says) in refused {
-        raw.send(req.clone());
+        raw.send(&req).unwrap();
         let answer = raw.recv().expect("an error frame");
         assert_eq!(answer["op"], "error", "{req} -> {answer}");
         assert_eq!(answer["code"], code, "{req} -> {answer}");
         let message = answer["message"].as_str().unwrap_or_default();
         assert!(message.contains(says), "{req} -> {answer}");
         // The same session still answers.
-        raw.send(json!({"op":"ping"}));
+        raw.send(&json!({"op":"ping"})).unwrap();
         assert_eq!(raw.recv().expect("a pong")["op"], "pong", "after {req}");
     }
 }
@@ -711,8 +657,8 @@ fn garbage_and_tls_less_bytes_are_dropped_and_service_goes_on() {
         assert!(!text(&sink).contains("challenge"));
     }
     // Garbage on the plain port gets a frame error, then the close.
-    let mut raw = Raw::tcp(&plain);
-    raw.io.write_all(&garbage).unwrap();
+    let mut raw = Raw::connect(&plain);
+    raw.sock.write_all(&garbage).unwrap();
     let answer = raw.recv();
     if let Some(a) = answer {
         assert_eq!(a["op"], "error", "{a}");
@@ -757,7 +703,7 @@ fn silent_clients_are_dropped_at_the_handshake_timeout() {
 
     // Plain port: hello, then silence: a `timeout` error, then the close.
     let (user, _) = key_line(&server);
-    let mut raw = Raw::tcp(&url_with(&server, "tcp+plain://"));
+    let mut raw = Raw::connect(&url_with(&server, "tcp+plain://"));
     let start = Instant::now();
     assert_eq!(raw.hello(&user, &[4; 32])["op"], "challenge");
     let answer = raw.recv().expect("timeout error");
@@ -769,9 +715,10 @@ fn silent_clients_are_dropped_at_the_handshake_timeout() {
 
 /// One wrong proof over `plain` (a raw client that gets to `auth`).
 fn fail_once(plain: &str, user: &str) {
-    let mut raw = Raw::tcp(plain);
+    let mut raw = Raw::connect(plain);
     assert_eq!(raw.hello(user, &[5; 32])["op"], "challenge");
-    raw.send(json!({"op":"auth","proof":B64.encode([0u8; 32])}));
+    raw.send(&json!({"op":"auth","proof":B64.encode([0u8; 32])}))
+        .unwrap();
     let answer = raw.recv().expect("auth_failed");
     assert_eq!(answer["code"], "auth_failed", "{answer}");
 }
@@ -811,7 +758,7 @@ fn failures_slow_a_source_down_but_never_lock_out_the_right_key() {
         fail_once(&plain, &user);
     }
     let start = Instant::now();
-    let mut raw = Raw::tcp(&plain);
+    let mut raw = Raw::connect(&plain);
     assert_eq!(raw.hello(&user, &[6; 32])["op"], "challenge");
     let waited = start.elapsed();
     assert!(
@@ -826,7 +773,7 @@ fn failures_slow_a_source_down_but_never_lock_out_the_right_key() {
     let took = start.elapsed();
     assert!(took < Duration::from_secs(6), "right key took {took:?}");
     let (_, key) = key_line(&server);
-    let mut raw = Raw::tcp(&plain);
+    let mut raw = Raw::connect(&plain);
     let (_, answer) = raw_handshake(&mut raw, &user, &key, &[7; 32]);
     assert_eq!(answer["op"], "welcome", "{answer}");
     // Unix peers are local users: never penalized.
@@ -844,7 +791,7 @@ fn ten_hellos_for_a_nonexistent_user_do_not_lock_out_the_right_key() {
     let plain = url_with(&server, "tcp+plain://");
     let start = Instant::now();
     for i in 0..10u8 {
-        let mut raw = Raw::tcp(&plain);
+        let mut raw = Raw::connect(&plain);
         assert_eq!(raw.hello("nobody-here", &[i; 32])["op"], "challenge");
         // The client drops the connection, as one with a wrong key does.
     }
@@ -1036,7 +983,7 @@ fn busy_server_says_so_inside_tls() {
     // Two logged-in sessions fill it.
     let sessions: Vec<Raw> = (0..2u8)
         .map(|i| {
-            let mut raw = Raw::tcp(&plain);
+            let mut raw = Raw::connect(&plain);
             let (_, answer) = raw_handshake(&mut raw, &user, &key, &[i; 32]);
             assert_eq!(answer["op"], "welcome", "{answer}");
             raw

@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -47,11 +48,65 @@ pub fn host_port(url: &str) -> String {
     url.split_once("://").map_or(url, |(_, r)| r).to_string()
 }
 
-/// A frame client over plain TCP that writes what it is told, however
-/// wrong, and reads frame headers back.
+/// The socket of a [`RawConn`]: plain TCP or a Unix socket.
+pub enum RawSock {
+    /// A `tcp+plain://` listener.
+    Tcp(TcpStream),
+    /// A `unix://` listener.
+    Unix(UnixStream),
+}
+
+impl RawSock {
+    /// Bounds each read (the peer may never answer).
+    #[allow(dead_code)] // Not every test binary changes the default.
+    pub fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
+        match self {
+            RawSock::Tcp(s) => s.set_read_timeout(t),
+            RawSock::Unix(s) => s.set_read_timeout(t),
+        }
+    }
+
+    /// Bounds each write (the peer may never read).
+    #[allow(dead_code)] // Not every test binary changes the default.
+    pub fn set_write_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
+        match self {
+            RawSock::Tcp(s) => s.set_write_timeout(t),
+            RawSock::Unix(s) => s.set_write_timeout(t),
+        }
+    }
+}
+
+impl Read for RawSock {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            RawSock::Tcp(s) => s.read(buf),
+            RawSock::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for RawSock {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            RawSock::Tcp(s) => s.write(buf),
+            RawSock::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            RawSock::Tcp(s) => s.flush(),
+            RawSock::Unix(s) => s.flush(),
+        }
+    }
+}
+
+/// A frame client without TLS that writes what it is told, however
+/// wrong, and reads frame headers back: it speaks frames to the real
+/// server by hand.
 pub struct RawConn {
     /// The socket.
-    pub sock: TcpStream,
+    pub sock: RawSock,
 }
 
 impl RawConn {
@@ -60,7 +115,21 @@ impl RawConn {
         let sock = TcpStream::connect(host_port(url)).expect("connect");
         sock.set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
-        RawConn { sock }
+        RawConn {
+            sock: RawSock::Tcp(sock),
+        }
+    }
+
+    /// Connects to a `unix://` URL with a 10 s read timeout.
+    #[allow(dead_code)] // Only some test binaries use Unix sockets.
+    pub fn unix(url: &str) -> RawConn {
+        let path = url.strip_prefix("unix://").expect("a unix:// URL");
+        let sock = UnixStream::connect(path).expect("connect");
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        RawConn {
+            sock: RawSock::Unix(sock),
+        }
     }
 
     /// Writes one frame with the given header text and body; write errors
@@ -123,9 +192,7 @@ impl RawConn {
         };
         let mut conn = RawConn::connect(url);
         let cn: [u8; 32] = rand::random();
-        conn.send(&serde_json::json!({"op":"hello","v":1,"user":user,"nonce":B64.encode(cn)}))
-            .expect("send hello");
-        let challenge = conn.recv().expect("challenge");
+        let challenge = conn.hello(user, &cn);
         let sn = B64
             .decode(challenge["nonce"].as_str().expect("server nonce"))
             .expect("base64 nonce");
@@ -134,5 +201,15 @@ impl RawConn {
         let welcome = conn.recv().expect("welcome");
         assert_eq!(welcome["op"], "welcome", "{welcome}");
         conn
+    }
+
+    /// Sends `hello` with the client nonce `cn` and returns the server's
+    /// answer (a challenge, or an error).
+    pub fn hello(&mut self, user: &str, cn: &[u8; 32]) -> Value {
+        use base64::engine::general_purpose::STANDARD as B64;
+        use base64::Engine;
+        self.send(&serde_json::json!({"op":"hello","v":1,"user":user,"nonce":B64.encode(cn)}))
+            .expect("send hello");
+        self.recv().expect("an answer to hello")
     }
 }
