@@ -95,17 +95,12 @@ pub async fn sync(
     let summary = match dir {
         Direction::Push => sender::run(reader, writer, local, opts, events, counters.clone()).await,
         Direction::Pull => {
-            receiver::run(
-                reader,
-                writer,
-                local,
-                Stager::Beside,
-                opts,
-                events,
-                counters.clone(),
+            let dest = receiver::Destination {
+                root: local,
+                stager: Stager::Beside,
                 shadow,
-            )
-            .await
+            };
+            receiver::run(reader, writer, dest, opts, events, counters.clone()).await
         }
     }
     .map_err(client_error)?;

@@ -80,17 +80,12 @@ pub async fn handle(
                 .map(|c| c.join("/"))
                 .unwrap_or_default(),
         };
-        receiver::run(
-            reader,
-            writer,
-            dir,
+        let dest = receiver::Destination {
+            root: dir,
             stager,
-            &opts,
-            no_events(),
-            counters,
             shadow,
-        )
-        .await
+        };
+        receiver::run(reader, writer, dest, &opts, no_events(), counters).await
     } else {
         sender::run(reader, writer, dir, &opts, no_events(), counters).await
     };

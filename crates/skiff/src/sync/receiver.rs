@@ -30,23 +30,37 @@ use crate::session::{SessionError, SessionReader, SessionWriter};
 /// Bytes per chunk record in a signature body: u32 length + BLAKE3.
 pub const SIG_RECORD: usize = 36;
 
-/// Runs the receiving role on `root` until the sender's `sync_finish` has
+/// Where a receiver writes: the tree, how it stages new files, and the
+/// shadow of an atomic sync. One value, because the three are chosen
+/// together by whoever accepted the sync (client or server).
+pub struct Destination {
+    /// The directory the sync writes into (the shadow's, with `--atomic`).
+    pub root: Dir,
+    /// Where new files are staged before their commit.
+    pub stager: Stager,
+    /// The new tree of an atomic sync, exchanged with the old one at the end.
+    pub shadow: Option<Shadow>,
+}
+
+/// Runs the receiving role on `dest.root` until the sender's `sync_finish` has
 /// been answered with the summary, which is also returned. With a
 /// `shadow` (`--atomic`), `root` is the shadow's directory: before the
 /// summary the shadow is exchanged with the destination when everything
 /// succeeded and something changed, and discarded otherwise; a sync that
 /// stops early discards it too.
-#[allow(clippy::too_many_arguments)]
 pub async fn run(
     reader: &mut SessionReader<'_>,
     writer: &mut SessionWriter<'_>,
-    root: Dir,
-    stager: Stager,
+    dest: Destination,
     opts: &Options,
     events: Events,
     counters: Arc<Counters>,
-    shadow: Option<Shadow>,
 ) -> Result<SyncSummary, SyncError> {
+    let Destination {
+        root,
+        stager,
+        shadow,
+    } = dest;
     let shadow = ShadowGuard(shadow);
     let batch = Batch::new(
         root.try_clone()
