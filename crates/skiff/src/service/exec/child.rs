@@ -125,16 +125,7 @@ pub fn resolve_cwd(root: &Path, cwd: Option<&str>) -> Result<PathBuf, ErrorMsg> 
 /// `env` is the command's whole environment: nothing of the server's own
 /// environment is inherited.
 pub fn spawn(req: &Exec, cwd: &Path, env: &[(String, String)]) -> Result<Started, SpawnError> {
-    let (program, args): (String, Vec<String>) = match (&req.argv, &req.cmd) {
-        (Some(argv), None) if !argv.is_empty() => (argv[0].clone(), argv[1..].to_vec()),
-        (None, Some(cmd)) => ("sh".into(), vec!["-c".into(), cmd.clone()]),
-        _ => {
-            return Err(SpawnError::Refused(ErrorMsg::new(
-                ErrorCode::BadFrame,
-                "exec needs exactly one of \"argv\" (non-empty) and \"cmd\"",
-            )))
-        }
-    };
+    let (program, args) = program_and_args(req)?;
     let mut cmd = Command::new(&program);
     cmd.args(&args)
         .current_dir(cwd)
@@ -142,25 +133,7 @@ pub fn spawn(req: &Exec, cwd: &Path, env: &[(String, String)]) -> Result<Started
         .envs(env.iter().map(|(k, v)| (k, v)));
     let mut pty = None;
     if let Some(p) = &req.pty {
-        let (master, slave) = super::pty::open(p.rows, p.cols).map_err(internal)?;
-        let stdio = |fd: &OwnedFd| fd.try_clone().map(Stdio::from).map_err(internal);
-        cmd.stdin(stdio(&slave)?)
-            .stdout(stdio(&slave)?)
-            .stderr(stdio(&slave)?);
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::setsid() < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                if libc::ioctl(0, libc::TIOCSCTTY as _, 0) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        drop(slave);
-        pty = Some(master);
+        pty = Some(attach_pty(&mut cmd, p.rows, p.cols)?);
     } else {
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -190,27 +163,66 @@ pub fn spawn(req: &Exec, cwd: &Path, env: &[(String, String)]) -> Result<Started
     };
     let streams = match pty {
         Some(master) => Streams::Pty(PtyMaster::new(master).map_err(internal)?),
-        None => {
-            let (Some(stdin), Some(stdout), Some(stderr)) =
-                (child.stdin.take(), child.stdout.take(), child.stderr.take())
-            else {
-                return Err(internal(io::Error::other("child pipes missing")));
-            };
-            for fd in [stdout.as_raw_fd(), stderr.as_raw_fd()] {
-                // SAFETY: plain fcntl on a pipe we own; failure is harmless.
-                unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, PIPE_SIZE) };
-            }
-            Streams::Pipes {
-                stdin,
-                stdout,
-                stderr,
-            }
-        }
+        None => pipe_streams(&mut child)?,
     };
     Ok(Started {
         child,
         group,
         streams,
+    })
+}
+
+/// The program and its arguments: `argv` as given, or `cmd` for `sh -c`.
+fn program_and_args(req: &Exec) -> Result<(String, Vec<String>), SpawnError> {
+    match (&req.argv, &req.cmd) {
+        (Some(argv), None) if !argv.is_empty() => Ok((argv[0].clone(), argv[1..].to_vec())),
+        (None, Some(cmd)) => Ok(("sh".into(), vec!["-c".into(), cmd.clone()])),
+        _ => Err(SpawnError::Refused(ErrorMsg::new(
+            ErrorCode::BadFrame,
+            "exec needs exactly one of \"argv\" (non-empty) and \"cmd\"",
+        ))),
+    }
+}
+
+/// Opens a pty of `rows` x `cols` as the command's stdio and controlling
+/// terminal (in a new session); returns the master.
+fn attach_pty(cmd: &mut Command, rows: u16, cols: u16) -> Result<OwnedFd, SpawnError> {
+    let (master, slave) = super::pty::open(rows, cols).map_err(internal)?;
+    let stdio = |fd: &OwnedFd| fd.try_clone().map(Stdio::from).map_err(internal);
+    cmd.stdin(stdio(&slave)?)
+        .stdout(stdio(&slave)?)
+        .stderr(stdio(&slave)?);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::ioctl(0, libc::TIOCSCTTY as _, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    drop(slave);
+    Ok(master)
+}
+
+/// The child's three pipes, the output ones enlarged.
+fn pipe_streams(child: &mut Child) -> Result<Streams, SpawnError> {
+    let (Some(stdin), Some(stdout), Some(stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        return Err(internal(io::Error::other("child pipes missing")));
+    };
+    for fd in [stdout.as_raw_fd(), stderr.as_raw_fd()] {
+        // SAFETY: plain fcntl on a pipe we own; failure is harmless.
+        unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, PIPE_SIZE) };
+    }
+    Ok(Streams::Pipes {
+        stdin,
+        stdout,
+        stderr,
     })
 }
 
