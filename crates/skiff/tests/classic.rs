@@ -548,15 +548,6 @@ fn upper_server_checks_secret_digest_and_time() {
 
 // ---------------------------------------------------------------- upload
 
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
-
 #[test]
 fn upload_tutorial_client_against_skiff_server() {
     let dir = tempfile::tempdir().unwrap();
@@ -580,7 +571,7 @@ fn upload_tutorial_client_against_skiff_server() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(std::fs::read(root.join("a.txt")).unwrap(), data);
-    assert_eq!(names_in(&root), ["a.txt"]);
+    assert_eq!(common::names(&root), ["a.txt"]);
 }
 
 #[test]
@@ -655,14 +646,14 @@ fn upload_fifty_tutorial_clients_at_once() {
         std::thread::sleep(Duration::from_millis(20));
     }
     // Then the temporary files are gone too.
-    while names_in(&root).len() > 50 && Instant::now() < deadline {
+    while common::names(&root).len() > 50 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     for (f, data) in &files {
         let stored = root.join(f.file_name().unwrap());
         assert_eq!(&std::fs::read(stored).unwrap(), data);
     }
-    assert_eq!(names_in(&root).len(), 50, "{:?}", names_in(&root));
+    assert_eq!(common::names(&root).len(), 50, "{:?}", common::names(&root));
 }
 
 /// Sends raw bytes as an upload and says whether the server took it:
@@ -764,7 +755,11 @@ fn upload_server_refuses_bad_uploads_and_leaves_nothing() {
         .unwrap();
     let mut buf = [0u8; 1];
     assert!(matches!(stalled.read(&mut buf), Ok(0) | Err(_)));
-    assert!(names_in(&root).is_empty(), "{:?}", names_in(&root));
+    assert!(
+        common::names(&root).is_empty(),
+        "{:?}",
+        common::names(&root)
+    );
 
     // A path in the name is cut to the base name: nothing escapes the root.
     assert_eq!(
@@ -780,10 +775,10 @@ fn upload_server_refuses_bad_uploads_and_leaves_nothing() {
     two.extend(upload_bytes(&header("C:\\\\tmp\\\\y.bin", 0, b""), b""));
     assert_eq!(raw_upload(&port, &two), Ok(()));
     let deadline = Instant::now() + PATIENCE;
-    while names_in(&root).len() < 3 && Instant::now() < deadline {
+    while common::names(&root).len() < 3 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert_eq!(names_in(&root), ["escape.bin", "x.bin", "y.bin"]);
+    assert_eq!(common::names(&root), ["escape.bin", "x.bin", "y.bin"]);
     assert_eq!(std::fs::read(root.join("escape.bin")).unwrap(), data);
 
     // The skiff client reports a refusal: here the root is gone.
@@ -845,7 +840,10 @@ fn upload_server_never_overwrites_unless_told() {
     assert!(err.contains("refused"), "{err}");
     assert_eq!(std::fs::read(&rc).unwrap(), b"mine");
     // No temporary file is left behind.
-    assert_eq!(names_in(&root), [".bashrc", "dangling", "link", "new.bin"]);
+    assert_eq!(
+        common::names(&root),
+        [".bashrc", "dangling", "link", "new.bin"]
+    );
     assert!(server.stderr().contains("exists"), "{}", server.stderr());
     drop(server);
 

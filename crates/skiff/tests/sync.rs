@@ -7,7 +7,6 @@ mod common;
 use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::time::Duration;
 
 use common::*;
@@ -74,23 +73,6 @@ fn make_tree(dir: &Path) {
         .unwrap()
         .set_modified(old)
         .unwrap();
-}
-
-fn sync(server: &TestServer, args: &[&str]) -> Output {
-    let port = server.url().rsplit(':').next().unwrap().to_string();
-    let mut all = vec!["sync", "-p", &port];
-    all.extend_from_slice(args);
-    run(server, &all)
-}
-
-/// Runs a sync that must succeed and returns its `--json` summary.
-fn sync_json(server: &TestServer, args: &[&str]) -> serde_json::Value {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    let o = sync(server, &all);
-    ok(&o);
-    serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&o.stdout)))
 }
 
 fn num(v: &serde_json::Value, k: &str) -> u64 {

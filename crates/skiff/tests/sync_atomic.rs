@@ -9,7 +9,6 @@ mod common;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
@@ -19,21 +18,6 @@ use common::*;
 
 /// Files in the polled tree; each holds the same generation marker.
 const FILES: usize = 120;
-
-fn sync(server: &TestServer, args: &[&str]) -> Output {
-    let port = server.url().rsplit(':').next().unwrap().to_string();
-    let mut all = vec!["sync", "-p", &port];
-    all.extend_from_slice(args);
-    run(server, &all)
-}
-
-fn sync_json(server: &TestServer, args: &[&str]) -> serde_json::Value {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    let o = sync(server, &all);
-    ok(&o);
-    serde_json::from_slice(&o.stdout).unwrap()
-}
 
 fn remote(path: &str) -> String {
     format!("127.0.0.1:{path}")
@@ -67,15 +51,6 @@ fn rel(i: usize) -> String {
     } else {
         format!("b/c/f{i:03}")
     }
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    v.sort();
-    v
 }
 
 /// Polls `dst` until `stop`: each pass opens the directory once and reads

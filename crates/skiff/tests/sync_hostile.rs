@@ -201,16 +201,6 @@ fn file(path: &str, size: u64, update: bool) -> SyncFile {
     }
 }
 
-/// Names in `dir`, sorted.
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    v.sort();
-    v
-}
-
 /// A destination the user has: two files, a directory link out of DST
 /// and a file link out of DST (both made by the user, so they stay),
 /// beside a directory `outside` with a secret.

@@ -352,3 +352,30 @@ pub fn leftovers(dir: &Path) -> Vec<PathBuf> {
 pub fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
+
+/// Runs `skiff sync -p PORT ARGS...` against `server`.
+pub fn sync(server: &TestServer, args: &[&str]) -> Output {
+    let port = server.url().rsplit(':').next().unwrap().to_string();
+    let mut all = vec!["sync", "-p", &port];
+    all.extend_from_slice(args);
+    run(server, &all)
+}
+
+/// Runs a sync that must succeed and returns its `--json` summary.
+pub fn sync_json(server: &TestServer, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let o = sync(server, &all);
+    ok(&o);
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// Names in `dir`, sorted.
+pub fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
