@@ -234,14 +234,7 @@ mod tests {
     use cap_std::ambient_authority;
     use std::os::unix::fs::MetadataExt as _;
 
-    fn names(p: &std::path::Path) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(p)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        v.sort();
-        v
-    }
+    use crate::sync::batch::tests::names;
 
     #[test]
     fn the_shadow_links_files_and_the_exchange_swaps_the_trees() {

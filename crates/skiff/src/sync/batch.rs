@@ -148,7 +148,7 @@ impl Batch {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::sync::apply::{Incoming, Stager, Step};
     use cap_std::ambient_authority;
@@ -166,7 +166,8 @@ mod tests {
             .unwrap()
     }
 
-    fn names(p: &std::path::Path) -> Vec<String> {
+    /// Names in `p`, sorted (also used by the other sync unit tests).
+    pub(in crate::sync) fn names(p: &std::path::Path) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(p)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
