@@ -221,8 +221,7 @@ pub fn set_meta(
 /// Whether `md` already has the permission bits and mtime asked for.
 fn same_meta(md: &std::fs::Metadata, mode: u32, mtime_ns: i64) -> bool {
     use std::os::unix::fs::MetadataExt as _;
-    md.mode() & meta::MODE_MASK == mode & meta::MODE_MASK
-        && md.mtime().saturating_mul(1_000_000_000) + md.mtime_nsec() == mtime_ns
+    md.mode() & meta::MODE_MASK == mode & meta::MODE_MASK && meta::mtime_ns(md) == mtime_ns
 }
 
 /// Replaces the hard-linked file `name` in `parent` (opened as `old`) by
@@ -231,7 +230,7 @@ fn same_meta(md: &std::fs::Metadata, mode: u32, mtime_ns: i64) -> bool {
 /// and renamed into place only if `name` still is `old` (otherwise
 /// `conflict`, and nothing changes). Returns `parent`, which the caller
 /// fsyncs.
-pub fn unshare(
+fn unshare(
     parent: Dir,
     name: &str,
     path: &str,
@@ -603,12 +602,11 @@ mod tests {
         assert!(!set_meta(&root, "single", 0o640, 2_000_000_000).unwrap().1);
         assert_eq!(std::fs::metadata(new.join("single")).unwrap().ino(), ino);
 
-        let mut names: Vec<_> = std::fs::read_dir(&new)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        names.sort();
-        assert_eq!(names, ["f", "single"], "no staged copy left");
+        assert_eq!(
+            crate::sync::batch::tests::names(&new),
+            ["f", "single"],
+            "no staged copy left"
+        );
     }
 
     #[test]

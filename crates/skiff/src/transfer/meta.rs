@@ -7,6 +7,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use cap_std::fs::MetadataExt;
 use skiff_wire::message::files::{Entry, EntryKind};
 
+/// Modification time of a local file in ns since the epoch, the form the
+/// protocol carries (saturating: a time past 2262 cannot wrap around).
+pub fn mtime_ns(md: &std::fs::Metadata) -> i64 {
+    use std::os::unix::fs::MetadataExt as _;
+    md.mtime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(md.mtime_nsec())
+}
+
 /// Permission bits transfers keep: rwx for user, group and other. setuid,
 /// setgid and sticky bits are dropped on purpose, so an upload can never
 /// plant a setuid program.

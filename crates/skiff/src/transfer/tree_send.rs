@@ -36,6 +36,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use super::checksum::Checksum;
 use super::chunk_pool::ChunkPool;
+use super::meta::mtime_ns;
 use super::{errors, fault, CHUNK};
 use crate::session::{SessionError, SessionReader, SessionWriter};
 
@@ -531,11 +532,6 @@ impl Packer {
     pub fn finish(&mut self) -> bool {
         self.flush()
     }
-}
-
-/// Modification time in ns since the epoch.
-pub fn mtime_ns(md: &std::fs::Metadata) -> i64 {
-    md.mtime() * 1_000_000_000 + md.mtime_nsec()
 }
 
 /// `Err` when the file is no longer what `before` described (`got` bytes

@@ -23,6 +23,7 @@ use super::{
 };
 use crate::client::ClientError;
 use crate::session::{Session, SessionWriter};
+use crate::transfer::meta;
 use crate::transfer::pipeline::Source;
 
 /// Requests sent but not yet answered, at most.
@@ -83,7 +84,7 @@ pub async fn put_as(
             remote: dest.to_string(),
             size: md.len(),
             mode: md.mode(),
-            mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+            mtime_ns: meta::mtime_ns(&md),
         });
         (vec![job], md.len())
     };
@@ -138,7 +139,7 @@ fn plan_tree(top: &Path, dest: &str, failures: &mut Vec<Failure>) -> (Vec<Job>, 
             path: rdir.clone(),
             exist_ok: true,
             mode: Some(md.mode()),
-            mtime_ns: Some(md.mtime() * 1_000_000_000 + md.mtime_nsec()),
+            mtime_ns: Some(meta::mtime_ns(&md)),
             ..Default::default()
         }));
         let mut names = Vec::new();
@@ -185,7 +186,7 @@ fn plan_tree(top: &Path, dest: &str, failures: &mut Vec<Failure>) -> (Vec<Job>, 
                     remote: rpath,
                     size: md.len(),
                     mode: md.mode(),
-                    mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+                    mtime_ns: meta::mtime_ns(&md),
                 }));
             } else {
                 failures.push(local_fail(
