@@ -157,16 +157,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
 /// The server's settings from a resolved configuration.
 pub fn server_config(eff: &ServeFile, source: ConfigSource) -> anyhow::Result<ServeConfig> {
     let missing = |k: &str| anyhow::anyhow!("configuration has no {k}");
-    let listen = eff
-        .listen
-        .as_ref()
-        .ok_or_else(|| missing("listen"))?
-        .iter()
-        .map(|l| l.parse::<Listen>().map_err(anyhow::Error::msg))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    if listen.is_empty() {
-        anyhow::bail!("listen is empty: give at least one address");
-    }
+    let listen = listen_addresses(eff)?;
     let accept_env = eff.accept_env.clone().unwrap_or_default();
     crate::policy::env::AcceptEnv::new(&accept_env).map_err(anyhow::Error::msg)?;
     Ok(ServeConfig {
@@ -183,37 +174,8 @@ pub fn server_config(eff: &ServeFile, source: ConfigSource) -> anyhow::Result<Se
                 .unwrap_or(serve_config::DEFAULT_HANDSHAKE_TIMEOUT)
                 .max(0.05),
         ),
-        auth: AuthPolicy {
-            fail_delay: Duration::from_millis(
-                eff.auth_fail_delay_ms
-                    .unwrap_or(serve_config::DEFAULT_AUTH_FAIL_DELAY_MS),
-            ),
-            penalties: PenaltyPolicy {
-                free_failures: eff
-                    .auth_max_failures
-                    .unwrap_or(serve_config::DEFAULT_AUTH_MAX_FAILURES),
-                max_delay: Duration::from_millis(
-                    eff.auth_penalty_max_ms
-                        .unwrap_or(serve_config::DEFAULT_AUTH_PENALTY_MAX_MS),
-                ),
-                exempt: parse_networks(eff.auth_penalty_exempt.as_deref().unwrap_or_default())?,
-                ..PenaltyPolicy::default()
-            },
-        },
-        startups: {
-            let text = eff
-                .max_startups
-                .as_deref()
-                .unwrap_or(serve_config::DEFAULT_MAX_STARTUPS);
-            let mut limits: StartupLimits = text
-                .parse()
-                .map_err(|e| anyhow::anyhow!("max-startups: {e}"))?;
-            limits.per_source = eff
-                .per_source_max_startups
-                .unwrap_or(serve_config::DEFAULT_PER_SOURCE_MAX_STARTUPS)
-                .max(1);
-            limits
-        },
+        auth: auth_policy(eff)?,
+        startups: startup_limits(eff)?,
         idle_timeout: seconds(
             eff.idle_timeout
                 .unwrap_or(serve_config::DEFAULT_IDLE_TIMEOUT),
@@ -239,6 +201,58 @@ pub fn server_config(eff: &ServeFile, source: ConfigSource) -> anyhow::Result<Se
         effective: eff.clone(),
         source,
     })
+}
+
+/// The addresses to listen on; at least one.
+fn listen_addresses(eff: &ServeFile) -> anyhow::Result<Vec<Listen>> {
+    let listen = eff
+        .listen
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("configuration has no listen"))?
+        .iter()
+        .map(|l| l.parse::<Listen>().map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if listen.is_empty() {
+        anyhow::bail!("listen is empty: give at least one address");
+    }
+    Ok(listen)
+}
+
+/// How failed authentications are slowed down, and for whom not.
+fn auth_policy(eff: &ServeFile) -> anyhow::Result<AuthPolicy> {
+    Ok(AuthPolicy {
+        fail_delay: Duration::from_millis(
+            eff.auth_fail_delay_ms
+                .unwrap_or(serve_config::DEFAULT_AUTH_FAIL_DELAY_MS),
+        ),
+        penalties: PenaltyPolicy {
+            free_failures: eff
+                .auth_max_failures
+                .unwrap_or(serve_config::DEFAULT_AUTH_MAX_FAILURES),
+            max_delay: Duration::from_millis(
+                eff.auth_penalty_max_ms
+                    .unwrap_or(serve_config::DEFAULT_AUTH_PENALTY_MAX_MS),
+            ),
+            exempt: parse_networks(eff.auth_penalty_exempt.as_deref().unwrap_or_default())?,
+            ..PenaltyPolicy::default()
+        },
+    })
+}
+
+/// Limits on connections still in the handshake, overall and per source.
+fn startup_limits(eff: &ServeFile) -> anyhow::Result<StartupLimits> {
+    let text = eff
+        .max_startups
+        .as_deref()
+        .unwrap_or(serve_config::DEFAULT_MAX_STARTUPS);
+    let mut limits: StartupLimits = text
+        .parse()
+        .map_err(|e| anyhow::anyhow!("max-startups: {e}"))?;
+    limits.per_source = eff
+        .per_source_max_startups
+        .unwrap_or(serve_config::DEFAULT_PER_SOURCE_MAX_STARTUPS)
+        .max(1);
+    Ok(limits)
 }
 
 /// A number of seconds from the configuration; 0 (or less) means never.

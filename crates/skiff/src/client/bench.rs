@@ -393,9 +393,8 @@ pub async fn transfer_load(
     load: &TransferLoad,
 ) -> Result<TransferReport, ClientError> {
     let parallel = load.parallel.max(1);
-    let local_err = |e: std::io::Error| ClientError::Local(format!("bench file: {e}"));
     let tag = format!("skiff-bench-{}", std::process::id());
-    let files: Vec<(std::path::PathBuf, String)> = (0..parallel)
+    let files: Vec<BenchFile> = (0..parallel)
         .map(|i| {
             (
                 load.local_dir.join(format!("{tag}-{i}.bin")),
@@ -404,50 +403,8 @@ pub async fn transfer_load(
         })
         .collect();
     let result = async {
-        for (i, (local, _)) in files.iter().enumerate() {
-            write_test_file(local, load.size, 0x9e37_79b9_7f4a_7c15 ^ i as u64)
-                .map_err(local_err)?;
-        }
-        let files_opts = super::files::Options {
-            force: true,
-            ..Default::default()
-        };
-        if load.direction == Direction::Get {
-            let mut c = connect(target, key, opts).await?;
-            for (local, remote) in &files {
-                check(
-                    super::files::upload::put_as(&mut c.session, local, remote, &files_opts)
-                        .await?,
-                )?;
-                std::fs::remove_file(local).map_err(local_err)?;
-            }
-            let _ = c.session.close().await;
-        }
-        let mut sessions = Vec::with_capacity(parallel);
-        for _ in 0..parallel {
-            sessions.push(connect(target, key, opts).await?);
-        }
-        let start = Instant::now();
-        let mut tasks = tokio::task::JoinSet::new();
-        for (mut c, (local, remote)) in sessions.into_iter().zip(files.clone()) {
-            let (dir, o) = (load.direction, files_opts.clone());
-            tasks.spawn(async move {
-                let s = match dir {
-                    Direction::Put => {
-                        super::files::upload::put_as(&mut c.session, &local, &remote, &o).await
-                    }
-                    Direction::Get => {
-                        super::files::download::get_as(&mut c.session, &remote, &local, &o).await
-                    }
-                };
-                let _ = c.session.close().await;
-                check(s?)
-            });
-        }
-        while let Some(joined) = tasks.join_next().await {
-            joined.map_err(|e| ClientError::Local(format!("transfer task failed: {e}")))??;
-        }
-        let seconds = start.elapsed().as_secs_f64();
+        prepare_files(target, key, opts, load, &files).await?;
+        let seconds = timed_transfers(target, key, opts, load.direction, &files).await?;
         Ok::<_, ClientError>(TransferReport {
             direction: load.direction,
             size: load.size,
@@ -458,17 +415,96 @@ pub async fn transfer_load(
         })
     }
     .await;
-    // Leave nothing behind, on either side, whatever happened.
-    for (local, _) in &files {
+    remove_files(target, key, opts, &files).await;
+    result
+}
+
+/// One benchmark file: its local path and its path on the server.
+type BenchFile = (std::path::PathBuf, String);
+
+/// The options every benchmark transfer uses: overwrite the last run's file.
+fn bench_options() -> super::files::Options {
+    super::files::Options {
+        force: true,
+        ..Default::default()
+    }
+}
+
+/// Writes the local files; for a get, uploads them and removes the local
+/// copies, so the timed run starts with the files only on the server.
+async fn prepare_files(
+    target: &Target,
+    key: &UserKey,
+    opts: &ConnectOptions,
+    load: &TransferLoad,
+    files: &[BenchFile],
+) -> Result<(), ClientError> {
+    let local_err = |e: std::io::Error| ClientError::Local(format!("bench file: {e}"));
+    for (i, (local, _)) in files.iter().enumerate() {
+        write_test_file(local, load.size, 0x9e37_79b9_7f4a_7c15 ^ i as u64).map_err(local_err)?;
+    }
+    if load.direction == Direction::Get {
+        let mut c = connect(target, key, opts).await?;
+        for (local, remote) in files {
+            check(
+                super::files::upload::put_as(&mut c.session, local, remote, &bench_options())
+                    .await?,
+            )?;
+            std::fs::remove_file(local).map_err(local_err)?;
+        }
+        let _ = c.session.close().await;
+    }
+    Ok(())
+}
+
+/// Moves every file at once, one session each (all connected before the
+/// clock starts), and returns the seconds from the first byte to the last
+/// verified file.
+async fn timed_transfers(
+    target: &Target,
+    key: &UserKey,
+    opts: &ConnectOptions,
+    direction: Direction,
+    files: &[BenchFile],
+) -> Result<f64, ClientError> {
+    let mut sessions = Vec::with_capacity(files.len());
+    for _ in files {
+        sessions.push(connect(target, key, opts).await?);
+    }
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (mut c, (local, remote)) in sessions.into_iter().zip(files.to_vec()) {
+        let o = bench_options();
+        tasks.spawn(async move {
+            let s = match direction {
+                Direction::Put => {
+                    super::files::upload::put_as(&mut c.session, &local, &remote, &o).await
+                }
+                Direction::Get => {
+                    super::files::download::get_as(&mut c.session, &remote, &local, &o).await
+                }
+            };
+            let _ = c.session.close().await;
+            check(s?)
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.map_err(|e| ClientError::Local(format!("transfer task failed: {e}")))??;
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// Leaves nothing behind, on either side, whatever happened.
+async fn remove_files(target: &Target, key: &UserKey, opts: &ConnectOptions, files: &[BenchFile]) {
+    for (local, _) in files {
         let _ = std::fs::remove_file(local);
     }
     if let Ok(mut c) = connect(target, key, opts).await {
-        for (_, remote) in &files {
+        for (_, remote) in files {
             let _ = super::files::remote::rm(&mut c.session, remote, false).await;
         }
         let _ = c.session.close().await;
     }
-    result
 }
 
 /// A transfer with failures is a failed benchmark, not a fast one.

@@ -108,35 +108,25 @@ where
     Fut: Future<Output = Result<i32, String>> + Send + 'static,
 {
     let parallel = plan.parallel.max(1);
-    let mut results: Vec<Option<HostResult>> = Vec::new();
-    let mut outputs = Vec::new();
-    let mut started_at = Vec::new();
+    let mut started: Vec<Started> = Vec::new();
     let mut pending = hosts.into_iter().enumerate();
     let mut running: JoinSet<(usize, HostStatus)> = JoinSet::new();
     let mut interrupted = false;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
-    let mut names = Vec::new();
     loop {
         while running.len() < parallel {
             let Some((i, h)) = pending.next() else { break };
-            let out = HostOutput::new(&h.name, plan.live, plan.keep);
-            names.push((h.name, h.target));
-            outputs.push(out.clone());
-            started_at.push(Instant::now());
-            results.push(None);
-            let fut = job(h.input, out);
-            let timeout = plan.timeout;
-            running.spawn(async move {
-                let status = match timeout {
-                    Some(t) => match tokio::time::timeout(t, fut).await {
-                        Ok(r) => to_status(r),
-                        Err(_) => HostStatus::TimedOut,
-                    },
-                    None => to_status(fut.await),
-                };
-                (i, status)
+            let output = HostOutput::new(&h.name, plan.live, plan.keep);
+            let fut = within(plan.timeout, job(h.input, output.clone()));
+            started.push(Started {
+                name: h.name,
+                target: h.target,
+                output,
+                at: Instant::now(),
+                result: None,
             });
+            running.spawn(async move { (i, fut.await) });
         }
         if running.is_empty() {
             break;
@@ -145,7 +135,7 @@ where
             done = running.join_next() => {
                 // A job that panicked leaves its slot empty: reported below.
                 if let Some(Ok((i, status))) = done {
-                    results[i] = Some(finish(&names[i], &outputs[i], started_at[i], status));
+                    started[i].result = Some(started[i].finish(status));
                 }
             }
             _ = &mut ctrl_c, if !interrupted => {
@@ -156,56 +146,75 @@ where
             }
         }
     }
-    let mut all: Vec<HostResult> = results
+    let mut results: Vec<HostResult> = started
         .into_iter()
-        .enumerate()
-        .map(|(i, r)| {
-            r.unwrap_or_else(|| {
-                let status = if interrupted {
-                    HostStatus::Interrupted
-                } else {
-                    HostStatus::Error("the job crashed".to_string())
-                };
-                finish(&names[i], &outputs[i], started_at[i], status)
-            })
-        })
+        .map(|s| s.into_result(interrupted))
         .collect();
-    for (_, h) in pending {
-        all.push(HostResult {
-            name: h.name,
-            target: h.target,
-            status: HostStatus::NotStarted,
-            reached: false,
-            duration: Duration::ZERO,
-            output: Captured::default(),
-        });
-    }
+    results.extend(pending.map(|(_, h)| HostResult {
+        name: h.name,
+        target: h.target,
+        status: HostStatus::NotStarted,
+        reached: false,
+        duration: Duration::ZERO,
+        output: Captured::default(),
+    }));
     Run {
-        results: all,
+        results,
         interrupted,
     }
 }
 
-fn to_status(r: Result<i32, String>) -> HostStatus {
-    match r {
+/// A job's outcome, cut off at the host's deadline if it has one.
+async fn within<Fut>(timeout: Option<Duration>, fut: Fut) -> HostStatus
+where
+    Fut: Future<Output = Result<i32, String>>,
+{
+    let result = match timeout {
+        Some(t) => match tokio::time::timeout(t, fut).await {
+            Ok(r) => r,
+            Err(_) => return HostStatus::TimedOut,
+        },
+        None => fut.await,
+    };
+    match result {
         Ok(code) => HostStatus::Exited(code),
         Err(e) => HostStatus::Error(e),
     }
 }
 
-fn finish(
-    (name, target): &(String, String),
-    out: &HostOutput,
-    start: Instant,
-    status: HostStatus,
-) -> HostResult {
-    HostResult {
-        name: name.clone(),
-        target: target.clone(),
-        reached: out.started(),
-        duration: start.elapsed(),
-        output: out.finish(),
-        status,
+/// A host whose job has started: what its result is built from.
+struct Started {
+    name: String,
+    target: String,
+    output: HostOutput,
+    at: Instant,
+    /// Set when the job ends; still `None` if it panicked or was stopped.
+    result: Option<HostResult>,
+}
+
+impl Started {
+    fn finish(&self, status: HostStatus) -> HostResult {
+        HostResult {
+            name: self.name.clone(),
+            target: self.target.clone(),
+            reached: self.output.started(),
+            duration: self.at.elapsed(),
+            output: self.output.finish(),
+            status,
+        }
+    }
+
+    /// The result, or, for a job that never ended on its own, why not.
+    fn into_result(self, interrupted: bool) -> HostResult {
+        if let Some(r) = self.result {
+            return r;
+        }
+        let status = if interrupted {
+            HostStatus::Interrupted
+        } else {
+            HostStatus::Error("the job crashed".to_string())
+        };
+        self.finish(status)
     }
 }
 
