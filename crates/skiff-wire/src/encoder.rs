@@ -28,20 +28,36 @@ pub fn encode_frame<M: Message>(
     body: &[u8],
     dst: &mut BytesMut,
 ) -> Result<(), FrameError> {
+    dst.reserve(64 + body.len());
+    encode_header(msg, body.len(), dst)?;
+    dst.put_slice(body);
+    Ok(())
+}
+
+/// Appends the length prefix and JSON header of a frame whose body of
+/// `body_len` bytes the caller writes next, from wherever it lives (a
+/// vectored write sends a large body straight from its own buffer). With
+/// the body appended, the bytes are exactly [`encode_frame`]'s. On error
+/// nothing is appended to `dst`.
+pub(crate) fn encode_header<M: Message>(
+    msg: &M,
+    body_len: usize,
+    dst: &mut BytesMut,
+) -> Result<(), FrameError> {
     let start = dst.len();
-    let result = encode_frame_into(msg, body, dst);
+    let result = encode_header_into(msg, body_len, dst);
     if result.is_err() {
         dst.truncate(start);
     }
     result
 }
 
-/// [`encode_frame`] without the clean-up on error. The header is written
+/// [`encode_header`] without the clean-up on error. The header is written
 /// in place behind a length placeholder (no intermediate buffers: this runs
 /// once per frame, and small frames are dominated by such costs).
-fn encode_frame_into<M: Message>(
+fn encode_header_into<M: Message>(
     msg: &M,
-    body: &[u8],
+    body_len: usize,
     dst: &mut BytesMut,
 ) -> Result<(), FrameError> {
     let bad = |e: serde_json::Error| FrameError::BadMessage {
@@ -49,14 +65,14 @@ fn encode_frame_into<M: Message>(
         reason: e.to_string(),
     };
     let start = dst.len();
-    dst.reserve(64 + body.len());
+    dst.reserve(64);
     dst.put_u32(0);
     dst.put_slice(b"{\"op\":");
     // Ops are plain identifiers, but quote them properly anyway.
     serde_json::to_writer((&mut *dst).writer(), M::OP).map_err(bad)?;
-    if !body.is_empty() {
+    if body_len > 0 {
         use std::io::Write;
-        write!((&mut *dst).writer(), ",\"len\":{}", body.len())
+        write!((&mut *dst).writer(), ",\"len\":{body_len}")
             .map_err(|e| bad(serde_json::Error::io(e)))?;
     }
     let fields_at = dst.len();
@@ -87,14 +103,13 @@ fn encode_frame_into<M: Message>(
             max: limits.max_header,
         });
     }
-    if body.len() > limits.max_body {
+    if body_len > limits.max_body {
         return Err(FrameError::BodyTooLarge {
-            len: body.len() as u64,
+            len: body_len as u64,
             max: limits.max_body,
         });
     }
     dst[start..start + 4].copy_from_slice(&(header_len as u32).to_be_bytes());
-    dst.put_slice(body);
     Ok(())
 }
 
@@ -116,6 +131,19 @@ fn has_reserved_field(fields: &[u8]) -> Result<bool, serde_json::Error> {
 /// The caller guarantees the header is a JSON object with `op` and the right
 /// `len`; only the size limits are checked here.
 pub fn encode_raw(header: &[u8], body: &[u8], dst: &mut BytesMut) -> Result<(), FrameError> {
+    dst.reserve(4 + header.len() + body.len());
+    encode_raw_header(header, body.len(), dst)?;
+    dst.put_slice(body);
+    Ok(())
+}
+
+/// [`encode_raw`] without the body: the length prefix and `header`, for a
+/// body of `body_len` bytes the caller writes next (see [`encode_header`]).
+pub(crate) fn encode_raw_header(
+    header: &[u8],
+    body_len: usize,
+    dst: &mut BytesMut,
+) -> Result<(), FrameError> {
     let limits = Limits::default();
     if header.is_empty() {
         return Err(FrameError::EmptyHeader);
@@ -126,16 +154,15 @@ pub fn encode_raw(header: &[u8], body: &[u8], dst: &mut BytesMut) -> Result<(), 
             max: limits.max_header,
         });
     }
-    if body.len() > limits.max_body {
+    if body_len > limits.max_body {
         return Err(FrameError::BodyTooLarge {
-            len: body.len() as u64,
+            len: body_len as u64,
             max: limits.max_body,
         });
     }
-    dst.reserve(4 + header.len() + body.len());
+    dst.reserve(4 + header.len());
     dst.put_u32(header.len() as u32);
     dst.put_slice(header);
-    dst.put_slice(body);
     Ok(())
 }
 

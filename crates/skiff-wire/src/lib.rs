@@ -13,7 +13,9 @@
 //! is a specific [`FrameError`], never a panic.
 //!
 //! The crate is sans-IO: [`FrameDecoder`] turns bytes into [`Frame`]s,
-//! [`encode_frame`] turns messages into bytes, and `FrameCodec` (feature
+//! [`encode_frame`] turns messages into bytes, [`WriteQueue`] holds frames
+//! for a vectored write (large bodies by handle, not copied), and
+//! `FrameCodec` (feature
 //! `codec`, on by default) adapts both to `tokio_util::codec` for callers
 //! that want a `Framed` stream.
 
@@ -26,6 +28,7 @@ mod encoder;
 mod error;
 mod frame;
 pub mod message;
+mod outgoing;
 mod recycle;
 
 #[cfg(feature = "codec")]
@@ -35,3 +38,4 @@ pub use encoder::{encode_frame, encode_raw};
 pub use error::FrameError;
 pub use frame::{Frame, Limits, HANDSHAKE_MAX_HEADER_LEN, MAX_BODY_LEN, MAX_HEADER_LEN};
 pub use message::{ErrorCode, ErrorMsg, Message, MessageError};
+pub use outgoing::{WriteQueue, SHARE_MIN};

@@ -10,18 +10,24 @@
 pub mod accept;
 pub(crate) mod penalty;
 pub mod tls;
+#[cfg(test)]
+mod write_tests;
 
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::BytesMut;
-use futures::{SinkExt, StreamExt};
+use bytes::Bytes;
+use futures::StreamExt;
 use skiff_wire::message::Phase;
 use skiff_wire::{
     CodecError, ErrorCode, ErrorMsg, Frame, FrameCodec, FrameError, Limits, Message, MessageError,
+    WriteQueue,
 };
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::FramedRead;
 
 /// A byte stream a session can run over: TLS, TCP or Unix.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -120,9 +126,16 @@ pub struct SessionReader<'a> {
     inner: FramedRead<ReadHalf<Box<dyn Io + 'a>>, FrameCodec>,
 }
 
+/// How many slices one vectored write hands the stream: a few frames'
+/// headers and bodies (a data chunk is one slice).
+const WRITE_SLICES: usize = 64;
+
 /// The sending half of a session.
 pub struct SessionWriter<'a> {
-    inner: FramedWrite<WriteHalf<Box<dyn Io + 'a>>, FrameCodec>,
+    io: WriteHalf<Box<dyn Io + 'a>>,
+    /// Frames not yet written: headers and small frames in one buffer,
+    /// large bodies by handle (sent from the caller's chunk, not copied).
+    queue: WriteQueue,
     /// Every flush (and close) gives up after this long without finishing.
     timeout: Duration,
 }
@@ -150,11 +163,11 @@ impl<'a> Session<'a> {
         let (r, w) = tokio::io::split(io);
         let capacity = read_capacity(limits);
         let reader = FramedRead::with_capacity(r, FrameCodec::with_limits(limits), capacity);
-        let writer = FramedWrite::new(w, FrameCodec::new());
         Session {
             reader: SessionReader { inner: reader },
             writer: SessionWriter {
-                inner: writer,
+                io: w,
+                queue: WriteQueue::new(),
                 timeout: WRITE_STALL_TIMEOUT,
             },
         }
@@ -231,6 +244,15 @@ impl<'a> Session<'a> {
         self.writer.write(msg, body).await
     }
 
+    /// See [`SessionWriter::write_shared`].
+    pub async fn write_shared<M: Message>(
+        &mut self,
+        msg: &M,
+        body: Bytes,
+    ) -> Result<(), SessionError> {
+        self.writer.write_shared(msg, body).await
+    }
+
     /// Ends one answer: sends what is buffered, unless the peer has already
     /// pipelined further requests and the buffer is below its high-water
     /// mark (then their answers go out together, in one burst).
@@ -303,8 +325,7 @@ impl SessionReader<'_> {
 impl SessionWriter<'_> {
     /// Appends a frame to the write buffer without sending it yet.
     pub fn queue<M: Message>(&mut self, msg: &M, body: &[u8]) -> Result<(), SessionError> {
-        let buf: &mut BytesMut = self.inner.write_buffer_mut();
-        skiff_wire::encode_frame(msg, body, buf)?;
+        self.queue.push(msg, body)?;
         Ok(())
     }
 
@@ -313,17 +334,31 @@ impl SessionWriter<'_> {
     /// that does not read). The one way streams of chunks are written.
     pub async fn write<M: Message>(&mut self, msg: &M, body: &[u8]) -> Result<(), SessionError> {
         self.queue(msg, body)?;
-        if self.has_room() {
-            return Ok(());
-        }
-        self.flush().await
+        self.flush_if_full().await
+    }
+
+    /// [`write`](Self::write) for a body already in a shared buffer (a
+    /// file's data chunk): a large body is written to the stream from that
+    /// buffer itself, never copied into the session's, and released once
+    /// written. The bytes on the wire are the same.
+    pub async fn write_shared<M: Message>(
+        &mut self,
+        msg: &M,
+        body: Bytes,
+    ) -> Result<(), SessionError> {
+        self.queue.push_shared(msg, body)?;
+        self.flush_if_full().await
     }
 
     /// [`write`](Self::write) for a frame already built (on another
-    /// thread, with [`Frame::from_message`]).
+    /// thread, with [`Frame::from_message`]); its body is shared as in
+    /// [`write_shared`](Self::write_shared).
     pub async fn write_frame(&mut self, frame: &Frame) -> Result<(), SessionError> {
-        let buf: &mut BytesMut = self.inner.write_buffer_mut();
-        skiff_wire::encode_raw(frame.header(), frame.body(), buf)?;
+        self.queue.push_raw(frame.header(), frame.body())?;
+        self.flush_if_full().await
+    }
+
+    async fn flush_if_full(&mut self) -> Result<(), SessionError> {
         if self.has_room() {
             return Ok(());
         }
@@ -352,27 +387,54 @@ impl SessionWriter<'_> {
     }
 
     /// Sends everything buffered, within the write timeout (a peer that
-    /// stops reading cannot hold a writer forever).
+    /// stops reading cannot hold a writer forever). Cancel-safe: what was
+    /// written is gone from the queue, the rest stays queued.
     pub async fn flush(&mut self) -> Result<(), SessionError> {
-        let flush = SinkExt::<Frame>::flush(&mut self.inner);
-        match tokio::time::timeout(self.timeout, flush).await {
+        let timeout = self.timeout;
+        let flush = std::future::poll_fn(|cx| self.poll_flush(cx));
+        match tokio::time::timeout(timeout, flush).await {
             Ok(r) => r.map_err(SessionError::from),
-            Err(_) => Err(SessionError::Timeout(self.timeout)),
+            Err(_) => Err(SessionError::Timeout(timeout)),
         }
+    }
+
+    /// Writes the queue out (vectored where the stream can: each header
+    /// from the buffer, each large body from its own chunk), then flushes
+    /// the stream (TLS: the records still held by rustls).
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while !self.queue.is_empty() {
+            let io = Pin::new(&mut self.io);
+            let written = if io.is_write_vectored() {
+                let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
+                let n = self.queue.io_slices(&mut slices);
+                ready!(io.poll_write_vectored(cx, &slices[..n]))?
+            } else {
+                ready!(io.poll_write(cx, self.queue.first_chunk()))?
+            };
+            if written == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            self.queue.advance(written);
+        }
+        Pin::new(&mut self.io).poll_flush(cx)
     }
 
     /// Bytes queued but not yet sent.
     pub fn buffered(&self) -> usize {
-        self.inner.write_buffer().len()
+        self.queue.len()
     }
 
     /// Flushes and shuts down the sending direction (TLS close_notify),
     /// within the write timeout.
     pub async fn close(&mut self) -> Result<(), SessionError> {
-        let close = SinkExt::<Frame>::close(&mut self.inner);
-        match tokio::time::timeout(self.timeout, close).await {
+        let timeout = self.timeout;
+        let close = std::future::poll_fn(|cx| {
+            ready!(self.poll_flush(cx))?;
+            Pin::new(&mut self.io).poll_shutdown(cx)
+        });
+        match tokio::time::timeout(timeout, close).await {
             Ok(r) => r.map_err(SessionError::from),
-            Err(_) => Err(SessionError::Timeout(self.timeout)),
+            Err(_) => Err(SessionError::Timeout(timeout)),
         }
     }
 }

@@ -1,8 +1,8 @@
 //! Recycled send buffers: the sending side's counterpart of the frame
 //! decoder's receive-buffer recycling (`skiff-wire`'s `recycle` module).
 //!
-//! A reading thread hands each chunk of a file to the network task (which
-//! copies it into the session's write buffer) and, for a large file, to a
+//! A reading thread hands each chunk of a file to the network task (whose
+//! session writes it to the stream from the chunk itself) and, for a large file, to a
 //! hash thread, as a shared [`Bytes`]. A fresh buffer per chunk costs an
 //! allocation of about a MiB that the allocator gives back to the kernel
 //! once both are done with it, and the next chunk faults the same amount
@@ -13,7 +13,7 @@
 //!
 //! The handles only keep alive chunks that were read already and are
 //! normally still in flight (the pipeline's channel, the hash thread's
-//! queue, the write buffer), never more than [`POOL_LEN`] of them, and the
+//! queue, the session's write queue), never more than [`POOL_LEN`] of them, and the
 //! pool goes with the reader when the transfer ends.
 
 use std::collections::VecDeque;
@@ -25,7 +25,7 @@ use super::WINDOW;
 
 /// How many lent chunks a pool keeps handles to: the chunks a pipeline
 /// holds at once (its channel and the hash thread's, one in each thread's
-/// hands, one being copied into the write buffer) with a little to spare,
+/// hands, one in the session's write queue) with a little to spare,
 /// so that one of them is normally free again when the next is read.
 pub(crate) const POOL_LEN: usize = 2 * WINDOW + 4;
 

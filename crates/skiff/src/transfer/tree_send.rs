@@ -194,9 +194,9 @@ async fn send_frames(
         fault::maybe_delay().await;
         match out.frame {
             Frame::Dir(m) => writer.write(&m, &[]).await?,
-            Frame::Files(m, body) => writer.write(&m, &body).await?,
+            Frame::Files(m, body) => writer.write_shared(&m, body).await?,
             Frame::Head(m) => writer.write(&m, &[]).await?,
-            Frame::Data(body) => writer.write(&Data {}, &body).await?,
+            Frame::Data(body) => writer.write_shared(&Data {}, body).await?,
             Frame::End(m) => writer.write(&m, &[]).await?,
             Frame::Link(m) => writer.write(&m, &[]).await?,
             Frame::Failure(m) => writer.write(&m, &[]).await?,

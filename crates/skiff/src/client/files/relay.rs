@@ -250,7 +250,7 @@ async fn relay_file(
                 sum.update(&b);
                 size += b.len() as u64;
                 progress.add(b.len() as u64);
-                dst.write(&Data {}, &b).await?;
+                dst.write_shared(&Data {}, b).await?;
             }
             Chunk::End(end) => {
                 break verify(from, size, sum, &end).map(|size| End {

@@ -423,7 +423,7 @@ impl<F: Fn(Failure) + Sync> Sender<'_, '_, F> {
             }
             crate::transfer::fault::maybe_delay().await;
             self.progress.add(chunk.len() as u64);
-            self.writer.write(&Data {}, &chunk).await?;
+            self.writer.write_shared(&Data {}, chunk).await?;
         }
         match source.finish().await {
             Ok(d) => Ok(End {

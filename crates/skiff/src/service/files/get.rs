@@ -23,7 +23,7 @@ pub async fn handle(session: &mut Session<'_>, root: &Dir, req: Get) -> Result<(
     // meanwhile: the client refuses anything past it.
     let mut source = Source::spawn_upto(file, head.offset, head.size, req.hash);
     while let Some(chunk) = source.next().await {
-        session.write(&Data {}, &chunk).await?;
+        session.write_shared(&Data {}, chunk).await?;
     }
     match source.finish().await {
         Ok(done) => session.queue(
