@@ -148,6 +148,14 @@ fn a_large_file_goes_over_several_streams_and_arrives_whole() {
         assert_eq!(hash(&two.server.root.join("big")), hash(&src), "{url}");
         std::fs::remove_file(two.server.root.join("big")).expect("rm");
     }
+    // A refused upload (the path exists, no --force) is reported, and
+    // nothing is left behind.
+    ok(&two.put(two.tls(), &["--streams", "4", p(&src), "big"]));
+    let out = two.put(two.tls(), &["--streams", "4", p(&src), "big"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("exists"), "{}", stderr(&out));
+    two.assert_nothing_staged();
+    std::fs::remove_file(two.server.root.join("big")).expect("rm");
     // A file too small to split goes the ordinary way.
     let small = dir.path().join("small");
     make_file(&small, 100_000, 3);
