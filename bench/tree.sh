@@ -258,6 +258,17 @@ bulk_rows() {
     BULK_REPORT+=("rsync daemon get|$r_get||")
     BULK_REPORT+=("socat raw TCP -> tmpfs file|$so||")
     BULK_REPORT+=("skiff put, +$RTT ms RTT|$d_put|$(ratio "$d_put" "$p_put") of no delay|")
+    # One file over several connections (put --streams N), without and
+    # through the same relay; the relay rows are medians of RUNS runs.
+    local sn s_put s_dput
+    for sn in 4 8; do
+        s_put=$(gbps "$(med_secs "rm -f '$base/skiff/root/big.bin'" "${sk[@]}" put --streams "$sn" "$SK_URL" "$big" big.bin)")
+        cmp -s "$big" "$base/skiff/root/big.bin" || log "WARNING: skiff put --streams $sn: the copy differs"
+        s_dput=$(gbps "$(med_secs "rm -f '$base/skiff/root/big.bin'" "${sk[@]}" put --streams "$sn" "tcp://127.0.0.1:$RELAY_PORT" "$big" big.bin)")
+        cmp -s "$big" "$base/skiff/root/big.bin" || log "WARNING: skiff put --streams $sn (relay): the copy differs"
+        BULK_REPORT+=("skiff put --streams $sn|$s_put|$(ratio "$s_put" "$r_put")|$(ratio "$s_put" "$so")")
+        BULK_REPORT+=("skiff put --streams $sn, +$RTT ms RTT|$s_dput|$(ratio "$s_dput" "$p_put") of single-stream no delay|")
+    done
     rm -f "$big" "$base/skiff/root/big.bin"
 }
 

@@ -173,6 +173,7 @@ struct SessionHandler {
     idle_timeout: Option<Duration>,
     write_timeout: Duration,
     staging: Arc<StagingArea>,
+    joins: Arc<crate::service::files::streams::Joins>,
     audit: Audit,
     live: Arc<RwLock<LiveSettings>>,
     base_env: Arc<BaseEnv>,
@@ -360,6 +361,7 @@ impl<'h> Arrival<'h> {
             base_env: h.base_env.clone(),
             accept_env,
             staging: h.staging.clone(),
+            joins: h.joins.clone(),
             idle_timeout: h.idle_timeout,
             shutdown: self.shutdown.clone(),
         }
@@ -584,6 +586,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         idle_timeout: cfg.idle_timeout,
         write_timeout: cfg.write_timeout,
         staging: staging.clone(),
+        joins: Arc::default(),
         audit: audit.clone(),
         live: live.clone(),
         base_env: Arc::new(BaseEnv::from_server()),

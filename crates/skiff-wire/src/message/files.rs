@@ -351,6 +351,8 @@ phase! {
         Ok(OkReply),
         /// The upload may send data.
         Ready(Ready),
+        /// An upload over several connections is open (`put_open`).
+        Opened(super::streams::Opened),
         /// The upload is committed.
         Done(Done),
         /// The download starts; its data follows.

@@ -13,6 +13,7 @@ pub mod files;
 pub mod handshake;
 pub mod ping;
 pub mod request;
+pub mod streams;
 pub mod sync;
 pub mod tree;
 pub mod udp;

@@ -5,6 +5,7 @@ use super::exec::Exec;
 use super::files::{Get, Ls, Mkdir, Mv, Put, Rm, Stat};
 use super::phase;
 use super::ping::Ping;
+use super::streams::{PutJoin, PutOpen};
 use super::sync::SyncRequest;
 use super::tree::{GetTree, PutTree};
 
@@ -37,6 +38,10 @@ phase! {
         PutTree(PutTree),
         /// Download a tree as one stream (its entries follow).
         GetTree(GetTree),
+        /// Open an upload whose ranges come on several connections.
+        PutOpen(PutOpen),
+        /// Send one range of an upload opened on another connection.
+        PutJoin(PutJoin),
     }
 }
 
@@ -61,7 +66,7 @@ mod tests {
             Request::OPS,
             &[
                 "ping", "put", "get", "ls", "stat", "rm", "mkdir", "mv", "exec", "sync",
-                "put_tree", "get_tree"
+                "put_tree", "get_tree", "put_open", "put_join"
             ]
         );
     }

@@ -8,11 +8,13 @@ use std::path::PathBuf;
 
 use skiff_wire::message::files::{Entry, EntryKind};
 
-use super::connect::{open, parse_target, KeyArg, PortArg};
+use super::connect::{open, open_endpoint, parse_target, resolve, KeyArg, PortArg};
 use super::fanout;
 use super::output::usage;
 use super::transfer::{resume_hint, Totals, TransferArgs, TransferFlags};
-use crate::client::files::{remote, sources, Summary};
+use std::sync::Arc;
+
+use crate::client::files::{remote, sources, streams, Options, Summary};
 use crate::client::{Client, ClientError};
 use crate::target::HostSpec;
 use crate::transfer::meta::{format_time, mode_string};
@@ -22,6 +24,13 @@ use crate::transfer::meta::{format_time, mode_string};
 pub struct PutArgs {
     #[command(flatten)]
     t: TransferArgs,
+    /// Send a large file over N connections at once (1 to 16), each
+    /// authenticated on its own: for links where one connection cannot
+    /// fill the bandwidth (a long round trip). Files under 16 MiB, trees
+    /// and --resume use one.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=16))]
+    streams: u32,
     /// TARGET (none with -H or --hosts-file), then the local files or
     /// trees, then the remote destination (relative to the server root;
     /// `/` is the root; ending in `/`: a directory).
@@ -220,8 +229,42 @@ pub fn put(a: PutArgs) -> anyhow::Result<i32> {
         a.t.port,
         &a.t.flags,
         json,
-        async |c| sources::put_all(&mut c.session, &sources, pos.dest, &opts).await,
+        async |c| {
+            let opts = with_streams(c, opts, a.streams, &target, &a.t.key, a.t.port)?;
+            sources::put_all(&mut c.session, &sources, pos.dest, &opts).await
+        },
     )
+}
+
+/// `opts` with `--streams N` (N > 1) set up: how to open each further
+/// connection to the same server. A server that does not offer uploads
+/// over several connections gets one, with a warning.
+fn with_streams(
+    c: &Client,
+    mut opts: Options,
+    n: u32,
+    target: &HostSpec,
+    key: &KeyArg,
+    port: PortArg,
+) -> Result<Options, ClientError> {
+    if n < 2 {
+        return Ok(opts);
+    }
+    if !c.welcome.services.iter().any(|s| s == streams::SERVICE) {
+        eprintln!(
+            "skiff: warning: the server ({}) does not take uploads over several connections; using one",
+            c.welcome.server
+        );
+        return Ok(opts);
+    }
+    let endpoint = resolve(target, port.port)?;
+    let key = key.clone();
+    let connect: Arc<streams::Connect> = Arc::new(move || {
+        let (endpoint, key) = (endpoint.clone(), key.clone());
+        Box::pin(async move { open_endpoint(&endpoint, &key, true).await })
+    });
+    opts.streams = Some(streams::Streams { count: n, connect });
+    Ok(opts)
 }
 
 /// Runs `skiff get`.

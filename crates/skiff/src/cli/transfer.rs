@@ -69,6 +69,7 @@ impl TransferFlags {
             progress: self.progress_kind(json),
             label: String::new(),
             verbose: self.verbose,
+            streams: None,
         }
     }
 }

@@ -52,6 +52,9 @@ pub struct ServiceContext {
     /// Where uploads are written until they are verified (outside the
     /// root, so no client path can name them).
     pub staging: Arc<crate::transfer::staging::StagingArea>,
+    /// The uploads over several connections in progress (shared by every
+    /// session of the server, so one connection can join another's).
+    pub joins: Arc<files::streams::Joins>,
     /// A session idle this long between requests is closed (`None`: never).
     pub idle_timeout: Option<Duration>,
     /// Cancelled when the server starts shutting down.

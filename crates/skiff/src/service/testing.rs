@@ -46,6 +46,7 @@ impl Harness {
             base_env: Arc::new(BaseEnv::from_server()),
             accept_env: Arc::new(AcceptEnv::default()),
             staging: Arc::new(staging),
+            joins: Arc::default(),
             idle_timeout: None,
             shutdown: CancellationToken::new(),
         };

@@ -22,7 +22,7 @@ use super::{CHUNK, WINDOW};
 
 /// Hashes `file[0..len)` (the prefix a resumed transfer already holds), so
 /// the final digest still covers the whole file.
-fn hash_prefix(file: &File, len: u64, sum: &mut Checksum) -> io::Result<()> {
+pub(crate) fn hash_prefix(file: &File, len: u64, sum: &mut Checksum) -> io::Result<()> {
     let mut buf = vec![0u8; CHUNK];
     let mut pos = 0u64;
     while pos < len {

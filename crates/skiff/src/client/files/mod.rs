@@ -13,6 +13,7 @@ pub mod relay;
 pub mod remote;
 pub mod remote_glob;
 pub mod sources;
+pub mod streams;
 mod tree_get;
 mod tree_put;
 pub mod upload;
@@ -44,6 +45,9 @@ pub struct Options {
     pub label: String,
     /// Name each file on stderr as it is done (`-v`).
     pub verbose: bool,
+    /// Send a large single file over several connections (`--streams`);
+    /// `None`: one.
+    pub streams: Option<streams::Streams>,
 }
 
 /// One file (or directory, or link) that could not be transferred; the

@@ -17,10 +17,10 @@ use skiff_wire::{ErrorCode, Message};
 use tokio::sync::{mpsc, oneshot};
 
 use super::progress::Progress;
-use super::tree_put;
 use super::{
     failure_or_protocol, hand_to_reader, recv_msg, remote_join, Failure, Options, Summary,
 };
+use super::{streams, tree_put};
 use crate::client::ClientError;
 use crate::session::{Session, SessionWriter};
 use crate::transfer::meta;
@@ -79,14 +79,26 @@ pub async fn put_as(
         }
         plan_tree(local, dest, &mut summary.failures)
     } else {
-        let job = Job::File(FileJob {
+        let job = FileJob {
             local: local.to_path_buf(),
             remote: dest.to_string(),
             size: md.len(),
             mode: md.mode(),
             mtime_ns: meta::mtime_ns(&md),
-        });
-        (vec![job], md.len())
+        };
+        if let Some(s) = opts.streams.as_ref().filter(|_| !opts.resume) {
+            let ranges = streams::ranges(job.size, s.count);
+            if ranges.len() > 1 {
+                let progress = Progress::new(job.size, opts);
+                progress.set_files(1);
+                let r = streams::put(session, s, &job, &ranges, opts, &progress).await?;
+                progress.file_done(&job.remote);
+                progress.finish();
+                summary.count(r);
+                return Ok(summary);
+            }
+        }
+        (vec![Job::File(job)], md.len())
     };
     let progress = Progress::new(total, opts);
     progress.set_files(jobs.iter().filter(|j| matches!(j, Job::File(_))).count() as u64);

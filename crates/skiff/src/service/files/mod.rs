@@ -15,6 +15,7 @@ mod manage;
 mod put;
 #[cfg(test)]
 mod put_tests;
+pub mod streams;
 mod tree;
 mod tree_get;
 
@@ -61,6 +62,17 @@ pub async fn handle(
                 return Err(e);
             }
         },
+        Request::PutOpen(req) => match streams::open(session, ctx, &root, &req).await {
+            Ok(Ok(done)) => (done, Ok(())),
+            Ok(Err(m)) => (None, Err(m)),
+            Err(e) => {
+                if let Some(c) = &change {
+                    c.record_lost(ctx, &e);
+                }
+                return Err(e);
+            }
+        },
+        Request::PutJoin(req) => return streams::join(session, ctx, &req).await.map(|_| ()),
         Request::PutTree(req) => return tree::receive(session, ctx, &root, req).await,
         Request::GetTree(req) => return tree_get::send(session, ctx, &root, req).await,
         Request::Get(req) => return get::handle(session, &root, req).await,
@@ -89,12 +101,13 @@ async fn drain_refused(
     ctx: &ServiceContext,
     req: &Request,
 ) -> Result<(), SessionError> {
-    if let Request::Put(put) = req {
-        if !put.resume && put.kind == EntryKind::File {
-            put::drain(session, ctx).await?;
+    match req {
+        Request::Put(put) if !put.resume && put.kind == EntryKind::File => {
+            put::drain(session, ctx).await
         }
+        Request::PutOpen(_) | Request::PutJoin(_) => put::drain(session, ctx).await,
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// A request that changes the tree: what the policy is asked about and
@@ -115,6 +128,10 @@ impl Change {
                 ("symlink", &p.path, p.target.clone())
             }
             Request::Put(p) => (Put::OP, &p.path, None),
+            Request::PutOpen(p) => (Put::OP, &p.path, None),
+            // A range of an upload whose `put_open` was checked (and is
+            // recorded) on its own connection.
+            Request::PutJoin(_) => return None,
             // Each file of a tree is recorded on its own; this is the
             // policy check of the tree as a whole.
             Request::PutTree(_) => {

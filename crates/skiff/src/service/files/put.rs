@@ -76,17 +76,17 @@ pub async fn handle(
 }
 
 /// Where an upload is being written.
-struct Prepared {
-    dest: Destination,
+pub(super) struct Prepared {
+    pub(super) dest: Destination,
     /// What was at the destination when the upload started.
-    observed: Observed,
-    staged: Staged,
-    offset: u64,
+    pub(super) observed: Observed,
+    pub(super) staged: Staged,
+    pub(super) offset: u64,
 }
 
 /// Checks the destination and creates (or takes over, for `resume`) the
 /// upload's staged file.
-fn prepare(ctx: &ServiceContext, root: &Dir, req: &Put) -> Result<Prepared, ErrorMsg> {
+pub(super) fn prepare(ctx: &ServiceContext, root: &Dir, req: &Put) -> Result<Prepared, ErrorMsg> {
     let loc = confine::locate(root, &req.path, Put::OP)?;
     let key = StageKey::new(
         &ctx.root.to_string_lossy(),
@@ -279,7 +279,7 @@ async fn finish(
 }
 
 /// Verifies size and digest, then commits the staged file by identity.
-fn verify_and_commit(
+pub(super) fn verify_and_commit(
     staged: &Staged,
     dest: &Destination,
     observed: Observed,
