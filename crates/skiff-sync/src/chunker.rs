@@ -54,6 +54,11 @@ impl Block<'_> {
 }
 
 /// Cuts and hashes a stream block by block (see the module docs).
+///
+/// Cutting is sequential (each cut point depends on where the chunk
+/// starts), hashing is not: each block's chunks (and the whole-stream
+/// digest) are hashed on the pool while the next block is cut, so the
+/// cut and the hashes run on different cores at once.
 pub struct Chunker<R> {
     reader: R,
     params: ChunkParams,
@@ -65,8 +70,15 @@ pub struct Chunker<R> {
     eof: bool,
     /// Stream offset of `buf[start]`.
     offset: u64,
-    whole: blake3::Hasher,
+    /// Chunk lengths already cut from `start` on (the next block).
+    pending: Vec<usize>,
+    /// The whole-stream digest; `None` when it is not wanted (a signature).
+    whole: Option<blake3::Hasher>,
 }
+
+/// Data cut per block: small enough that cutting the next block overlaps
+/// hashing this one several times per buffer fill.
+const STEP: usize = 2 * 1024 * 1024;
 
 #[derive(Clone, Copy)]
 struct Masks {
@@ -85,6 +97,43 @@ impl Masks {
     }
 }
 
+/// Where the bytes to cut are: `buf[..filled]`, the stream's end when `eof`.
+struct Window<'a> {
+    buf: &'a [u8],
+    eof: bool,
+    params: ChunkParams,
+    masks: Masks,
+}
+
+impl Window<'_> {
+    /// Chunk lengths that can be cut from `pos` on, about `limit` bytes of
+    /// them (at least one chunk when any can be cut).
+    fn cut(&self, mut pos: usize, limit: usize) -> Vec<usize> {
+        let p = self.params;
+        let end = pos.saturating_add(limit);
+        let mut lens = Vec::new();
+        while pos < self.buf.len() && pos < end {
+            let rest = self.buf.len() - pos;
+            if !self.eof && rest < p.max as usize {
+                break;
+            }
+            let (_, n) = v2020::cut(
+                &self.buf[pos..],
+                p.min as usize,
+                p.avg as usize,
+                p.max as usize,
+                self.masks.s,
+                self.masks.l,
+                self.masks.s << 1,
+                self.masks.l << 1,
+            );
+            lens.push(n);
+            pos += n;
+        }
+        lens
+    }
+}
+
 impl<R: Read> Chunker<R> {
     /// A chunker over `reader`. `size_hint` (the file size, when known)
     /// keeps the buffer small for small files.
@@ -100,8 +149,16 @@ impl<R: Read> Chunker<R> {
             filled: 0,
             eof: false,
             offset: 0,
-            whole: blake3::Hasher::new(),
+            pending: Vec::new(),
+            whole: Some(blake3::Hasher::new()),
         }
+    }
+
+    /// The same chunker without the whole-stream digest (a signature needs
+    /// only the chunks'), which halves the hashing.
+    pub fn without_digest(mut self) -> Chunker<R> {
+        self.whole = None;
+        self
     }
 
     /// The parameters this chunker cuts with.
@@ -109,12 +166,20 @@ impl<R: Read> Chunker<R> {
         self.params
     }
 
+    /// Bytes emitted so far.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
     /// The next run of chunks, or `None` at the end of the stream.
     pub fn next_block(&mut self) -> io::Result<Option<Block<'_>>> {
         loop {
-            let cuts = self.cut_available();
-            if !cuts.is_empty() {
-                return Ok(Some(self.emit(cuts)));
+            if self.pending.is_empty() {
+                self.pending = self.window().cut(self.start, STEP);
+            }
+            if !self.pending.is_empty() {
+                let lens = std::mem::take(&mut self.pending);
+                return Ok(Some(self.emit(lens)));
             }
             if self.eof {
                 return Ok(None);
@@ -123,10 +188,26 @@ impl<R: Read> Chunker<R> {
         }
     }
 
-    /// Drains the stream and returns the whole-stream hash and length.
+    /// Drains the stream and returns the whole-stream hash and length (an
+    /// error for a chunker made [`without_digest`](Self::without_digest)).
     pub fn finish(mut self) -> io::Result<(Hash, u64)> {
         while self.next_block()?.is_some() {}
-        Ok((self.whole.finalize().into(), self.offset))
+        match self.whole.take() {
+            Some(h) => Ok((h.finalize().into(), self.offset)),
+            None => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "this chunker keeps no whole-stream digest",
+            )),
+        }
+    }
+
+    fn window(&self) -> Window<'_> {
+        Window {
+            buf: &self.buf[..self.filled],
+            eof: self.eof,
+            params: self.params,
+            masks: self.masks,
+        }
     }
 
     fn fill(&mut self) -> io::Result<()> {
@@ -147,35 +228,10 @@ impl<R: Read> Chunker<R> {
         Ok(())
     }
 
-    /// Chunk lengths that can be cut now, starting at `start`.
-    fn cut_available(&self) -> Vec<usize> {
-        let p = self.params;
-        let mut lens = Vec::new();
-        let mut pos = self.start;
-        while pos < self.filled {
-            let rest = self.filled - pos;
-            if !self.eof && rest < p.max as usize {
-                break;
-            }
-            let (_, n) = v2020::cut(
-                &self.buf[pos..self.filled],
-                p.min as usize,
-                p.avg as usize,
-                p.max as usize,
-                self.masks.s,
-                self.masks.l,
-                self.masks.s << 1,
-                self.masks.l << 1,
-            );
-            lens.push(n);
-            pos += n;
-        }
-        lens
-    }
-
+    /// Hashes the chunks `lens` (from `start`) and feeds the whole-stream
+    /// digest, while the next block is cut; returns the block.
     fn emit(&mut self, lens: Vec<usize>) -> Block<'_> {
         let total: usize = lens.iter().sum();
-        let data = &self.buf[self.start..self.start + total];
         let mut at = 0usize;
         let spans: Vec<(usize, usize)> = lens
             .iter()
@@ -185,20 +241,36 @@ impl<R: Read> Chunker<R> {
                 span
             })
             .collect();
+        let window = Window {
+            buf: &self.buf[..self.filled],
+            eof: self.eof,
+            params: self.params,
+            masks: self.masks,
+        };
+        let data = &window.buf[self.start..self.start + total];
         let hash_one = |&(s, n): &(usize, usize)| Hash::of(&data[s..s + n]);
         let whole = &mut self.whole;
-        let hashes: Vec<Hash> = if total >= PARALLEL_MIN {
-            let (hashes, ()) = rayon::join(
-                || spans.par_iter().map(hash_one).collect(),
-                || {
-                    whole.update_rayon(data);
-                },
-            );
-            hashes
+        let next_from = self.start + total;
+        let (hashes, next): (Vec<Hash>, Vec<usize>) = if total >= PARALLEL_MIN {
+            let hash_all = || {
+                let (hashes, ()) = rayon::join(
+                    || spans.par_iter().map(hash_one).collect(),
+                    || {
+                        if let Some(w) = whole {
+                            w.update_rayon(data);
+                        }
+                    },
+                );
+                hashes
+            };
+            rayon::join(hash_all, || window.cut(next_from, STEP))
         } else {
-            whole.update(data);
-            spans.iter().map(hash_one).collect()
+            if let Some(w) = whole {
+                w.update(data);
+            }
+            (spans.iter().map(hash_one).collect(), Vec::new())
         };
+        self.pending = next;
         let base = self.offset;
         let chunks = spans
             .iter()
@@ -235,12 +307,12 @@ impl Signature {
     /// parameters for its size.
     pub fn of_reader<R: Read>(reader: R, size: u64) -> io::Result<Signature> {
         let params = ChunkParams::for_size(size);
-        let mut chunker = Chunker::new(reader, params, Some(size));
+        let mut chunker = Chunker::new(reader, params, Some(size)).without_digest();
         let mut chunks = Vec::new();
         while let Some(block) = chunker.next_block()? {
             chunks.extend(block.chunks.iter().map(|c| (c.len, c.hash)));
         }
-        let (_, size) = chunker.finish()?;
+        let size = chunker.offset();
         Ok(Signature {
             params,
             size,

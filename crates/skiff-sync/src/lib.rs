@@ -11,14 +11,16 @@
 //!   hashes, sized by the file, hashed on all cores; a receiver describes
 //!   its old copy as a [`chunker::Signature`];
 //! - [`recipe`]: the sender's copy/literal recipe of a new file against
-//!   that signature, and the receiver's [`recipe::Assembler`] that rebuilds
-//!   the file and verifies its whole-file BLAKE3;
+//!   that signature, and [`assemble`]: the receiver's [`Assembler`] that
+//!   rebuilds the file (copies in the kernel) and verifies its whole-file
+//!   BLAKE3;
 //! - [`list`]: the compact, compressed form of a file-list batch;
 //! - [`compress`]: per-chunk zstd, skipped when a chunk does not shrink;
 //! - [`parallel`]: order-keeping work on all cores.
 
 #![warn(missing_docs)]
 
+pub mod assemble;
 pub mod chunker;
 pub mod compress;
 pub mod diff;
@@ -31,15 +33,14 @@ pub mod params;
 pub mod recipe;
 pub mod walk;
 
+pub use assemble::{AssembleError, Assembler, FileOutput, ReadAt};
 pub use chunker::{Chunk, Chunker, Signature};
 pub use diff::{Action, Merge, MergeError, MergeOptions};
 pub use entry::{path_cmp, Entry, Kind};
 pub use exclude::{RuleStack, Rules};
 pub use hash::Hash;
 pub use params::ChunkParams;
-pub use recipe::{
-    make_recipe, prepare, recipe_of_prepared, AssembleError, Assembler, Piece, Prepared, ReadAt,
-};
+pub use recipe::{make_recipe, prepare, recipe_of_prepared, Piece, Prepared};
 pub use walk::{WalkError, Walked, Walker};
 
 #[cfg(test)]

@@ -1,10 +1,11 @@
 //! The recipe of a new file in terms of the receiver's old copy: ranges to
 //! copy from the old file and literal bytes, produced by the sender in one
-//! streaming pass, and its assembly by the receiver with whole-file
-//! verification.
+//! streaming pass (its assembly by the receiver is [`crate::assemble`]).
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
+
+use crate::assemble::ReadAt;
 
 use crate::chunker::{Chunk, Chunker, Signature};
 use crate::hash::Hash;
@@ -242,7 +243,11 @@ where
         if filled == 0 {
             return Ok((hasher.finalize().into(), total));
         }
-        hasher.update(&buf[..filled]);
+        if filled >= 128 * 1024 {
+            hasher.update_rayon(&buf[..filled]);
+        } else {
+            hasher.update(&buf[..filled]);
+        }
         total += filled as u64;
         emit(Piece::Literal(&buf[..filled]))?;
         if filled < buf.len() {
@@ -251,194 +256,10 @@ where
     }
 }
 
-/// Positioned reads from the old file (`pread`), so copies need no seek
-/// state and the old file can be shared.
-pub trait ReadAt {
-    /// Reads up to `buf.len()` bytes at `offset`; 0 at the end.
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
-}
-
-impl ReadAt for std::fs::File {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        std::os::unix::fs::FileExt::read_at(self, buf, offset)
-    }
-}
-
-impl<T: ReadAt + ?Sized> ReadAt for &T {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        (**self).read_at(buf, offset)
-    }
-}
-
-impl ReadAt for [u8] {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(self.len());
-        let n = buf.len().min(self.len() - start);
-        buf[..n].copy_from_slice(&self[start..start + n]);
-        Ok(n)
-    }
-}
-
-/// Why an assembly failed. Nothing is committed after any of these.
-#[derive(Debug, thiserror::Error)]
-pub enum AssembleError {
-    /// Reading the old file or writing the new one failed.
-    #[error(transparent)]
-    Io(#[from] io::Error),
-    /// A copy names bytes beyond the old file's end (or the old file
-    /// shrank meanwhile).
-    #[error("copy of {len} bytes at {offset} is outside the old file ({old_size} bytes)")]
-    CopyOutOfRange {
-        /// Requested offset.
-        offset: u64,
-        /// Requested length.
-        len: u64,
-        /// The old file's size when the assembly started.
-        old_size: u64,
-    },
-    /// More bytes than the announced size.
-    #[error("recipe produces more than the announced {0} bytes")]
-    TooLong(u64),
-    /// Fewer bytes than the announced size.
-    #[error("recipe produced {got} bytes, {want} announced")]
-    SizeMismatch {
-        /// Produced.
-        got: u64,
-        /// Announced.
-        want: u64,
-    },
-    /// The result is not the file the sender read (the old copy changed
-    /// since its signature was made, or the data was damaged).
-    #[error("assembled file does not match its BLAKE3 (expected {expected}, got {got})")]
-    HashMismatch {
-        /// From the sender.
-        expected: Hash,
-        /// Of what was written.
-        got: Hash,
-    },
-}
-
-/// Builds the new file from the old one and the recipe, hashing what it
-/// writes. Output is bounded by the announced size, so a sender cannot
-/// make the receiver write more than it announced.
-pub struct Assembler<O: ReadAt, W: Write> {
-    old: Option<O>,
-    old_size: u64,
-    out: W,
-    hasher: blake3::Hasher,
-    written: u64,
-    size: u64,
-    buf: Vec<u8>,
-}
-
-impl<O: ReadAt, W: Write> Assembler<O, W> {
-    /// Assembles into `out` a file announced as `size` bytes, copying from
-    /// `old` (`old_size` bytes, or `None`).
-    pub fn new(old: Option<(O, u64)>, out: W, size: u64) -> Self {
-        let old_size = old.as_ref().map_or(0, |(_, s)| *s);
-        Assembler {
-            old: old.map(|(o, _)| o),
-            old_size,
-            out,
-            hasher: blake3::Hasher::new(),
-            written: 0,
-            size,
-            buf: Vec::new(),
-        }
-    }
-
-    fn put(&mut self, data: &[u8]) -> Result<(), AssembleError> {
-        if self.written + data.len() as u64 > self.size {
-            return Err(AssembleError::TooLong(self.size));
-        }
-        self.hasher.update(data);
-        self.out.write_all(data)?;
-        self.written += data.len() as u64;
-        Ok(())
-    }
-
-    /// Applies a copy step.
-    pub fn copy(&mut self, offset: u64, len: u64) -> Result<(), AssembleError> {
-        let old = self.old.take();
-        let mut buf = std::mem::take(&mut self.buf);
-        let r = self.copy_from(old.as_ref(), &mut buf, offset, len);
-        self.old = old;
-        self.buf = buf;
-        r
-    }
-
-    fn copy_from(
-        &mut self,
-        old: Option<&O>,
-        buf: &mut Vec<u8>,
-        offset: u64,
-        len: u64,
-    ) -> Result<(), AssembleError> {
-        let old_size = self.old_size;
-        let out_of_range = || AssembleError::CopyOutOfRange {
-            offset,
-            len,
-            old_size,
-        };
-        let Some(old) = old else {
-            return Err(out_of_range());
-        };
-        if offset
-            .checked_add(len)
-            .is_none_or(|end| end > self.old_size)
-        {
-            return Err(out_of_range());
-        }
-        if self.written + len > self.size {
-            return Err(AssembleError::TooLong(self.size));
-        }
-        buf.resize(PLAIN_PIECE, 0);
-        let (mut at, end) = (offset, offset + len);
-        while at < end {
-            let want = (end - at).min(buf.len() as u64) as usize;
-            let n = old.read_at(&mut buf[..want], at)?;
-            if n == 0 {
-                return Err(out_of_range());
-            }
-            self.put(&buf[..n])?;
-            at += n as u64;
-        }
-        Ok(())
-    }
-
-    /// Applies a literal step.
-    pub fn literal(&mut self, data: &[u8]) -> Result<(), AssembleError> {
-        self.put(data)
-    }
-
-    /// Bytes written so far.
-    pub fn written(&self) -> u64 {
-        self.written
-    }
-
-    /// Checks size and BLAKE3 against what the sender announced and hands
-    /// back the writer (flushed) for committing.
-    pub fn finish(mut self, expected: Hash) -> Result<W, AssembleError> {
-        if self.written != self.size {
-            return Err(AssembleError::SizeMismatch {
-                got: self.written,
-                want: self.size,
-            });
-        }
-        let got: Hash = self.hasher.finalize().into();
-        if got != expected {
-            return Err(AssembleError::HashMismatch { expected, got });
-        }
-        self.out.flush()?;
-        Ok(self.out)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::assemble::{AssembleError, Assembler};
     use crate::testdata::pseudo_random;
     use proptest::prelude::*;
 

@@ -10,12 +10,12 @@
 //! user are told; the sync goes on with the next path.
 
 use std::fs::File;
-use std::io::{self, BufWriter};
+use std::io;
 use std::sync::Arc;
 
 use cap_fs_ext::{DirExt, FollowSymlinks, OpenOptionsFollowExt};
 use cap_std::fs::{Dir, OpenOptions};
-use skiff_sync::{AssembleError, Assembler, Hash};
+use skiff_sync::{AssembleError, Assembler, FileOutput, Hash};
 use skiff_wire::{ErrorCode, ErrorMsg};
 
 use crate::transfer::commit::{self, CommitError, Destination, Observed};
@@ -313,7 +313,7 @@ pub struct Incoming {
     dest: Option<Destination>,
     observed: Observed,
     staged: Option<Staged>,
-    asm: Option<Assembler<File, BufWriter<File>>>,
+    asm: Option<Assembler<File, FileOutput>>,
 }
 
 impl Incoming {
@@ -355,15 +355,11 @@ impl Incoming {
             dest: Some(dest),
             observed,
             staged: Some(staged),
-            asm: Some(Assembler::new(
-                old,
-                BufWriter::with_capacity(1 << 20, out),
-                size,
-            )),
+            asm: Some(Assembler::new(old, FileOutput::new(out), size)),
         })
     }
 
-    fn asm(&mut self) -> Result<&mut Assembler<File, BufWriter<File>>, ErrorMsg> {
+    fn asm(&mut self) -> Result<&mut Assembler<File, FileOutput>, ErrorMsg> {
         let path = self.path.clone();
         self.asm
             .as_mut()
@@ -394,8 +390,7 @@ impl Incoming {
         let asm = self.asm.take().ok_or_else(|| {
             ErrorMsg::new(ErrorCode::Internal, format!("{path}: already finished"))
         })?;
-        let out = asm.finish(expected).map_err(|e| assemble_msg(e, &path))?;
-        out.into_inner().map_err(|e| fail(&path, e.error()))?;
+        asm.finish(expected).map_err(|e| assemble_msg(e, &path))?;
         let (Some(staged), Some(dest)) = (self.staged.take(), self.dest.take()) else {
             return Err(ErrorMsg::new(ErrorCode::Internal, "no staged file"));
         };
