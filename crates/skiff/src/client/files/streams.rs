@@ -390,7 +390,7 @@ async fn send_range(
         crate::transfer::fault::maybe_delay().await;
         sent += chunk.len() as u64;
         progress.add(chunk.len() as u64);
-        writer.write(&Data {}, &chunk).await?;
+        writer.write_shared(&Data {}, chunk).await?;
     }
     writer.flush().await?;
     let read = chunks
