@@ -52,26 +52,12 @@ pub async fn handle(
         }
     };
     let (done, result) = match req {
-        Request::Put(req) => match put::handle(session, ctx, &root, &req).await {
-            Ok(Ok(done)) => (done, Ok(())),
-            Ok(Err(m)) => (None, Err(m)),
-            Err(e) => {
-                if let Some(c) = &change {
-                    c.record_lost(ctx, &e);
-                }
-                return Err(e);
-            }
-        },
-        Request::PutOpen(req) => match streams::open(session, ctx, &root, &req).await {
-            Ok(Ok(done)) => (done, Ok(())),
-            Ok(Err(m)) => (None, Err(m)),
-            Err(e) => {
-                if let Some(c) = &change {
-                    c.record_lost(ctx, &e);
-                }
-                return Err(e);
-            }
-        },
+        Request::Put(req) => {
+            upload_outcome(put::handle(session, ctx, &root, &req).await, ctx, &change)?
+        }
+        Request::PutOpen(req) => {
+            upload_outcome(streams::open(session, ctx, &root, &req).await, ctx, &change)?
+        }
         Request::PutJoin(req) => return streams::join(session, ctx, &req).await.map(|_| ()),
         Request::PutTree(req) => return tree::receive(session, ctx, &root, req).await,
         Request::GetTree(req) => return tree_get::send(session, ctx, &root, req).await,
@@ -92,6 +78,25 @@ pub async fn handle(
         c.record(ctx, done.as_ref(), result.as_ref().map(|_| ()));
     }
     Ok(())
+}
+
+/// What an upload (`put` or `put_open`) did, for the audit record; a
+/// session that broke mid-upload is recorded as lost and ends.
+fn upload_outcome(
+    outcome: Result<put::Outcome, SessionError>,
+    ctx: &ServiceContext,
+    change: &Option<Change>,
+) -> Result<(Option<Done>, Result<(), ErrorMsg>), SessionError> {
+    match outcome {
+        Ok(Ok(done)) => Ok((done, Ok(()))),
+        Ok(Err(m)) => Ok((None, Err(m))),
+        Err(e) => {
+            if let Some(c) = change {
+                c.record_lost(ctx, &e);
+            }
+            Err(e)
+        }
+    }
 }
 
 /// An upload's data still follows a refused `put` (unless it waits for
