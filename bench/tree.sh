@@ -148,11 +148,15 @@ start_relay() {
 
 # run_rate NAME SETUP CMD...: runs SETUP (a shell snippet clearing the
 # destination), then times CMD, RUNS times; prints the median files/s.
+# Every timed run starts with nothing dirty in the page cache (`sync`,
+# untimed): otherwise whichever tool syncs first also pays for writing out
+# the tree the previous row left behind, and for the removal in SETUP.
 run_rate() {
     local name=$1 setup=$2 t0 t1 r secs=()
     shift 2
     for r in $(seq "$RUNS"); do
         eval "$setup"
+        sync
         t0=$(now)
         "$@" >/dev/null 2>"$WORK_T/last.err" || { log "$name failed: $(head -c 300 "$WORK_T/last.err")"; echo "failed"; return; }
         t1=$(now)

@@ -706,7 +706,7 @@ fn resume_after_client_killed_mid_put_and_mid_get() {
     let mut c = start_slow(&server, &["put", &url, p(&src), "f"], Part::Staged, 8 << 20);
     c.kill().unwrap();
     c.wait().unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    server.wait_staged_released();
     assert!(
         !server.root.join("f").exists(),
         "no partial file under the real name"

@@ -31,7 +31,7 @@ const SUFFIX: &str = ".part";
 
 /// The identity of a file: device and inode. Two names (or a name and an
 /// open descriptor) with the same identity are the very same file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FileId {
     /// `st_dev`.
     pub dev: u64,

@@ -133,6 +133,30 @@ impl TestServer {
         out
     }
 
+    /// Waits (up to 10 s) until no live transfer holds any staged file:
+    /// after a client is killed the server notices the closed connection
+    /// a moment later, and only then can `--resume` take the file over.
+    pub fn wait_staged_released(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let busy = self.staged_files().iter().any(|(path, _)| {
+                let Ok(f) = fs::File::open(path) else {
+                    return false;
+                };
+                let held = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock);
+                held.is_err()
+            });
+            if !busy {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a staged file is still held by the server"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
