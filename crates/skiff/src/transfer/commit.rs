@@ -213,6 +213,18 @@ pub fn rename_into_place(
         if !staged.still_named() {
             return Err(CommitError::Lost);
         }
+        // Nothing was there: `RENAME_NOREPLACE` checks that atomically, so
+        // the destination is looked at only when the rename finds
+        // something in the way (to say what). A tree of small files saves
+        // a lookup per file.
+        let absent = matches!(observed, Observed::Absent | Observed::AbsentForced);
+        if absent {
+            match rename(staged, dest, true) {
+                Ok(()) => return check_placed(staged, dest),
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => return Err(CommitError::Io(e)),
+            }
+        }
         match (observed, dest.current()?) {
             (_, Current::Dir) => return Err(CommitError::Exists("a directory is in the way")),
             (Observed::Absent | Observed::AbsentForced, Current::Is(Observed::Absent)) => {
@@ -230,9 +242,15 @@ pub fn rename_into_place(
             (want, Current::Is(now)) if want == now => rename(staged, dest, false)?,
             _ => return Err(CommitError::Conflict),
         }
-        if FileId::of_name(&dest.dir, &dest.name)? != staged.id() {
-            return Err(CommitError::Lost);
-        }
+        check_placed(staged, dest)
+    }
+}
+
+/// After the rename: the destination name must now refer to the staged
+/// file itself.
+fn check_placed(staged: &Staged, dest: &Destination) -> Result<(), CommitError> {
+    if FileId::of_name(&dest.dir, &dest.name)? != staged.id() {
+        return Err(CommitError::Lost);
     }
     Ok(())
 }

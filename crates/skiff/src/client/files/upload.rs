@@ -154,25 +154,24 @@ fn plan_tree(top: &Path, dest: &str, failures: &mut Vec<Failure>) -> (Vec<Job>, 
             mtime_ns: Some(meta::mtime_ns(&md)),
             ..Default::default()
         }));
-        let mut names = Vec::new();
+        let mut entries = Vec::new();
         match std::fs::read_dir(&dir) {
-            Ok(rd) => {
-                for ent in rd.flatten() {
-                    names.push(ent.file_name());
-                }
-            }
+            Ok(rd) => entries.extend(rd.flatten()),
             Err(e) => failures.push(local_fail(&dir, e.to_string())),
         }
-        names.sort();
+        entries.sort_by_key(|e| e.file_name());
         let mut subdirs = Vec::new();
-        for os_name in names {
+        for ent in entries {
+            let os_name = ent.file_name();
             let path = dir.join(&os_name);
             let Some(name) = os_name.to_str() else {
                 failures.push(local_fail(&path, "name is not UTF-8; skipped".into()));
                 continue;
             };
             let rpath = remote_join(&rdir, name);
-            let md = match std::fs::symlink_metadata(&path) {
+            // `fstatat` beside the open directory (never following a
+            // link), not a walk of the whole path for every entry.
+            let md = match ent.metadata() {
                 Ok(m) => m,
                 Err(e) => {
                     failures.push(local_fail(&path, e.to_string()));
