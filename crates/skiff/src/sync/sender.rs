@@ -625,16 +625,19 @@ impl Sender<'_> {
     ) -> Result<(), FileError> {
         let opened = self.open_source(&e.path);
         let waiting = old.is_some() && self.inbound.borrow().sigs.is_empty();
+        let started = std::time::Instant::now();
         let prepared = match (&opened, old) {
             (Ok((f, md)), Some(old_size)) if waiting && md.len() >= PREPARE_MIN => {
                 prepare_file(f, md.len(), old_size)
             }
             _ => Ok(None),
         };
+        let prepare_ms = started.elapsed().as_millis() as u64;
         let sig = match old {
             Some(_) => self.signature()?,
             None => None,
         };
+        let sig_ms = started.elapsed().as_millis() as u64;
         let (file, md) = opened.map_err(FileError::Source)?;
         let prepared = prepared.map_err(FileError::Source)?;
         let size = md.len();
@@ -701,6 +704,13 @@ impl Sender<'_> {
                 make_recipe(reader, Some(size), sig.as_ref(), &mut emit)
             }),
         };
+        tracing::debug!(
+            path = %e.path,
+            prepare_ms,
+            sig_ms,
+            recipe_ms = started.elapsed().as_millis() as u64,
+            "sent"
+        );
         if let Some(e) = send_error {
             return Err(FileError::Sync(e));
         }
