@@ -666,7 +666,10 @@ fn a_file_changed_behind_the_signature_cache_still_syncs_exactly() {
         .set_modified(before.modified().unwrap())
         .unwrap();
     let after = fs::metadata(&dst).unwrap();
-    assert_eq!((after.len(), after.mtime_nsec()), (before.len(), before.mtime_nsec()));
+    assert_eq!(
+        (after.len(), after.mtime_nsec()),
+        (before.len(), before.mtime_nsec())
+    );
     assert_eq!(after.ino(), before.ino());
     rewrite(1 << 20, 24);
     push();
