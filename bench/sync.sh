@@ -8,9 +8,10 @@
 #             and a 256 MiB file; the disk always uses 64 MiB)
 # --no-build  use target/release/skiff as it is
 # --fs        where the trees live (default both: /dev/shm and $TMPDIR)
-# --before    also run the client BIN (another skiff build, e.g. of an
-#             earlier commit) into its own destination on the same server,
-#             and add its time and the ratio BIN / skiff to the table
+# --before    also run BIN (another skiff build, e.g. of an earlier
+#             commit): its own server (`BIN serve`, its own root and state)
+#             and its client, into its own destination, and add its time
+#             and the ratio BIN / skiff to the table
 #
 # Scenarios, each run by skiff and by both rsyncs into their own
 # destination: first copy of a tree of small files (4 KiB each), the same
@@ -111,9 +112,9 @@ measure() {
     r1=$(python3 -c "print(f'{$tr/max($ts,1e-6):.2f}x')"); r2=$(python3 -c "print(f'{$te/max($ts,1e-6):.2f}x')")
     if [ -n "$BEFORE" ]; then
         local tb bb
-        t0=$(now); out=$("$BEFORE" sync --json -p "$SKIFF_PORT" "$SRC" "127.0.0.1:before" 2>/dev/null); t1=$(now)
+        t0=$(now); out=$(HOME="$BASE/home-before" "$BEFORE" sync --json -p "$BEFORE_PORT" "$SRC" "127.0.0.1:dst" 2>/dev/null); t1=$(now)
         tb=$(python3 -c "print(round($t1-$t0,3))"); bb=$(skiff_bytes <<<"$out")
-        diff -r "$SRC" "$ROOT/skiff/before" >/dev/null || { echo "--before's copy differs after: $what" >&2; exit 1; }
+        diff -r "$SRC" "$ROOT/before/dst" >/dev/null || { echo "--before's copy differs after: $what" >&2; exit 1; }
         extra=" $tb s | $(python3 -c "print(f'{$tb/max($ts,1e-6):.2f}x')") | $bb |"
         log "$fs / $what: --before ${tb}s ${bb}B"
     fi
@@ -136,6 +137,16 @@ for fs in $FSES; do
         --state-dir "$BASE/home/state" >"$BASE/serve.log" 2>&1
     SKIFF_PID=${PIDS[-1]}
     wait_port "$SKIFF_PORT"
+    BEFORE_PID=
+    if [ -n "$BEFORE" ]; then
+        # The earlier build's own server, root and state.
+        mkdir -p "$ROOT/before" "$BASE/home-before"
+        BEFORE_PORT=$(free_port)
+        HOME="$BASE/home-before" start_bg "$BEFORE" serve --root "$ROOT/before" \
+            --listen "tcp://127.0.0.1:$BEFORE_PORT" --state-dir "$BASE/home-before/state" >"$BASE/serve-before.log" 2>&1
+        BEFORE_PID=${PIDS[-1]}
+        wait_port "$BEFORE_PORT"
+    fi
     export HOME="$BASE/home"
     # rsync daemon.
     RSYNC_PORT=$(free_port)
@@ -192,8 +203,8 @@ open(p + ".new", "wb").write(d[:m] + os.urandom(1 << 20) + d[m:]); os.replace(p 
 EOF
     measure "$fs" "1 MiB inserted in the $((BIG >> 20)) MiB file"
 
-    kill "$SKIFF_PID" "$RSYNC_PID" 2>/dev/null || true
-    wait "$SKIFF_PID" "$RSYNC_PID" 2>/dev/null || true
+    kill "$SKIFF_PID" "$RSYNC_PID" $BEFORE_PID 2>/dev/null || true
+    wait "$SKIFF_PID" "$RSYNC_PID" $BEFORE_PID 2>/dev/null || true
     rm -rf "$BASE"
 done
 

@@ -6,16 +6,22 @@
 //! (`copy_file_range`, through `std::io::copy`) when both ends are files:
 //! the bytes never pass through user space to be copied. The digest must
 //! still cover every byte of the result, so once a range went that way the
-//! result is hashed by reading back what the output holds, at the end, in
-//! large pieces hashed on all cores while the next piece is read. What the
-//! output holds is exactly what gets committed, so the check is as strong
-//! as hashing each byte as it is written (stronger than hashing the old
+//! result is hashed by reading back what the output holds, in large pieces
+//! hashed on all cores. When the output is a file this runs on a thread of
+//! its own that follows the assembly: each time a kernel copy has put
+//! bytes in the file, the thread reads and hashes up to there, so the
+//! hashing overlaps the rest of the transfer instead of following it (an
+//! output that is not a file is read back at the end). What the output
+//! holds is exactly what gets committed, so the check is as strong as
+//! hashing each byte as it is written (stronger than hashing the old
 //! copy's bytes, which could change between the hash and the copy). A file
 //! made only of literals and short copies is hashed as it is written and
 //! never read back.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
 
 use crate::hash::Hash;
 
@@ -23,6 +29,8 @@ use crate::hash::Hash;
 /// are read and written (a syscall or two either way, and the bytes stay
 /// hashed as they pass).
 pub const KERNEL_COPY_MIN: u64 = 64 * 1024;
+/// A long kernel copy is made in pieces of this size (see `copy_from`).
+const KERNEL_PIECE: u64 = 16 * 1024 * 1024;
 /// Pieces the output is read back in for hashing (two buffers of this).
 const READ_BACK: usize = 4 * 1024 * 1024;
 /// Buffered output of [`FileOutput`], and the piece a user-space copy
@@ -94,6 +102,12 @@ pub trait Output {
 
     /// Makes everything appended reach the output.
     fn flush(&mut self) -> io::Result<()>;
+
+    /// A second handle on the output file for reading it back from
+    /// another thread, when the output is a file.
+    fn reader(&self) -> Option<File> {
+        None
+    }
 }
 
 impl Output for Vec<u8> {
@@ -175,6 +189,154 @@ impl Output for FileOutput {
     fn flush(&mut self) -> io::Result<()> {
         self.drain()
     }
+
+    fn reader(&self) -> Option<File> {
+        self.file.try_clone().ok()
+    }
+}
+
+/// What the assembly and its read-back thread share.
+#[derive(Default)]
+struct Progress {
+    /// Bytes of the output file that are written and may be hashed.
+    ready: u64,
+    /// Nothing more will be written (`ready` is the end).
+    done: bool,
+    /// The assembly was abandoned: stop at once.
+    abandoned: bool,
+}
+
+/// The thread that hashes the output file behind the assembly (module
+/// docs). Dropped without [`BackHasher::finish`], it tells the thread to
+/// stop.
+struct BackHasher {
+    shared: Arc<(Mutex<Progress>, Condvar)>,
+    thread: Option<JoinHandle<io::Result<blake3::Hasher>>>,
+}
+
+impl BackHasher {
+    /// Starts hashing `file` from `from` on, into `hasher`.
+    fn start(file: File, hasher: blake3::Hasher, from: u64) -> BackHasher {
+        let shared = Arc::new((Mutex::new(Progress::default()), Condvar::new()));
+        let theirs = shared.clone();
+        let thread = std::thread::spawn(move || {
+            let mut hasher = hasher;
+            let mut at = from;
+            let mut bufs = ReadBack::new();
+            loop {
+                let (ready, done) = {
+                    let (lock, cv) = &*theirs;
+                    let mut p = lock.lock().map_err(|_| io::Error::other("poisoned"))?;
+                    while p.ready <= at && !p.done && !p.abandoned {
+                        p = cv.wait(p).map_err(|_| io::Error::other("poisoned"))?;
+                    }
+                    if p.abandoned {
+                        return Err(io::Error::other("the assembly was abandoned"));
+                    }
+                    (p.ready, p.done)
+                };
+                if ready > at {
+                    bufs.hash(&mut hasher, at, ready, |buf, off| file.read_at(buf, off))?;
+                    at = ready;
+                } else if done {
+                    return Ok(hasher);
+                }
+            }
+        });
+        BackHasher {
+            shared,
+            thread: Some(thread),
+        }
+    }
+
+    fn publish(&self, ready: u64, done: bool) {
+        let (lock, cv) = &*self.shared;
+        if let Ok(mut p) = lock.lock() {
+            p.ready = ready;
+            p.done |= done;
+        }
+        cv.notify_one();
+    }
+
+    /// Hashes up to `end` and hands back the hasher.
+    fn finish(mut self, end: u64) -> io::Result<blake3::Hasher> {
+        self.publish(end, true);
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(r)) => r,
+            _ => Err(io::Error::other("the read-back thread ended")),
+        }
+    }
+}
+
+impl Drop for BackHasher {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            let (lock, cv) = &*self.shared;
+            if let Ok(mut p) = lock.lock() {
+                p.abandoned = true;
+            }
+            cv.notify_one();
+        }
+    }
+}
+
+/// The two buffers a read-back alternates between: the next piece is
+/// read while one is hashed on all cores.
+struct ReadBack {
+    cur: Vec<u8>,
+    next: Vec<u8>,
+}
+
+impl ReadBack {
+    fn new() -> ReadBack {
+        ReadBack {
+            cur: vec![0u8; READ_BACK],
+            next: vec![0u8; READ_BACK],
+        }
+    }
+
+    /// Feeds bytes `from..end` of the output, read with `read_at`, to
+    /// `hasher`.
+    fn hash<F>(
+        &mut self,
+        hasher: &mut blake3::Hasher,
+        from: u64,
+        end: u64,
+        read_at: F,
+    ) -> io::Result<()>
+    where
+        F: Fn(&mut [u8], u64) -> io::Result<usize> + Sync,
+    {
+        let want = |at: u64| (end - at).min(READ_BACK as u64) as usize;
+        let (cur, next) = (&mut self.cur, &mut self.next);
+        let mut at = from;
+        let mut n = read_full(&read_at, &mut cur[..want(at)], at)?;
+        while at < end {
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the assembled file is shorter than what was written",
+                ));
+            }
+            let after = at + n as u64;
+            let ((), read) = rayon::join(
+                || {
+                    hasher.update_rayon(&cur[..n]);
+                },
+                || {
+                    if after < end {
+                        read_full(&read_at, &mut next[..want(after)], after)
+                    } else {
+                        Ok(0)
+                    }
+                },
+            );
+            at = after;
+            n = read?;
+            std::mem::swap(cur, next);
+        }
+        Ok(())
+    }
 }
 
 /// Why an assembly failed. Nothing is committed after any of these.
@@ -230,6 +392,9 @@ pub struct Assembler<O: ReadAt, W: Output> {
     written: u64,
     size: u64,
     buf: Vec<u8>,
+    /// Hashing the output behind the assembly, once a kernel copy made
+    /// it necessary; it then owns the digest.
+    back: Option<BackHasher>,
 }
 
 impl<O: ReadAt, W: Output + Send> Assembler<O, W> {
@@ -246,6 +411,7 @@ impl<O: ReadAt, W: Output + Send> Assembler<O, W> {
             written: 0,
             size,
             buf: Vec::new(),
+            back: None,
         }
     }
 
@@ -302,14 +468,31 @@ impl<O: ReadAt, W: Output + Send> Assembler<O, W> {
             return Err(AssembleError::TooLong(self.size));
         }
         if let Some(file) = old.as_file().filter(|_| len >= KERNEL_COPY_MIN) {
-            match self.out.append_from_file(file, offset, len) {
-                Ok(true) => {
-                    self.written += len;
-                    return Ok(());
+            // In pieces, so that the read-back hashes each piece while the
+            // next is copied.
+            let mut done = 0;
+            while done < len {
+                let n = (len - done).min(KERNEL_PIECE);
+                match self.out.append_from_file(file, offset + done, n) {
+                    Ok(true) => {
+                        self.written += n;
+                        done += n;
+                        self.behind();
+                    }
+                    Ok(false) if done == 0 => break,
+                    Ok(false) => {
+                        return Err(
+                            io::Error::other("the output stopped taking kernel copies").into()
+                        )
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                        return Err(out_of_range())
+                    }
+                    Err(e) => return Err(e.into()),
                 }
-                Ok(false) => {}
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(out_of_range()),
-                Err(e) => return Err(e.into()),
+            }
+            if done == len {
+                return Ok(());
             }
         }
         buf.resize(OUT_BUFFER, 0);
@@ -336,34 +519,35 @@ impl<O: ReadAt, W: Output + Send> Assembler<O, W> {
         self.written
     }
 
-    /// Hashes what the output holds from `hashed` to `written`, reading
-    /// the next piece while this one is hashed on all cores.
-    fn hash_back(&mut self) -> Result<(), AssembleError> {
-        let mut cur = vec![0u8; READ_BACK];
-        let mut next = vec![0u8; READ_BACK];
-        let end = self.written;
-        let want = |at: u64| (end - at).min(READ_BACK as u64) as usize;
-        let mut at = self.hashed;
-        let mut n = read_full(&mut self.out, &mut cur[..want(at)], at)?;
-        while at < end {
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the assembled file is shorter than what was written",
-                )
-                .into());
+    /// After a kernel copy (the output holds everything written): hands
+    /// the digest to the read-back thread, or tells it how far to go.
+    fn behind(&mut self) {
+        match &self.back {
+            Some(b) => b.publish(self.written, false),
+            None => {
+                if let Some(file) = self.out.reader() {
+                    let hasher = std::mem::take(&mut self.hasher);
+                    let b = BackHasher::start(file, hasher, self.hashed);
+                    b.publish(self.written, false);
+                    self.back = Some(b);
+                }
             }
-            let after = at + n as u64;
-            let (hasher, out) = (&mut self.hasher, &mut self.out);
-            let ((), read) = rayon::join(
-                || {
-                    hasher.update_rayon(&cur[..n]);
-                },
-                || read_full(out, &mut next[..want(after)], after),
-            );
-            at = after;
-            n = read?;
-            std::mem::swap(&mut cur, &mut next);
+        }
+    }
+
+    /// Hashes what the output holds from `hashed` to `written`.
+    fn hash_back(&mut self) -> Result<(), AssembleError> {
+        let end = self.written;
+        match self.back.take() {
+            Some(b) => self.hasher = b.finish(end)?,
+            None => {
+                let out = Mutex::new(&mut self.out);
+                ReadBack::new().hash(&mut self.hasher, self.hashed, end, |buf, off| {
+                    out.lock()
+                        .map_err(|_| io::Error::other("poisoned"))?
+                        .read_back(buf, off)
+                })?;
+            }
         }
         self.hashed = end;
         Ok(())
@@ -390,11 +574,14 @@ impl<O: ReadAt, W: Output + Send> Assembler<O, W> {
     }
 }
 
-/// Reads back `buf.len()` bytes at `offset` (fewer only at the end).
-fn read_full<W: Output>(out: &mut W, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+/// Reads `buf.len()` bytes at `offset` (fewer only at the end).
+fn read_full<F>(read_at: &F, buf: &mut [u8], offset: u64) -> io::Result<usize>
+where
+    F: Fn(&mut [u8], u64) -> io::Result<usize>,
+{
     let mut filled = 0;
     while filled < buf.len() {
-        match out.read_back(&mut buf[filled..], offset + filled as u64) {
+        match read_at(&mut buf[filled..], offset + filled as u64) {
             Ok(0) => break,
             Ok(n) => filled += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -453,6 +640,27 @@ mod tests {
         assert_eq!(Hash::of(&got), hash);
         assert_eq!(got.len() as u64, (4 << 20) + 100 + KERNEL_COPY_MIN + 4);
         assert_eq!(&got[..3 << 20], &old[5 << 20..8 << 20]);
+    }
+
+    /// An assembly abandoned after a kernel copy stops its read-back
+    /// thread (dropping it returns; nothing waits forever).
+    #[test]
+    fn an_abandoned_assembly_stops_hashing() {
+        let t = tempfile::tempdir().unwrap();
+        let old = pseudo_random(2 << 20, 3);
+        std::fs::write(t.path().join("old"), &old).unwrap();
+        let old_f = File::open(t.path().join("old")).unwrap();
+        let out = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(t.path().join("new"))
+            .unwrap();
+        let mut a = Assembler::new(Some((&old_f, 2 << 20)), FileOutput::new(out), 4 << 20);
+        a.copy(0, 1 << 20).unwrap();
+        a.literal(&old[..1000]).unwrap();
+        assert!(a.back.is_some());
+        drop(a);
     }
 
     /// A wrong digest is caught after kernel copies too, and a copy past

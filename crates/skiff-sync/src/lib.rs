@@ -23,6 +23,7 @@
 pub mod assemble;
 pub mod chunker;
 pub mod compress;
+pub mod derive;
 pub mod diff;
 pub mod entry;
 pub mod exclude;
@@ -35,6 +36,7 @@ pub mod walk;
 
 pub use assemble::{AssembleError, Assembler, FileOutput, ReadAt};
 pub use chunker::{Chunk, Chunker, Signature};
+pub use derive::Derive;
 pub use diff::{Action, Merge, MergeError, MergeOptions};
 pub use entry::{path_cmp, Entry, Kind};
 pub use exclude::{RuleStack, Rules};

@@ -15,6 +15,12 @@ use crate::params::ChunkParams;
 /// size (no chunking needed when nothing can match).
 pub const PLAIN_PIECE: usize = 1024 * 1024;
 
+/// A run of matching chunks is sent as one copy once it reaches this
+/// length, and the next run starts: the receiver can copy (and hash) the
+/// start of a long unchanged stretch while the sender is still cutting
+/// the rest, instead of getting the whole stretch at its end.
+pub const COPY_RUN_MAX: u64 = 64 << 20;
+
 /// One step of a recipe as the sender produces it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Piece<'a> {
@@ -60,7 +66,9 @@ impl Matcher {
         match self.index.get(&chunk.hash).copied() {
             Some(at) => {
                 match &mut self.pending {
-                    Some((o, l)) if *o + *l == at => *l += u64::from(chunk.len),
+                    Some((o, l)) if *o + *l == at && *l < COPY_RUN_MAX => {
+                        *l += u64::from(chunk.len)
+                    }
                     pending => {
                         if let Some((offset, len)) = pending.take() {
                             emit(Piece::Copy { offset, len })?;

@@ -609,3 +609,68 @@ fn many_changed_files_each_get_their_own_delta_both_ways() {
     let again = sync_json(&server, &[p(&src), &remote("m")]);
     assert_eq!(num(&again, "files_changed"), 0, "{again}");
 }
+
+/// The server keeps the signature of a large file it committed
+/// (`STATE_DIR/sigcache`, SYNC.md "The receiver's signature cache"), and
+/// a file changed behind the cache's back, with its size and mtime put
+/// back as `touch -d` does, is cut again: the next sync still makes it
+/// byte-identical instead of copying stale ranges.
+#[test]
+fn a_file_changed_behind_the_signature_cache_still_syncs_exactly() {
+    let server = TestServer::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let size = 20u64 << 20;
+    // Random throughout (make_file repeats a block, whose chunks would
+    // match at other offsets and hide a stale copy).
+    fs::write(src.join("big"), random_bytes(size as usize, 21)).unwrap();
+    let rewrite = |at: usize, seed: u64| {
+        let mut data = fs::read(src.join("big")).unwrap();
+        data[at..at + 100_000].copy_from_slice(&random_bytes(100_000, seed));
+        fs::write(src.join("big"), &data).unwrap();
+    };
+    let push = || {
+        let r = sync_json(&server, &[p(&src), &remote("d")]);
+        assert_eq!(num(&r, "failed"), 0, "{r}");
+        assert_eq!(
+            fs::read(src.join("big")).unwrap(),
+            fs::read(server.root.join("d/big")).unwrap()
+        );
+        r
+    };
+    push();
+    rewrite(3 << 20, 22);
+    push();
+    // The committed file's signature is in the cache, under its inode.
+    let cache = server.staging_dir().with_file_name("sigcache");
+    let md = fs::metadata(server.root.join("d/big")).unwrap();
+    let entry = cache.join(format!("{:x}-{:x}.sig", md.dev(), md.ino()));
+    assert!(entry.exists(), "{:?}", names(&cache));
+    // Used: a second delta against the cached signature.
+    rewrite(11 << 20, 23);
+    let r = push();
+    assert!(num(&r, "literal_bytes") < size / 20, "{r}");
+
+    // Rewrite the destination in place, same size, and put its mtime back.
+    let dst = server.root.join("d/big");
+    let before = fs::metadata(&dst).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let mut data = fs::read(&dst).unwrap();
+    data[15 << 20..(15 << 20) + 4096].copy_from_slice(&[0u8; 4096]);
+    fs::write(&dst, &data).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&dst)
+        .unwrap()
+        .set_modified(before.modified().unwrap())
+        .unwrap();
+    let after = fs::metadata(&dst).unwrap();
+    assert_eq!(
+        (after.len(), after.mtime_nsec()),
+        (before.len(), before.mtime_nsec())
+    );
+    assert_eq!(after.ino(), before.ino());
+    rewrite(1 << 20, 24);
+    push();
+}

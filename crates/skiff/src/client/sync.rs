@@ -99,6 +99,7 @@ pub async fn sync(
                 root: local,
                 stager: Stager::Beside,
                 shadow,
+                sigcache: None,
             };
             receiver::run(reader, writer, dest, opts, events, counters.clone()).await
         }

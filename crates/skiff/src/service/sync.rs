@@ -20,8 +20,23 @@ use crate::session::{Session, SessionError};
 use crate::sync::apply::Stager;
 use crate::sync::atomic::Shadow;
 use crate::sync::link::Counters;
+use crate::sync::sigcache::SigCache;
 use crate::sync::{no_events, receiver, sender, Options};
 use crate::transfer::errors;
+
+/// The server's signature cache, `STATE_DIR/sigcache` (beside the
+/// staging area, `STATE_DIR/partial`); `None` when it cannot be opened
+/// (signatures are then cut afresh).
+fn sigcache(ctx: &ServiceContext) -> Option<Arc<SigCache>> {
+    let dir = ctx.staging.path().parent()?.join("sigcache");
+    match SigCache::open(&dir) {
+        Ok(c) => Some(Arc::new(c)),
+        Err(e) => {
+            tracing::warn!("signature cache {}: {e}", dir.display());
+            None
+        }
+    }
+}
 
 /// Handles one `sync` request and the whole sync that follows. A sync
 /// that fails as a whole (protocol error, lost peer) ends the session: the
@@ -84,6 +99,7 @@ pub async fn handle(
             root: dir,
             stager,
             shadow,
+            sigcache: sigcache(ctx),
         };
         receiver::run(reader, writer, dest, &opts, no_events(), counters).await
     } else {

@@ -15,9 +15,10 @@ use std::sync::Arc;
 
 use cap_fs_ext::{DirExt, FollowSymlinks, OpenOptionsFollowExt};
 use cap_std::fs::{Dir, OpenOptions};
-use skiff_sync::{AssembleError, Assembler, FileOutput, Hash};
+use skiff_sync::{AssembleError, Assembler, ChunkParams, Derive, FileOutput, Hash, Signature};
 use skiff_wire::{ErrorCode, ErrorMsg};
 
+use super::sigcache::{SigCache, Stamp, CACHE_MIN};
 use crate::transfer::commit::{self, CommitError, Destination, Observed};
 use crate::transfer::staging::{self, create_unique, StageKey, Staged, StagingArea};
 use crate::transfer::{durable, errors, links, meta};
@@ -314,6 +315,11 @@ pub struct Incoming {
     observed: Observed,
     staged: Option<Staged>,
     asm: Option<Assembler<File, FileOutput>>,
+    /// The old copy's state when it was opened (for the cache).
+    old_stamp: Option<Stamp>,
+    /// The new file's signature, worked out from the steps.
+    derive: Option<Derive>,
+    sigcache: Option<Arc<SigCache>>,
 }
 
 impl Incoming {
@@ -348,6 +354,10 @@ impl Incoming {
         } else {
             None
         };
+        let old_stamp = old
+            .as_ref()
+            .and_then(|(f, _)| f.metadata().ok())
+            .map(|m| Stamp::of(&m));
         let staged = stager.create(&dest, path).map_err(|e| fail(path, &e))?;
         let out = staged.file().try_clone().map_err(|e| fail(path, &e))?;
         Ok(Incoming {
@@ -356,7 +366,26 @@ impl Incoming {
             observed,
             staged: Some(staged),
             asm: Some(Assembler::new(old, FileOutput::new(out), size)),
+            old_stamp,
+            derive: None,
+            sigcache: None,
         })
+    }
+
+    /// Keeps the signature cache up to date for this file: `basis` is the
+    /// signature the sender was given for the old copy, from which the new
+    /// file's is derived (`skiff_sync::derive`) for the cache once it is
+    /// committed; a failed check drops the old copy's entry.
+    pub fn with_cache(
+        mut self,
+        basis: Option<Arc<Signature>>,
+        cache: Option<Arc<SigCache>>,
+    ) -> Incoming {
+        if cache.is_some() {
+            self.derive = basis.map(Derive::new);
+            self.sigcache = cache;
+        }
+        self
     }
 
     fn asm(&mut self) -> Result<&mut Assembler<File, FileOutput>, ErrorMsg> {
@@ -369,6 +398,12 @@ impl Incoming {
     /// Applies one recipe step.
     pub fn step(&mut self, step: Step) -> Result<(), ErrorMsg> {
         let path = self.path.clone();
+        if let Some(d) = &mut self.derive {
+            match &step {
+                Step::Copy { offset, len } => d.copy(*offset, *len),
+                Step::Literal(data) => d.literal(data),
+            }
+        }
         match step {
             Step::Copy { offset, len } => self.asm()?.copy(offset, len),
             Step::Literal(data) => self.asm()?.literal(&data),
@@ -390,7 +425,14 @@ impl Incoming {
         let asm = self.asm.take().ok_or_else(|| {
             ErrorMsg::new(ErrorCode::Internal, format!("{path}: already finished"))
         })?;
-        asm.finish(expected).map_err(|e| assemble_msg(e, &path))?;
+        if let Err(e) = asm.finish(expected) {
+            if let (AssembleError::HashMismatch { .. }, Some(c), Some(s)) =
+                (&e, &self.sigcache, &self.old_stamp)
+            {
+                c.forget(s);
+            }
+            return Err(assemble_msg(e, &path));
+        }
         let (Some(staged), Some(dest)) = (self.staged.take(), self.dest.take()) else {
             return Err(ErrorMsg::new(ErrorCode::Internal, "no staged file"));
         };
@@ -404,7 +446,14 @@ impl Incoming {
             }
         };
         durable::start_writeback(staged.file(), 0, len);
+        let signature = self
+            .derive
+            .take()
+            .filter(|_| len >= CACHE_MIN)
+            .and_then(|d| d.finish(len))
+            .filter(|s| s.params == ChunkParams::for_size(len));
         Ok(Verified {
+            signature,
             path,
             staged,
             dest,
@@ -433,6 +482,8 @@ pub struct Verified {
     pub mtime_ns: i64,
     /// Its length.
     pub size: u64,
+    /// Its signature, when the recipe gave it (for the cache).
+    pub signature: Option<Signature>,
 }
 
 impl Verified {

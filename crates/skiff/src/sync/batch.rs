@@ -16,7 +16,10 @@
 use cap_std::fs::Dir;
 use skiff_wire::{ErrorCode, ErrorMsg};
 
+use std::sync::Arc;
+
 use super::apply::{self, Verified};
+use super::sigcache::{SigCache, Stamp};
 use crate::transfer::{durable, errors};
 
 /// Files per batch. Each holds three descriptors until its commit (the
@@ -45,6 +48,7 @@ pub struct Batch {
     files: Vec<Verified>,
     metas: Vec<Meta>,
     bytes: u64,
+    sigcache: Option<Arc<SigCache>>,
 }
 
 /// What a commit did.
@@ -69,7 +73,15 @@ impl Batch {
             files: Vec::new(),
             metas: Vec::new(),
             bytes: 0,
+            sigcache: None,
         }
+    }
+
+    /// Records the signatures of committed files that carry one in
+    /// `cache`, stamped as they are once in place.
+    pub fn with_cache(mut self, cache: Option<Arc<SigCache>>) -> Batch {
+        self.sigcache = cache;
+        self
     }
 
     /// Adds a verified file.
@@ -132,7 +144,14 @@ impl Batch {
         let synced = durable::sync_dirs(renamed.iter().map(|v| &v.dest.dir).chain(dirs.iter()));
         for v in renamed {
             match &synced {
-                Ok(()) => out.files += 1,
+                Ok(()) => {
+                    out.files += 1;
+                    if let (Some(c), Some(sig)) = (&self.sigcache, &v.signature) {
+                        if let Ok(md) = v.staged.file().metadata() {
+                            c.put(&Stamp::of(&md), sig);
+                        }
+                    }
+                }
                 Err(e) => out.failed_files.push((
                     v.path.clone(),
                     errors::msg(

@@ -18,6 +18,7 @@ pub mod deferred;
 pub mod link;
 pub mod receiver;
 pub mod sender;
+pub mod sigcache;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -3,6 +3,7 @@
 //! Deletes asked for by `--delete` wait until everything else has
 //! succeeded; after any failure they are skipped and the summary says why.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -24,6 +25,7 @@ use super::atomic::{outcome, Shadow};
 use super::batch::Batch;
 use super::deferred::Deferred;
 use super::link::{self, Counters, Inbox, Outbox};
+use super::sigcache::{SigCache, Stamp, CACHE_MIN};
 use super::{comparable, with_hash, Event, Events, Options, SyncError, LIST_BATCH};
 use crate::session::{SessionError, SessionReader, SessionWriter};
 
@@ -40,7 +42,15 @@ pub struct Destination {
     pub stager: Stager,
     /// The new tree of an atomic sync, exchanged with the old one at the end.
     pub shadow: Option<Shadow>,
+    /// Where signatures of large files are kept between syncs
+    /// ([`super::sigcache`]); `None`: every signature is cut afresh.
+    pub sigcache: Option<Arc<SigCache>>,
 }
+
+/// Signatures kept for the files they were sent for, to derive the new
+/// files' signatures from their recipes: as many as the sender may ask
+/// for ahead.
+const RECENT_SIGS: usize = 8;
 
 /// Runs the receiving role on `dest.root` until the sender's `sync_finish` has
 /// been answered with the summary, which is also returned. With a
@@ -60,12 +70,14 @@ pub async fn run(
         root,
         stager,
         shadow,
+        sigcache,
     } = dest;
     let shadow = ShadowGuard(shadow);
     let batch = Batch::new(
         root.try_clone()
             .map_err(|e| SyncError::Local(e.to_string()))?,
-    );
+    )
+    .with_cache(sigcache.clone());
     let opts = opts.clone();
     link::run_role(
         reader,
@@ -85,6 +97,8 @@ pub async fn run(
                 batch: Some(batch),
                 modified: false,
                 shadow,
+                sigcache,
+                recent: VecDeque::new(),
             }
             .run(inbox)
         },
@@ -109,6 +123,10 @@ struct Role {
     modified: bool,
     /// The new tree of an atomic sync.
     shadow: ShadowGuard,
+    sigcache: Option<Arc<SigCache>>,
+    /// The signatures last sent for large files, by path (at most
+    /// [`RECENT_SIGS`]).
+    recent: VecDeque<(String, Arc<Signature>)>,
 }
 
 /// Discards an atomic sync's new tree when the receiver stops before its
@@ -208,7 +226,9 @@ impl Role {
                             path: m.path.clone(),
                             size: m.size,
                         });
-                        file = Some(FileJob::start(&self.root, &self.stager, m));
+                        let basis = self.take_recent(&m.path, m.update);
+                        let cache = self.sigcache.clone();
+                        file = Some(FileJob::start(&self.root, &self.stager, m, basis, cache));
                     }
                 }
                 ToReceiver::Meta(m) => {
@@ -340,19 +360,22 @@ impl Role {
             .try_clone()
             .map_err(|e| SyncError::Local(e.to_string()))?;
         let path = path.to_string();
-        let sig = tokio::task::spawn_blocking(move || -> Option<Signature> {
-            let (dir, name) = apply::open_parent(&root, &path).ok()?;
-            let mut opts = cap_std::fs::OpenOptions::new();
-            cap_fs_ext::OpenOptionsFollowExt::follow(
-                opts.read(true),
-                cap_fs_ext::FollowSymlinks::No,
-            );
-            let f = dir.open_with(name, &opts).ok()?.into_std();
-            let md = f.metadata().ok().filter(|m| m.is_file())?;
-            Signature::of_reader(std::io::BufReader::with_capacity(1 << 20, f), md.len()).ok()
-        })
-        .await
-        .map_err(|e| SyncError::Local(e.to_string()))?;
+        let started = Instant::now();
+        let shown = path.clone();
+        let cache = self.sigcache.clone();
+        let sig = tokio::task::spawn_blocking(move || signature_of(&root, &path, cache.as_deref()))
+            .await
+            .map_err(|e| SyncError::Local(e.to_string()))?;
+        tracing::debug!(path = %shown, ms = started.elapsed().as_millis() as u64, "signature");
+        let sig = sig.map(Arc::new);
+        if let Some(s) = sig.as_ref().filter(|s| s.size >= CACHE_MIN) {
+            if self.sigcache.is_some() {
+                if self.recent.len() == RECENT_SIGS {
+                    self.recent.pop_front();
+                }
+                self.recent.push_back((shown, s.clone()));
+            }
+        }
         // A signature too large for one frame (a file of hundreds of GiB)
         // is not sent: the file then travels whole.
         let sig = sig.filter(|s| s.chunks.len() * SIG_RECORD <= MAX_BODY_LEN);
@@ -376,6 +399,14 @@ impl Role {
             missing: false,
         };
         self.out.send(&m, body.freeze()).await
+    }
+
+    /// The signature last sent for `path`, for a changed file assembled
+    /// against it.
+    fn take_recent(&mut self, path: &str, update: bool) -> Option<Arc<Signature>> {
+        let i = self.recent.iter().position(|(p, _)| p == path)?;
+        let (_, sig) = self.recent.remove(i)?;
+        update.then_some(sig)
     }
 
     async fn finish_file(&mut self, job: FileJob, end: SyncEnd) -> Result<(), SyncError> {
@@ -504,6 +535,30 @@ impl Role {
     }
 }
 
+/// The signature of the old copy at `path` (never through a symlink):
+/// from the cache when it holds a valid one, otherwise cut from the file
+/// and, for a large file that did not change while it was read, cached.
+fn signature_of(root: &Dir, path: &str, cache: Option<&SigCache>) -> Option<Signature> {
+    let (dir, name) = apply::open_parent(root, path).ok()?;
+    let mut opts = cap_std::fs::OpenOptions::new();
+    cap_fs_ext::OpenOptionsFollowExt::follow(opts.read(true), cap_fs_ext::FollowSymlinks::No);
+    let f = dir.open_with(name, &opts).ok()?.into_std();
+    let md = f.metadata().ok().filter(|m| m.is_file())?;
+    let cache = cache.filter(|_| md.len() >= CACHE_MIN);
+    let stamp = Stamp::of(&md);
+    if let Some(sig) = cache.and_then(|c| c.get(&stamp)) {
+        return Some(sig);
+    }
+    let sig =
+        Signature::of_reader(std::io::BufReader::with_capacity(1 << 20, &f), md.len()).ok()?;
+    if let Some(c) = cache {
+        if f.metadata().ok().map(|m| Stamp::of(&m)) == Some(stamp) {
+            c.put(&stamp, &sig);
+        }
+    }
+    Some(sig)
+}
+
 fn unexpected(expected: &'static str, got: &ToReceiver) -> SyncError {
     SyncError::Session(SessionError::Unexpected {
         expected,
@@ -587,7 +642,13 @@ struct FileJob {
 }
 
 impl FileJob {
-    fn start(root: &Dir, stager: &Stager, m: SyncFile) -> FileJob {
+    fn start(
+        root: &Dir,
+        stager: &Stager,
+        m: SyncFile,
+        basis: Option<Arc<Signature>>,
+        cache: Option<Arc<SigCache>>,
+    ) -> FileJob {
         let (tx, mut rx) = mpsc::channel::<Msg>(4);
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let root = root.try_clone();
@@ -596,7 +657,8 @@ impl FileJob {
         tokio::task::spawn_blocking(move || {
             let r = (|| -> Result<Verified, ErrorMsg> {
                 let root = root.map_err(|e| ErrorMsg::new(ErrorCode::Internal, e.to_string()))?;
-                let mut inc = Incoming::start(&root, &stager, &path, m.update, m.size)?;
+                let mut inc = Incoming::start(&root, &stager, &path, m.update, m.size)?
+                    .with_cache(basis, cache);
                 while let Some(msg) = rx.blocking_recv() {
                     match msg {
                         Msg::Step(s) => inc.step(s)?,

@@ -56,6 +56,13 @@ const QUEUE_CAP: usize = 64;
 /// round trip, and without reading its literal chunks twice).
 const PREPARE_MIN: u64 = 1 << 20;
 
+/// How long the sender waits for a large file's signature before it cuts
+/// the file ahead of it: about a loopback or LAN round trip, in which a
+/// receiver that has the signature cached (`sync::sigcache`) answers.
+/// Then the recipe streams as the file is cut, so the receiver assembles
+/// while the sender reads, instead of getting every step at the end.
+const SIG_GRACE: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Runs the sending role from the tree `src` until the receiver's summary
 /// arrives, and returns it.
 pub async fn run(
@@ -166,6 +173,26 @@ impl Inbound {
             let m = self.inbox.recv_blocking()?;
             self.file(m)?;
         }
+    }
+
+    /// Files what arrives within `limit`, until `done` says enough.
+    fn wait_briefly(
+        &mut self,
+        limit: std::time::Duration,
+        done: impl Fn(&Self) -> bool,
+    ) -> Result<(), SyncError> {
+        let until = std::time::Instant::now() + limit;
+        while !done(self) {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match self.inbox.recv_within_blocking(left)? {
+                Some(m) => self.file(m)?,
+                None => break,
+            }
+        }
+        Ok(())
     }
 
     /// Files what has already arrived (failure notices), without waiting.
@@ -624,17 +651,26 @@ impl Sender<'_> {
         old: Option<u64>,
     ) -> Result<(), FileError> {
         let opened = self.open_source(&e.path);
+        let large = matches!(&opened, Ok((_, md)) if md.len() >= PREPARE_MIN);
+        if old.is_some() && large {
+            self.inbound
+                .borrow_mut()
+                .wait_briefly(SIG_GRACE, |i| !i.sigs.is_empty())?;
+        }
         let waiting = old.is_some() && self.inbound.borrow().sigs.is_empty();
+        let started = std::time::Instant::now();
         let prepared = match (&opened, old) {
             (Ok((f, md)), Some(old_size)) if waiting && md.len() >= PREPARE_MIN => {
                 prepare_file(f, md.len(), old_size)
             }
             _ => Ok(None),
         };
+        let prepare_ms = started.elapsed().as_millis() as u64;
         let sig = match old {
             Some(_) => self.signature()?,
             None => None,
         };
+        let sig_ms = started.elapsed().as_millis() as u64;
         let (file, md) = opened.map_err(FileError::Source)?;
         let prepared = prepared.map_err(FileError::Source)?;
         let size = md.len();
@@ -701,6 +737,13 @@ impl Sender<'_> {
                 make_recipe(reader, Some(size), sig.as_ref(), &mut emit)
             }),
         };
+        tracing::debug!(
+            path = %e.path,
+            prepare_ms,
+            sig_ms,
+            recipe_ms = started.elapsed().as_millis() as u64,
+            "sent"
+        );
         if let Some(e) = send_error {
             return Err(FileError::Sync(e));
         }
