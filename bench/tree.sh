@@ -258,6 +258,25 @@ bulk_rows() {
     d_put=$(gbps "$(secs_of "${sk[@]}" put -f "tcp://127.0.0.1:$RELAY_PORT" "$big" big.bin)")
     BULK_REPORT+=("skiff put|$p_put|$(ratio "$p_put" "$r_put")|$(ratio "$p_put" "$so")")
     BULK_REPORT+=("skiff get|$p_get|$(ratio "$p_get" "$r_get")|$(ratio "$p_get" "$so")")
+    # Without TLS, as the rsync daemon and socat run: a second server on
+    # the same root and users, listening on tcp+plain:// and unix://.
+    local pl_out="$base/skiff/plain.out" pl_url pl_sock="$base/skiff/plain.sock" u x_put x_get
+    mkdir -p "$base/skiff/state-plain"
+    HOME="$SK_HOME" "$SKIFF" serve --root "$base/skiff/root" --state-dir "$base/skiff/state-plain" \
+        --users "$base/skiff/state/users" --listen tcp+plain://127.0.0.1:0 \
+        --listen "unix://$pl_sock" >"$pl_out" 2>"$base/skiff/plain.err" &
+    PIDS+=("$!")
+    wait_line "$pl_out" '^listening on tcp+plain://'
+    pl_url=$(grep -m1 '^listening on tcp+plain://' "$pl_out" | sed 's/^listening on //')
+    for u in "$pl_url" "unix://$pl_sock"; do
+        x_put=$(gbps "$(med_secs "rm -f '$base/skiff/root/big.bin'" "${sk[@]}" put "$u" "$big" big.bin)")
+        cmp -s "$big" "$base/skiff/root/big.bin" || log "WARNING: skiff put ($u): the copy differs"
+        x_get=$(gbps "$(med_secs "rm -f '$base/big.got'" "${sk[@]}" get "$u" big.bin "$base/big.got")")
+        cmp -s "$big" "$base/big.got" || log "WARNING: skiff get ($u): the copy differs"
+        rm -f "$base/big.got"
+        BULK_REPORT+=("skiff put, ${u%%:*}://|$x_put|$(ratio "$x_put" "$r_put")|$(ratio "$x_put" "$so")")
+        BULK_REPORT+=("skiff get, ${u%%:*}://|$x_get|$(ratio "$x_get" "$r_get")|$(ratio "$x_get" "$so")")
+    done
     BULK_REPORT+=("rsync daemon put|$r_put||")
     BULK_REPORT+=("rsync daemon get|$r_get||")
     BULK_REPORT+=("socat raw TCP -> tmpfs file|$so||")

@@ -22,6 +22,7 @@ use crate::service::udp_ping::UdpPingService;
 use crate::service::{self, ServiceContext};
 use crate::session::accept::{AuthPolicy, Authenticator, LoggedIn};
 use crate::session::penalty::Recorded;
+use crate::session::read_ahead::ReadAhead;
 use crate::session::tls::{self, ServerIdentity};
 use crate::session::{Io, Session, SessionError};
 use crate::transfer::staging::StagingArea;
@@ -257,7 +258,8 @@ impl<'h> Arrival<'h> {
         let Some((acceptor, cb)) = &self.handler.tls else {
             return Some((Box::new(stream), NO_BINDING));
         };
-        let accept = acceptor.accept(stream);
+        // Large socket reads under TLS once data flows (`read_ahead`).
+        let accept = acceptor.accept(ReadAhead::new(stream));
         let accepted = tokio::select! {
             r = tokio::time::timeout_at(self.deadline, accept) => r,
             _ = self.shutdown.cancelled() => return None,

@@ -21,6 +21,7 @@ use tokio::net::{TcpStream, UnixStream};
 
 use crate::auth::handshake::{self as hs, Block};
 use crate::keys::UserKey;
+use crate::session::read_ahead::ReadAhead;
 use crate::session::{tls, Io, Session, SessionError};
 use crate::target::Target;
 use handshake::authenticate;
@@ -234,7 +235,7 @@ async fn connect_inner(
             if let Target::Tls { host, .. } = target {
                 let tls = tls::connector()
                     .map_err(|e| ClientError::Local(e.to_string()))?
-                    .connect(tls::server_name(host), tcp)
+                    .connect(tls::server_name(host), ReadAhead::new(tcp))
                     .await
                     .map_err(connect_err)?;
                 let cert = tls

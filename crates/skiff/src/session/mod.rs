@@ -9,6 +9,7 @@
 
 pub mod accept;
 pub(crate) mod penalty;
+pub mod read_ahead;
 pub mod tls;
 #[cfg(test)]
 mod write_tests;
