@@ -136,11 +136,12 @@ EOF
     PIDS+=("$!")
     for i in $(seq 100); do python3 -c "import socket; socket.create_connection(('127.0.0.1',$RS_PORT),0.2)" 2>/dev/null && break; sleep 0.1; done
 }
-# start_relay TARGET_PORT: sets RELAY_PORT (RTT ms of added round trip)
+# start_relay TARGET_PORT [RTT_MS]: sets RELAY_PORT (RTT_MS, default RTT,
+# of added round trip)
 start_relay() {
     local out
     out=$(mktemp "$WORK_T/relay.XXXXXX")
-    python3 "$REPO/bench/delay_relay.py" --listen 0 --to "127.0.0.1:$1" --rtt-ms "$RTT" >"$out" &
+    python3 "$REPO/bench/delay_relay.py" --listen 0 --to "127.0.0.1:$1" --rtt-ms "${2:-$RTT}" >"$out" &
     PIDS+=("$!")
     wait_line "$out" '^listening on'
     RELAY_PORT=$(sed -n 's/^listening on .*:\([0-9]*\)$/\1/p' "$out")
@@ -254,8 +255,14 @@ bulk_rows() {
     local r s=()
     for r in $(seq "$RUNS"); do s+=("$(socat_secs)"); done
     so=$(gbps "$(median "${s[@]}")")
+    # The relay is a userspace copy on the same two cores: a run through
+    # it with no delay says what the relay itself costs, so that the
+    # delayed run can be judged against the same path without the delay.
+    local z_put
+    start_relay "${SK_URL##*:}" 0
+    z_put=$(gbps "$(med_secs "rm -f '$base/skiff/root/big.bin'" "${sk[@]}" put "tcp://127.0.0.1:$RELAY_PORT" "$big" big.bin)")
     start_relay "${SK_URL##*:}"
-    d_put=$(gbps "$(secs_of "${sk[@]}" put -f "tcp://127.0.0.1:$RELAY_PORT" "$big" big.bin)")
+    d_put=$(gbps "$(med_secs "rm -f '$base/skiff/root/big.bin'" "${sk[@]}" put "tcp://127.0.0.1:$RELAY_PORT" "$big" big.bin)")
     BULK_REPORT+=("skiff put|$p_put|$(ratio "$p_put" "$r_put")|$(ratio "$p_put" "$so")")
     BULK_REPORT+=("skiff get|$p_get|$(ratio "$p_get" "$r_get")|$(ratio "$p_get" "$so")")
     # Without TLS, as the rsync daemon and socat run: a second server on
@@ -280,7 +287,8 @@ bulk_rows() {
     BULK_REPORT+=("rsync daemon put|$r_put||")
     BULK_REPORT+=("rsync daemon get|$r_get||")
     BULK_REPORT+=("socat raw TCP -> tmpfs file|$so||")
-    BULK_REPORT+=("skiff put, +$RTT ms RTT|$d_put|$(ratio "$d_put" "$p_put") of no delay|")
+    BULK_REPORT+=("skiff put, through the relay at 0 ms|$z_put|$(ratio "$z_put" "$p_put") of direct|")
+    BULK_REPORT+=("skiff put, +$RTT ms RTT|$d_put|$(ratio "$d_put" "$p_put") of no delay, $(ratio "$d_put" "$z_put") of the relay at 0 ms|")
     # One file over several connections (put --streams N), without and
     # through the same relay; the relay rows are medians of RUNS runs.
     local sn s_put s_dput
