@@ -596,17 +596,24 @@ mod tests {
     use super::*;
     use crate::testdata::pseudo_random;
 
-    /// Assembles `steps` from `old` into a real file; returns its bytes.
-    fn into_file(old: &[u8], steps: &[(u64, u64)], tail: &[u8]) -> (Vec<u8>, Hash) {
-        let t = tempfile::tempdir().unwrap();
-        std::fs::write(t.path().join("old"), old).unwrap();
-        let old_f = File::open(t.path().join("old")).unwrap();
+    /// `dir/old` holding `old`, opened, and a new empty `dir/new` to
+    /// assemble into.
+    fn old_and_new(dir: &std::path::Path, old: &[u8]) -> (File, File) {
+        std::fs::write(dir.join("old"), old).unwrap();
+        let old_f = File::open(dir.join("old")).unwrap();
         let out = File::options()
             .read(true)
             .write(true)
             .create_new(true)
-            .open(t.path().join("new"))
+            .open(dir.join("new"))
             .unwrap();
+        (old_f, out)
+    }
+
+    /// Assembles `steps` from `old` into a real file; returns its bytes.
+    fn into_file(old: &[u8], steps: &[(u64, u64)], tail: &[u8]) -> (Vec<u8>, Hash) {
+        let t = tempfile::tempdir().unwrap();
+        let (old_f, out) = old_and_new(t.path(), old);
         let size = steps.iter().map(|s| s.1).sum::<u64>() + tail.len() as u64;
         let mut want = Vec::new();
         for &(o, l) in steps {
@@ -648,14 +655,7 @@ mod tests {
     fn an_abandoned_assembly_stops_hashing() {
         let t = tempfile::tempdir().unwrap();
         let old = pseudo_random(2 << 20, 3);
-        std::fs::write(t.path().join("old"), &old).unwrap();
-        let old_f = File::open(t.path().join("old")).unwrap();
-        let out = File::options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(t.path().join("new"))
-            .unwrap();
+        let (old_f, out) = old_and_new(t.path(), &old);
         let mut a = Assembler::new(Some((&old_f, 2 << 20)), FileOutput::new(out), 4 << 20);
         a.copy(0, 1 << 20).unwrap();
         a.literal(&old[..1000]).unwrap();
