@@ -208,42 +208,40 @@ pub fn rename_into_place(
     dest: &Destination,
     observed: Observed,
 ) -> Result<(), CommitError> {
-    {
-        let _guard = COMMIT_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-        if !staged.still_named() {
-            return Err(CommitError::Lost);
-        }
-        // Nothing was there: `RENAME_NOREPLACE` checks that atomically, so
-        // the destination is looked at only when the rename finds
-        // something in the way (to say what). A tree of small files saves
-        // a lookup per file.
-        let absent = matches!(observed, Observed::Absent | Observed::AbsentForced);
-        if absent {
-            match rename(staged, dest, true) {
-                Ok(()) => return check_placed(staged, dest),
-                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-                Err(e) => return Err(CommitError::Io(e)),
-            }
-        }
-        match (observed, dest.current()?) {
-            (_, Current::Dir) => return Err(CommitError::Exists("a directory is in the way")),
-            (Observed::Absent | Observed::AbsentForced, Current::Is(Observed::Absent)) => {
-                rename(staged, dest, true).map_err(|e| {
-                    if e.raw_os_error() == Some(libc::EEXIST) {
-                        taken(observed)
-                    } else {
-                        CommitError::Io(e)
-                    }
-                })?
-            }
-            (Observed::Absent | Observed::AbsentForced, Current::Is(_)) => {
-                return Err(taken(observed));
-            }
-            (want, Current::Is(now)) if want == now => rename(staged, dest, false)?,
-            _ => return Err(CommitError::Conflict),
-        }
-        check_placed(staged, dest)
+    let _guard = COMMIT_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    if !staged.still_named() {
+        return Err(CommitError::Lost);
     }
+    // Nothing was there: `RENAME_NOREPLACE` checks that atomically, so
+    // the destination is looked at only when the rename finds
+    // something in the way (to say what). A tree of small files saves
+    // a lookup per file.
+    let absent = matches!(observed, Observed::Absent | Observed::AbsentForced);
+    if absent {
+        match rename(staged, dest, true) {
+            Ok(()) => return check_placed(staged, dest),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(CommitError::Io(e)),
+        }
+    }
+    match (observed, dest.current()?) {
+        (_, Current::Dir) => return Err(CommitError::Exists("a directory is in the way")),
+        (Observed::Absent | Observed::AbsentForced, Current::Is(Observed::Absent)) => {
+            rename(staged, dest, true).map_err(|e| {
+                if e.raw_os_error() == Some(libc::EEXIST) {
+                    taken(observed)
+                } else {
+                    CommitError::Io(e)
+                }
+            })?
+        }
+        (Observed::Absent | Observed::AbsentForced, Current::Is(_)) => {
+            return Err(taken(observed));
+        }
+        (want, Current::Is(now)) if want == now => rename(staged, dest, false)?,
+        _ => return Err(CommitError::Conflict),
+    }
+    check_placed(staged, dest)
 }
 
 /// After the rename: the destination name must now refer to the staged

@@ -156,13 +156,12 @@ fn plan_tree(top: &Path, dest: &str, failures: &mut Vec<Failure>) -> (Vec<Job>, 
         }));
         let mut entries = Vec::new();
         match std::fs::read_dir(&dir) {
-            Ok(rd) => entries.extend(rd.flatten()),
+            Ok(rd) => entries.extend(rd.flatten().map(|e| (e.file_name(), e))),
             Err(e) => failures.push(local_fail(&dir, e.to_string())),
         }
-        entries.sort_by_key(|e| e.file_name());
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
         let mut subdirs = Vec::new();
-        for ent in entries {
-            let os_name = ent.file_name();
+        for (os_name, ent) in entries {
             let path = dir.join(&os_name);
             let Some(name) = os_name.to_str() else {
                 failures.push(local_fail(&path, "name is not UTF-8; skipped".into()));
