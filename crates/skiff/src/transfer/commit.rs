@@ -244,6 +244,28 @@ pub fn rename_into_place(
     check_placed(staged, dest)
 }
 
+/// Gives a verified, durable unnamed file ([`super::unnamed`]) its name
+/// `name` in `dir`, the directory it was created in, for a destination
+/// that was absent (`observed`, or not looked at: without `force` the
+/// link itself finds what is in the way). `linkat` never replaces a
+/// name, so no lock is needed: whatever took the name first, another
+/// transfer's commit included, wins, and this commit says what is there.
+pub fn link_into_place(
+    file: &std::fs::File,
+    dir: &Dir,
+    name: &str,
+    observed: Observed,
+) -> Result<(), CommitError> {
+    match super::unnamed::link(file, dir, name) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => match dir.symlink_metadata(name) {
+            Ok(md) if md.is_dir() => Err(CommitError::Exists("a directory is in the way")),
+            _ => Err(taken(observed)),
+        },
+        Err(e) => Err(CommitError::Io(e)),
+    }
+}
+
 /// After the rename: the destination name must now refer to the staged
 /// file itself.
 fn check_placed(staged: &Staged, dest: &Destination) -> Result<(), CommitError> {

@@ -54,9 +54,16 @@ pub fn start_writeback(file: &File, offset: u64, len: u64) {
 /// Makes every file's data and metadata durable (step 2 of the module
 /// docs); one result per file, in order.
 pub fn sync_files(files: &[&File]) -> Vec<io::Result<()>> {
-    if files.len() >= SYNCFS_MIN {
+    sync_files_known(files, files.len() >= SYNCFS_MIN && same_fs(files))
+}
+
+/// [`sync_files`] for a caller that already knows whether all `files`
+/// are on one file system (`one_fs`), as a tree receiver does from the
+/// directories it holds, saving an `fstat` per file.
+pub fn sync_files_known(files: &[&File], one_fs: bool) -> Vec<io::Result<()>> {
+    if one_fs && files.len() >= SYNCFS_MIN {
         if let Some(first) = files.first() {
-            if same_fs(files) && nix::unistd::syncfs(first.as_raw_fd()).is_ok() {
+            if nix::unistd::syncfs(first.as_raw_fd()).is_ok() {
                 return files.iter().map(|_| Ok(())).collect();
             }
         }
@@ -78,13 +85,21 @@ fn same_fs(files: &[&File]) -> bool {
 
 /// Fsyncs each directory once (step 3), skipping repeats of the same
 /// directory; the first error. A batch names the same few directories
-/// hundreds of times, so repeats are recognised from the handle already
-/// held (one `fstat`) before anything is opened.
+/// hundreds of times, so repeats are recognised first by descriptor (the
+/// handles shared by a tree's files: no system call), then from the
+/// handle's identity (one `fstat`) before anything is opened.
 pub fn sync_dirs<'a>(dirs: impl IntoIterator<Item = &'a cap_std::fs::Dir>) -> io::Result<()> {
     use cap_std::fs::MetadataExt as _;
+    use std::os::fd::AsFd;
     let mut seen = std::collections::HashSet::new();
+    // Every handle is borrowed for the whole loop, so equal descriptor
+    // numbers are the same open directory.
+    let mut seen_fds = std::collections::HashSet::new();
     let mut first_err = None;
     for d in dirs {
+        if !seen_fds.insert(d.as_fd().as_raw_fd()) {
+            continue;
+        }
         if let Ok(md) = d.dir_metadata() {
             let id = FileId {
                 dev: md.dev(),

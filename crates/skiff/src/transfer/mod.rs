@@ -21,6 +21,7 @@ pub(crate) mod pipeline;
 pub(crate) mod staging;
 pub(crate) mod tree_recv;
 pub(crate) mod tree_send;
+pub(crate) mod unnamed;
 
 /// Bytes of file data per `data` frame: large enough that per-frame costs
 /// (headers, channel hand-offs, syscalls) vanish, small enough that a few

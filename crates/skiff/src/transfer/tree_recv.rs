@@ -24,6 +24,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -75,6 +76,8 @@ pub trait Slot {
     fn file(&self) -> &File;
     /// The directory it becomes visible in (fsynced after the rename).
     fn dir(&self) -> &Dir;
+    /// The device the file is on (one `syncfs` covers a batch on one).
+    fn dev(&self) -> u64;
     /// Removes the hidden file.
     fn discard(self);
 }
@@ -189,11 +192,23 @@ enum Synced<S> {
     Done(Vec<Pending<S>>, Vec<std::io::Result<()>>),
 }
 
+/// A parent directory held open for the files that follow: one handle
+/// shared by all of them (no descriptor duplicated per file), and the
+/// device it is on (so a batch knows its files share a file system
+/// without looking at each).
+#[derive(Clone)]
+pub struct Parent {
+    /// The directory.
+    pub dir: Arc<Dir>,
+    /// Its `st_dev`.
+    pub dev: u64,
+}
+
 /// Parent directories by path, held open for the files that follow (a
 /// bounded cache).
 #[derive(Default)]
 pub struct Parents {
-    map: HashMap<String, Dir>,
+    map: HashMap<String, Parent>,
 }
 
 impl Parents {
@@ -202,13 +217,18 @@ impl Parents {
         &mut self,
         key: &str,
         open: impl FnOnce() -> std::io::Result<Dir>,
-    ) -> std::io::Result<&Dir> {
+    ) -> std::io::Result<&Parent> {
         if !self.map.contains_key(key) {
             let dir = open()?;
+            let dev = cap_std::fs::MetadataExt::dev(&dir.dir_metadata()?);
             if self.map.len() >= PARENTS_MAX {
                 self.map.clear();
             }
-            self.map.insert(key.to_string(), dir);
+            let parent = Parent {
+                dir: Arc::new(dir),
+                dev,
+            };
+            self.map.insert(key.to_string(), parent);
         }
         self.map
             .get(key)
@@ -567,7 +587,8 @@ impl<P: Place> Receiver<P> {
             .name("tree-sync".into())
             .spawn(move || {
                 let files: Vec<&File> = batch.iter().map(|p| p.slot.file()).collect();
-                let results = durable::sync_files(&files);
+                let one_fs = batch.windows(2).all(|w| w[0].slot.dev() == w[1].slot.dev());
+                let results = durable::sync_files_known(&files, one_fs);
                 drop(files);
                 let _ = tx.send((batch, results));
             });

@@ -5,8 +5,10 @@
 //! with a [`LocalPlace`]: everything the server names is untrusted, so
 //! each path is checked component by component, directories are entered
 //! without following links, links are checked by resolution
-//! (`transfer::links`) and files are written to partial files beside
-//! their destination, renamed into place once verified and durable.
+//! (`transfer::links`). Files are received unnamed in their destination directory and linked
+//! there once verified and durable; with `--force` (or where the file
+//! system cannot create unnamed files) they are written to partial files
+//! beside their destination and renamed into place.
 
 use cap_fs_ext::DirExt;
 use cap_std::fs::Dir;
@@ -24,7 +26,9 @@ use crate::client::ClientError;
 use crate::session::Session;
 use crate::transfer::names::split_entry;
 use crate::transfer::partfile::PartFile;
-use crate::transfer::tree_recv::{self, Out, Parents, Place, Receiver, Slot};
+use crate::transfer::commit::{self, CommitError, Observed};
+use crate::transfer::tree_recv::{self, Out, Parent, Parents, Place, Receiver, Slot};
+use crate::transfer::unnamed;
 use crate::transfer::{errors, idle_timeout, meta};
 
 /// The window this client grants: far more than a bandwidth-delay
@@ -61,6 +65,7 @@ pub(super) async fn receive(
         top: top.try_clone().map_err(local_err)?,
         force: opts.force,
         parents: Parents::default(),
+        unnamed: true,
     };
     let (job_tx, job_rx) = mpsc::channel::<TreeInput>(tree_recv::JOBS);
     let (out_tx, mut out_rx) = mpsc::channel::<Out>(tree_recv::ACKS);
@@ -103,21 +108,53 @@ pub(super) async fn receive(
     Ok(())
 }
 
-/// A file being received: its partial file beside the destination.
-pub struct LocalSlot {
-    part: PartFile,
-    file: std::fs::File,
+/// A file being received: unnamed in its destination directory
+/// (`transfer::unnamed`), or, with `--force` or where the file system
+/// has no unnamed files, a partial file beside its destination.
+pub enum LocalSlot {
+    /// Created with `O_TMPFILE` in `parent`; linked as `name`.
+    Unnamed {
+        /// The unnamed file.
+        file: std::fs::File,
+        /// Its destination directory (shared by the files in it).
+        parent: Parent,
+        /// Its final name.
+        name: String,
+    },
+    /// A partial file renamed over the destination.
+    Part {
+        /// The partial file and its destination.
+        part: PartFile,
+        /// It, open.
+        file: std::fs::File,
+        /// The device of its directory.
+        dev: u64,
+    },
 }
 
 impl Slot for LocalSlot {
     fn file(&self) -> &std::fs::File {
-        &self.file
+        match self {
+            LocalSlot::Unnamed { file, .. } | LocalSlot::Part { file, .. } => file,
+        }
     }
     fn dir(&self) -> &Dir {
-        &self.part.dir
+        match self {
+            LocalSlot::Unnamed { parent, .. } => &parent.dir,
+            LocalSlot::Part { part, .. } => &part.dir,
+        }
+    }
+    fn dev(&self) -> u64 {
+        match self {
+            LocalSlot::Unnamed { parent, .. } => parent.dev,
+            LocalSlot::Part { dev, .. } => *dev,
+        }
     }
     fn discard(self) {
-        self.part.discard();
+        // An unnamed file vanishes when it is closed.
+        if let LocalSlot::Part { part, .. } = self {
+            part.discard();
+        }
     }
 }
 
@@ -126,12 +163,18 @@ struct LocalPlace {
     top: Dir,
     force: bool,
     parents: Parents,
+    /// Whether LOCAL's file system creates unnamed files (cleared at the
+    /// first that cannot).
+    unnamed: bool,
 }
 
 impl LocalPlace {
     /// The parent of a server-named `path` (checked: plain components
     /// only, entered without following links) and its last component.
-    fn parent_of<'p>(&mut self, path: &'p str) -> Result<(Dir, Vec<&'p str>, &'p str), ErrorMsg> {
+    fn parent_of<'p>(
+        &mut self,
+        path: &'p str,
+    ) -> Result<(Parent, Vec<&'p str>, &'p str), ErrorMsg> {
         let comps = split_entry(path).map_err(|_| {
             errors::msg(
                 ErrorCode::PathEscape,
@@ -143,12 +186,12 @@ impl LocalPlace {
             return Err(errors::msg(ErrorCode::PathEscape, path, "empty name"));
         };
         let top = &self.top;
-        let dir = self
+        let parent = self
             .parents
             .get(&parents.join("/"), || open_nofollow(top, parents))
-            .and_then(|d| d.try_clone())
-            .map_err(|e| errors::to_msg(&e, path))?;
-        Ok((dir, parents.to_vec(), name))
+            .map_err(|e| errors::to_msg(&e, path))?
+            .clone();
+        Ok((parent, parents.to_vec(), name))
     }
 }
 
@@ -157,30 +200,55 @@ impl Place for LocalPlace {
 
     fn dir(&mut self, d: &TreeDir) -> Result<Option<Dir>, ErrorMsg> {
         let (parent, _, name) = self.parent_of(&d.path)?;
-        make_dir(&parent, name, &d.path)?;
+        make_dir(&parent.dir, name, &d.path)?;
+        let io = |e: std::io::Error| errors::to_msg(&e, &d.path);
         if d.mode.is_some() || d.mtime_ns.is_some() {
-            let io = |e: std::io::Error| errors::to_msg(&e, &d.path);
-            let dir = parent.open_dir_nofollow(name).map_err(io)?;
+            let dir = parent.dir.open_dir_nofollow(name).map_err(io)?;
             meta::apply_dir(&dir, d.mode, d.mtime_ns).map_err(io)?;
         }
-        Ok(Some(parent))
+        Ok(Some(parent.dir.try_clone().map_err(io)?))
     }
 
     fn link(&mut self, l: &TreeLink) -> Result<Option<Dir>, ErrorMsg> {
         let (parent, parents, name) = self.parent_of(&l.path)?;
         make_link(
-            &self.top, &parent, &parents, name, &l.target, &l.path, self.force,
+            &self.top,
+            &parent.dir,
+            &parents,
+            name,
+            &l.target,
+            &l.path,
+            self.force,
         )?;
-        Ok(Some(parent))
+        let io = |e: std::io::Error| errors::to_msg(&e, &l.path);
+        Ok(Some(parent.dir.try_clone().map_err(io)?))
     }
 
     fn open(&mut self, path: &str) -> Result<LocalSlot, ErrorMsg> {
         let (parent, _, name) = self.parent_of(path)?;
         let io = |e: std::io::Error| errors::to_msg(&e, path);
-        let part = PartFile::new(parent, name);
+        // Without `--force` nothing is looked at now: the link at the
+        // commit finds whatever is in the way.
+        if self.unnamed && !self.force {
+            match unnamed::create(&parent.dir).map_err(io)? {
+                Some(file) => {
+                    return Ok(LocalSlot::Unnamed {
+                        file,
+                        parent,
+                        name: name.to_string(),
+                    })
+                }
+                None => self.unnamed = false,
+            }
+        }
+        let part = PartFile::new(parent.dir.try_clone().map_err(io)?, name);
         part.check_destination(self.force).map_err(io)?;
         let (file, _) = part.open(false, 0).map_err(io)?;
-        Ok(LocalSlot { part, file })
+        Ok(LocalSlot::Part {
+            part,
+            file,
+            dev: parent.dev,
+        })
     }
 
     fn place(
@@ -190,10 +258,24 @@ impl Place for LocalPlace {
         _mode: u32,
         _mtime_ns: Option<i64>,
     ) -> Result<(), ErrorMsg> {
-        let p = &slot.part;
-        p.check_destination(self.force)
-            .and_then(|()| p.dir.rename(&p.part, &p.dir, &p.name))
-            .map_err(|e| errors::to_msg(&e, path))
+        match slot {
+            LocalSlot::Unnamed { file, parent, name } => {
+                commit::link_into_place(file, &parent.dir, name, Observed::Absent).map_err(|e| {
+                    let e = match e {
+                        CommitError::Io(e) => e,
+                        other => std::io::Error::new(
+                            std::io::ErrorKind::AlreadyExists,
+                            other.to_string(),
+                        ),
+                    };
+                    errors::to_msg(&e, path)
+                })
+            }
+            LocalSlot::Part { part: p, .. } => p
+                .check_destination(self.force)
+                .and_then(|()| p.dir.rename(&p.part, &p.dir, &p.name))
+                .map_err(|e| errors::to_msg(&e, path)),
+        }
     }
 
     fn record(&mut self, _: &'static str, _: &str, _: Option<&Done>, _: Result<(), &ErrorMsg>) {}

@@ -19,7 +19,8 @@ use crate::session::{Session, SessionError};
 use crate::transfer::commit::{self, CommitError, Destination, Observed};
 use crate::transfer::errors;
 use crate::transfer::staging::{StageKey, Staged};
-use crate::transfer::tree_recv::{self, Out, Parents, Place, Receiver, Slot};
+use crate::transfer::tree_recv::{self, Out, Parent, Parents, Place, Receiver, Slot};
+use crate::transfer::unnamed;
 
 /// Bytes (file sizes plus `TreeAck::ENTRY_COST` per entry) a client may
 /// have unanswered: far more than a bandwidth-delay product of loopback
@@ -75,22 +76,57 @@ pub async fn receive(
     }
 }
 
-/// A file staged for a tree upload, and where it goes.
-pub struct StagedSlot {
-    staged: Staged,
-    dest: Destination,
-    observed: Observed,
+/// A file of a tree upload until it is committed: unnamed in its
+/// destination directory when the destination was absent (the common
+/// case: [`crate::transfer::unnamed`]), otherwise staged in the staging
+/// area and committed by identity.
+pub enum ServerSlot {
+    /// Created with `O_TMPFILE` in `parent`; linked as `name`.
+    Unnamed {
+        /// The unnamed file.
+        file: std::fs::File,
+        /// Its destination directory (shared by the files in it).
+        parent: Parent,
+        /// Its final name.
+        name: String,
+        /// Absent, or absent with `force`.
+        observed: Observed,
+    },
+    /// In the staging area.
+    Staged {
+        /// The staged file.
+        staged: Staged,
+        /// Where it goes.
+        dest: Destination,
+        /// What was there when it started.
+        observed: Observed,
+    },
 }
 
-impl Slot for StagedSlot {
+impl Slot for ServerSlot {
     fn file(&self) -> &std::fs::File {
-        self.staged.file()
+        match self {
+            ServerSlot::Unnamed { file, .. } => file,
+            ServerSlot::Staged { staged, .. } => staged.file(),
+        }
     }
     fn dir(&self) -> &Dir {
-        &self.dest.dir
+        match self {
+            ServerSlot::Unnamed { parent, .. } => &parent.dir,
+            ServerSlot::Staged { dest, .. } => &dest.dir,
+        }
+    }
+    fn dev(&self) -> u64 {
+        match self {
+            ServerSlot::Unnamed { parent, .. } => parent.dev,
+            ServerSlot::Staged { staged, .. } => staged.id().dev,
+        }
     }
     fn discard(self) {
-        self.staged.discard();
+        // An unnamed file vanishes when it is closed.
+        if let ServerSlot::Staged { staged, .. } = self {
+            staged.discard();
+        }
     }
 }
 
@@ -101,9 +137,12 @@ struct ServerPlace {
     root: Dir,
     force: bool,
     scope: String,
-    /// The user's staging directory, opened at the first file.
+    /// The user's staging directory, opened at the first staged file.
     staging: Option<Dir>,
     parents: Parents,
+    /// Whether the root's file system creates unnamed files (cleared at
+    /// the first that cannot).
+    unnamed: bool,
 }
 
 impl ServerPlace {
@@ -116,12 +155,13 @@ impl ServerPlace {
             scope,
             staging: None,
             parents: Parents::default(),
+            unnamed: true,
         }
     }
 
     /// The parent directory of `path` (held open, cached) and its last
     /// component.
-    fn parent_of(&mut self, path: &str) -> Result<(&Dir, String), ErrorMsg> {
+    fn parent_of(&mut self, path: &str) -> Result<(&Parent, String), ErrorMsg> {
         let comps = confine::components(path)?;
         let Some((name, dirs)) = comps.split_last() else {
             return Err(ErrorMsg::new(
@@ -130,29 +170,17 @@ impl ServerPlace {
             ));
         };
         let root = &self.root;
-        let dir = self
+        let parent = self
             .parents
             .get(&dirs.join("/"), || confine::open_dir(root, dirs))
             .map_err(|e| errors::to_msg(&e, path))?;
-        Ok((dir, (*name).to_string()))
+        Ok((parent, (*name).to_string()))
     }
 
     fn parent_clone(&mut self, path: &str) -> Option<Dir> {
         self.parent_of(path)
             .ok()
-            .and_then(|(d, _)| d.try_clone().ok())
-    }
-
-    /// Where `path` goes and what is there now (refused without `force`).
-    fn destination(&mut self, path: &str) -> Result<(Destination, Observed), ErrorMsg> {
-        let force = self.force;
-        let (parent, name) = self.parent_of(path)?;
-        let dest = Destination {
-            dir: parent.try_clone().map_err(|e| errors::to_msg(&e, path))?,
-            name,
-        };
-        let observed = dest.observe(force).map_err(|e| commit_msg(e, path))?;
-        Ok((dest, observed))
+            .and_then(|(p, _)| p.dir.try_clone().ok())
     }
 
     /// A new staged file for `path`.
@@ -171,7 +199,7 @@ impl ServerPlace {
 }
 
 impl Place for ServerPlace {
-    type Slot = StagedSlot;
+    type Slot = ServerSlot;
 
     fn dir(&mut self, d: &TreeDir) -> Result<Option<Dir>, ErrorMsg> {
         let req = Mkdir {
@@ -197,10 +225,52 @@ impl Place for ServerPlace {
         Ok(self.parent_clone(&l.path))
     }
 
-    fn open(&mut self, path: &str) -> Result<StagedSlot, ErrorMsg> {
-        let (dest, observed) = self.destination(path)?;
+    fn open(&mut self, path: &str) -> Result<ServerSlot, ErrorMsg> {
+        let force = self.force;
+        let try_unnamed = self.unnamed;
+        let (parent, name) = self.parent_of(path)?;
+        // Without `force` nothing is looked at now: the commit's link
+        // finds whatever is in the way.
+        let observed = if force {
+            let dest = Destination {
+                dir: parent.dir.try_clone().map_err(|e| errors::to_msg(&e, path))?,
+                name: name.clone(),
+            };
+            let observed = dest.observe(true).map_err(|e| commit_msg(e, path))?;
+            if !matches!(observed, Observed::AbsentForced) {
+                let staged = self.stage(path)?;
+                return Ok(ServerSlot::Staged {
+                    staged,
+                    dest,
+                    observed,
+                });
+            }
+            observed
+        } else {
+            Observed::Absent
+        };
+        if try_unnamed {
+            match unnamed::create(&parent.dir) {
+                Ok(Some(file)) => {
+                    return Ok(ServerSlot::Unnamed {
+                        file,
+                        parent: parent.clone(),
+                        name,
+                        observed,
+                    })
+                }
+                Ok(None) => self.unnamed = false,
+                Err(e) => return Err(errors::to_msg(&e, path)),
+            }
+        }
+        let (parent, name) = self.parent_of(path)?;
+        let dest = Destination {
+            dir: parent.dir.try_clone().map_err(|e| errors::to_msg(&e, path))?,
+            name,
+        };
+        let observed = dest.observe(force).map_err(|e| commit_msg(e, path))?;
         let staged = self.stage(path)?;
-        Ok(StagedSlot {
+        Ok(ServerSlot::Staged {
             staged,
             dest,
             observed,
@@ -209,18 +279,29 @@ impl Place for ServerPlace {
 
     fn place(
         &mut self,
-        slot: &StagedSlot,
+        slot: &ServerSlot,
         path: &str,
         mode: u32,
         mtime_ns: Option<i64>,
     ) -> Result<(), ErrorMsg> {
-        let s = slot;
-        match commit::rename_into_place(&s.staged, &s.dest, s.observed) {
-            // The staging area is on another file system: copy.
-            Err(CommitError::Io(e)) if e.raw_os_error() == Some(libc::EXDEV) => {
-                commit::commit(&s.staged, &s.dest, s.observed, Some(mode), mtime_ns)
-            }
-            other => other,
+        match slot {
+            ServerSlot::Unnamed {
+                file,
+                parent,
+                name,
+                observed,
+            } => commit::link_into_place(file, &parent.dir, name, *observed),
+            ServerSlot::Staged {
+                staged,
+                dest,
+                observed,
+            } => match commit::rename_into_place(staged, dest, *observed) {
+                // The staging area is on another file system: copy.
+                Err(CommitError::Io(e)) if e.raw_os_error() == Some(libc::EXDEV) => {
+                    commit::commit(staged, dest, *observed, Some(mode), mtime_ns)
+                }
+                other => other,
+            },
         }
         .map_err(|e| commit_msg(e, path))
     }
