@@ -18,8 +18,11 @@
 //!    `syncfs` of their file system for a batch of [`SYNCFS_MIN`] files or
 //!    more, an `fsync` per file below that (or when `syncfs` reports an
 //!    error, so each file's own error is found);
-//! 3. the caller renames the files into place and then calls
-//!    [`sync_dirs`] once per distinct directory.
+//! 3. the caller renames (or links) the files into place and then calls
+//!    [`sync_dirs`] with their directories: one `fsync` per distinct
+//!    directory, or one `syncfs` when there are several on one file
+//!    system (each directory `fsync` would be a journal commit of its
+//!    own).
 //!
 //! Only after step 3 may a file be reported as stored.
 
@@ -83,11 +86,19 @@ fn same_fs(files: &[&File]) -> bool {
     true
 }
 
-/// Fsyncs each directory once (step 3), skipping repeats of the same
-/// directory; the first error. A batch names the same few directories
-/// hundreds of times, so repeats are recognised first by descriptor (the
-/// handles shared by a tree's files: no system call), then from the
-/// handle's identity (one `fstat`) before anything is opened.
+/// From this many distinct directories on one file system, one `syncfs`
+/// replaces their `fsync`s.
+pub const DIRS_SYNCFS_MIN: usize = 2;
+
+/// Makes the entries of each directory durable (step 3); the first
+/// error. A batch names the same few directories hundreds of times, so
+/// repeats are recognised first by descriptor (the handles shared by a
+/// tree's files: no system call), then from the handle's identity (one
+/// `fstat`). On most file systems each directory `fsync` is a journal
+/// commit of its own, so from [`DIRS_SYNCFS_MIN`] directories on one
+/// file system one `syncfs` covers them all; an `fsync` per directory
+/// otherwise, or when the `syncfs` reports an error (so each
+/// directory's own error is found).
 pub fn sync_dirs<'a>(dirs: impl IntoIterator<Item = &'a cap_std::fs::Dir>) -> io::Result<()> {
     use cap_std::fs::MetadataExt as _;
     use std::os::fd::AsFd;
@@ -95,20 +106,35 @@ pub fn sync_dirs<'a>(dirs: impl IntoIterator<Item = &'a cap_std::fs::Dir>) -> io
     // Every handle is borrowed for the whole loop, so equal descriptor
     // numbers are the same open directory.
     let mut seen_fds = std::collections::HashSet::new();
-    let mut first_err = None;
+    let mut distinct: Vec<(&cap_std::fs::Dir, Option<u64>)> = Vec::new();
     for d in dirs {
         if !seen_fds.insert(d.as_fd().as_raw_fd()) {
             continue;
         }
-        if let Ok(md) = d.dir_metadata() {
-            let id = FileId {
-                dev: md.dev(),
-                ino: md.ino(),
-            };
-            if !seen.insert(id) {
-                continue;
+        match d.dir_metadata() {
+            Ok(md) => {
+                let id = FileId {
+                    dev: md.dev(),
+                    ino: md.ino(),
+                };
+                if seen.insert(id) {
+                    distinct.push((d, Some(id.dev)));
+                }
             }
+            Err(_) => distinct.push((d, None)),
         }
+    }
+    if let Some((first, Some(dev))) = distinct.first() {
+        let one_fs = distinct.iter().all(|(_, d)| *d == Some(*dev));
+        if one_fs
+            && distinct.len() >= DIRS_SYNCFS_MIN
+            && nix::unistd::syncfs(first.as_fd().as_raw_fd()).is_ok()
+        {
+            return Ok(());
+        }
+    }
+    let mut first_err = None;
+    for (d, _) in distinct {
         let synced = super::meta::open_self(d).and_then(|f| f.sync_all());
         if let Err(e) = synced {
             first_err.get_or_insert(e);

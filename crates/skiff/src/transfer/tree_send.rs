@@ -395,11 +395,14 @@ impl Packer {
         if before.len() as usize > SMALL_MAX {
             return self.large(f, &before);
         }
-        let mut data = Vec::with_capacity(before.len() as usize);
-        let read = (&f.file)
-            .take(before.len() + 1)
-            .read_to_end(&mut data)
-            .and_then(|_| changed(&f.file, &before, data.len() as u64));
+        // Exactly the announced size: whether the file grew meanwhile is
+        // for `changed`'s second look to say, not for a read that finds
+        // its end (one system call per small file instead of two).
+        let mut data = vec![0u8; before.len() as usize];
+        let read = read_full(&f.file, &mut data).and_then(|got| {
+            data.truncate(got);
+            changed(&f.file, &before, got as u64)
+        });
         match read {
             Ok(()) => self.small(f, &before, data),
             Err(e) => self.failure(f.id, &f.label, true, io(&e)),
@@ -532,6 +535,20 @@ impl Packer {
     pub fn finish(&mut self) -> bool {
         self.flush()
     }
+}
+
+/// Reads into all of `buf` unless the file ends first; how much was read.
+fn read_full(mut file: &File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
 }
 
 /// `Err` when the file is no longer what `before` described (`got` bytes
