@@ -206,6 +206,64 @@ fn client_killed_mid_tree_leaves_only_complete_files() {
     assert_eq!(files_under(&server.root.join("again")).len(), 300);
 }
 
+/// Two versions of one tree: the same names, different bytes.
+fn two_versions(work: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (a, b) = (work.join("a/top"), work.join("b/top"));
+    small_tree(&a, 4, 60);
+    for f in files_under(&a) {
+        let to = b.join(&f);
+        fs::create_dir_all(to.parent().unwrap()).unwrap();
+        make_file(&to, 1000 + (f.len() as u64 * 13), 99 + f.len() as u64);
+    }
+    (a, b)
+}
+
+#[test]
+fn two_clients_uploading_one_tree_at_once_leave_each_file_whole_from_one() {
+    let server = TestServer::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let (a, b) = two_versions(work.path());
+    for force in [false, true] {
+        let dest_name = if force { "forced" } else { "plain" };
+        fs::create_dir_all(server.root.join(dest_name)).unwrap();
+        let spawn = |top: &Path| {
+            let mut cmd = server.client();
+            cmd.arg("put").arg("-r");
+            if force {
+                cmd.arg("-f");
+            }
+            cmd.args([server.url(), p(top), dest_name])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (ca, cb) = (spawn(&a), spawn(&b));
+        let (oa, ob) = (ca.wait_with_output().unwrap(), cb.wait_with_output().unwrap());
+        let dest = server.root.join(dest_name).join("top");
+        let landed = files_under(&dest);
+        assert_eq!(landed, files_under(&a), "force {force}");
+        for f in &landed {
+            let h = hash(&dest.join(f));
+            assert!(
+                h == hash(&a.join(f)) || h == hash(&b.join(f)),
+                "{f} is neither version (force {force})"
+            );
+        }
+        if !force {
+            // Each file went to one client; the other was told `exists`.
+            let told = |o: &std::process::Output| {
+                String::from_utf8_lossy(&o.stderr)
+                    .lines()
+                    .filter(|l| l.contains("[exists]"))
+                    .count()
+            };
+            assert_eq!(told(&oa) + told(&ob), landed.len(), "{}", stderr(&oa));
+        }
+    }
+    assert!(server.staged_files().is_empty());
+}
+
 #[test]
 fn a_peer_that_floods_entries_and_never_reads_is_held_back() {
     let server =
