@@ -239,7 +239,10 @@ fn two_clients_uploading_one_tree_at_once_leave_each_file_whole_from_one() {
                 .unwrap()
         };
         let (ca, cb) = (spawn(&a), spawn(&b));
-        let (oa, ob) = (ca.wait_with_output().unwrap(), cb.wait_with_output().unwrap());
+        let (oa, ob) = (
+            ca.wait_with_output().unwrap(),
+            cb.wait_with_output().unwrap(),
+        );
         let dest = server.root.join(dest_name).join("top");
         let landed = files_under(&dest);
         assert_eq!(landed, files_under(&a), "force {force}");

@@ -233,7 +233,10 @@ impl Place for ServerPlace {
         // finds whatever is in the way.
         let observed = if force {
             let dest = Destination {
-                dir: parent.dir.try_clone().map_err(|e| errors::to_msg(&e, path))?,
+                dir: parent
+                    .dir
+                    .try_clone()
+                    .map_err(|e| errors::to_msg(&e, path))?,
                 name: name.clone(),
             };
             let observed = dest.observe(true).map_err(|e| commit_msg(e, path))?;
@@ -265,7 +268,10 @@ impl Place for ServerPlace {
         }
         let (parent, name) = self.parent_of(path)?;
         let dest = Destination {
-            dir: parent.dir.try_clone().map_err(|e| errors::to_msg(&e, path))?,
+            dir: parent
+                .dir
+                .try_clone()
+                .map_err(|e| errors::to_msg(&e, path))?,
             name,
         };
         let observed = dest.observe(force).map_err(|e| commit_msg(e, path))?;
