@@ -331,6 +331,15 @@ impl SessionWriter<'_> {
         Ok(())
     }
 
+    /// [`queue`](Self::queue) for a body already in a shared buffer: a
+    /// large one is sent from that buffer itself (see
+    /// [`write_shared`](Self::write_shared)), for loops that flush on
+    /// their own schedule.
+    pub fn queue_shared<M: Message>(&mut self, msg: &M, body: Bytes) -> Result<(), SessionError> {
+        self.queue.push_shared(msg, body)?;
+        Ok(())
+    }
+
     /// Queues a frame, and sends the buffer once it is past
     /// [`WRITE_HIGH_WATER`] (waiting at most the write timeout for a peer
     /// that does not read). The one way streams of chunks are written.
