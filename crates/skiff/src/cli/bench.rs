@@ -135,12 +135,8 @@ fn ping(a: PingArgs) -> anyhow::Result<i32> {
         size: a.size,
     };
     let p = prepare(resolve(&a.target, a.port.port)?, &a.key)?;
-    let report = crate::client::bench::ping_runtime()?.block_on(ping_load(
-        &p.endpoint.target,
-        &p.key,
-        &p.opts,
-        &load,
-    ))?;
+    let report =
+        super::runtime()?.block_on(ping_load(&p.endpoint.target, &p.key, &p.opts, &load))?;
     emit(a.json, &report, |r| print_ping(&a.target, r))
 }
 

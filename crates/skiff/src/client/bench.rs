@@ -160,17 +160,6 @@ pub struct PingReport {
     pub latency: LatencySummary,
 }
 
-/// The runtime `skiff bench ping` runs on: one thread, as
-/// redis-benchmark's load is generated. The load is many connections each
-/// waiting on its round trip; on a multi-threaded runtime every pong
-/// could wake the other worker and move tasks between threads, CPU the
-/// measured server and the load generator share.
-pub fn ping_runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-}
-
 /// Opens `load.connections` sessions, then runs pings on all of them for
 /// `load.duration` and reports throughput and latency. Any failed session
 /// fails the whole run (a benchmark that silently loses connections would
