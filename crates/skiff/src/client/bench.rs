@@ -238,8 +238,11 @@ async fn ping_loop(
     deadline: tokio::time::Instant,
     hist: &mut Histogram,
 ) -> Result<(), ClientError> {
-    // A stalled server must not hang the benchmark past its time.
-    let grace = Duration::from_secs(10);
+    // A stalled server must not hang the benchmark past its time: one
+    // timer for the whole run (not one per pong, which the runtime would
+    // register and remove again for every request).
+    let stalled = tokio::time::sleep_until(deadline + Duration::from_secs(10));
+    tokio::pin!(stalled);
     while tokio::time::Instant::now() < deadline {
         for _ in 0..pipeline {
             session.queue(&Ping {}, payload)?;
@@ -247,9 +250,13 @@ async fn ping_loop(
         let sent = Instant::now();
         session.flush().await?;
         for _ in 0..pipeline {
-            let (_, frame) = tokio::time::timeout_at(deadline + grace, session.expect::<Pong>())
-                .await
-                .map_err(|_| ClientError::Local("server stopped answering pings".into()))??;
+            let (_, frame) = tokio::select! {
+                biased;
+                r = session.expect::<Pong>() => r?,
+                _ = &mut stalled => {
+                    return Err(ClientError::Local("server stopped answering pings".into()))
+                }
+            };
             if frame.body() != payload {
                 return Err(ClientError::Local(
                     "a pong did not carry its ping's payload".into(),

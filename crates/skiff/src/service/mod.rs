@@ -92,12 +92,18 @@ impl ServiceContext {
 /// been idle past [`ServiceContext::idle_timeout`] or the server is
 /// shutting down; a request in progress is finished first.
 pub async fn serve(session: &mut Session<'_>, ctx: &ServiceContext) -> Result<(), SessionError> {
+    // One shutdown wait and one idle timer for the whole session, not one
+    // of each per request: registering a waiter and a timer (and removing
+    // them again) on every ping was a measurable part of its cost.
+    let shutdown = ctx.shutdown.cancelled();
+    tokio::pin!(shutdown);
+    let mut idle = IdleClock::new(ctx.idle_timeout);
     loop {
-        let idle_at = ctx.idle_timeout.map(|d| tokio::time::Instant::now() + d);
+        idle.restart();
         let next = tokio::select! {
             biased;
-            _ = ctx.shutdown.cancelled() => Err(Ending::ShuttingDown),
-            _ = crate::maybe::sleep_until(idle_at) => Err(Ending::Idle),
+            _ = &mut shutdown => Err(Ending::ShuttingDown),
+            _ = idle.expired() => Err(Ending::Idle),
             r = session.recv() => Ok(r),
         };
         let received = match next {
@@ -129,6 +135,56 @@ pub async fn serve(session: &mut Session<'_>, ctx: &ServiceContext) -> Result<()
             Err(e) => session.queue(&refusal(&e), &[])?,
         }
         session.answered().await?;
+    }
+}
+
+/// The idle limit between requests, as one timer per session. A request
+/// only notes when it ended (a clock read); the timer, armed once, is
+/// moved on to the real deadline when it fires early, instead of being
+/// re-registered with the runtime on every request.
+struct IdleClock {
+    limit: Option<Duration>,
+    /// Idle since this instant (the end of the last request).
+    since: tokio::time::Instant,
+    /// Armed on the first wait; its deadline may lag behind `since + limit`.
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl IdleClock {
+    fn new(limit: Option<Duration>) -> IdleClock {
+        IdleClock {
+            limit,
+            since: tokio::time::Instant::now(),
+            timer: None,
+        }
+    }
+
+    /// The session is idle from now on.
+    fn restart(&mut self) {
+        if self.limit.is_some() {
+            self.since = tokio::time::Instant::now();
+        }
+    }
+
+    /// Completes once the session has been idle for the limit since the
+    /// last [`restart`](Self::restart); never without a limit.
+    async fn expired(&mut self) {
+        let Some(limit) = self.limit else {
+            return std::future::pending().await;
+        };
+        loop {
+            let due = self.since + limit;
+            let timer = self
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+            timer.as_mut().await;
+            if tokio::time::Instant::now() >= self.since + limit {
+                return;
+            }
+            // A request came meanwhile: wait for the rest of the new limit.
+            let due = self.since + limit;
+            timer.as_mut().reset(due);
+        }
     }
 }
 

@@ -14,6 +14,7 @@ pub mod tls;
 #[cfg(test)]
 mod write_tests;
 
+use std::future::Future;
 use std::io::IoSlice;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -330,6 +331,15 @@ impl SessionWriter<'_> {
         Ok(())
     }
 
+    /// [`queue`](Self::queue) for a body already in a shared buffer: a
+    /// large one is sent from that buffer itself (see
+    /// [`write_shared`](Self::write_shared)), for loops that flush on
+    /// their own schedule.
+    pub fn queue_shared<M: Message>(&mut self, msg: &M, body: Bytes) -> Result<(), SessionError> {
+        self.queue.push_shared(msg, body)?;
+        Ok(())
+    }
+
     /// Queues a frame, and sends the buffer once it is past
     /// [`WRITE_HIGH_WATER`] (waiting at most the write timeout for a peer
     /// that does not read). The one way streams of chunks are written.
@@ -392,11 +402,7 @@ impl SessionWriter<'_> {
     /// written is gone from the queue, the rest stays queued.
     pub async fn flush(&mut self) -> Result<(), SessionError> {
         let timeout = self.timeout;
-        let flush = std::future::poll_fn(|cx| self.poll_flush(cx));
-        match tokio::time::timeout(timeout, flush).await {
-            Ok(r) => r.map_err(SessionError::from),
-            Err(_) => Err(SessionError::Timeout(timeout)),
-        }
+        stall_bounded(timeout, |cx| self.poll_flush(cx)).await
     }
 
     /// Writes the queue out (vectored where the stream can: each header
@@ -429,13 +435,32 @@ impl SessionWriter<'_> {
     /// within the write timeout.
     pub async fn close(&mut self) -> Result<(), SessionError> {
         let timeout = self.timeout;
-        let close = std::future::poll_fn(|cx| {
+        stall_bounded(timeout, |cx| {
             ready!(self.poll_flush(cx))?;
             Pin::new(&mut self.io).poll_shutdown(cx)
-        });
-        match tokio::time::timeout(timeout, close).await {
-            Ok(r) => r.map_err(SessionError::from),
-            Err(_) => Err(SessionError::Timeout(timeout)),
-        }
+        })
+        .await
     }
+}
+
+/// Drives `poll` to completion within `timeout` of its first wait. The
+/// timer is only created once the write has to wait for the peer: most
+/// flushes go straight into the socket buffer, and a timer registered and
+/// removed again on each of them cost a visible share of a small request.
+async fn stall_bounded(
+    timeout: Duration,
+    mut poll: impl FnMut(&mut Context<'_>) -> Poll<std::io::Result<()>>,
+) -> Result<(), SessionError> {
+    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = poll(cx) {
+            return Poll::Ready(r.map_err(SessionError::from));
+        }
+        let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(SessionError::Timeout(timeout))),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
 }

@@ -30,7 +30,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use nix::sys::signal::{killpg, Signal};
 use skiff_wire::message::exec::{
     Exec, ExecInput, Exit, Stderr, StdinCredit, Stdout, MAX_CHUNK, STDIN_WINDOW,
@@ -194,14 +194,36 @@ enum Source<'m> {
 }
 
 impl Source<'_> {
-    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Source::Stdout(p) => p.read(buf).await,
-            Source::Stderr(p) => p.read(buf).await,
-            Source::Pty(m) => m.read(buf).await,
+    /// Reads at most [`MAX_CHUNK`] bytes and returns them as a chunk of
+    /// their own, cut from `buf` (whose spare room the next read fills).
+    /// The chunk goes to the session by handle: a pipe's output is read
+    /// straight into the memory it is sent from, never copied in between.
+    async fn read_chunk(&mut self, buf: &mut BytesMut) -> io::Result<Bytes> {
+        if buf.capacity() - buf.len() < MIN_READ {
+            // Reuses the allocation once every chunk cut from it was sent.
+            buf.reserve(MAX_CHUNK);
         }
+        match self {
+            Source::Stdout(p) => p.read_buf(&mut (&mut *buf).limit(MAX_CHUNK)).await?,
+            Source::Stderr(p) => p.read_buf(&mut (&mut *buf).limit(MAX_CHUNK)).await?,
+            Source::Pty(m) => {
+                let start = buf.len();
+                buf.resize(start + MAX_CHUNK.min(PTY_READ), 0);
+                let n = m.read(&mut buf[start..]).await;
+                buf.truncate(start + *n.as_ref().unwrap_or(&0));
+                n?
+            }
+        };
+        Ok(buf.split().freeze())
     }
 }
+
+/// Below this much spare room, the output buffer is renewed before a read
+/// (so reads stay large).
+const MIN_READ: usize = 64 * 1024;
+
+/// One read from a terminal: interactive output comes in small pieces.
+const PTY_READ: usize = 64 * 1024;
 
 /// Which of the command's output streams a read came from.
 #[derive(Debug, Clone, Copy)]
@@ -370,16 +392,16 @@ impl Running<'_> {
         reader: &mut SessionReader<'_>,
         writer: &mut SessionWriter<'_>,
     ) -> Result<Exit, SessionError> {
-        let mut out_buf = vec![0u8; MAX_CHUNK];
-        let mut err_buf = vec![0u8; 64 * 1024];
+        let mut out_buf = BytesMut::new();
+        let mut err_buf = BytesMut::new();
         while self.status.is_none() || self.out.is_some() || self.err.is_some() {
             let room = writer.has_room();
             tokio::select! {
-                r = or_pending(self.out.as_mut().map(|s| s.read(&mut out_buf))), if room && self.out.is_some() => {
-                    self.on_output(writer, Stream::Stdout, r, &out_buf)?;
+                r = or_pending(self.out.as_mut().map(|s| s.read_chunk(&mut out_buf))), if room && self.out.is_some() => {
+                    self.on_output(writer, Stream::Stdout, r)?;
                 }
-                r = or_pending(self.err.as_mut().map(|s| s.read(&mut err_buf))), if room && self.err.is_some() => {
-                    self.on_output(writer, Stream::Stderr, r, &err_buf)?;
+                r = or_pending(self.err.as_mut().map(|s| s.read_chunk(&mut err_buf))), if room && self.err.is_some() => {
+                    self.on_output(writer, Stream::Stderr, r)?;
                 }
                 r = writer.flush(), if writer.buffered() > 0 => r?,
                 r = or_pending(self.sink.as_mut().zip(self.stdin.chunks.front()).map(|(s, b)| s.write(b))),
@@ -412,11 +434,10 @@ impl Running<'_> {
         &mut self,
         writer: &mut SessionWriter<'_>,
         stream: Stream,
-        read: io::Result<usize>,
-        buf: &[u8],
+        read: io::Result<Bytes>,
     ) -> Result<(), SessionError> {
-        let n = match read {
-            Ok(n) if n > 0 => n,
+        let chunk = match read {
+            Ok(chunk) if !chunk.is_empty() => chunk,
             _ => {
                 match stream {
                     Stream::Stdout => self.out = None,
@@ -425,9 +446,10 @@ impl Running<'_> {
                 return Ok(());
             }
         };
+        let n = chunk.len();
         match stream {
-            Stream::Stdout => writer.queue(&Stdout {}, &buf[..n])?,
-            Stream::Stderr => writer.queue(&Stderr {}, &buf[..n])?,
+            Stream::Stdout => writer.queue_shared(&Stdout {}, chunk)?,
+            Stream::Stderr => writer.queue_shared(&Stderr {}, chunk)?,
         }
         self.bytes_out += n as u64;
         if self.quiet_at.is_some() {
