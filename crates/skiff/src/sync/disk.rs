@@ -15,8 +15,12 @@
 //! which it commits when full and at the flush. What happened comes back
 //! as [`Outcome`]s, which the role reports as they arrive.
 //!
-//! Bounds: the queue holds at most [`QUEUE`] jobs of at most
-//! [`WHOLE_MAX`] bytes each. Outcomes travel on an unbounded channel, but
+//! Jobs travel in groups ([`GROUP`] jobs or [`GROUP_BYTES`] at most),
+//! sent when a group is full or the role has nothing else to read, so a
+//! burst of small files wakes the thread once, not once per file.
+//!
+//! Bounds: the queue holds at most [`QUEUE`] groups, each of at most
+//! [`GROUP_BYTES`] plus one file of at most [`WHOLE_MAX`]. Outcomes travel on an unbounded channel, but
 //! each job yields at most one, plus one per commit, and the role drains
 //! them after every message it reads, so they never outnumber the jobs in
 //! flight. Dropping the [`Disk`] closes the queue: the thread drops the
@@ -31,15 +35,22 @@ use skiff_wire::message::sync::SyncFile;
 use skiff_wire::{ErrorCode, ErrorMsg};
 use tokio::sync::mpsc;
 
-use super::apply::{Incoming, Stager, Step, Verified};
+use super::apply::{self, Incoming, Stager, Step, Verified};
 use super::batch::{Batch, Committed};
 use super::SyncError;
 
-/// Jobs queued for the disk thread.
-pub const QUEUE: usize = 64;
+/// Groups of jobs queued for the disk thread.
+pub const QUEUE: usize = 4;
+
+/// Jobs per group, at most.
+pub const GROUP: usize = 64;
+
+/// A group is sent once its files hold this many bytes.
+pub const GROUP_BYTES: u64 = 1024 * 1024;
 
 /// The largest file the role collects in memory and hands over whole
-/// (with [`QUEUE`], at most 16 MiB wait for the disk).
+/// (with [`QUEUE`] and [`GROUP_BYTES`], at most about 6 MiB wait for the
+/// disk).
 pub const WHOLE_MAX: u64 = 256 * 1024;
 
 /// A new small file as the sender sent it: its announcement, its literal
@@ -86,7 +97,10 @@ pub enum Outcome {
 
 /// The role's end of the disk thread.
 pub struct Disk {
-    jobs: Option<mpsc::Sender<Job>>,
+    jobs: Option<mpsc::Sender<Vec<Job>>>,
+    /// The group being gathered, and its files' bytes.
+    group: Vec<Job>,
+    group_bytes: u64,
     outcomes: mpsc::UnboundedReceiver<Outcome>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -103,17 +117,38 @@ impl Disk {
             .map_err(|e| SyncError::Local(format!("starting the disk thread: {e}")))?;
         Ok(Disk {
             jobs: Some(tx),
+            group: Vec::new(),
+            group_bytes: 0,
             outcomes: out_rx,
             thread: Some(thread),
         })
     }
 
-    /// Queues a job (waits while the queue is full).
-    pub async fn send(&self, job: Job) -> Result<(), SyncError> {
+    /// Adds a job to the group, which is sent when full (waits while the
+    /// queue is full) or by [`submit`](Self::submit).
+    pub async fn push(&mut self, job: Job) -> Result<(), SyncError> {
+        if let Job::Whole(w) = &job {
+            self.group_bytes += w.file.size;
+        }
+        let flush = matches!(job, Job::Flush);
+        self.group.push(job);
+        if flush || self.group.len() >= GROUP || self.group_bytes >= GROUP_BYTES {
+            self.submit().await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the group gathered so far (waits while the queue is full).
+    pub async fn submit(&mut self) -> Result<(), SyncError> {
+        if self.group.is_empty() {
+            return Ok(());
+        }
         let Some(tx) = &self.jobs else {
             return Err(gone());
         };
-        tx.send(job).await.map_err(|_| gone())
+        let group = std::mem::take(&mut self.group);
+        self.group_bytes = 0;
+        tx.send(group).await.map_err(|_| gone())
     }
 
     /// An outcome that has already arrived, if any.
@@ -144,19 +179,37 @@ fn run(
     root: Dir,
     stager: Stager,
     mut batch: Batch,
-    mut jobs: mpsc::Receiver<Job>,
+    mut jobs: mpsc::Receiver<Vec<Job>>,
     out: mpsc::UnboundedSender<Outcome>,
+) {
+    let mut place = Place::default();
+    while let Some(group) = jobs.blocking_recv() {
+        for job in group {
+            one(job, &root, &stager, &mut place, &mut batch, &out);
+        }
+    }
+    // The queue closed before a flush: `batch` is dropped uncommitted.
+}
+
+/// Does one job.
+fn one(
+    job: Job,
+    root: &Dir,
+    stager: &Stager,
+    place: &mut Place,
+    batch: &mut Batch,
+    out: &mpsc::UnboundedSender<Outcome>,
 ) {
     let commit = |batch: &mut Batch| {
         if !batch.is_empty() {
             let _ = out.send(Outcome::Committed(batch.commit()));
         }
     };
-    while let Some(job) = jobs.blocking_recv() {
+    {
         match job {
             Job::Whole(w) => {
                 let path = w.file.path.clone();
-                match assemble(&root, &stager, w) {
+                match assemble(root, stager, place, w) {
                     Ok(v) => batch.add_file(v),
                     Err(e) => {
                         let _ = out.send(Outcome::Failed(path, e));
@@ -170,23 +223,67 @@ fn run(
                 mtime_ns,
             } => batch.add_meta(path, mode, mtime_ns),
             Job::Flush => {
-                commit(&mut batch);
+                commit(batch);
                 let _ = out.send(Outcome::Flushed);
-                continue;
+                return;
             }
         }
         if batch.is_full() {
-            commit(&mut batch);
+            commit(batch);
         }
     }
-    // The queue closed before a flush: `batch` is dropped uncommitted.
+}
+
+/// Directories the disk thread keeps open for the files that follow: the
+/// last file's parent (files arrive grouped by directory) and the staging
+/// area's directory of the user.
+#[derive(Default)]
+struct Place {
+    parent: Option<(String, Dir)>,
+    user_dir: Option<Dir>,
+}
+
+impl Place {
+    /// The parent directory of `path` (opened component by component,
+    /// never through a symlink, as [`apply::open_parent`]) and its last
+    /// component.
+    fn parent<'a>(&mut self, root: &Dir, path: &'a str) -> Result<(Dir, &'a str), ErrorMsg> {
+        let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
+        if let Some((p, d)) = &self.parent {
+            if p == parent && skiff_sync::entry::check_path(path).is_ok() {
+                let d = d
+                    .try_clone()
+                    .map_err(|e| crate::transfer::errors::to_msg(&e, path))?;
+                return Ok((d, name));
+            }
+        }
+        let (d, name) = apply::open_parent(root, path)?;
+        if let Ok(kept) = d.try_clone() {
+            self.parent = Some((parent.to_string(), kept));
+        }
+        Ok((d, name))
+    }
 }
 
 /// Stages a whole file and checks it: verified, or the failure to report.
-fn assemble(root: &Dir, stager: &Stager, w: Whole) -> Result<Verified, ErrorMsg> {
+fn assemble(
+    root: &Dir,
+    stager: &Stager,
+    place: &mut Place,
+    w: Whole,
+) -> Result<Verified, ErrorMsg> {
     let hash = w.end?;
     let f = w.file;
-    let mut inc = Incoming::start(root, stager, &f.path, false, f.size)?;
+    let (dir, name) = place.parent(root, &f.path)?;
+    let mut inc = Incoming::start_in(
+        dir,
+        name,
+        stager,
+        &mut place.user_dir,
+        &f.path,
+        false,
+        f.size,
+    )?;
     for d in w.data {
         inc.step(Step::Literal(d))?;
     }
@@ -225,19 +322,20 @@ mod tests {
         let root = Dir::open_ambient_dir(t.path(), ambient_authority()).unwrap();
         let batch = Batch::new(root.try_clone().unwrap());
         let mut disk = Disk::start(root, Stager::Beside, batch).unwrap();
-        disk.send(whole("a", b"aaa", Hash::of(b"aaa")))
+        disk.push(whole("a", b"aaa", Hash::of(b"aaa")))
             .await
             .unwrap();
-        disk.send(whole("b", b"bbb", Hash::of(b"not b")))
+        disk.push(whole("b", b"bbb", Hash::of(b"not b")))
             .await
             .unwrap();
-        disk.send(Job::Meta {
+        disk.push(Job::Meta {
             path: String::new(),
             mode: 0o750,
             mtime_ns: 2_000_000_000,
         })
         .await
         .unwrap();
+        disk.submit().await.unwrap();
         match disk.outcome().await.unwrap() {
             Outcome::Failed(p, e) => {
                 assert_eq!(p, "b");
@@ -245,7 +343,7 @@ mod tests {
             }
             _ => panic!("the bad file is reported first"),
         }
-        disk.send(Job::Flush).await.unwrap();
+        disk.push(Job::Flush).await.unwrap();
         match disk.outcome().await.unwrap() {
             Outcome::Committed(c) => assert_eq!(c.files, 1),
             _ => panic!("a commit"),
@@ -263,13 +361,14 @@ mod tests {
         std::fs::write(t.path().join("a"), b"old").unwrap();
         let root = Dir::open_ambient_dir(t.path(), ambient_authority()).unwrap();
         let batch = Batch::new(root.try_clone().unwrap());
-        let disk = Disk::start(root, Stager::Beside, batch).unwrap();
-        disk.send(whole("a", b"new", Hash::of(b"new")))
+        let mut disk = Disk::start(root, Stager::Beside, batch).unwrap();
+        disk.push(whole("a", b"new", Hash::of(b"new")))
             .await
             .unwrap();
-        disk.send(whole("b", b"bbb", Hash::of(b"bbb")))
+        disk.push(whole("b", b"bbb", Hash::of(b"bbb")))
             .await
             .unwrap();
+        disk.submit().await.unwrap();
         disk.into_thread().unwrap().join().unwrap();
         assert_eq!(names(t.path()), ["a"]);
         assert_eq!(std::fs::read(t.path().join("a")).unwrap(), b"old");

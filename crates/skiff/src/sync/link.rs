@@ -111,6 +111,11 @@ impl<P> Inbox<P> {
     pub fn try_recv(&mut self) -> Option<P> {
         self.rx.try_recv().ok()
     }
+
+    /// Whether no message is waiting (the peer is slower than the role).
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
 }
 
 /// A new incoming channel of `cap` messages; call from the runtime.

@@ -189,6 +189,10 @@ impl Role {
         let mut lists = spawn_lister(&self.root, self.opts.checksum, clean)?;
         let mut file: Option<Receiving> = None;
         loop {
+            if inbox.is_empty() {
+                // Nothing to read yet: the disk thread may as well work.
+                self.disk()?.submit().await?;
+            }
             let msg = inbox.recv().await?;
             self.outcomes().await?;
             if let Some(job) = &mut file {
@@ -217,7 +221,7 @@ impl Role {
                     ToReceiver::End(end) => match file.take() {
                         Some(Receiving::Stream(job)) => self.finish_file(job, end).await?,
                         Some(Receiving::Whole(w)) => {
-                            self.disk()?.send(Job::Whole(w.end(end))).await?
+                            self.disk()?.push(Job::Whole(w.end(end))).await?
                         }
                         None => {}
                     },
@@ -281,7 +285,7 @@ impl Role {
                             mode: m.mode,
                             mtime_ns: m.mtime_ns,
                         };
-                        self.disk()?.send(job).await?;
+                        self.disk()?.push(job).await?;
                     }
                 }
                 ToReceiver::Delete(m) => self.delete(m).await?,
@@ -457,7 +461,7 @@ impl Role {
     async fn finish_file(&mut self, job: FileJob, end: SyncEnd) -> Result<(), SyncError> {
         let path = job.path.clone();
         match job.finish(end).await {
-            Ok(v) => self.disk()?.send(Job::Verified(v)).await,
+            Ok(v) => self.disk()?.push(Job::Verified(v)).await,
             Err(e) => self.file_failed(&path, e).await,
         }
     }
@@ -494,7 +498,7 @@ impl Role {
     /// Has the disk thread commit everything queued (see
     /// [`super::batch`]) and reports all it did until then.
     async fn flush(&mut self) -> Result<(), SyncError> {
-        self.disk()?.send(Job::Flush).await?;
+        self.disk()?.push(Job::Flush).await?;
         loop {
             match self.disk()?.outcome().await? {
                 Outcome::Flushed => return Ok(()),
