@@ -492,6 +492,7 @@ impl Incoming {
             mode,
             mtime_ns,
             size: len,
+            placed: std::cell::Cell::new(false),
         })
     }
 }
@@ -515,6 +516,8 @@ pub struct Verified {
     pub size: u64,
     /// Its signature, when the recipe gave it (for the cache).
     pub signature: Option<Signature>,
+    /// Renamed into place: its staged name is gone, nothing to remove.
+    placed: std::cell::Cell<bool>,
 }
 
 impl Verified {
@@ -524,6 +527,10 @@ impl Verified {
     /// fsyncs the destination directory.
     pub fn rename(&self) -> Result<(), ErrorMsg> {
         match commit::rename_into_place(&self.staged, &self.dest, self.observed) {
+            Ok(()) => {
+                self.placed.set(true);
+                Ok(())
+            }
             Err(CommitError::Io(e)) if e.raw_os_error() == Some(libc::EXDEV) => commit::commit(
                 &self.staged,
                 &self.dest,
@@ -541,7 +548,7 @@ impl Drop for Verified {
     fn drop(&mut self) {
         // After a rename the staged name is gone and this does nothing;
         // a file whose batch never committed is removed.
-        if self.staged.still_named() {
+        if !self.placed.get() && self.staged.still_named() {
             let _ = self.staged.dir().remove_file(self.staged.name());
         }
     }
