@@ -2,11 +2,14 @@
 # skiff sync beside rsync (to an rsync daemon, and over ssh) in one run, on
 # tmpfs and on disk, all on loopback. Prints a Markdown table on stdout.
 #
-#   bench/sync.sh [--full] [--no-build] [--fs tmpfs|disk|both] [--before BIN]
+#   bench/sync.sh [--full] [--tree] [--no-build] [--fs tmpfs|disk|both] [--before BIN]
 #
 # --full      10,000 files and a 1 GiB file on tmpfs (default: 2,000 files
 #             and a 256 MiB file; the disk always uses 64 MiB)
-# --no-build  use target/release/skiff as it is
+# --tree      only the tree of small files (first copy, no change, 1 %
+#             modified), plus `skiff put -r` of the same tree for comparison
+# --no-build  use the release binary as it is ($CARGO_TARGET_DIR or
+#             target/, release/skiff)
 # --fs        where the trees live (default both: /dev/shm and $TMPDIR)
 # --before    also run BIN (another skiff build, e.g. of an earlier
 #             commit): its own server (`BIN serve`, its own root and state)
@@ -26,16 +29,18 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 FULL=0
+TREE_ONLY=0
 BUILD=1
 BEFORE=
 FSES="tmpfs disk"
 while [ $# -gt 0 ]; do
     case "$1" in
         --full) FULL=1 ;;
+        --tree) TREE_ONLY=1 ;;
         --no-build) BUILD=0 ;;
         --fs) FSES="$2"; [ "$FSES" = both ] && FSES="tmpfs disk"; shift ;;
         --before) BEFORE="$2"; shift ;;
-        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
         *) echo "sync.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -55,7 +60,7 @@ if [ "$BUILD" = 1 ]; then
     log "building skiff (release)"
     (cd "$REPO" && cargo build --release --locked -q -p skiff)
 fi
-SKIFF="$REPO/target/release/skiff"
+SKIFF="${CARGO_TARGET_DIR:-$REPO/target}/release/skiff"
 
 PIDS=()
 DIRS=()
@@ -122,6 +127,25 @@ measure() {
     log "$fs / $what: skiff ${ts}s ${bs}B, rsync daemon ${tr}s ${br}B, rsync ssh ${te}s ${be}B"
 }
 
+# measure_put FS: `skiff put -r` of the tree (the first copy's yardstick),
+# by skiff and by --before, each to its own server, into a new directory.
+measure_put() {
+    local fs="$1" t0 t1 ts extra=""
+    t0=$(now); "$SKIFF" put -r -q -p "$SKIFF_PORT" 127.0.0.1 "$SRC/tree" putr >/dev/null 2>&1; t1=$(now)
+    ts=$(python3 -c "print(round($t1-$t0,3))")
+    diff -r "$SRC/tree" "$ROOT/skiff/putr" >/dev/null || { echo "skiff put -r's copy differs" >&2; exit 1; }
+    rm -rf "$ROOT/skiff/putr"
+    if [ -n "$BEFORE" ]; then
+        local tb
+        t0=$(now); HOME="$BASE/home-before" "$BEFORE" put -r -q -p "$BEFORE_PORT" 127.0.0.1 "$SRC/tree" putr >/dev/null 2>&1; t1=$(now)
+        tb=$(python3 -c "print(round($t1-$t0,3))")
+        rm -rf "$ROOT/before/putr"
+        extra=" $tb s | $(python3 -c "print(f'{$tb/max($ts,1e-6):.2f}x')") | |"
+    fi
+    ROWS+=("| $fs | put -r (not sync), $NFILES x 4 KiB | $ts s | | | | | | | |$extra")
+    log "$fs / put -r: skiff ${ts}s"
+}
+
 for fs in $FSES; do
     case "$fs" in
         tmpfs) BASE=$(mktemp -d /dev/shm/skiff-sync-bench.XXXXXX); BIG=$BIG_TMPFS ;;
@@ -184,6 +208,13 @@ for i in range(0, n, n // m):
         f.seek(1000); f.write(os.urandom(100))
 EOF
     measure "$fs" "$NMOD of $NFILES files modified"
+    if [ "$TREE_ONLY" = 1 ]; then
+        measure_put "$fs"
+        kill "$SKIFF_PID" "$RSYNC_PID" $BEFORE_PID 2>/dev/null || true
+        wait "$SKIFF_PID" "$RSYNC_PID" $BEFORE_PID 2>/dev/null || true
+        rm -rf "$BASE"
+        continue
+    fi
 
     log "$fs: a $((BIG >> 20)) MiB file"
     head -c "$BIG" /dev/urandom >"$SRC/big.bin"

@@ -345,6 +345,15 @@ fn a_hostile_sender_cannot_write_outside_dst_or_commit_unverified_data() {
             &[0u8; 10],
         )
         .await;
+        // A copy step in a file sent whole (no old copy is its basis),
+        // though `keep` has the bytes.
+        send_file(
+            &mut s,
+            file("nobasis", 4, false),
+            &[Step::Copy(0, 4)],
+            &KEEP[..4],
+        )
+        .await;
         // Content that is not what its digest says.
         send_file(
             &mut s,
@@ -444,6 +453,7 @@ fn a_hostile_sender_cannot_write_outside_dst_or_commit_unverified_data() {
     failed("../escaped_file", "invalid");
     failed("keep2", "checksum_mismatch");
     failed("short", "checksum_mismatch");
+    failed("nobasis", "bad_frame");
     for path in [
         "out/stolen",
         "d/up/stolen",
@@ -462,7 +472,7 @@ fn a_hostile_sender_cannot_write_outside_dst_or_commit_unverified_data() {
     }
     failed("../outside", "invalid");
     assert!(
-        notes.contains(&"summary failed=18 sent=1".to_string()),
+        notes.contains(&"summary failed=19 sent=1".to_string()),
         "{notes:?}"
     );
     for code in ["path_escape", "checksum_mismatch", "invalid"] {

@@ -65,7 +65,15 @@ pub enum Stager {
 }
 
 impl Stager {
-    fn create(&self, dest: &Destination, path: &str) -> io::Result<Staged> {
+    /// Stages a new file for `path`. `user_dir` keeps the staging area's
+    /// directory of this user open for the files that follow (the same
+    /// for every path of one sync).
+    fn create(
+        &self,
+        dest: &Destination,
+        path: &str,
+        user_dir: &mut Option<Dir>,
+    ) -> io::Result<Staged> {
         match self {
             Stager::Area {
                 area,
@@ -78,7 +86,12 @@ impl Stager {
                 } else {
                     format!("{base}/{path}")
                 };
-                area.create(&StageKey::new(scope, user, &full))
+                let key = StageKey::new(scope, user, &full);
+                let dir = match user_dir {
+                    Some(d) => d,
+                    None => user_dir.insert(area.open_user_dir(&key)?),
+                };
+                area.create_in(dir, &key)
             }
             Stager::Beside => create_unique(dest.dir.try_clone()?, TEMP_PREFIX),
         }
@@ -334,6 +347,22 @@ impl Incoming {
         size: u64,
     ) -> Result<Incoming, ErrorMsg> {
         let (dir, name) = open_parent(root, path)?;
+        Incoming::start_in(dir, name, stager, &mut None, path, update, size)
+    }
+
+    /// [`start`](Self::start) in `dir`, the parent directory of `path`
+    /// (opened as [`open_parent`] opens it), as `name`; `user_dir` as for
+    /// a stager's files ([`Stager`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_in(
+        dir: Dir,
+        name: &str,
+        stager: &Stager,
+        user_dir: &mut Option<Dir>,
+        path: &str,
+        update: bool,
+        size: u64,
+    ) -> Result<Incoming, ErrorMsg> {
         clear_dir(&dir, name, path)?;
         let dest = Destination {
             dir,
@@ -358,7 +387,9 @@ impl Incoming {
             .as_ref()
             .and_then(|(f, _)| f.metadata().ok())
             .map(|m| Stamp::of(&m));
-        let staged = stager.create(&dest, path).map_err(|e| fail(path, &e))?;
+        let staged = stager
+            .create(&dest, path, user_dir)
+            .map_err(|e| fail(path, &e))?;
         let out = staged.file().try_clone().map_err(|e| fail(path, &e))?;
         Ok(Incoming {
             path: path.to_string(),
@@ -461,6 +492,7 @@ impl Incoming {
             mode,
             mtime_ns,
             size: len,
+            placed: std::cell::Cell::new(false),
         })
     }
 }
@@ -484,6 +516,8 @@ pub struct Verified {
     pub size: u64,
     /// Its signature, when the recipe gave it (for the cache).
     pub signature: Option<Signature>,
+    /// Renamed into place: its staged name is gone, nothing to remove.
+    placed: std::cell::Cell<bool>,
 }
 
 impl Verified {
@@ -493,6 +527,10 @@ impl Verified {
     /// fsyncs the destination directory.
     pub fn rename(&self) -> Result<(), ErrorMsg> {
         match commit::rename_into_place(&self.staged, &self.dest, self.observed) {
+            Ok(()) => {
+                self.placed.set(true);
+                Ok(())
+            }
             Err(CommitError::Io(e)) if e.raw_os_error() == Some(libc::EXDEV) => commit::commit(
                 &self.staged,
                 &self.dest,
@@ -510,7 +548,7 @@ impl Drop for Verified {
     fn drop(&mut self) {
         // After a rename the staged name is gone and this does nothing;
         // a file whose batch never committed is removed.
-        if self.staged.still_named() {
+        if !self.placed.get() && self.staged.still_named() {
             let _ = self.staged.dir().remove_file(self.staged.name());
         }
     }

@@ -36,23 +36,33 @@ fn wire_len(f: &Frame) -> u64 {
 
 /// The producing end of the outgoing channel.
 #[derive(Clone)]
-pub struct Outbox(mpsc::Sender<Frame>);
+pub struct Outbox(mpsc::Sender<Vec<Frame>>);
 
 impl Outbox {
     /// Sends from async code.
     pub async fn send<M: Message>(&self, msg: &M, body: Bytes) -> Result<(), SyncError> {
         let f = frame(msg, body)?;
-        self.0.send(f).await.map_err(|_| closed())
+        self.0.send(vec![f]).await.map_err(|_| closed())
     }
 
     /// Sends from a blocking thread.
     pub fn send_blocking<M: Message>(&self, msg: &M, body: Bytes) -> Result<(), SyncError> {
         let f = frame(msg, body)?;
-        self.0.blocking_send(f).map_err(|_| closed())
+        self.0.blocking_send(vec![f]).map_err(|_| closed())
+    }
+
+    /// Sends several frames in one hand-over, from a blocking thread: a
+    /// small file's frames wake the writer once and leave in one flush.
+    pub fn send_all_blocking(&self, frames: Vec<Frame>) -> Result<(), SyncError> {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        self.0.blocking_send(frames).map_err(|_| closed())
     }
 }
 
-fn frame<M: Message>(msg: &M, body: Bytes) -> Result<Frame, SyncError> {
+/// `msg` and `body` as one frame (for [`Outbox::send_all_blocking`]).
+pub fn frame<M: Message>(msg: &M, body: Bytes) -> Result<Frame, SyncError> {
     Frame::from_message(msg, body).map_err(|e| SyncError::Session(SessionError::Frame(e)))
 }
 
@@ -61,7 +71,7 @@ fn closed() -> SyncError {
 }
 
 /// A new outgoing channel of `cap` frames.
-fn outbox(cap: usize) -> (Outbox, mpsc::Receiver<Frame>) {
+fn outbox(cap: usize) -> (Outbox, mpsc::Receiver<Vec<Frame>>) {
     let (tx, rx) = mpsc::channel(cap);
     (Outbox(tx), rx)
 }
@@ -111,6 +121,11 @@ impl<P> Inbox<P> {
     pub fn try_recv(&mut self) -> Option<P> {
         self.rx.try_recv().ok()
     }
+
+    /// Whether no message is waiting (the peer is slower than the role).
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
 }
 
 /// A new incoming channel of `cap` messages; call from the runtime.
@@ -132,7 +147,7 @@ fn inbox<P>(cap: usize) -> (mpsc::Sender<P>, Inbox<P>) {
 async fn pump<P: Phase + Send>(
     reader: &mut SessionReader<'_>,
     writer: &mut SessionWriter<'_>,
-    mut out: mpsc::Receiver<Frame>,
+    mut out: mpsc::Receiver<Vec<Frame>>,
     inbox: mpsc::Sender<P>,
     is_last: fn(&P) -> bool,
     counters: Arc<Counters>,
@@ -140,9 +155,11 @@ async fn pump<P: Phase + Send>(
 ) -> Result<(), SyncError> {
     let c = counters.clone();
     let write = async move {
-        while let Some(f) = out.recv().await {
-            c.sent.fetch_add(wire_len(&f), Ordering::Relaxed);
-            writer.write_frame(&f).await?;
+        while let Some(frames) = out.recv().await {
+            for f in &frames {
+                c.sent.fetch_add(wire_len(f), Ordering::Relaxed);
+                writer.write_frame(f).await?;
+            }
             if out.is_empty() {
                 match tokio::time::timeout(WRITE_STALL_TIMEOUT, writer.flush()).await {
                     Ok(r) => r?,

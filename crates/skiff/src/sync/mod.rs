@@ -15,6 +15,7 @@ pub mod apply;
 pub mod atomic;
 pub mod batch;
 pub mod deferred;
+pub mod disk;
 pub mod link;
 pub mod receiver;
 pub mod sender;

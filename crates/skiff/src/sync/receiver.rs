@@ -22,8 +22,9 @@ use tokio::sync::mpsc;
 
 use super::apply::{self, Incoming, Stager, Step, Verified};
 use super::atomic::{outcome, Shadow};
-use super::batch::Batch;
+use super::batch::{Batch, Committed};
 use super::deferred::Deferred;
+use super::disk::{self, Disk, Job, Outcome, Whole, WHOLE_MAX};
 use super::link::{self, Counters, Inbox, Outbox};
 use super::sigcache::{SigCache, Stamp, CACHE_MIN};
 use super::{comparable, with_hash, Event, Events, Options, SyncError, LIST_BATCH};
@@ -72,12 +73,18 @@ pub async fn run(
         shadow,
         sigcache,
     } = dest;
-    let shadow = ShadowGuard(shadow);
+    let shadow = ShadowGuard(shadow, None);
     let batch = Batch::new(
         root.try_clone()
             .map_err(|e| SyncError::Local(e.to_string()))?,
     )
     .with_cache(sigcache.clone());
+    let disk = Disk::start(
+        root.try_clone()
+            .map_err(|e| SyncError::Local(e.to_string()))?,
+        stager.clone(),
+        batch,
+    )?;
     let opts = opts.clone();
     link::run_role(
         reader,
@@ -94,7 +101,7 @@ pub async fn run(
                 out,
                 summary: SyncSummary::default(),
                 deletes: Deferred::default(),
-                batch: Some(batch),
+                disk: Some(disk),
                 modified: false,
                 shadow,
                 sigcache,
@@ -115,9 +122,9 @@ struct Role {
     summary: SyncSummary,
     /// `--delete`s, applied at the end: (path, is a directory).
     deletes: Deferred,
-    /// Verified files and metadata not yet committed (taken while a
-    /// commit runs on a blocking thread).
-    batch: Option<Batch>,
+    /// The disk thread, which owns the commit batch ([`super::disk`]);
+    /// taken only when the role is dropped.
+    disk: Option<Disk>,
     /// Whether anything in the tree was changed (`--atomic` exchanges
     /// only then).
     modified: bool,
@@ -130,17 +137,32 @@ struct Role {
 }
 
 /// Discards an atomic sync's new tree when the receiver stops before its
-/// end (on a blocking thread: removing it is one unlink per file).
-struct ShadowGuard(Option<Shadow>);
+/// end (on a blocking thread: removing it is one unlink per file), once
+/// the disk thread, which may still be writing into it, has ended.
+struct ShadowGuard(Option<Shadow>, Option<std::thread::JoinHandle<()>>);
 
 impl Drop for ShadowGuard {
     fn drop(&mut self) {
         if let Some(s) = self.0.take() {
+            let disk = self.1.take();
+            let abort = move || {
+                if let Some(d) = disk {
+                    let _ = d.join();
+                }
+                s.abort()
+            };
             match tokio::runtime::Handle::try_current() {
-                Ok(h) => drop(h.spawn_blocking(move || s.abort())),
-                Err(_) => s.abort(),
+                Ok(h) => drop(h.spawn_blocking(abort)),
+                Err(_) => abort(),
             }
         }
+    }
+}
+
+impl Drop for Role {
+    fn drop(&mut self) {
+        // Closing the queue ends the disk thread; the shadow waits for it.
+        self.shadow.1 = self.disk.take().and_then(Disk::into_thread);
     }
 }
 
@@ -165,29 +187,44 @@ impl Role {
             .await?;
         let clean = matches!(self.stager, Stager::Beside) && !self.opts.dry_run;
         let mut lists = spawn_lister(&self.root, self.opts.checksum, clean)?;
-        let mut file: Option<FileJob> = None;
+        let mut file: Option<Receiving> = None;
         loop {
+            if inbox.is_empty() {
+                // Nothing to read yet: the disk thread may as well work.
+                self.disk()?.submit().await?;
+            }
             let msg = inbox.recv().await?;
+            self.outcomes().await?;
             if let Some(job) = &mut file {
                 match msg {
                     ToReceiver::Copy(c) => {
                         self.summary.matched_bytes += c.size;
                         (self.events)(Event::Progress(c.size));
-                        job.send(Msg::Step(Step::Copy {
+                        let step = Step::Copy {
                             offset: c.offset,
                             len: c.size,
-                        }))
-                        .await;
+                        };
+                        match job {
+                            Receiving::Stream(j) => j.send(Msg::Step(step)).await,
+                            Receiving::Whole(w) => {
+                                w.refuse("a copy step, but there is no old copy")
+                            }
+                        }
                     }
                     ToReceiver::Data((d, body)) => {
                         let m = self.literal(d, body);
-                        job.send(m).await;
-                    }
-                    ToReceiver::End(end) => {
-                        if let Some(job) = file.take() {
-                            self.finish_file(job, end).await?;
+                        match job {
+                            Receiving::Stream(j) => j.send(m).await,
+                            Receiving::Whole(w) => w.take(m),
                         }
                     }
+                    ToReceiver::End(end) => match file.take() {
+                        Some(Receiving::Stream(job)) => self.finish_file(job, end).await?,
+                        Some(Receiving::Whole(w)) => {
+                            self.disk()?.push(Job::Whole(w.end(end))).await?
+                        }
+                        None => {}
+                    },
                     other => return Err(unexpected("sync_data, sync_copy or sync_end", &other)),
                 }
                 continue;
@@ -227,16 +264,28 @@ impl Role {
                             size: m.size,
                         });
                         let basis = self.take_recent(&m.path, m.update);
-                        let cache = self.sigcache.clone();
-                        file = Some(FileJob::start(&self.root, &self.stager, m, basis, cache));
+                        file = Some(if !m.update && m.size <= WHOLE_MAX {
+                            Receiving::Whole(Collecting::new(m))
+                        } else {
+                            let cache = self.sigcache.clone();
+                            Receiving::Stream(FileJob::start(
+                                &self.root,
+                                &self.stager,
+                                m,
+                                basis,
+                                cache,
+                            ))
+                        });
                     }
                 }
                 ToReceiver::Meta(m) => {
                     if !self.opts.dry_run {
-                        if let Some(b) = &mut self.batch {
-                            b.add_meta(m.path, m.mode, m.mtime_ns);
-                        }
-                        self.commit_if_full().await?;
+                        let job = Job::Meta {
+                            path: m.path,
+                            mode: m.mode,
+                            mtime_ns: m.mtime_ns,
+                        };
+                        self.disk()?.push(job).await?;
                     }
                 }
                 ToReceiver::Delete(m) => self.delete(m).await?,
@@ -412,13 +461,31 @@ impl Role {
     async fn finish_file(&mut self, job: FileJob, end: SyncEnd) -> Result<(), SyncError> {
         let path = job.path.clone();
         match job.finish(end).await {
-            Ok(v) => {
-                if let Some(b) = &mut self.batch {
-                    b.add_file(v);
-                }
-                self.commit_if_full().await
-            }
+            Ok(v) => self.disk()?.push(Job::Verified(v)).await,
             Err(e) => self.file_failed(&path, e).await,
+        }
+    }
+
+    fn disk(&mut self) -> Result<&mut Disk, SyncError> {
+        self.disk
+            .as_mut()
+            .ok_or_else(|| SyncError::Local("the disk thread is gone".into()))
+    }
+
+    /// Reports what the disk thread has done so far, without waiting.
+    async fn outcomes(&mut self) -> Result<(), SyncError> {
+        while let Some(o) = self.disk()?.try_outcome() {
+            self.outcome_of_disk(o).await?;
+        }
+        Ok(())
+    }
+
+    /// Counts and reports one outcome of the disk thread.
+    async fn outcome_of_disk(&mut self, o: Outcome) -> Result<(), SyncError> {
+        match o {
+            Outcome::Failed(path, e) => self.file_failed(&path, e).await,
+            Outcome::Committed(done) => self.committed(done).await,
+            Outcome::Flushed => Ok(()),
         }
     }
 
@@ -428,26 +495,20 @@ impl Role {
         self.fail(path, e).await
     }
 
-    async fn commit_if_full(&mut self) -> Result<(), SyncError> {
-        if self.batch.as_ref().is_some_and(Batch::is_full) {
-            self.commit().await?;
+    /// Has the disk thread commit everything queued (see
+    /// [`super::batch`]) and reports all it did until then.
+    async fn flush(&mut self) -> Result<(), SyncError> {
+        self.disk()?.push(Job::Flush).await?;
+        loop {
+            match self.disk()?.outcome().await? {
+                Outcome::Flushed => return Ok(()),
+                o => self.outcome_of_disk(o).await?,
+            }
         }
-        Ok(())
     }
 
-    /// Commits the batch on a blocking thread (see [`super::batch`]) and
-    /// counts and reports what it did.
-    async fn commit(&mut self) -> Result<(), SyncError> {
-        let Some(mut batch) = self.batch.take().filter(|b| !b.is_empty()) else {
-            return Ok(());
-        };
-        let (batch, done) = tokio::task::spawn_blocking(move || {
-            let done = batch.commit();
-            (batch, done)
-        })
-        .await
-        .map_err(|e| SyncError::Local(e.to_string()))?;
-        self.batch = Some(batch);
+    /// Counts and reports what a commit did.
+    async fn committed(&mut self, done: Committed) -> Result<(), SyncError> {
         self.summary.files_sent += done.files;
         self.modified |= done.files > 0 || done.metas_changed > 0;
         for (path, e) in done.failed_files {
@@ -461,7 +522,7 @@ impl Role {
 
     async fn finish(mut self, m: SyncFinish) -> Result<SyncSummary, SyncError> {
         // Everything the summary counts is durable before it is sent.
-        self.commit().await?;
+        self.flush().await?;
         self.summary.checked = m.checked;
         self.summary.total_size = m.total_size;
         // What the sender could not read counts as failed too.
@@ -621,6 +682,83 @@ fn encode_batch(enc: &mut ListEncoder, done: bool) -> ListBatch {
     let (z, raw) = enc.finish().map_err(|e| e.to_string())?;
     let raw = u32::try_from(raw).map_err(|e| e.to_string())?;
     Ok((SyncList { done, raw }, Bytes::from(z)))
+}
+
+/// The file whose steps are arriving.
+enum Receiving {
+    /// Assembled as its steps arrive, on a blocking task.
+    Stream(FileJob),
+    /// Collected, then handed to the disk thread whole.
+    Whole(Collecting),
+}
+
+/// A small new file being collected in memory (at most its announced
+/// size, itself at most [`WHOLE_MAX`]) for the disk thread.
+struct Collecting {
+    file: SyncFile,
+    data: Vec<Bytes>,
+    got: u64,
+    refused: Option<ErrorMsg>,
+}
+
+impl Collecting {
+    fn new(file: SyncFile) -> Collecting {
+        Collecting {
+            file,
+            data: Vec::new(),
+            got: 0,
+            refused: None,
+        }
+    }
+
+    /// The file cannot be stored: its data is dropped, the rest of its
+    /// steps ignored, and `why` reported at its end.
+    fn refuse(&mut self, why: &str) {
+        if self.refused.is_none() {
+            self.refused = Some(disk::bad(&self.file.path, why));
+        }
+        self.data = Vec::new();
+    }
+
+    fn take(&mut self, m: Msg) {
+        if self.refused.is_some() {
+            return;
+        }
+        match m {
+            Msg::Step(Step::Literal(b)) => {
+                self.got += b.len() as u64;
+                if self.got > self.file.size {
+                    self.refuse("more data than announced");
+                } else {
+                    self.data.push(b);
+                }
+            }
+            Msg::Step(Step::Copy { .. }) => self.refuse("a copy step, but there is no old copy"),
+            Msg::Bad(e) => self.refuse(&e),
+            Msg::End(_) => {}
+        }
+    }
+
+    /// The whole file for the disk thread, as `end` closes it.
+    fn end(self, end: SyncEnd) -> Whole {
+        let path = &self.file.path;
+        let end = match self.refused {
+            Some(e) => Err(e),
+            None if end.abort => Err(ErrorMsg::new(
+                ErrorCode::Internal,
+                format!("{path}: the sender could not read the file to its end"),
+            )),
+            None => end
+                .hash
+                .parse::<Hash>()
+                .map_err(|e| ErrorMsg::new(ErrorCode::BadFrame, format!("{path}: {e}"))),
+        };
+        Whole {
+            file: self.file,
+            data: self.data,
+            end,
+        }
+    }
 }
 
 /// What the assembling thread gets, in order.

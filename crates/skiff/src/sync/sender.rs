@@ -47,6 +47,11 @@ const LIST_AHEAD: usize = 2;
 /// 1 GiB file), so this bounds what waits for the sender too.
 const SIGS_AHEAD: usize = 8;
 
+/// A file at most this large is sent in one hand-over to the session
+/// writer (its announcement, data and end), so it costs one wake-up and
+/// one flush rather than one per frame.
+const CORK_MAX: u64 = 64 * 1024;
+
 /// Differences held back behind a changed file whose signature is on its
 /// way (they must reach the receiver in merge order).
 const QUEUE_CAP: usize = 64;
@@ -674,7 +679,7 @@ impl Sender<'_> {
         let (file, md) = opened.map_err(FileError::Source)?;
         let prepared = prepared.map_err(FileError::Source)?;
         let size = md.len();
-        self.send(&SyncFile {
+        let head = SyncFile {
             path: e.path.clone(),
             size,
             mode: md.mode() & MODE_MASK,
@@ -684,7 +689,13 @@ impl Sender<'_> {
                 .saturating_add(md.mtime_nsec()),
             update,
             replace,
-        })?;
+        };
+        // A small file's frames go in one hand-over at its end.
+        let mut corked = (size <= CORK_MAX && !self.opts.dry_run).then(Vec::new);
+        match &mut corked {
+            Some(v) => v.push(link::frame(&head, Bytes::new())?),
+            None => self.send(&head)?,
+        }
         if self.opts.dry_run {
             return Ok(());
         }
@@ -700,11 +711,22 @@ impl Sender<'_> {
         let compressor = &mut self.compressor;
         let mut send_error = None;
         let mut pieces = 0u64;
+        let corked_frames = &mut corked;
+        let mut put = move |m: Result<skiff_wire::Frame, SyncError>| -> Result<(), SyncError> {
+            let f = m?;
+            match corked_frames {
+                Some(v) => {
+                    v.push(f);
+                    Ok(())
+                }
+                None => out.send_all_blocking(vec![f]),
+            }
+        };
         let mut emit = |piece: Piece<'_>| {
             let sent = match piece {
                 Piece::Copy { offset, len } => {
                     events(Event::Progress(len));
-                    out.send_blocking(&SyncCopy { offset, size: len }, Bytes::new())
+                    put(link::frame(&SyncCopy { offset, size: len }, Bytes::new()))
                 }
                 Piece::Literal(d) => {
                     events(Event::Progress(d.len() as u64));
@@ -712,13 +734,13 @@ impl Sender<'_> {
                     let data = fault::maybe_corrupt(pieces, Bytes::copy_from_slice(d));
                     pieces += 1;
                     match compressor.as_mut().and_then(|c| c.compress(&data)) {
-                        Some(z) => out.send_blocking(
+                        Some(z) => put(link::frame(
                             &SyncData {
                                 raw: Some(d.len() as u32),
                             },
                             Bytes::from(z),
-                        ),
-                        None => out.send_blocking(&SyncData { raw: None }, data),
+                        )),
+                        None => put(link::frame(&SyncData { raw: None }, data)),
                     }
                 }
             };
@@ -747,32 +769,30 @@ impl Sender<'_> {
         if let Some(e) = send_error {
             return Err(FileError::Sync(e));
         }
-        match r {
-            Ok((hash, n)) if n == size => self
-                .send(&SyncEnd {
-                    hash: hash.to_hex(),
-                    abort: false,
-                })
-                .map_err(FileError::Sync),
-            Ok((_, n)) => {
-                self.abort()?;
-                Err(FileError::Source(io::Error::other(format!(
-                    "file shrank while being read ({n} of {size} bytes)"
-                ))))
+        let closing = match &r {
+            Ok((hash, n)) if *n == size => SyncEnd {
+                hash: hash.to_hex(),
+                abort: false,
+            },
+            _ => SyncEnd {
+                hash: String::new(),
+                abort: true,
+            },
+        };
+        match corked {
+            Some(mut v) => {
+                v.push(link::frame(&closing, Bytes::new())?);
+                self.out.send_all_blocking(v)?;
             }
-            Err(err) => {
-                self.abort()?;
-                Err(FileError::Source(err))
-            }
+            None => self.send(&closing)?,
         }
-    }
-
-    fn abort(&self) -> Result<(), FileError> {
-        self.send(&SyncEnd {
-            hash: String::new(),
-            abort: true,
-        })
-        .map_err(FileError::Sync)
+        match r {
+            Ok((_, n)) if n == size => Ok(()),
+            Ok((_, n)) => Err(FileError::Source(io::Error::other(format!(
+                "file shrank while being read ({n} of {size} bytes)"
+            )))),
+            Err(err) => Err(FileError::Source(err)),
+        }
     }
 }
 
