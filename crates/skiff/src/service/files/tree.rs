@@ -226,38 +226,34 @@ impl Place for ServerPlace {
     }
 
     fn open(&mut self, path: &str) -> Result<ServerSlot, ErrorMsg> {
-        let force = self.force;
-        let try_unnamed = self.unnamed;
         let (parent, name) = self.parent_of(path)?;
-        // Without `force` nothing is looked at now: the commit's link
-        // finds whatever is in the way.
-        let observed = if force {
-            let dest = Destination {
+        let parent = parent.clone();
+        let destination = || {
+            Ok::<_, ErrorMsg>(Destination {
                 dir: parent
                     .dir
                     .try_clone()
                     .map_err(|e| errors::to_msg(&e, path))?,
                 name: name.clone(),
-            };
-            let observed = dest.observe(true).map_err(|e| commit_msg(e, path))?;
-            if !matches!(observed, Observed::AbsentForced) {
-                let staged = self.stage(path)?;
-                return Ok(ServerSlot::Staged {
-                    staged,
-                    dest,
-                    observed,
-                });
-            }
-            observed
-        } else {
-            Observed::Absent
+            })
         };
-        if try_unnamed {
+        // With `force` what is there is looked at first (a file to
+        // replace goes through the staging area); without, nothing is
+        // looked at now: the commit's link finds whatever is in the way.
+        let mut forced = None;
+        let mut observed = Observed::Absent;
+        if self.force {
+            let dest = destination()?;
+            observed = dest.observe(true).map_err(|e| commit_msg(e, path))?;
+            forced = Some(dest);
+        }
+        let absent = matches!(observed, Observed::Absent | Observed::AbsentForced);
+        if self.unnamed && absent {
             match unnamed::create(&parent.dir) {
                 Ok(Some(file)) => {
                     return Ok(ServerSlot::Unnamed {
                         file,
-                        parent: parent.clone(),
+                        parent,
                         name,
                         observed,
                     })
@@ -266,15 +262,14 @@ impl Place for ServerPlace {
                 Err(e) => return Err(errors::to_msg(&e, path)),
             }
         }
-        let (parent, name) = self.parent_of(path)?;
-        let dest = Destination {
-            dir: parent
-                .dir
-                .try_clone()
-                .map_err(|e| errors::to_msg(&e, path))?,
-            name,
+        let dest = match forced {
+            Some(dest) => dest,
+            None => {
+                let dest = destination()?;
+                observed = dest.observe(false).map_err(|e| commit_msg(e, path))?;
+                dest
+            }
         };
-        let observed = dest.observe(force).map_err(|e| commit_msg(e, path))?;
         let staged = self.stage(path)?;
         Ok(ServerSlot::Staged {
             staged,
