@@ -118,14 +118,15 @@ impl Batch {
         let files = std::mem::take(&mut self.files);
         let metas = std::mem::take(&mut self.metas);
         self.bytes = 0;
-        let handles: Vec<&std::fs::File> = files.iter().map(|v| v.staged.file()).collect();
-        let synced = durable::sync_files(&handles);
+        let handles: Vec<&std::fs::File> = files.iter().map(|v| v.file()).collect();
+        let one_fs = files.windows(2).all(|w| w[0].dev() == w[1].dev());
+        let synced = durable::sync_files_known(&handles, one_fs);
         drop(handles);
         let mut renamed = Vec::with_capacity(files.len());
         for (v, synced) in files.into_iter().zip(synced) {
             let r = synced
                 .map_err(|e| errors::to_msg(&e, &v.path))
-                .and_then(|()| v.rename());
+                .and_then(|()| v.place());
             match r {
                 Ok(()) => renamed.push(v),
                 Err(e) => out.failed_files.push((v.path.clone(), e)),
@@ -141,13 +142,13 @@ impl Batch {
                 Err(e) => out.failed_metas.push((m.path, e)),
             }
         }
-        let synced = durable::sync_dirs(renamed.iter().map(|v| &v.dest.dir).chain(dirs.iter()));
+        let synced = durable::sync_dirs(renamed.iter().map(|v| v.dir()).chain(dirs.iter()));
         for v in renamed {
             match &synced {
                 Ok(()) => {
                     out.files += 1;
                     if let (Some(c), Some(sig)) = (&self.sigcache, &v.signature) {
-                        if let Ok(md) = v.staged.file().metadata() {
+                        if let Ok(md) = v.file().metadata() {
                             c.put(&Stamp::of(&md), sig);
                         }
                     }

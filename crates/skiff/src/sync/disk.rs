@@ -29,7 +29,9 @@
 //! wait for that (an atomic sync discarding its new tree) join it.
 
 use bytes::Bytes;
-use cap_std::fs::Dir;
+use std::sync::Arc;
+
+use cap_std::fs::{Dir, MetadataExt};
 use skiff_sync::Hash;
 use skiff_wire::message::sync::SyncFile;
 use skiff_wire::{ErrorCode, ErrorMsg};
@@ -38,6 +40,7 @@ use tokio::sync::mpsc;
 use super::apply::{self, Incoming, Stager, Step, Verified};
 use super::batch::{Batch, Committed};
 use super::SyncError;
+use crate::transfer::tree_recv::Parent;
 
 /// Groups of jobs queued for the disk thread.
 pub const QUEUE: usize = 4;
@@ -235,37 +238,61 @@ fn one(
 }
 
 /// Directories the disk thread keeps open for the files that follow: the
-/// last file's parent (files arrive grouped by directory) and the staging
-/// area's directory of the user.
-#[derive(Default)]
+/// last file's parent (files arrive grouped by directory; one handle
+/// shared by all its files, with its device) and the staging area's
+/// directory of the user; and whether the destination's file system
+/// takes unnamed files.
 struct Place {
-    parent: Option<(String, Dir)>,
+    parent: Option<(String, Parent)>,
     user_dir: Option<Dir>,
+    unnamed: bool,
+}
+
+impl Default for Place {
+    fn default() -> Place {
+        Place {
+            parent: None,
+            user_dir: None,
+            unnamed: true,
+        }
+    }
 }
 
 impl Place {
     /// The parent directory of `path` (opened component by component,
     /// never through a symlink, as [`apply::open_parent`]) and its last
-    /// component.
-    fn parent<'a>(&mut self, root: &Dir, path: &'a str) -> Result<(Dir, &'a str), ErrorMsg> {
+    /// component (a clone of the shared handle: no system call).
+    fn parent<'a>(&mut self, root: &Dir, path: &'a str) -> Result<(Parent, &'a str), ErrorMsg> {
         let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
-        if let Some((p, d)) = &self.parent {
-            if p == parent && skiff_sync::entry::check_path(path).is_ok() {
-                let d = d
-                    .try_clone()
-                    .map_err(|e| crate::transfer::errors::to_msg(&e, path))?;
-                return Ok((d, name));
-            }
+        let cached = matches!(&self.parent, Some((p, _)) if p == parent);
+        if cached {
+            skiff_sync::entry::check_path(path).map_err(|e| {
+                crate::transfer::errors::msg(ErrorCode::Invalid, path, &e.to_string())
+            })?;
+        } else {
+            self.parent = None;
+            let (d, _) = apply::open_parent(root, path)?;
+            let dev = d
+                .dir_metadata()
+                .map_err(|e| crate::transfer::errors::to_msg(&e, path))?
+                .dev();
+            let p = Parent {
+                dir: Arc::new(d),
+                dev,
+            };
+            self.parent = Some((parent.to_string(), p));
         }
-        let (d, name) = apply::open_parent(root, path)?;
-        if let Ok(kept) = d.try_clone() {
-            self.parent = Some((parent.to_string(), kept));
+        match &self.parent {
+            Some((_, p)) => Ok((p.clone(), name)),
+            None => Err(ErrorMsg::new(ErrorCode::Internal, "parent directory")),
         }
-        Ok((d, name))
     }
 }
 
-/// Stages a whole file and checks it: verified, or the failure to report.
+/// Checks a whole file and readies it for the batch: verified, or the
+/// failure to report. A new file (nothing at its destination when the
+/// sender listed it) is received unnamed where the file system allows
+/// ([`apply::whole_unnamed`]); any other is staged and assembled.
 fn assemble(
     root: &Dir,
     stager: &Stager,
@@ -274,7 +301,21 @@ fn assemble(
 ) -> Result<Verified, ErrorMsg> {
     let hash = w.end?;
     let f = w.file;
-    let (dir, name) = place.parent(root, &f.path)?;
+    let new = !f.update && !f.replace;
+    let (parent, name) = place.parent(root, &f.path)?;
+    if new && place.unnamed {
+        let v = apply::whole_unnamed(
+            &parent, name, &f.path, &w.data, f.size, hash, f.mode, f.mtime_ns,
+        )?;
+        match v {
+            Some(v) => return Ok(v),
+            None => place.unnamed = false,
+        }
+    }
+    let dir = parent
+        .dir
+        .try_clone()
+        .map_err(|e| crate::transfer::errors::to_msg(&e, &f.path))?;
     let mut inc = Incoming::start_in(
         dir,
         name,
