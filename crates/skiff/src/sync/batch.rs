@@ -6,7 +6,9 @@
 //! Order matters. A directory's final mode and mtime arrive after
 //! everything in it, and renaming a file into a directory changes the
 //! directory's mtime; so a commit first makes the files durable, then
-//! renames them (by identity, `transfer::commit`), then applies the
+//! puts them in place (an unnamed file by `linkat`, which never replaces
+//! a name; a staged one by rename, by identity: `transfer::commit`), then
+//! applies the
 //! metadata in arrival order, then fsyncs each directory that gained
 //! entries or got new metadata once. Only after that does the batch count
 //! as committed, and only committed files are counted in the summary the
@@ -22,9 +24,10 @@ use super::apply::{self, Verified};
 use super::sigcache::{SigCache, Stamp};
 use crate::transfer::{durable, errors};
 
-/// Files per batch. Each holds three descriptors until its commit (the
-/// staged file, its directory, the destination directory), so this keeps
-/// a client under the usual soft limit of 1024.
+/// Files per batch. Each holds at most three descriptors until its
+/// commit (a staged file, its directory, the destination directory; an
+/// unnamed file holds one, its directory being shared), so this keeps a
+/// client under the usual soft limit of 1024.
 pub const BATCH_FILES: usize = 128;
 
 /// Bytes per batch: a large file is committed on its own.

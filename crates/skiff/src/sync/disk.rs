@@ -10,8 +10,10 @@
 //! files assembled elsewhere and already verified ([`Job::Verified`]),
 //! metadata changes, and at the end a flush. One queue for all of them
 //! keeps the batch's order (a directory's metadata after its files). The
-//! thread stages a whole file, checks its size and whole-file BLAKE3
-//! before anything is visible under its name, and adds it to the batch,
+//! thread checks a whole file's size and whole-file BLAKE3 before
+//! anything is visible under its name, writes it (a new one unnamed in its
+//! directory, [`apply::whole_unnamed`]; one replacing what is there to a
+//! staged file), and adds it to the batch,
 //! which it commits when full and at the flush. What happened comes back
 //! as [`Outcome`]s, which the role reports as they arrive.
 //!
@@ -24,7 +26,8 @@
 //! each job yields at most one, plus one per commit, and the role drains
 //! them after every message it reads, so they never outnumber the jobs in
 //! flight. Dropping the [`Disk`] closes the queue: the thread drops the
-//! uncommitted batch (removing its staged files, so every destination
+//! uncommitted batch (removing its staged files, its unnamed ones vanish
+//! by themselves, so every destination
 //! keeps what it had) and ends; [`Disk::into_thread`] lets whoever must
 //! wait for that (an atomic sync discarding its new tree) join it.
 
