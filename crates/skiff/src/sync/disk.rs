@@ -18,8 +18,10 @@
 //! as [`Outcome`]s, which the role reports as they arrive.
 //!
 //! Jobs travel in groups ([`GROUP`] jobs or [`GROUP_BYTES`] at most),
-//! sent when a group is full or the role has nothing else to read, so a
-//! burst of small files wakes the thread once, not once per file.
+//! sent when a group is full or the role has nothing else to read (a
+//! group of fewer than [`SUBMIT_MIN`] jobs then waits [`LINGER`] for the
+//! next message first), so a burst of small files wakes the thread once,
+//! not once per file.
 //!
 //! Bounds: the queue holds at most [`QUEUE`] groups, each of at most
 //! [`GROUP_BYTES`] plus one file of at most [`WHOLE_MAX`]. Outcomes travel on an unbounded channel, but
@@ -53,6 +55,15 @@ pub const GROUP: usize = 64;
 
 /// A group is sent once its files hold this many bytes.
 pub const GROUP_BYTES: u64 = 1024 * 1024;
+
+/// A group smaller than this (in jobs) waits up to [`LINGER`] for more
+/// when the role has nothing to read: each wake-up of the thread is a
+/// hand-over between threads, which on a busy machine costs more than
+/// the few files it carries.
+pub const SUBMIT_MIN: usize = GROUP / 4;
+
+/// How long a small group waits for more before it is sent anyway.
+pub const LINGER: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// The largest file the role collects in memory and hands over whole
 /// (with [`QUEUE`] and [`GROUP_BYTES`], at most about 6 MiB wait for the
@@ -142,6 +153,14 @@ impl Disk {
             self.submit().await?;
         }
         Ok(())
+    }
+
+    /// Whether the group gathered so far is too small to wake the thread
+    /// for while more may be on its way (fewer than [`SUBMIT_MIN`] jobs).
+    pub fn should_linger(&self) -> bool {
+        !self.group.is_empty()
+            && self.group.len() < SUBMIT_MIN
+            && self.group_bytes < GROUP_BYTES / 4
     }
 
     /// Sends the group gathered so far (waits while the queue is full).
