@@ -852,4 +852,44 @@ mod tests {
         assert_eq!(e.code, ErrorCode::Conflict);
         assert_eq!(std::fs::read(t.path().join("f")).unwrap(), b"theirs");
     }
+
+    #[test]
+    fn a_new_whole_file_is_checked_first_and_linked_only_where_nothing_appeared() {
+        use cap_std::fs::MetadataExt as _;
+        let t = tempfile::tempdir().unwrap();
+        let root = Dir::open_ambient_dir(t.path(), ambient_authority()).unwrap();
+        let dev = root.dir_metadata().unwrap().dev();
+        let parent = Parent {
+            dir: Arc::new(root.try_clone().unwrap()),
+            dev,
+        };
+        let data = [
+            bytes::Bytes::from_static(b"he"),
+            bytes::Bytes::from_static(b"llo"),
+        ];
+        let whole = |name: &str, size: u64, hash: Hash| {
+            whole_unnamed(&parent, name, name, &data, size, hash, 0o640, 1_000_000_000)
+        };
+        // Wrong size or digest: refused before anything is written.
+        let e = whole("a", 6, Hash::of(b"hello")).err().unwrap();
+        assert_eq!(e.code, ErrorCode::ChecksumMismatch);
+        let e = whole("a", 5, Hash::of(b"other")).err().unwrap();
+        assert_eq!(e.code, ErrorCode::ChecksumMismatch);
+        let Some(a) = whole("a", 5, Hash::of(b"hello")).unwrap() else {
+            return; // no O_TMPFILE here: the staged path is used instead
+        };
+        let b = whole("b", 5, Hash::of(b"hello")).unwrap().unwrap();
+        assert!(crate::sync::batch::tests::names(t.path()).is_empty());
+        // Someone creates `b` meanwhile: it is kept, the sync is told.
+        std::fs::write(t.path().join("b"), b"theirs").unwrap();
+        a.place().unwrap();
+        assert_eq!(b.place().unwrap_err().code, ErrorCode::Conflict);
+        drop((a, b));
+        assert_eq!(std::fs::read(t.path().join("a")).unwrap(), b"hello");
+        assert_eq!(std::fs::read(t.path().join("b")).unwrap(), b"theirs");
+        let md = std::fs::metadata(t.path().join("a")).unwrap();
+        use std::os::unix::fs::MetadataExt as _;
+        assert_eq!((md.mode() & 0o777, md.mtime()), (0o640, 1));
+        assert_eq!(crate::sync::batch::tests::names(t.path()), ["a", "b"]);
+    }
 }

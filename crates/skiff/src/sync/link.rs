@@ -317,3 +317,44 @@ async fn tell_peer(writer: &mut SessionWriter<'_>, e: &SyncError) {
     let m = e.to_msg();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer.send(&m, &[])).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skiff_wire::message::sync::{SyncEnd, SyncMore};
+
+    fn end() -> Frame {
+        frame(
+            &SyncEnd {
+                hash: String::new(),
+                abort: true,
+            },
+            Bytes::new(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn corked_frames_leave_first_and_in_order_whichever_clone_sends() {
+        let (out, mut rx) = outbox(16);
+        let other = out.clone();
+        out.cork_blocking(vec![end(), end()]).unwrap();
+        assert!(rx.try_recv().is_err(), "held back");
+        other.send_blocking(&SyncMore {}, Bytes::new()).unwrap();
+        let got = rx.try_recv().unwrap();
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0].header(), end().header());
+        assert_eq!(
+            got[2].header(),
+            frame(&SyncMore {}, Bytes::new()).unwrap().header()
+        );
+        // Nothing is held back any more; a flush then sends nothing.
+        out.flush_blocking().unwrap();
+        assert!(rx.try_recv().is_err());
+        // Enough bytes go at once.
+        let big = Bytes::from(vec![0u8; CORK_BYTES as usize]);
+        let f = frame(&skiff_wire::message::sync::SyncData { raw: None }, big).unwrap();
+        out.cork_blocking(vec![f]).unwrap();
+        assert_eq!(rx.try_recv().unwrap().len(), 1);
+    }
+}
