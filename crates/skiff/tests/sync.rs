@@ -791,9 +791,14 @@ fn a_file_created_at_the_destination_during_a_sync_is_not_replaced() {
     ];
     for (i, (srv, from, to, dst)) in cases.into_iter().enumerate() {
         let child = spawn_sync(srv, 4, &from, &to);
-        // The list went out at the start; the last directory's files come
-        // after some 220 files of 4 ms each.
-        std::thread::sleep(Duration::from_millis(300));
+        // Once the first directory is there the (empty) destination list
+        // has been merged; the last directory's files come some 220 files
+        // of 4 ms each later.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !dst.join("d0").exists() {
+            assert!(std::time::Instant::now() < deadline, "case {i}: no d0");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         fs::create_dir_all(dst.join("d2")).unwrap();
         for f in 100..110 {
             fs::write(dst.join(format!("d2/f{f:03}")), b"theirs").unwrap();
