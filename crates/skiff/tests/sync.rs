@@ -674,3 +674,160 @@ fn a_file_changed_behind_the_signature_cache_still_syncs_exactly() {
     rewrite(1 << 20, 24);
     push();
 }
+
+/// A tree of `dirs` x `files` small files whose content says `tag`.
+fn tagged_tree(dir: &Path, dirs: usize, files: usize, tag: &str) {
+    for d in 0..dirs {
+        fs::create_dir_all(dir.join(format!("d{d}"))).unwrap();
+        for i in 0..files {
+            fs::write(
+                dir.join(format!("d{d}/f{i:03}")),
+                format!("{tag} {d}/{i}\n").repeat(i % 50 + 1),
+            )
+            .unwrap();
+        }
+    }
+}
+
+/// Starts `skiff sync SRC DST` in `server`'s environment, each piece of
+/// file data delayed by `delay_ms` (debug builds).
+fn spawn_sync(server: &TestServer, delay_ms: u32, src: &str, dst: &str) -> std::process::Child {
+    let port = server.url().rsplit(':').next().unwrap().to_string();
+    server
+        .client()
+        .env("SKIFF_TEST_CHUNK_DELAY_MS", delay_ms.to_string())
+        .args(["sync", "--json", "-p", &port, src, dst])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Two pushes of different versions of one tree into the same new
+/// destination at once: both see nothing there, so each new file is
+/// linked into place by whichever commits it first and the other is told
+/// (a conflict; nothing replaced). Every file is whole and from one of
+/// the two trees, nothing temporary is left, and a rerun of either
+/// converges.
+#[test]
+fn two_concurrent_pushes_of_one_new_tree_leave_every_file_whole_from_one_of_them() {
+    let server = TestServer::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let (a, b) = (work.path().join("a"), work.path().join("b"));
+    tagged_tree(&a, 3, 120, "version a");
+    tagged_tree(&b, 3, 120, "version b");
+    let ca = spawn_sync(&server, 1, &format!("{}/", p(&a)), &remote("both"));
+    let cb = spawn_sync(&server, 1, &format!("{}/", p(&b)), &remote("both"));
+    let (oa, ob) = (
+        ca.wait_with_output().unwrap(),
+        cb.wait_with_output().unwrap(),
+    );
+    let dst = server.root.join("both");
+    let (mut from_a, mut from_b) = (0, 0);
+    for d in 0..3 {
+        let names = names(&dst.join(format!("d{d}")));
+        assert_eq!(names.len(), 120, "d{d}: {names:?}");
+        for n in names {
+            let rel = format!("d{d}/{n}");
+            let got = fs::read(dst.join(&rel)).unwrap();
+            if got == fs::read(a.join(&rel)).unwrap() {
+                from_a += 1;
+            } else if got == fs::read(b.join(&rel)).unwrap() {
+                from_b += 1;
+            } else {
+                panic!("{rel} is from neither tree: {:?}", text(&got));
+            }
+        }
+    }
+    assert_eq!(from_a + from_b, 360);
+    // What a push lost is reported, as a change of the destination.
+    for (o, lost) in [(&oa, from_b), (&ob, from_a)] {
+        let err = stderr(o);
+        let conflicts = err.matches("changed while the sync ran").count();
+        assert!(
+            conflicts <= lost,
+            "{conflicts} conflicts, {lost} files lost: {err}"
+        );
+        if o.status.success() {
+            assert_eq!(conflicts, 0, "{err}");
+        }
+    }
+    assert!(
+        server.staged_files().is_empty(),
+        "{:?}",
+        server.staged_files()
+    );
+    // A rerun makes the destination version a exactly.
+    let r = sync_json(&server, &[&format!("{}/", p(&a)), &remote("both")]);
+    assert_eq!(num(&r, "failed"), 0);
+    assert_same_tree(&a, &dst);
+}
+
+/// A file that appears at the destination while a sync that found
+/// nothing there is running is never replaced: the sync reports the
+/// conflict and goes on; its other files arrive whole. Both directions.
+#[test]
+fn a_file_created_at_the_destination_during_a_sync_is_not_replaced() {
+    let server = TestServer::start(&[]);
+    // The pull's sender is the server: its data is delayed there.
+    let slow = TestServer::start_with_env(
+        &["tcp://127.0.0.1:0"],
+        &[],
+        &[("SKIFF_TEST_CHUNK_DELAY_MS", "4")],
+    );
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    tagged_tree(&src, 3, 110, "source");
+    tagged_tree(&slow.root.join("p"), 3, 110, "source");
+    let pulled = work.path().join("pulled");
+    let cases: [(&TestServer, String, String, PathBuf); 2] = [
+        (
+            &server,
+            p(&src).to_string(),
+            remote("p"),
+            server.root.join("p"),
+        ),
+        (&slow, remote("p"), p(&pulled).to_string(), pulled.clone()),
+    ];
+    for (i, (srv, from, to, dst)) in cases.into_iter().enumerate() {
+        let child = spawn_sync(srv, 4, &from, &to);
+        // Once the first directory is there the (empty) destination list
+        // has been merged; the last directory's files come some 220 files
+        // of 4 ms each later.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !dst.join("d0").exists() {
+            assert!(std::time::Instant::now() < deadline, "case {i}: no d0");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        fs::create_dir_all(dst.join("d2")).unwrap();
+        for f in 100..110 {
+            fs::write(dst.join(format!("d2/f{f:03}")), b"theirs").unwrap();
+        }
+        let o = child.wait_with_output().unwrap();
+        let err = stderr(&o);
+        let conflicts = err.matches("changed while the sync ran").count();
+        assert_eq!(conflicts, 10, "case {i}: {err}");
+        assert!(!o.status.success(), "case {i}: failures make the exit code");
+        for f in 100..110 {
+            let rel = format!("d2/f{f:03}");
+            assert_eq!(
+                fs::read(dst.join(&rel)).unwrap(),
+                b"theirs",
+                "case {i}: {rel}"
+            );
+        }
+        let mut whole = 0;
+        for d in 0..3 {
+            for n in names(&dst.join(format!("d{d}"))) {
+                let rel = format!("d{d}/{n}");
+                let want = fs::read(src.join(&rel)).unwrap_or_else(|_| panic!("{rel}?"));
+                if d < 2 || n.as_str() < "f100" {
+                    assert_eq!(fs::read(dst.join(&rel)).unwrap(), want, "case {i}: {rel}");
+                    whole += 1;
+                }
+            }
+        }
+        assert_eq!(whole, 320, "case {i}");
+        assert!(srv.staged_files().is_empty(), "{:?}", srv.staged_files());
+    }
+}

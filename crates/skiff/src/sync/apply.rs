@@ -21,7 +21,8 @@ use skiff_wire::{ErrorCode, ErrorMsg};
 use super::sigcache::{SigCache, Stamp, CACHE_MIN};
 use crate::transfer::commit::{self, CommitError, Destination, Observed};
 use crate::transfer::staging::{self, create_unique, StageKey, Staged, StagingArea};
-use crate::transfer::{durable, errors, links, meta};
+use crate::transfer::tree_recv::Parent;
+use crate::transfer::{durable, errors, links, meta, unnamed};
 
 /// Prefix of the files a receiver stages beside their destination (see
 /// [`Stager::Beside`]) and of the links it creates before renaming them
@@ -486,8 +487,7 @@ impl Incoming {
         Ok(Verified {
             signature,
             path,
-            staged,
-            dest,
+            body: Body::Staged { staged, dest },
             observed: self.observed,
             mode,
             mtime_ns,
@@ -497,15 +497,102 @@ impl Incoming {
     }
 }
 
-/// A staged file whose content was verified and whose metadata is set,
-/// waiting to be made durable and renamed into place with its batch.
+/// A new small file whose destination was absent when the sender listed
+/// it (`sync_file` with neither `update` nor `replace`), received whole:
+/// its size and BLAKE3 are checked against `expected` before anything is
+/// written, then it is written unnamed in `parent` (`transfer::unnamed`),
+/// with its mode and mtime, and linked as `name` only at its batch's
+/// commit. Nothing is looked at in `parent` now: the link finds whatever
+/// took the name meanwhile (reported as a conflict, as by
+/// [`Verified::place`] for a staged file), and an unnamed file that is
+/// never linked vanishes by itself, even when the receiver is killed.
+/// `Ok(None)`: `parent`'s file system cannot create unnamed files (the
+/// caller stages the file instead).
+#[allow(clippy::too_many_arguments)]
+pub fn whole_unnamed(
+    parent: &Parent,
+    name: &str,
+    path: &str,
+    data: &[bytes::Bytes],
+    size: u64,
+    expected: Hash,
+    mode: u32,
+    mtime_ns: i64,
+) -> Result<Option<Verified>, ErrorMsg> {
+    let got: u64 = data.iter().map(|d| d.len() as u64).sum();
+    if got != size {
+        return Err(assemble_msg(
+            AssembleError::SizeMismatch { got, want: size },
+            path,
+        ));
+    }
+    let mut h = blake3::Hasher::new();
+    for d in data {
+        h.update(d);
+    }
+    let computed = Hash::from(h.finalize());
+    if computed != expected {
+        return Err(assemble_msg(
+            AssembleError::HashMismatch {
+                expected,
+                got: computed,
+            },
+            path,
+        ));
+    }
+    let Some(mut file) = unnamed::create(&parent.dir).map_err(|e| fail(path, &e))? else {
+        return Ok(None);
+    };
+    let written = data
+        .iter()
+        .try_for_each(|d| io::Write::write_all(&mut file, d))
+        .and_then(|()| meta::apply(&file, Some(mode), Some(mtime_ns)));
+    // On failure the file is dropped: being unnamed, it is gone.
+    written.map_err(|e| fail(path, &e))?;
+    durable::start_writeback(&file, 0, size);
+    Ok(Some(Verified {
+        signature: None,
+        path: path.to_string(),
+        body: Body::Unnamed {
+            file,
+            parent: parent.clone(),
+            name: name.to_string(),
+        },
+        observed: Observed::AbsentForced,
+        mode,
+        mtime_ns,
+        size,
+        placed: std::cell::Cell::new(false),
+    }))
+}
+
+/// Where a verified file waits for its commit.
+enum Body {
+    /// A named staged file, renamed over its destination.
+    Staged {
+        /// The staged file.
+        staged: Staged,
+        /// Where it goes.
+        dest: Destination,
+    },
+    /// An unnamed file in its destination directory, linked there.
+    Unnamed {
+        /// The file.
+        file: File,
+        /// Its directory, shared with the other files of the directory.
+        parent: Parent,
+        /// Its final name.
+        name: String,
+    },
+}
+
+/// A file whose content was verified and whose metadata is set, waiting
+/// to be made durable and put in place with its batch: staged (renamed
+/// into place by identity) or unnamed (linked into place).
 pub struct Verified {
     /// The path in the tree.
     pub path: String,
-    /// The staged file.
-    pub staged: Staged,
-    /// Where it goes.
-    pub dest: Destination,
+    body: Body,
     /// What was there when the transfer started.
     pub observed: Observed,
     /// Permission bits (for the cross-device copy).
@@ -516,40 +603,78 @@ pub struct Verified {
     pub size: u64,
     /// Its signature, when the recipe gave it (for the cache).
     pub signature: Option<Signature>,
-    /// Renamed into place: its staged name is gone, nothing to remove.
+    /// Put in place: its staged name is gone, nothing to remove.
     placed: std::cell::Cell<bool>,
 }
 
 impl Verified {
-    /// Renames the (already durable) staged file into place by identity;
-    /// when the staging area is on another file system, commits a copy
-    /// beside the destination instead (`transfer::commit`). The caller
-    /// fsyncs the destination directory.
-    pub fn rename(&self) -> Result<(), ErrorMsg> {
-        match commit::rename_into_place(&self.staged, &self.dest, self.observed) {
-            Ok(()) => {
-                self.placed.set(true);
-                Ok(())
-            }
-            Err(CommitError::Io(e)) if e.raw_os_error() == Some(libc::EXDEV) => commit::commit(
-                &self.staged,
-                &self.dest,
-                self.observed,
-                Some(self.mode),
-                Some(self.mtime_ns),
-            ),
-            other => other,
+    /// The file's content, to be made durable before it is put in place.
+    pub fn file(&self) -> &File {
+        match &self.body {
+            Body::Staged { staged, .. } => staged.file(),
+            Body::Unnamed { file, .. } => file,
         }
-        .map_err(|e| commit_msg(e, &self.path))
+    }
+
+    /// The device the file is on (known without a system call).
+    pub fn dev(&self) -> u64 {
+        match &self.body {
+            Body::Staged { staged, .. } => staged.id().dev,
+            Body::Unnamed { parent, .. } => parent.dev,
+        }
+    }
+
+    /// The directory it appears in (the caller fsyncs it once placed).
+    /// The files of one directory received unnamed share one handle.
+    pub fn dir(&self) -> &Dir {
+        match &self.body {
+            Body::Staged { dest, .. } => &dest.dir,
+            Body::Unnamed { parent, .. } => &parent.dir,
+        }
+    }
+
+    /// Puts the (already durable) file in place: an unnamed file is
+    /// linked under its name, which it never replaces
+    /// (`commit::link_into_place`); a staged file is renamed into place
+    /// by identity, or, when the staging area is on another file system,
+    /// a copy beside the destination is committed instead
+    /// (`transfer::commit`). The caller fsyncs the destination directory.
+    pub fn place(&self) -> Result<(), ErrorMsg> {
+        let r = match &self.body {
+            Body::Unnamed { file, parent, name } => {
+                commit::link_into_place(file, &parent.dir, name, self.observed)
+            }
+            Body::Staged { staged, dest } => {
+                match commit::rename_into_place(staged, dest, self.observed) {
+                    Err(CommitError::Io(e)) if e.raw_os_error() == Some(libc::EXDEV) => {
+                        commit::commit(
+                            staged,
+                            dest,
+                            self.observed,
+                            Some(self.mode),
+                            Some(self.mtime_ns),
+                        )
+                    }
+                    other => other,
+                }
+            }
+        };
+        if r.is_ok() {
+            self.placed.set(true);
+        }
+        r.map_err(|e| commit_msg(e, &self.path))
     }
 }
 
 impl Drop for Verified {
     fn drop(&mut self) {
         // After a rename the staged name is gone and this does nothing;
-        // a file whose batch never committed is removed.
-        if !self.placed.get() && self.staged.still_named() {
-            let _ = self.staged.dir().remove_file(self.staged.name());
+        // a staged file whose batch never committed is removed (an
+        // unnamed one vanishes with its descriptor).
+        if let Body::Staged { staged, .. } = &self.body {
+            if !self.placed.get() && staged.still_named() {
+                let _ = staged.dir().remove_file(staged.name());
+            }
         }
     }
 }
@@ -630,7 +755,7 @@ mod tests {
             .ok()
             .unwrap();
         assert_eq!(std::fs::read(t.path().join("f")).unwrap(), b"old content");
-        v.rename().unwrap();
+        v.place().unwrap();
         assert_eq!(std::fs::read(t.path().join("f")).unwrap(), b"old new");
         let names: Vec<_> = std::fs::read_dir(t.path())
             .unwrap()
@@ -722,9 +847,49 @@ mod tests {
         std::fs::write(t.path().join("other"), b"theirs").unwrap();
         std::fs::rename(t.path().join("other"), t.path().join("f")).unwrap();
         let v = inc.verify(Hash::of(b"new"), 0o644, 0).ok().unwrap();
-        let e = v.rename().unwrap_err();
+        let e = v.place().unwrap_err();
         drop(v);
         assert_eq!(e.code, ErrorCode::Conflict);
         assert_eq!(std::fs::read(t.path().join("f")).unwrap(), b"theirs");
+    }
+
+    #[test]
+    fn a_new_whole_file_is_checked_first_and_linked_only_where_nothing_appeared() {
+        use cap_std::fs::MetadataExt as _;
+        let t = tempfile::tempdir().unwrap();
+        let root = Dir::open_ambient_dir(t.path(), ambient_authority()).unwrap();
+        let dev = root.dir_metadata().unwrap().dev();
+        let parent = Parent {
+            dir: Arc::new(root.try_clone().unwrap()),
+            dev,
+        };
+        let data = [
+            bytes::Bytes::from_static(b"he"),
+            bytes::Bytes::from_static(b"llo"),
+        ];
+        let whole = |name: &str, size: u64, hash: Hash| {
+            whole_unnamed(&parent, name, name, &data, size, hash, 0o640, 1_000_000_000)
+        };
+        // Wrong size or digest: refused before anything is written.
+        let e = whole("a", 6, Hash::of(b"hello")).err().unwrap();
+        assert_eq!(e.code, ErrorCode::ChecksumMismatch);
+        let e = whole("a", 5, Hash::of(b"other")).err().unwrap();
+        assert_eq!(e.code, ErrorCode::ChecksumMismatch);
+        let Some(a) = whole("a", 5, Hash::of(b"hello")).unwrap() else {
+            return; // no O_TMPFILE here: the staged path is used instead
+        };
+        let b = whole("b", 5, Hash::of(b"hello")).unwrap().unwrap();
+        assert!(crate::sync::batch::tests::names(t.path()).is_empty());
+        // Someone creates `b` meanwhile: it is kept, the sync is told.
+        std::fs::write(t.path().join("b"), b"theirs").unwrap();
+        a.place().unwrap();
+        assert_eq!(b.place().unwrap_err().code, ErrorCode::Conflict);
+        drop((a, b));
+        assert_eq!(std::fs::read(t.path().join("a")).unwrap(), b"hello");
+        assert_eq!(std::fs::read(t.path().join("b")).unwrap(), b"theirs");
+        let md = std::fs::metadata(t.path().join("a")).unwrap();
+        use std::os::unix::fs::MetadataExt as _;
+        assert_eq!((md.mode() & 0o777, md.mtime()), (0o640, 1));
+        assert_eq!(crate::sync::batch::tests::names(t.path()), ["a", "b"]);
     }
 }

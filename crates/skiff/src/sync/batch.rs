@@ -6,7 +6,9 @@
 //! Order matters. A directory's final mode and mtime arrive after
 //! everything in it, and renaming a file into a directory changes the
 //! directory's mtime; so a commit first makes the files durable, then
-//! renames them (by identity, `transfer::commit`), then applies the
+//! puts them in place (an unnamed file by `linkat`, which never replaces
+//! a name; a staged one by rename, by identity: `transfer::commit`), then
+//! applies the
 //! metadata in arrival order, then fsyncs each directory that gained
 //! entries or got new metadata once. Only after that does the batch count
 //! as committed, and only committed files are counted in the summary the
@@ -22,9 +24,10 @@ use super::apply::{self, Verified};
 use super::sigcache::{SigCache, Stamp};
 use crate::transfer::{durable, errors};
 
-/// Files per batch. Each holds three descriptors until its commit (the
-/// staged file, its directory, the destination directory), so this keeps
-/// a client under the usual soft limit of 1024.
+/// Files per batch. Each holds at most three descriptors until its
+/// commit (a staged file, its directory, the destination directory; an
+/// unnamed file holds one, its directory being shared), so this keeps a
+/// client under the usual soft limit of 1024.
 pub const BATCH_FILES: usize = 128;
 
 /// Bytes per batch: a large file is committed on its own.
@@ -118,14 +121,15 @@ impl Batch {
         let files = std::mem::take(&mut self.files);
         let metas = std::mem::take(&mut self.metas);
         self.bytes = 0;
-        let handles: Vec<&std::fs::File> = files.iter().map(|v| v.staged.file()).collect();
-        let synced = durable::sync_files(&handles);
+        let handles: Vec<&std::fs::File> = files.iter().map(|v| v.file()).collect();
+        let one_fs = files.windows(2).all(|w| w[0].dev() == w[1].dev());
+        let synced = durable::sync_files_known(&handles, one_fs);
         drop(handles);
         let mut renamed = Vec::with_capacity(files.len());
         for (v, synced) in files.into_iter().zip(synced) {
             let r = synced
                 .map_err(|e| errors::to_msg(&e, &v.path))
-                .and_then(|()| v.rename());
+                .and_then(|()| v.place());
             match r {
                 Ok(()) => renamed.push(v),
                 Err(e) => out.failed_files.push((v.path.clone(), e)),
@@ -141,13 +145,13 @@ impl Batch {
                 Err(e) => out.failed_metas.push((m.path, e)),
             }
         }
-        let synced = durable::sync_dirs(renamed.iter().map(|v| &v.dest.dir).chain(dirs.iter()));
+        let synced = durable::sync_dirs(renamed.iter().map(|v| v.dir()).chain(dirs.iter()));
         for v in renamed {
             match &synced {
                 Ok(()) => {
                     out.files += 1;
                     if let (Some(c), Some(sig)) = (&self.sigcache, &v.signature) {
-                        if let Ok(md) = v.staged.file().metadata() {
+                        if let Ok(md) = v.file().metadata() {
                             c.put(&Stamp::of(&md), sig);
                         }
                     }

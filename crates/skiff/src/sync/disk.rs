@@ -10,26 +10,33 @@
 //! files assembled elsewhere and already verified ([`Job::Verified`]),
 //! metadata changes, and at the end a flush. One queue for all of them
 //! keeps the batch's order (a directory's metadata after its files). The
-//! thread stages a whole file, checks its size and whole-file BLAKE3
-//! before anything is visible under its name, and adds it to the batch,
+//! thread checks a whole file's size and whole-file BLAKE3 before
+//! anything is visible under its name, writes it (a new one unnamed in its
+//! directory, [`apply::whole_unnamed`]; one replacing what is there to a
+//! staged file), and adds it to the batch,
 //! which it commits when full and at the flush. What happened comes back
 //! as [`Outcome`]s, which the role reports as they arrive.
 //!
 //! Jobs travel in groups ([`GROUP`] jobs or [`GROUP_BYTES`] at most),
-//! sent when a group is full or the role has nothing else to read, so a
-//! burst of small files wakes the thread once, not once per file.
+//! sent when a group is full or the role has nothing else to read (a
+//! group of fewer than [`SUBMIT_MIN`] jobs then waits [`LINGER`] for the
+//! next message first), so a burst of small files wakes the thread once,
+//! not once per file.
 //!
 //! Bounds: the queue holds at most [`QUEUE`] groups, each of at most
 //! [`GROUP_BYTES`] plus one file of at most [`WHOLE_MAX`]. Outcomes travel on an unbounded channel, but
 //! each job yields at most one, plus one per commit, and the role drains
 //! them after every message it reads, so they never outnumber the jobs in
 //! flight. Dropping the [`Disk`] closes the queue: the thread drops the
-//! uncommitted batch (removing its staged files, so every destination
+//! uncommitted batch (removing its staged files, its unnamed ones vanish
+//! by themselves, so every destination
 //! keeps what it had) and ends; [`Disk::into_thread`] lets whoever must
 //! wait for that (an atomic sync discarding its new tree) join it.
 
 use bytes::Bytes;
-use cap_std::fs::Dir;
+use std::sync::Arc;
+
+use cap_std::fs::{Dir, MetadataExt};
 use skiff_sync::Hash;
 use skiff_wire::message::sync::SyncFile;
 use skiff_wire::{ErrorCode, ErrorMsg};
@@ -38,6 +45,7 @@ use tokio::sync::mpsc;
 use super::apply::{self, Incoming, Stager, Step, Verified};
 use super::batch::{Batch, Committed};
 use super::SyncError;
+use crate::transfer::tree_recv::Parent;
 
 /// Groups of jobs queued for the disk thread.
 pub const QUEUE: usize = 4;
@@ -47,6 +55,15 @@ pub const GROUP: usize = 64;
 
 /// A group is sent once its files hold this many bytes.
 pub const GROUP_BYTES: u64 = 1024 * 1024;
+
+/// A group smaller than this (in jobs) waits up to [`LINGER`] for more
+/// when the role has nothing to read: each wake-up of the thread is a
+/// hand-over between threads, which on a busy machine costs more than
+/// the few files it carries.
+pub const SUBMIT_MIN: usize = GROUP / 4;
+
+/// How long a small group waits for more before it is sent anyway.
+pub const LINGER: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// The largest file the role collects in memory and hands over whole
 /// (with [`QUEUE`] and [`GROUP_BYTES`], at most about 6 MiB wait for the
@@ -136,6 +153,14 @@ impl Disk {
             self.submit().await?;
         }
         Ok(())
+    }
+
+    /// Whether the group gathered so far is too small to wake the thread
+    /// for while more may be on its way (fewer than [`SUBMIT_MIN`] jobs).
+    pub fn should_linger(&self) -> bool {
+        !self.group.is_empty()
+            && self.group.len() < SUBMIT_MIN
+            && self.group_bytes < GROUP_BYTES / 4
     }
 
     /// Sends the group gathered so far (waits while the queue is full).
@@ -235,37 +260,61 @@ fn one(
 }
 
 /// Directories the disk thread keeps open for the files that follow: the
-/// last file's parent (files arrive grouped by directory) and the staging
-/// area's directory of the user.
-#[derive(Default)]
+/// last file's parent (files arrive grouped by directory; one handle
+/// shared by all its files, with its device) and the staging area's
+/// directory of the user; and whether the destination's file system
+/// takes unnamed files.
 struct Place {
-    parent: Option<(String, Dir)>,
+    parent: Option<(String, Parent)>,
     user_dir: Option<Dir>,
+    unnamed: bool,
+}
+
+impl Default for Place {
+    fn default() -> Place {
+        Place {
+            parent: None,
+            user_dir: None,
+            unnamed: true,
+        }
+    }
 }
 
 impl Place {
     /// The parent directory of `path` (opened component by component,
     /// never through a symlink, as [`apply::open_parent`]) and its last
-    /// component.
-    fn parent<'a>(&mut self, root: &Dir, path: &'a str) -> Result<(Dir, &'a str), ErrorMsg> {
+    /// component (a clone of the shared handle: no system call).
+    fn parent<'a>(&mut self, root: &Dir, path: &'a str) -> Result<(Parent, &'a str), ErrorMsg> {
         let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
-        if let Some((p, d)) = &self.parent {
-            if p == parent && skiff_sync::entry::check_path(path).is_ok() {
-                let d = d
-                    .try_clone()
-                    .map_err(|e| crate::transfer::errors::to_msg(&e, path))?;
-                return Ok((d, name));
-            }
+        let cached = matches!(&self.parent, Some((p, _)) if p == parent);
+        if cached {
+            skiff_sync::entry::check_path(path).map_err(|e| {
+                crate::transfer::errors::msg(ErrorCode::Invalid, path, &e.to_string())
+            })?;
+        } else {
+            self.parent = None;
+            let (d, _) = apply::open_parent(root, path)?;
+            let dev = d
+                .dir_metadata()
+                .map_err(|e| crate::transfer::errors::to_msg(&e, path))?
+                .dev();
+            let p = Parent {
+                dir: Arc::new(d),
+                dev,
+            };
+            self.parent = Some((parent.to_string(), p));
         }
-        let (d, name) = apply::open_parent(root, path)?;
-        if let Ok(kept) = d.try_clone() {
-            self.parent = Some((parent.to_string(), kept));
+        match &self.parent {
+            Some((_, p)) => Ok((p.clone(), name)),
+            None => Err(ErrorMsg::new(ErrorCode::Internal, "parent directory")),
         }
-        Ok((d, name))
     }
 }
 
-/// Stages a whole file and checks it: verified, or the failure to report.
+/// Checks a whole file and readies it for the batch: verified, or the
+/// failure to report. A new file (nothing at its destination when the
+/// sender listed it) is received unnamed where the file system allows
+/// ([`apply::whole_unnamed`]); any other is staged and assembled.
 fn assemble(
     root: &Dir,
     stager: &Stager,
@@ -274,7 +323,21 @@ fn assemble(
 ) -> Result<Verified, ErrorMsg> {
     let hash = w.end?;
     let f = w.file;
-    let (dir, name) = place.parent(root, &f.path)?;
+    let new = !f.update && !f.replace;
+    let (parent, name) = place.parent(root, &f.path)?;
+    if new && place.unnamed {
+        let v = apply::whole_unnamed(
+            &parent, name, &f.path, &w.data, f.size, hash, f.mode, f.mtime_ns,
+        )?;
+        match v {
+            Some(v) => return Ok(v),
+            None => place.unnamed = false,
+        }
+    }
+    let dir = parent
+        .dir
+        .try_clone()
+        .map_err(|e| crate::transfer::errors::to_msg(&e, &f.path))?;
     let mut inc = Incoming::start_in(
         dir,
         name,

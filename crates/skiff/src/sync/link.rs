@@ -34,30 +34,81 @@ fn wire_len(f: &Frame) -> u64 {
     (4 + f.header().len() + f.body().len()) as u64
 }
 
-/// The producing end of the outgoing channel.
+/// Frames held back by [`Outbox::cork_blocking`] until this many bytes
+/// are waiting: a tree of small files then leaves the sender a few dozen
+/// files per hand-over and per flush, not one.
+pub const CORK_BYTES: u64 = 64 * 1024;
+
+/// The producing end of the outgoing channel. Clones share the frames
+/// held back ([`cork_blocking`](Self::cork_blocking)), and every other
+/// send hands them over first, so frames leave in the order they were
+/// given, whichever clone gave them.
 #[derive(Clone)]
-pub struct Outbox(mpsc::Sender<Vec<Frame>>);
+pub struct Outbox {
+    tx: mpsc::Sender<Vec<Frame>>,
+    corked: Arc<std::sync::Mutex<Corked>>,
+}
+
+/// Frames held back, and their wire bytes.
+#[derive(Default)]
+struct Corked {
+    frames: Vec<Frame>,
+    bytes: u64,
+}
 
 impl Outbox {
+    /// The frames held back, followed by `more`.
+    fn with_corked(&self, more: impl IntoIterator<Item = Frame>) -> Vec<Frame> {
+        let mut c = self.corked.lock().unwrap_or_else(|p| p.into_inner());
+        c.bytes = 0;
+        let mut v = std::mem::take(&mut c.frames);
+        v.extend(more);
+        v
+    }
+
     /// Sends from async code.
     pub async fn send<M: Message>(&self, msg: &M, body: Bytes) -> Result<(), SyncError> {
         let f = frame(msg, body)?;
-        self.0.send(vec![f]).await.map_err(|_| closed())
+        let v = self.with_corked([f]);
+        self.tx.send(v).await.map_err(|_| closed())
     }
 
     /// Sends from a blocking thread.
     pub fn send_blocking<M: Message>(&self, msg: &M, body: Bytes) -> Result<(), SyncError> {
         let f = frame(msg, body)?;
-        self.0.blocking_send(vec![f]).map_err(|_| closed())
+        self.send_all_blocking(vec![f])
     }
 
-    /// Sends several frames in one hand-over, from a blocking thread: a
-    /// small file's frames wake the writer once and leave in one flush.
+    /// Sends several frames in one hand-over, from a blocking thread.
     pub fn send_all_blocking(&self, frames: Vec<Frame>) -> Result<(), SyncError> {
-        if frames.is_empty() {
+        let v = self.with_corked(frames);
+        if v.is_empty() {
             return Ok(());
         }
-        self.0.blocking_send(frames).map_err(|_| closed())
+        self.tx.blocking_send(v).map_err(|_| closed())
+    }
+
+    /// Holds `frames` back with the others until [`CORK_BYTES`] are
+    /// waiting, then hands them all over at once, from a blocking thread:
+    /// a small file's frames cost no wake-up and no flush of their own.
+    /// Whoever then waits for the peer calls
+    /// [`flush_blocking`](Self::flush_blocking) first.
+    pub fn cork_blocking(&self, frames: Vec<Frame>) -> Result<(), SyncError> {
+        let full = {
+            let mut c = self.corked.lock().unwrap_or_else(|p| p.into_inner());
+            c.bytes += frames.iter().map(wire_len).sum::<u64>();
+            c.frames.extend(frames);
+            c.bytes >= CORK_BYTES
+        };
+        if full {
+            self.flush_blocking()?;
+        }
+        Ok(())
+    }
+
+    /// Hands over the frames held back, if any, from a blocking thread.
+    pub fn flush_blocking(&self) -> Result<(), SyncError> {
+        self.send_all_blocking(Vec::new())
     }
 }
 
@@ -73,7 +124,8 @@ fn closed() -> SyncError {
 /// A new outgoing channel of `cap` frames.
 fn outbox(cap: usize) -> (Outbox, mpsc::Receiver<Vec<Frame>>) {
     let (tx, rx) = mpsc::channel(cap);
-    (Outbox(tx), rx)
+    let corked = Arc::default();
+    (Outbox { tx, corked }, rx)
 }
 
 /// The consuming end of the incoming channel, for async or blocking code;
@@ -264,4 +316,45 @@ async fn tell_peer(writer: &mut SessionWriter<'_>, e: &SyncError) {
     }
     let m = e.to_msg();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer.send(&m, &[])).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skiff_wire::message::sync::{SyncEnd, SyncMore};
+
+    fn end() -> Frame {
+        frame(
+            &SyncEnd {
+                hash: String::new(),
+                abort: true,
+            },
+            Bytes::new(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn corked_frames_leave_first_and_in_order_whichever_clone_sends() {
+        let (out, mut rx) = outbox(16);
+        let other = out.clone();
+        out.cork_blocking(vec![end(), end()]).unwrap();
+        assert!(rx.try_recv().is_err(), "held back");
+        other.send_blocking(&SyncMore {}, Bytes::new()).unwrap();
+        let got = rx.try_recv().unwrap();
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0].header(), end().header());
+        assert_eq!(
+            got[2].header(),
+            frame(&SyncMore {}, Bytes::new()).unwrap().header()
+        );
+        // Nothing is held back any more; a flush then sends nothing.
+        out.flush_blocking().unwrap();
+        assert!(rx.try_recv().is_err());
+        // Enough bytes go at once.
+        let big = Bytes::from(vec![0u8; CORK_BYTES as usize]);
+        let f = frame(&skiff_wire::message::sync::SyncData { raw: None }, big).unwrap();
+        out.cork_blocking(vec![f]).unwrap();
+        assert_eq!(rx.try_recv().unwrap().len(), 1);
+    }
 }

@@ -189,11 +189,23 @@ impl Role {
         let mut lists = spawn_lister(&self.root, self.opts.checksum, clean)?;
         let mut file: Option<Receiving> = None;
         loop {
+            let mut msg = None;
             if inbox.is_empty() {
-                // Nothing to read yet: the disk thread may as well work.
-                self.disk()?.submit().await?;
+                // Nothing to read yet: the disk thread may as well work,
+                // once it has enough to do or nothing more comes soon.
+                if self.disk()?.should_linger() {
+                    if let Ok(m) = tokio::time::timeout(disk::LINGER, inbox.recv()).await {
+                        msg = Some(m?);
+                    }
+                }
+                if msg.is_none() {
+                    self.disk()?.submit().await?;
+                }
             }
-            let msg = inbox.recv().await?;
+            let msg = match msg {
+                Some(m) => m,
+                None => inbox.recv().await?,
+            };
             self.outcomes().await?;
             if let Some(job) = &mut file {
                 match msg {

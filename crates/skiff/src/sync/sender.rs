@@ -47,9 +47,10 @@ const LIST_AHEAD: usize = 2;
 /// 1 GiB file), so this bounds what waits for the sender too.
 const SIGS_AHEAD: usize = 8;
 
-/// A file at most this large is sent in one hand-over to the session
-/// writer (its announcement, data and end), so it costs one wake-up and
-/// one flush rather than one per frame.
+/// A file at most this large is handed to the session writer whole (its
+/// announcement, data and end), with the small files around it
+/// ([`Outbox::cork_blocking`]), so a tree of small files costs one
+/// wake-up and one flush per few dozen files rather than one per frame.
 const CORK_MAX: u64 = 64 * 1024;
 
 /// Differences held back behind a changed file whose signature is on its
@@ -102,6 +103,9 @@ pub async fn run(
 /// than it asked for.
 struct Inbound {
     inbox: Inbox<ToSender>,
+    /// Flushed before every wait for the receiver (frames held back by
+    /// [`Outbox::cork_blocking`] may be what it needs to answer).
+    out: Outbox,
     events: Events,
     root: Option<SyncRoot>,
     root_seen: bool,
@@ -123,9 +127,10 @@ fn unasked(what: &str) -> SyncError {
 }
 
 impl Inbound {
-    fn new(inbox: Inbox<ToSender>, events: Events) -> Inbound {
+    fn new(inbox: Inbox<ToSender>, out: Outbox, events: Events) -> Inbound {
         Inbound {
             inbox,
+            out,
             events,
             root: None,
             root_seen: false,
@@ -175,6 +180,7 @@ impl Inbound {
             if let Some(t) = take(self) {
                 return Ok(t);
             }
+            self.out.flush_blocking()?;
             let m = self.inbox.recv_blocking()?;
             self.file(m)?;
         }
@@ -192,6 +198,7 @@ impl Inbound {
             if left.is_zero() {
                 break;
             }
+            self.out.flush_blocking()?;
             match self.inbox.recv_within_blocking(left)? {
                 Some(m) => self.file(m)?,
                 None => break,
@@ -279,7 +286,11 @@ fn send_tree(
 ) -> Result<SyncSummary, SyncError> {
     let global = global_rules(&opts.excludes).map_err(SyncError::BadList)?;
     let src_root = root_entry(&src)?;
-    let inbound = Rc::new(RefCell::new(Inbound::new(inbox, events.clone())));
+    let inbound = Rc::new(RefCell::new(Inbound::new(
+        inbox,
+        out.clone(),
+        events.clone(),
+    )));
     let dst_root = inbound.borrow_mut().wait(|i| i.root.take())?;
     let dst_root = match (dst_root.mode, dst_root.mtime_ns) {
         (Some(mode), Some(mtime_ns)) => Some(Entry {
@@ -782,7 +793,7 @@ impl Sender<'_> {
         match corked {
             Some(mut v) => {
                 v.push(link::frame(&closing, Bytes::new())?);
-                self.out.send_all_blocking(v)?;
+                self.out.cork_blocking(v)?;
             }
             None => self.send(&closing)?,
         }

@@ -14,7 +14,7 @@
 //!    submits one small write per file, where the sync writes them all
 //!    out together (on ext4 this alone took a tree of 4 KiB files from
 //!    about 4,500 to 1,400 files a second);
-//! 2. [`sync_files`] makes a whole batch durable in one pass: one
+//! 2. [`sync_files_known`] makes a whole batch durable in one pass: one
 //!    `syncfs` of their file system for a batch of [`SYNCFS_MIN`] files or
 //!    more, an `fsync` per file below that (or when `syncfs` reports an
 //!    error, so each file's own error is found);
@@ -55,14 +55,9 @@ pub fn start_writeback(file: &File, offset: u64, len: u64) {
 }
 
 /// Makes every file's data and metadata durable (step 2 of the module
-/// docs); one result per file, in order.
-pub fn sync_files(files: &[&File]) -> Vec<io::Result<()>> {
-    sync_files_known(files, files.len() >= SYNCFS_MIN && same_fs(files))
-}
-
-/// [`sync_files`] for a caller that already knows whether all `files`
-/// are on one file system (`one_fs`), as a tree receiver does from the
-/// directories it holds, saving an `fstat` per file.
+/// docs); one result per file, in order. The caller says whether all
+/// `files` are on one file system (`one_fs`): a receiver knows it from
+/// the directories it holds, without an `fstat` per file.
 pub fn sync_files_known(files: &[&File], one_fs: bool) -> Vec<io::Result<()>> {
     if one_fs && files.len() >= SYNCFS_MIN {
         if let Some(first) = files.first() {
@@ -72,18 +67,6 @@ pub fn sync_files_known(files: &[&File], one_fs: bool) -> Vec<io::Result<()>> {
         }
     }
     files.iter().map(|f| f.sync_all()).collect()
-}
-
-/// Whether all files live on one file system (one `syncfs` covers them).
-fn same_fs(files: &[&File]) -> bool {
-    let mut dev = None;
-    for f in files {
-        match FileId::of_file(f) {
-            Ok(id) if dev.is_none() || dev == Some(id.dev) => dev = Some(id.dev),
-            _ => return false,
-        }
-    }
-    true
 }
 
 /// From this many distinct directories on one file system, one `syncfs`
@@ -126,10 +109,13 @@ pub fn sync_dirs<'a>(dirs: impl IntoIterator<Item = &'a cap_std::fs::Dir>) -> io
     }
     if let Some((first, Some(dev))) = distinct.first() {
         let one_fs = distinct.iter().all(|(_, d)| *d == Some(*dev));
-        if one_fs
-            && distinct.len() >= DIRS_SYNCFS_MIN
-            && nix::unistd::syncfs(first.as_fd().as_raw_fd()).is_ok()
-        {
+        // A directory capability may be an `O_PATH` handle, which
+        // `syncfs` refuses (`EBADF`): it is given one opened for reading.
+        let synced = || {
+            let f = super::meta::open_self(first)?;
+            nix::unistd::syncfs(f.as_raw_fd()).map_err(io::Error::from)
+        };
+        if one_fs && distinct.len() >= DIRS_SYNCFS_MIN && synced().is_ok() {
             return Ok(());
         }
     }
@@ -162,8 +148,9 @@ mod tests {
             files.push(f);
         }
         let refs: Vec<&File> = files.iter().collect();
-        assert!(sync_files(&refs[..2]).iter().all(|r| r.is_ok()));
-        assert!(sync_files(&refs).iter().all(|r| r.is_ok()));
+        assert!(sync_files_known(&refs[..2], true).iter().all(|r| r.is_ok()));
+        assert!(sync_files_known(&refs, true).iter().all(|r| r.is_ok()));
+        assert!(sync_files_known(&refs, false).iter().all(|r| r.is_ok()));
         let dir =
             cap_std::fs::Dir::open_ambient_dir(t.path(), cap_std::ambient_authority()).unwrap();
         sync_dirs([&dir, &dir]).unwrap();

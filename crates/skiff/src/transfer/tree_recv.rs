@@ -573,7 +573,7 @@ impl<P: Place> Receiver<P> {
     }
 
     /// Starts making the current batch durable on a helper thread (one
-    /// `syncfs`, [`durable::sync_files`]) while the next batch is
+    /// `syncfs`, [`durable::sync_files_known`]) while the next batch is
     /// written: on a busy disk a sync can take longer than writing a
     /// batch, and the next batch then simply grows until it is done.
     fn start_sync(&mut self) {
