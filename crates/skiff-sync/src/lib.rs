@@ -27,6 +27,7 @@ pub mod derive;
 pub mod diff;
 pub mod entry;
 pub mod exclude;
+mod follow;
 pub mod hash;
 pub mod list;
 pub mod parallel;

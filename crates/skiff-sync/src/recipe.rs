@@ -105,7 +105,7 @@ pub fn make_recipe<R, F>(
     new: R,
     size_hint: Option<u64>,
     old: Option<&Signature>,
-    mut emit: F,
+    emit: F,
 ) -> io::Result<(Hash, u64)>
 where
     R: Read,
@@ -115,17 +115,7 @@ where
         return plain_recipe(new, size_hint, emit);
     };
     let params = sig.params.validate().map_err(io::Error::other)?;
-    let mut matcher = Matcher::new(sig);
-    let mut chunker = Chunker::new(new, params, size_hint);
-    while let Some(block) = chunker.next_block()? {
-        for chunk in &block.chunks {
-            if !matcher.matched(chunk, &mut emit)? {
-                emit(Piece::Literal(block.bytes_of(chunk)))?;
-            }
-        }
-    }
-    matcher.flush(&mut emit)?;
-    chunker.finish()
+    crate::follow::follow_recipe(new, size_hint, sig, params, emit)
 }
 
 /// A new file cut into chunks and hashed before the receiver's signature
@@ -499,6 +489,60 @@ mod tests {
                 data.truncate(p);
             }
             Edit::Grow(b) => data.extend_from_slice(b),
+        }
+    }
+
+    /// Each step of a recipe, with literals by their hash.
+    fn steps<Run>(run: Run) -> Vec<String>
+    where
+        Run: FnOnce(&mut dyn FnMut(Piece<'_>) -> io::Result<()>) -> io::Result<(Hash, u64)>,
+    {
+        let mut out = Vec::new();
+        run(&mut |p| {
+            out.push(match p {
+                Piece::Copy { offset, len } => format!("copy {offset} {len}"),
+                Piece::Literal(d) => format!("literal {} {}", d.len(), Hash::of(d)),
+            });
+            Ok(())
+        })
+        .unwrap();
+        out
+    }
+
+    /// Content that repeats (every chunk of zeros alike) still rebuilds
+    /// exactly, though a copy may come from another place with the same
+    /// bytes.
+    #[test]
+    fn repeated_content_round_trips() {
+        let old = vec![0u8; 3 << 20];
+        let mut new = old.clone();
+        new.splice(1 << 20..1 << 20, pseudo_random(50_000, 4));
+        let (out, literal) = round_trip(&old, &new);
+        assert_eq!(out, new);
+        assert!(literal < 200_000, "{literal}");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        /// Following the old chunks gives, step for step, the recipe of
+        /// cutting the whole new file, which the signature cache's
+        /// derived entries rely on.
+        #[test]
+        fn following_gives_the_recipe_cutting_gives(
+            len in 0usize..1_500_000,
+            seed in any::<u64>(),
+            edits in prop::collection::vec(edit(), 0..6),
+        ) {
+            let old = pseudo_random(len, seed);
+            let mut new = old.clone();
+            for e in &edits {
+                apply(&mut new, e);
+            }
+            let sig = Signature::of_reader(&old[..], old.len() as u64).unwrap();
+            let followed = steps(|emit| make_recipe(&new[..], Some(new.len() as u64), Some(&sig), emit));
+            let prepared = prepare(&new[..], sig.params, None).unwrap();
+            let cut = steps(|emit| recipe_of_prepared(&new[..], &prepared, &sig, emit));
+            prop_assert_eq!(followed, cut);
         }
     }
 
