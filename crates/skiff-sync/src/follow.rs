@@ -35,7 +35,7 @@ use rayon::prelude::*;
 use crate::chunker::{Chunk, Masks, Signature, Window, STEP};
 use crate::hash::Hash;
 use crate::params::ChunkParams;
-use crate::recipe::{Piece, COPY_RUN_MAX};
+use crate::recipe::{CopyRun, Piece};
 
 /// Read buffer when the file is large enough to fill it.
 const BUFFER: usize = 16 * 1024 * 1024;
@@ -75,37 +75,6 @@ impl<'a> Old<'a> {
         self.chunks
             .get(i)
             .is_some_and(|c| self.size - c.offset >= u64::from(max))
-    }
-}
-
-/// Consecutive copies merged into runs of at most [`COPY_RUN_MAX`].
-struct Copies(Option<(u64, u64)>);
-
-impl Copies {
-    fn add<F>(&mut self, offset: u64, len: u64, emit: &mut F) -> io::Result<()>
-    where
-        F: FnMut(Piece<'_>) -> io::Result<()>,
-    {
-        match &mut self.0 {
-            Some((o, l)) if *o + *l == offset && *l < COPY_RUN_MAX => *l += len,
-            pending => {
-                if let Some((offset, len)) = pending.take() {
-                    emit(Piece::Copy { offset, len })?;
-                }
-                *pending = Some((offset, len));
-            }
-        }
-        Ok(())
-    }
-
-    fn flush<F>(&mut self, emit: &mut F) -> io::Result<()>
-    where
-        F: FnMut(Piece<'_>) -> io::Result<()>,
-    {
-        match self.0.take() {
-            Some((offset, len)) => emit(Piece::Copy { offset, len }),
-            None => Ok(()),
-        }
     }
 }
 
@@ -153,7 +122,7 @@ where
     let mut start = 0usize;
     let mut base = 0u64;
     let mut whole = blake3::Hasher::new();
-    let mut copies = Copies(None);
+    let mut copies = CopyRun::default();
     let mut mode = if old.followable(0, params.max) {
         Mode::Follow(0)
     } else {
