@@ -179,9 +179,7 @@ where
                 // A verified chunk is a cut when its successor verified
                 // too or it is forced (maximum length).
                 let mut taken = 0;
-                while taken < verified
-                    && (taken + 1 < verified || spans[taken].1 == max)
-                {
+                while taken < verified && (taken + 1 < verified || spans[taken].1 == max) {
                     let c = &old.chunks[first + taken];
                     copies.add(c.offset, u64::from(c.len), &mut emit)?;
                     start += spans[taken].1;
@@ -324,7 +322,10 @@ mod tests {
         ins.splice(12 << 20..12 << 20, pseudo_random(1 << 20, 12));
         let (cut, literal) = cut_bytes(&old, &ins);
         assert!(literal >= 1 << 20);
-        assert!(cut <= (1 << 20) + 16 * max, "cut {cut} around a 1 MiB insertion");
+        assert!(
+            cut <= (1 << 20) + 16 * max,
+            "cut {cut} around a 1 MiB insertion"
+        );
 
         let mut rewritten = old.clone();
         for i in 0..4 {
@@ -332,7 +333,10 @@ mod tests {
             rewritten[at..at + 100_000].copy_from_slice(&pseudo_random(100_000, 20 + i as u64));
         }
         let (cut, _) = cut_bytes(&old, &rewritten);
-        assert!(cut <= 4 * (100_000 + 16 * max), "cut {cut} around 4 rewrites");
+        assert!(
+            cut <= 4 * (100_000 + 16 * max),
+            "cut {cut} around 4 rewrites"
+        );
     }
 
     /// A file that shares nothing with the old one is cut whole, and a
