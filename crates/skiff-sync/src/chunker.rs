@@ -78,16 +78,17 @@ pub struct Chunker<R> {
 
 /// Data cut per block: small enough that cutting the next block overlaps
 /// hashing this one several times per buffer fill.
-const STEP: usize = 2 * 1024 * 1024;
+pub(crate) const STEP: usize = 2 * 1024 * 1024;
 
+/// FastCDC's masks for one average size.
 #[derive(Clone, Copy)]
-struct Masks {
+pub(crate) struct Masks {
     s: u64,
     l: u64,
 }
 
 impl Masks {
-    fn new(avg: u32) -> Masks {
+    pub(crate) fn new(avg: u32) -> Masks {
         let bits = v2020::logarithm2(avg) as usize;
         // Normalisation level 1, as `v2020::FastCDC::new`.
         Masks {
@@ -98,17 +99,17 @@ impl Masks {
 }
 
 /// Where the bytes to cut are: `buf[..filled]`, the stream's end when `eof`.
-struct Window<'a> {
-    buf: &'a [u8],
-    eof: bool,
-    params: ChunkParams,
-    masks: Masks,
+pub(crate) struct Window<'a> {
+    pub(crate) buf: &'a [u8],
+    pub(crate) eof: bool,
+    pub(crate) params: ChunkParams,
+    pub(crate) masks: Masks,
 }
 
 impl Window<'_> {
     /// Chunk lengths that can be cut from `pos` on, about `limit` bytes of
     /// them (at least one chunk when any can be cut).
-    fn cut(&self, mut pos: usize, limit: usize) -> Vec<usize> {
+    pub(crate) fn cut(&self, mut pos: usize, limit: usize) -> Vec<usize> {
         let p = self.params;
         let end = pos.saturating_add(limit);
         let mut lens = Vec::new();

@@ -27,6 +27,7 @@ pub mod derive;
 pub mod diff;
 pub mod entry;
 pub mod exclude;
+mod follow;
 pub mod hash;
 pub mod list;
 pub mod parallel;
@@ -42,7 +43,7 @@ pub use entry::{path_cmp, Entry, Kind};
 pub use exclude::{RuleStack, Rules};
 pub use hash::Hash;
 pub use params::ChunkParams;
-pub use recipe::{make_recipe, prepare, recipe_of_prepared, Piece, Prepared};
+pub use recipe::{make_recipe, Piece};
 pub use walk::{WalkError, Walked, Walker};
 
 #[cfg(test)]

@@ -2,14 +2,10 @@
 //! copy from the old file and literal bytes, produced by the sender in one
 //! streaming pass (its assembly by the receiver is [`crate::assemble`]).
 
-use std::collections::HashMap;
 use std::io::{self, Read};
 
-use crate::assemble::ReadAt;
-
-use crate::chunker::{Chunk, Chunker, Signature};
+use crate::chunker::Signature;
 use crate::hash::Hash;
-use crate::params::ChunkParams;
 
 /// Literal pieces of a file the receiver has no copy of are cut at this
 /// size (no chunking needed when nothing can match).
@@ -37,60 +33,36 @@ pub enum Piece<'a> {
     Literal(&'a [u8]),
 }
 
-/// Finds which of the new file's chunks the old file has.
-struct Matcher {
-    index: HashMap<Hash, u64>,
-    pending: Option<(u64, u64)>,
-}
+/// Copies of consecutive old ranges merged into runs of at most
+/// [`COPY_RUN_MAX`], as the recipe sends them.
+#[derive(Default)]
+pub(crate) struct CopyRun(Option<(u64, u64)>);
 
-impl Matcher {
-    fn new(sig: &Signature) -> Matcher {
-        let mut index = HashMap::with_capacity(sig.chunks.len());
-        for c in sig.located() {
-            index.entry(c.hash).or_insert(c.offset);
-        }
-        Matcher {
-            index,
-            pending: None,
-        }
-    }
-
-    /// Adds `chunk` to the current copy run when the old file has it
-    /// (emitting the previous run if this one does not continue it) and
-    /// says so; otherwise emits the pending run, and the caller emits the
-    /// chunk as a literal.
-    fn matched<F>(&mut self, chunk: &Chunk, emit: &mut F) -> io::Result<bool>
+impl CopyRun {
+    /// Adds a copy of `len` bytes at `offset`, emitting the pending run
+    /// first when this one does not continue it.
+    pub(crate) fn add<F>(&mut self, offset: u64, len: u64, emit: &mut F) -> io::Result<()>
     where
         F: FnMut(Piece<'_>) -> io::Result<()>,
     {
-        match self.index.get(&chunk.hash).copied() {
-            Some(at) => {
-                match &mut self.pending {
-                    Some((o, l)) if *o + *l == at && *l < COPY_RUN_MAX => {
-                        *l += u64::from(chunk.len)
-                    }
-                    pending => {
-                        if let Some((offset, len)) = pending.take() {
-                            emit(Piece::Copy { offset, len })?;
-                        }
-                        *pending = Some((at, u64::from(chunk.len)));
-                    }
+        match &mut self.0 {
+            Some((o, l)) if *o + *l == offset && *l < COPY_RUN_MAX => *l += len,
+            pending => {
+                if let Some((offset, len)) = pending.take() {
+                    emit(Piece::Copy { offset, len })?;
                 }
-                Ok(true)
-            }
-            None => {
-                self.flush(emit)?;
-                Ok(false)
+                *pending = Some((offset, len));
             }
         }
+        Ok(())
     }
 
-    /// Emits the pending copy run, if any.
-    fn flush<F>(&mut self, emit: &mut F) -> io::Result<()>
+    /// Emits the pending run, if any.
+    pub(crate) fn flush<F>(&mut self, emit: &mut F) -> io::Result<()>
     where
         F: FnMut(Piece<'_>) -> io::Result<()>,
     {
-        match self.pending.take() {
+        match self.0.take() {
             Some((offset, len)) => emit(Piece::Copy { offset, len }),
             None => Ok(()),
         }
@@ -98,14 +70,15 @@ impl Matcher {
 }
 
 /// Streams the recipe of `new` against `old` (the receiver's signature of
-/// its old copy; `None` when it has none) into `emit`, reading `new` once.
-/// Returns the BLAKE3 and length of `new` as read, which the receiver
-/// checks after assembly.
+/// its old copy; `None` when it has none) into `emit`, reading `new` once:
+/// where the old chunks are unchanged it follows them, hashing only, and
+/// it cuts around the edits ([`crate::follow`]). Returns the BLAKE3 and
+/// length of `new` as read, which the receiver checks after assembly.
 pub fn make_recipe<R, F>(
     new: R,
     size_hint: Option<u64>,
     old: Option<&Signature>,
-    mut emit: F,
+    emit: F,
 ) -> io::Result<(Hash, u64)>
 where
     R: Read,
@@ -115,118 +88,7 @@ where
         return plain_recipe(new, size_hint, emit);
     };
     let params = sig.params.validate().map_err(io::Error::other)?;
-    let mut matcher = Matcher::new(sig);
-    let mut chunker = Chunker::new(new, params, size_hint);
-    while let Some(block) = chunker.next_block()? {
-        for chunk in &block.chunks {
-            if !matcher.matched(chunk, &mut emit)? {
-                emit(Piece::Literal(block.bytes_of(chunk)))?;
-            }
-        }
-    }
-    matcher.flush(&mut emit)?;
-    chunker.finish()
-}
-
-/// A new file cut into chunks and hashed before the receiver's signature
-/// has arrived ([`prepare`]), so that the sender's chunking overlaps the
-/// signature's round trip and the receiver's work on it. The recipe then
-/// comes from [`recipe_of_prepared`] without cutting the file again.
-#[derive(Debug, Clone)]
-pub struct Prepared {
-    /// The parameters it was cut with (those the receiver picks for the
-    /// old copy's size, expected from the destination list).
-    pub params: ChunkParams,
-    /// Its chunks in file order.
-    pub chunks: Vec<Chunk>,
-    /// Whole-file BLAKE3, as read.
-    pub hash: Hash,
-    /// Length, as read.
-    pub size: u64,
-}
-
-/// Most chunks [`prepare`] holds (48 bytes each: 3 MiB); files that would
-/// have more are not prepared but cut once the signature is there.
-pub const PREPARE_MAX_CHUNKS: u64 = 1 << 16;
-
-impl Prepared {
-    /// Whether the chunks fit `sig` (same parameters), so that
-    /// [`recipe_of_prepared`] can use them.
-    pub fn fits(&self, sig: &Signature) -> bool {
-        self.params == sig.params
-    }
-}
-
-/// Cuts and hashes `new` with `params` (on all cores, as the chunker
-/// does), keeping only the chunk list.
-pub fn prepare<R: Read>(
-    new: R,
-    params: ChunkParams,
-    size_hint: Option<u64>,
-) -> io::Result<Prepared> {
-    let params = params.validate().map_err(io::Error::other)?;
-    let mut chunker = Chunker::new(new, params, size_hint);
-    let mut chunks = Vec::new();
-    while let Some(block) = chunker.next_block()? {
-        chunks.extend_from_slice(&block.chunks);
-    }
-    let (hash, size) = chunker.finish()?;
-    Ok(Prepared {
-        params,
-        chunks,
-        hash,
-        size,
-    })
-}
-
-/// Streams the recipe of a [`prepare`]d file against `old` (which it must
-/// [fit](Prepared::fits)) into `emit`. Only the chunks the old file lacks
-/// are read again from `new`, and each is checked against its hash from
-/// the first pass: a file that changed between the passes is an error
-/// (`InvalidData`), never a wrong recipe. Returns the whole-file BLAKE3 and
-/// length of the first pass.
-pub fn recipe_of_prepared<R, F>(
-    new: &R,
-    prepared: &Prepared,
-    old: &Signature,
-    mut emit: F,
-) -> io::Result<(Hash, u64)>
-where
-    R: ReadAt + ?Sized,
-    F: FnMut(Piece<'_>) -> io::Result<()>,
-{
-    if !prepared.fits(old) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "the prepared chunks were cut with other parameters than the signature",
-        ));
-    }
-    let mut matcher = Matcher::new(old);
-    let mut buf = Vec::new();
-    for chunk in &prepared.chunks {
-        if matcher.matched(chunk, &mut emit)? {
-            continue;
-        }
-        buf.resize(chunk.len as usize, 0);
-        let mut filled = 0;
-        while filled < buf.len() {
-            match new.read_at(&mut buf[filled..], chunk.offset + filled as u64) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        if filled < buf.len() || Hash::of(&buf) != chunk.hash {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "the file changed while it was being sent",
-            ));
-        }
-        emit(Piece::Literal(&buf))?;
-    }
-    matcher.flush(&mut emit)?;
-    Ok((prepared.hash, prepared.size))
+    crate::follow::follow_recipe(new, size_hint, sig, params, emit)
 }
 
 fn plain_recipe<R, F>(mut new: R, size_hint: Option<u64>, mut emit: F) -> io::Result<(Hash, u64)>
@@ -291,51 +153,6 @@ mod tests {
         assert_eq!(size, new.len() as u64);
         assert_eq!(hash, Hash::of(new));
         (asm.finish(hash).unwrap(), literal)
-    }
-
-    /// The recipe of a prepared file is the streaming recipe, step for
-    /// step, and a file changed between the passes is refused.
-    #[test]
-    fn a_prepared_file_gives_the_same_recipe() {
-        let old = pseudo_random(6 << 20, 7);
-        let mut new = old.clone();
-        new.splice(3 << 20..3 << 20, pseudo_random(300_000, 8));
-        new[100..200].copy_from_slice(&[0u8; 100]);
-        let sig = Signature::of_reader(&old[..], old.len() as u64).unwrap();
-        let record = |pieces: &mut Vec<String>, p: Piece<'_>| {
-            pieces.push(match p {
-                Piece::Copy { offset, len } => format!("copy {offset} {len}"),
-                Piece::Literal(d) => format!("literal {}", Hash::of(d)),
-            });
-            Ok(())
-        };
-        let mut streamed = Vec::new();
-        let r1 = make_recipe(&new[..], None, Some(&sig), |p| record(&mut streamed, p)).unwrap();
-        let prepared = prepare(&new[..], ChunkParams::for_size(old.len() as u64), None).unwrap();
-        assert!(prepared.fits(&sig));
-        let mut from_prepared = Vec::new();
-        let r2 = recipe_of_prepared(&new[..], &prepared, &sig, |p| record(&mut from_prepared, p))
-            .unwrap();
-        assert_eq!(r1, r2);
-        assert_eq!(r2, (Hash::of(&new), new.len() as u64));
-        assert_eq!(streamed, from_prepared);
-        assert!(streamed.iter().any(|s| s.starts_with("literal")));
-
-        let mut changed = new.clone();
-        changed[(3 << 20) + 10] ^= 1;
-        let e = recipe_of_prepared(&changed[..], &prepared, &sig, |_| Ok(())).unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
-        // An old copy whose size calls for other parameters (the smallest
-        // sizes all get 8 KiB chunks, so take one above 32 MiB).
-        let other = Signature {
-            params: ChunkParams::for_size(64 << 20),
-            size: sig.size,
-            chunks: sig.chunks.clone(),
-        };
-        assert_ne!(other.params, sig.params);
-        assert!(!prepared.fits(&other));
-        let e = recipe_of_prepared(&new[..], &prepared, &other, |_| Ok(())).unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
     }
 
     #[test]
@@ -499,6 +316,87 @@ mod tests {
                 data.truncate(p);
             }
             Edit::Grow(b) => data.extend_from_slice(b),
+        }
+    }
+
+    /// Each step of a recipe, with literals by their hash.
+    fn steps<Run>(run: Run) -> Vec<String>
+    where
+        Run: FnOnce(&mut dyn FnMut(Piece<'_>) -> io::Result<()>) -> io::Result<(Hash, u64)>,
+    {
+        let mut out = Vec::new();
+        run(&mut |p| {
+            out.push(match p {
+                Piece::Copy { offset, len } => format!("copy {offset} {len}"),
+                Piece::Literal(d) => format!("literal {} {}", d.len(), Hash::of(d)),
+            });
+            Ok(())
+        })
+        .unwrap();
+        out
+    }
+
+    /// The recipe by cutting every byte of `new` and looking each chunk
+    /// up: what following must give.
+    fn cut_recipe(
+        new: &[u8],
+        sig: &Signature,
+        emit: &mut dyn FnMut(Piece<'_>) -> io::Result<()>,
+    ) -> io::Result<(Hash, u64)> {
+        let mut index = std::collections::HashMap::new();
+        for c in sig.located() {
+            index.entry(c.hash).or_insert(c.offset);
+        }
+        let mut run = CopyRun::default();
+        let mut chunker = crate::Chunker::new(new, sig.params, None);
+        while let Some(block) = chunker.next_block()? {
+            for c in &block.chunks {
+                match index.get(&c.hash) {
+                    Some(&at) => run.add(at, u64::from(c.len), emit)?,
+                    None => {
+                        run.flush(emit)?;
+                        emit(Piece::Literal(block.bytes_of(c)))?;
+                    }
+                }
+            }
+        }
+        run.flush(emit)?;
+        chunker.finish()
+    }
+
+    /// Content that repeats (every chunk of zeros alike) still rebuilds
+    /// exactly, though a copy may come from another place with the same
+    /// bytes.
+    #[test]
+    fn repeated_content_round_trips() {
+        let old = vec![0u8; 3 << 20];
+        let mut new = old.clone();
+        new.splice(1 << 20..1 << 20, pseudo_random(50_000, 4));
+        let (out, literal) = round_trip(&old, &new);
+        assert_eq!(out, new);
+        assert!(literal < 200_000, "{literal}");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        /// Following the old chunks gives, step for step, the recipe of
+        /// cutting the whole new file, which the signature cache's
+        /// derived entries rely on.
+        #[test]
+        fn following_gives_the_recipe_cutting_gives(
+            len in 0usize..1_500_000,
+            seed in any::<u64>(),
+            edits in prop::collection::vec(edit(), 0..6),
+        ) {
+            let old = pseudo_random(len, seed);
+            let mut new = old.clone();
+            for e in &edits {
+                apply(&mut new, e);
+            }
+            let sig = Signature::of_reader(&old[..], old.len() as u64).unwrap();
+            let followed = steps(|emit| make_recipe(&new[..], Some(new.len() as u64), Some(&sig), emit));
+            let cut = steps(|emit| cut_recipe(&new, &sig, emit));
+            prop_assert_eq!(followed, cut);
         }
     }
 

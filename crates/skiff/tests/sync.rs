@@ -610,6 +610,35 @@ fn many_changed_files_each_get_their_own_delta_both_ways() {
     assert_eq!(num(&again, "files_changed"), 0, "{again}");
 }
 
+/// A large file's first copy leaves its signature in the server's cache
+/// (cut from the bytes as they arrived, SYNC.md "The receiver's signature
+/// cache"), and the first delta against it sends only what changed and
+/// rebuilds the file exactly.
+#[test]
+fn a_first_copy_leaves_its_signature_in_the_cache() {
+    let server = TestServer::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let size = 24usize << 20;
+    let mut data = random_bytes(size, 31);
+    fs::write(src.join("big"), &data).unwrap();
+    let r = sync_json(&server, &[p(&src), &remote("d")]);
+    assert_eq!(num(&r, "failed"), 0, "{r}");
+    let cache = server.staging_dir().with_file_name("sigcache");
+    let md = fs::metadata(server.root.join("d/big")).unwrap();
+    let entry = cache.join(format!("{:x}-{:x}.sig", md.dev(), md.ino()));
+    assert!(entry.exists(), "{:?}", names(&cache));
+
+    data[5 << 20..(5 << 20) + 50_000].copy_from_slice(&random_bytes(50_000, 32));
+    data.splice(17 << 20..17 << 20, random_bytes(30_000, 33));
+    fs::write(src.join("big"), &data).unwrap();
+    let r = sync_json(&server, &[p(&src), &remote("d")]);
+    assert_eq!(num(&r, "failed"), 0, "{r}");
+    assert_eq!(fs::read(server.root.join("d/big")).unwrap(), data);
+    assert!(num(&r, "literal_bytes") < size as u64 / 20, "{r}");
+}
+
 /// The server keeps the signature of a large file it committed
 /// (`STATE_DIR/sigcache`, SYNC.md "The receiver's signature cache"), and
 /// a file changed behind the cache's back, with its size and mtime put

@@ -19,6 +19,7 @@ use skiff_sync::{AssembleError, Assembler, ChunkParams, Derive, FileOutput, Hash
 use skiff_wire::{ErrorCode, ErrorMsg};
 
 use super::sigcache::{SigCache, Stamp, CACHE_MIN};
+use super::signer::Signer;
 use crate::transfer::commit::{self, CommitError, Destination, Observed};
 use crate::transfer::staging::{self, create_unique, StageKey, Staged, StagingArea};
 use crate::transfer::tree_recv::Parent;
@@ -333,6 +334,8 @@ pub struct Incoming {
     old_stamp: Option<Stamp>,
     /// The new file's signature, worked out from the steps.
     derive: Option<Derive>,
+    /// Or, for a file with no old copy, cut from its bytes as they come.
+    signer: Option<Signer>,
     sigcache: Option<Arc<SigCache>>,
 }
 
@@ -400,6 +403,7 @@ impl Incoming {
             asm: Some(Assembler::new(old, FileOutput::new(out), size)),
             old_stamp,
             derive: None,
+            signer: None,
             sigcache: None,
         })
     }
@@ -407,14 +411,21 @@ impl Incoming {
     /// Keeps the signature cache up to date for this file: `basis` is the
     /// signature the sender was given for the old copy, from which the new
     /// file's is derived (`skiff_sync::derive`) for the cache once it is
-    /// committed; a failed check drops the old copy's entry.
+    /// committed; a failed check drops the old copy's entry. A large file
+    /// with no old copy (`size` bytes announced) is cut as it arrives
+    /// ([`Signer`]), so its first copy leaves an entry too.
     pub fn with_cache(
         mut self,
         basis: Option<Arc<Signature>>,
         cache: Option<Arc<SigCache>>,
+        size: u64,
     ) -> Incoming {
         if cache.is_some() {
+            let first_copy = self.old_stamp.is_none();
             self.derive = basis.map(Derive::new);
+            if self.derive.is_none() && first_copy && size >= CACHE_MIN {
+                self.signer = Signer::start(size);
+            }
             self.sigcache = cache;
         }
         self
@@ -435,6 +446,11 @@ impl Incoming {
                 Step::Copy { offset, len } => d.copy(*offset, *len),
                 Step::Literal(data) => d.literal(data),
             }
+        }
+        match (&step, &mut self.signer) {
+            (Step::Literal(data), Some(s)) => s.feed(data),
+            (Step::Copy { .. }, Some(_)) => self.signer = None,
+            _ => {}
         }
         match step {
             Step::Copy { offset, len } => self.asm()?.copy(offset, len),
@@ -478,12 +494,12 @@ impl Incoming {
             }
         };
         durable::start_writeback(staged.file(), 0, len);
-        let signature = self
-            .derive
-            .take()
-            .filter(|_| len >= CACHE_MIN)
-            .and_then(|d| d.finish(len))
-            .filter(|s| s.params == ChunkParams::for_size(len));
+        let signature = match (self.derive.take(), self.signer.take()) {
+            (Some(d), _) => d.finish(len),
+            (None, Some(s)) => s.finish().filter(|s| s.size == len),
+            (None, None) => None,
+        }
+        .filter(|s| len >= CACHE_MIN && s.params == ChunkParams::for_size(len));
         Ok(Verified {
             signature,
             path,

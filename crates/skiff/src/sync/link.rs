@@ -153,22 +153,6 @@ impl<P> Inbox<P> {
         handle.block_on(self.recv())
     }
 
-    /// The next message if one arrives within `limit` (shorter than the
-    /// peer timeout), from a blocking thread; `None` when none did.
-    pub fn recv_within_blocking(
-        &mut self,
-        limit: std::time::Duration,
-    ) -> Result<Option<P>, SyncError> {
-        let handle = self.handle.clone();
-        handle.block_on(async {
-            match tokio::time::timeout(limit, self.rx.recv()).await {
-                Err(_) => Ok(None),
-                Ok(None) => Err(closed()),
-                Ok(Some(m)) => Ok(Some(m)),
-            }
-        })
-    }
-
     /// A message that has already arrived, if any.
     pub fn try_recv(&mut self) -> Option<P> {
         self.rx.try_recv().ok()

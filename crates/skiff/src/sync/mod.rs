@@ -20,6 +20,7 @@ pub mod link;
 pub mod receiver;
 pub mod sender;
 pub mod sigcache;
+pub mod signer;
 
 use std::sync::Arc;
 use std::time::Duration;

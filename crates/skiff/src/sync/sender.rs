@@ -8,9 +8,9 @@
 //! Changed files do not cost a round trip each: the differences wait in a
 //! short queue ([`QUEUE_CAP`]) in merge order, the signature of every
 //! changed file in it is asked for as it enters ([`SIGS_AHEAD`] at most in
-//! flight), and a file at the head whose signature has not arrived yet is
-//! cut and hashed meanwhile (`skiff_sync::prepare`), so the sender's
-//! chunking overlaps the receiver's.
+//! flight). A file at the head waits for its signature; its recipe then
+//! follows the old copy's chunks where they are unchanged, hashing them on
+//! all cores, and cuts only around the edits (`skiff_sync::make_recipe`).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -23,8 +23,8 @@ use cap_fs_ext::{FollowSymlinks, OpenOptionsFollowExt};
 use cap_std::fs::{Dir, MetadataExt, OpenOptions};
 use skiff_sync::compress::{Compressor, DEFAULT_LEVEL};
 use skiff_sync::{
-    make_recipe, recipe_of_prepared, Action, ChunkParams, Entry, Hash, Kind, Merge, MergeOptions,
-    Piece, Prepared, RuleStack, Signature, Walked, Walker,
+    make_recipe, Action, ChunkParams, Entry, Hash, Kind, Merge, MergeOptions, Piece, RuleStack,
+    Signature, Walked, Walker,
 };
 use skiff_wire::message::sync::{
     NoteKind, SyncCopy, SyncData, SyncDelete, SyncEnd, SyncFile, SyncFinish, SyncList, SyncMeta,
@@ -56,18 +56,6 @@ const CORK_MAX: u64 = 64 * 1024;
 /// Differences held back behind a changed file whose signature is on its
 /// way (they must reach the receiver in merge order).
 const QUEUE_CAP: usize = 64;
-
-/// A changed file at least this large is cut and hashed while its
-/// signature is awaited; a smaller one is cut after (in less time than a
-/// round trip, and without reading its literal chunks twice).
-const PREPARE_MIN: u64 = 1 << 20;
-
-/// How long the sender waits for a large file's signature before it cuts
-/// the file ahead of it: about a loopback or LAN round trip, in which a
-/// receiver that has the signature cached (`sync::sigcache`) answers.
-/// Then the recipe streams as the file is cut, so the receiver assembles
-/// while the sender reads, instead of getting every step at the end.
-const SIG_GRACE: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Runs the sending role from the tree `src` until the receiver's summary
 /// arrives, and returns it.
@@ -184,27 +172,6 @@ impl Inbound {
             let m = self.inbox.recv_blocking()?;
             self.file(m)?;
         }
-    }
-
-    /// Files what arrives within `limit`, until `done` says enough.
-    fn wait_briefly(
-        &mut self,
-        limit: std::time::Duration,
-        done: impl Fn(&Self) -> bool,
-    ) -> Result<(), SyncError> {
-        let until = std::time::Instant::now() + limit;
-        while !done(self) {
-            let left = until.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            self.out.flush_blocking()?;
-            match self.inbox.recv_within_blocking(left)? {
-                Some(m) => self.file(m)?,
-                None => break,
-            }
-        }
-        Ok(())
     }
 
     /// Files what has already arrived (failure notices), without waiting.
@@ -667,28 +634,13 @@ impl Sender<'_> {
         old: Option<u64>,
     ) -> Result<(), FileError> {
         let opened = self.open_source(&e.path);
-        let large = matches!(&opened, Ok((_, md)) if md.len() >= PREPARE_MIN);
-        if old.is_some() && large {
-            self.inbound
-                .borrow_mut()
-                .wait_briefly(SIG_GRACE, |i| !i.sigs.is_empty())?;
-        }
-        let waiting = old.is_some() && self.inbound.borrow().sigs.is_empty();
         let started = std::time::Instant::now();
-        let prepared = match (&opened, old) {
-            (Ok((f, md)), Some(old_size)) if waiting && md.len() >= PREPARE_MIN => {
-                prepare_file(f, md.len(), old_size)
-            }
-            _ => Ok(None),
-        };
-        let prepare_ms = started.elapsed().as_millis() as u64;
         let sig = match old {
             Some(_) => self.signature()?,
             None => None,
         };
         let sig_ms = started.elapsed().as_millis() as u64;
         let (file, md) = opened.map_err(FileError::Source)?;
-        let prepared = prepared.map_err(FileError::Source)?;
         let size = md.len();
         let head = SyncFile {
             path: e.path.clone(),
@@ -761,18 +713,12 @@ impl Sender<'_> {
                 io
             })
         };
-        let r = match (&prepared, &sig) {
-            (Some(p), Some(sig)) if p.fits(sig) && p.size == size && !sig.chunks.is_empty() => {
-                recipe_of_prepared(&file, p, sig, &mut emit)
-            }
-            _ => (&file).seek(SeekFrom::Start(0)).and_then(|_| {
-                let reader = BufReader::with_capacity(1 << 20, &file).take(size);
-                make_recipe(reader, Some(size), sig.as_ref(), &mut emit)
-            }),
-        };
+        let r = (&file).seek(SeekFrom::Start(0)).and_then(|_| {
+            let reader = BufReader::with_capacity(1 << 20, &file).take(size);
+            make_recipe(reader, Some(size), sig.as_ref(), &mut emit)
+        });
         tracing::debug!(
             path = %e.path,
-            prepare_ms,
             sig_ms,
             recipe_ms = started.elapsed().as_millis() as u64,
             "sent"
@@ -805,16 +751,4 @@ impl Sender<'_> {
             Err(err) => Err(FileError::Source(err)),
         }
     }
-}
-
-/// Cuts and hashes a changed file of `size` bytes with the parameters the
-/// receiver will pick for its old copy of `old_size` bytes, while the
-/// signature is on its way; `None` when the chunk list would be too
-/// large to hold ([`skiff_sync::recipe::PREPARE_MAX_CHUNKS`]).
-fn prepare_file(f: &std::fs::File, size: u64, old_size: u64) -> io::Result<Option<Prepared>> {
-    let params = ChunkParams::for_size(old_size);
-    if size / u64::from(params.min.max(1)) > skiff_sync::recipe::PREPARE_MAX_CHUNKS {
-        return Ok(None);
-    }
-    skiff_sync::prepare(f.take(size), params, Some(size)).map(Some)
 }
