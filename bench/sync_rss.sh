@@ -134,6 +134,7 @@ run_skiff() {
     local server; server=$(hwm_kib "$pid")
     kill "$pid"; wait "$pid" 2>/dev/null || true
     wait "$s1" "$s2" 2>/dev/null || true
+    log "$label, $what: client $(mib "$client") MiB, server $(mib "$server") MiB"
     ROWS+=("| $label | $what | $(python3 -c "print(round($t1-$t0,2))") s | $(mib "$client") MiB ($(split "$BASE/client.split")) | $(mib "$server") MiB ($(split "$BASE/server.split")) |")
 }
 
@@ -182,6 +183,8 @@ if [ -n "$BEFORE" ]; then
     log "--before: no change"; run_skiff "$BEFORE" "skiff --before" "no change, $NFILES files"
 fi
 if [ "$RSYNC" = 1 ]; then
+    # tmpfs has a limit on inodes: a third copy of a large tree may not fit.
+    rm -rf "$BASE/skiff"
     log "rsync: first copy"; run_rsync "first copy, $NFILES empty files"
     log "rsync: no change"; run_rsync "no change, $NFILES files"
 fi
