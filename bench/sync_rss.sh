@@ -32,7 +32,7 @@ while [ $# -gt 0 ]; do
         --no-build) BUILD=0 ;;
         --before) BEFORE="$2"; shift ;;
         --no-rsync) RSYNC=0 ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         *) echo "sync_rss.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
