@@ -43,7 +43,7 @@ impl CopyRun {
     /// first when this one does not continue it.
     pub(crate) fn add<F>(&mut self, offset: u64, len: u64, emit: &mut F) -> io::Result<()>
     where
-        F: FnMut(Piece<'_>) -> io::Result<()>,
+        F: FnMut(Piece<'_>) -> io::Result<()> + ?Sized,
     {
         match &mut self.0 {
             Some((o, l)) if *o + *l == offset && *l < COPY_RUN_MAX => *l += len,
@@ -60,7 +60,7 @@ impl CopyRun {
     /// Emits the pending run, if any.
     pub(crate) fn flush<F>(&mut self, emit: &mut F) -> io::Result<()>
     where
-        F: FnMut(Piece<'_>) -> io::Result<()>,
+        F: FnMut(Piece<'_>) -> io::Result<()> + ?Sized,
     {
         match self.0.take() {
             Some((offset, len)) => emit(Piece::Copy { offset, len }),
@@ -72,7 +72,7 @@ impl CopyRun {
 /// Streams the recipe of `new` against `old` (the receiver's signature of
 /// its old copy; `None` when it has none) into `emit`, reading `new` once:
 /// where the old chunks are unchanged it follows them, hashing only, and
-/// it cuts around the edits ([`crate::follow`]). Returns the BLAKE3 and
+/// it cuts around the edits (the `follow` module). Returns the BLAKE3 and
 /// length of `new` as read, which the receiver checks after assembly.
 pub fn make_recipe<R, F>(
     new: R,
@@ -130,6 +130,7 @@ where
 mod tests {
     use super::*;
     use crate::assemble::{AssembleError, Assembler};
+    use crate::params::ChunkParams;
     use crate::testdata::pseudo_random;
     use proptest::prelude::*;
 
