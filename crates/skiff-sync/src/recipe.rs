@@ -378,6 +378,16 @@ mod tests {
         assert!(literal < 200_000, "{literal}");
     }
 
+    /// Random old content of `len` bytes and a copy with `edits` applied.
+    fn edited(len: usize, seed: u64, edits: &[Edit]) -> (Vec<u8>, Vec<u8>) {
+        let old = pseudo_random(len, seed);
+        let mut new = old.clone();
+        for e in edits {
+            apply(&mut new, e);
+        }
+        (old, new)
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
         /// Following the old chunks gives, step for step, the recipe of
@@ -389,11 +399,7 @@ mod tests {
             seed in any::<u64>(),
             edits in prop::collection::vec(edit(), 0..6),
         ) {
-            let old = pseudo_random(len, seed);
-            let mut new = old.clone();
-            for e in &edits {
-                apply(&mut new, e);
-            }
+            let (old, new) = edited(len, seed, &edits);
             let sig = Signature::of_reader(&old[..], old.len() as u64).unwrap();
             let followed = steps(|emit| make_recipe(&new[..], Some(new.len() as u64), Some(&sig), emit));
             let cut = steps(|emit| cut_recipe(&new, &sig, emit));
@@ -409,11 +415,7 @@ mod tests {
             seed in any::<u64>(),
             edits in prop::collection::vec(edit(), 0..6),
         ) {
-            let old = pseudo_random(len, seed);
-            let mut new = old.clone();
-            for e in &edits {
-                apply(&mut new, e);
-            }
+            let (old, new) = edited(len, seed, &edits);
             let (out, literal) = round_trip(&old, &new);
             prop_assert_eq!(&out, &new);
             prop_assert!(literal <= new.len() as u64);
