@@ -70,11 +70,13 @@ impl<'a> Old<'a> {
     }
 
     /// Whether old chunk `i` was cut with a whole maximum chunk after its
-    /// start (not in the old file's tail, where FastCDC cuts differently).
+    /// start (not in the old file's tail, where FastCDC cuts differently)
+    /// and is a length FastCDC can cut (a signature comes from the peer:
+    /// one that lies about a length is not followed there).
     fn followable(&self, i: usize, max: u32) -> bool {
         self.chunks
             .get(i)
-            .is_some_and(|c| self.size - c.offset >= u64::from(max))
+            .is_some_and(|c| (1..=max).contains(&c.len) && self.size - c.offset >= u64::from(max))
     }
 }
 
@@ -337,6 +339,25 @@ mod tests {
             cut <= 4 * (100_000 + 16 * max),
             "cut {cut} around 4 rewrites"
         );
+    }
+
+    /// A signature that lies (chunks longer than the parameters allow,
+    /// empty ones, lengths that do not add up) is not followed where it
+    /// lies: the recipe is still made, with the right whole-file digest,
+    /// and nothing reads past the data.
+    #[test]
+    fn a_lying_signature_is_not_followed() {
+        let old = pseudo_random(8 << 20, 3);
+        let mut sig = Signature::of_reader(&old[..], old.len() as u64).unwrap();
+        let max = sig.params.max;
+        sig.chunks[2].0 = max * 3;
+        sig.chunks.insert(5, (0, Hash::of(b"")));
+        sig.chunks[9].0 = u32::MAX;
+        for new in [&old[..], &old[..1 << 20]] {
+            let (hash, n) =
+                make_recipe(new, Some(new.len() as u64), Some(&sig), |_| Ok(())).unwrap();
+            assert_eq!((hash, n), (Hash::of(new), new.len() as u64));
+        }
     }
 
     /// A file that shares nothing with the old one is cut whole, and a
