@@ -519,6 +519,11 @@ impl<O: ReadAt, W: Output + Send> Assembler<O, W> {
         self.written
     }
 
+    /// The size the new file was announced with.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
     /// After a kernel copy (the output holds everything written): hands
     /// the digest to the read-back thread, or tells it how far to go.
     fn behind(&mut self) {

@@ -215,17 +215,10 @@ impl<R: Read> Chunker<R> {
         self.buf.copy_within(self.start..self.filled, 0);
         self.filled -= self.start;
         self.start = 0;
-        while self.filled < self.buf.len() {
-            match self.reader.read(&mut self.buf[self.filled..]) {
-                Ok(0) => {
-                    self.eof = true;
-                    break;
-                }
-                Ok(n) => self.filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        let want = self.buf.len() - self.filled;
+        let n = read_full(&mut self.reader, &mut self.buf[self.filled..])?;
+        self.filled += n;
+        self.eof = n < want;
         Ok(())
     }
 
@@ -289,6 +282,20 @@ impl<R: Read> Chunker<R> {
             data: &self.buf[self.start - total..self.start],
         }
     }
+}
+
+/// Reads into all of `buf`; fewer bytes only at the end of the stream.
+pub(crate) fn read_full<R: Read>(reader: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 /// What the receiver knows of its old copy of a file: enough for the sender

@@ -32,7 +32,7 @@ use std::io::{self, Read};
 
 use rayon::prelude::*;
 
-use crate::chunker::{Chunk, Masks, Signature, Window, STEP};
+use crate::chunker::{read_full, Chunk, Masks, Signature, Window, STEP};
 use crate::hash::Hash;
 use crate::params::ChunkParams;
 use crate::recipe::{CopyRun, Piece};
@@ -138,17 +138,9 @@ where
             start -= digested;
             base += digested as u64;
             digested = 0;
-            while filled < buf.len() {
-                match new.read(&mut buf[filled..]) {
-                    Ok(0) => {
-                        eof = true;
-                        break;
-                    }
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-            }
+            let n = read_full(&mut new, &mut buf[filled..])?;
+            eof = n < buf.len() - filled;
+            filled += n;
         }
         if start == filled && eof {
             break;

@@ -4,7 +4,7 @@
 
 use std::io::{self, Read};
 
-use crate::chunker::Signature;
+use crate::chunker::{read_full, Signature};
 use crate::hash::Hash;
 
 /// Literal pieces of a file the receiver has no copy of are cut at this
@@ -101,15 +101,7 @@ where
     let mut hasher = blake3::Hasher::new();
     let mut total = 0u64;
     loop {
-        let mut filled = 0;
-        while filled < buf.len() {
-            match new.read(&mut buf[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        let filled = read_full(&mut new, &mut buf)?;
         if filled == 0 {
             return Ok((hasher.finalize().into(), total));
         }

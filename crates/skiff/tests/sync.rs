@@ -613,7 +613,7 @@ fn many_changed_files_each_get_their_own_delta_both_ways() {
 /// A large file's first copy leaves its signature in the server's cache
 /// (cut from the bytes as they arrived, SYNC.md "The receiver's signature
 /// cache"), and the first delta against it sends only what changed and
-/// rebuilds the file exactly.
+/// rebuilds the file exactly; one killed half way leaves nothing.
 #[test]
 fn a_first_copy_leaves_its_signature_in_the_cache() {
     let server = TestServer::start(&[]);
@@ -623,9 +623,35 @@ fn a_first_copy_leaves_its_signature_in_the_cache() {
     let size = 24usize << 20;
     let mut data = random_bytes(size, 31);
     fs::write(src.join("big"), &data).unwrap();
+    // A first copy killed half way (its signature being cut) leaves no
+    // file, no staged file and no cache entry, and the server goes on.
+    let port = server.url().rsplit(':').next().unwrap().to_string();
+    let mut child = server
+        .client()
+        .env("SKIFF_TEST_CHUNK_DELAY_MS", "50")
+        .args(["sync", "-p", &port, p(&src), &remote("d")])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!server.root.join("d/big").exists());
+    // The server notices the closed connection and removes its staged
+    // file within moments.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !server.staged_files().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        server.staged_files().is_empty(),
+        "{:?}",
+        server.staged_files()
+    );
+    let cache = server.staging_dir().with_file_name("sigcache");
+    assert!(names(&cache).is_empty(), "{:?}", names(&cache));
+
     let r = sync_json(&server, &[p(&src), &remote("d")]);
     assert_eq!(num(&r, "failed"), 0, "{r}");
-    let cache = server.staging_dir().with_file_name("sigcache");
     let md = fs::metadata(server.root.join("d/big")).unwrap();
     let entry = cache.join(format!("{:x}-{:x}.sig", md.dev(), md.ino()));
     assert!(entry.exists(), "{:?}", names(&cache));

@@ -412,18 +412,17 @@ impl Incoming {
     /// signature the sender was given for the old copy, from which the new
     /// file's is derived (`skiff_sync::derive`) for the cache once it is
     /// committed; a failed check drops the old copy's entry. A large file
-    /// with no old copy (`size` bytes announced) is cut as it arrives
-    /// ([`Signer`]), so its first copy leaves an entry too.
+    /// with no old copy is cut as it arrives ([`Signer`]), so its first
+    /// copy leaves an entry too.
     pub fn with_cache(
         mut self,
         basis: Option<Arc<Signature>>,
         cache: Option<Arc<SigCache>>,
-        size: u64,
     ) -> Incoming {
         if cache.is_some() {
-            let first_copy = self.old_stamp.is_none();
+            let size = self.asm.as_ref().map_or(0, |a| a.size());
             self.derive = basis.map(Derive::new);
-            if self.derive.is_none() && first_copy && size >= CACHE_MIN {
+            if self.derive.is_none() && self.old_stamp.is_none() && size >= CACHE_MIN {
                 self.signer = Signer::start(size);
             }
             self.sigcache = cache;

@@ -808,7 +808,7 @@ impl FileJob {
             let r = (|| -> Result<Verified, ErrorMsg> {
                 let root = root.map_err(|e| ErrorMsg::new(ErrorCode::Internal, e.to_string()))?;
                 let mut inc = Incoming::start(&root, &stager, &path, m.update, m.size)?
-                    .with_cache(basis, cache, m.size);
+                    .with_cache(basis, cache);
                 while let Some(msg) = rx.blocking_recv() {
                     match msg {
                         Msg::Step(s) => inc.step(s)?,
