@@ -316,13 +316,7 @@ fn a_killed_sync_leaves_old_or_new_files_and_completes_on_rerun() {
     for i in 0..4 {
         make_file(&src.join(format!("f{i}")), 4 << 20, i);
     }
-    let port = server.url().rsplit(':').next().unwrap().to_string();
-    let mut child = server
-        .client()
-        .env("SKIFF_TEST_CHUNK_DELAY_MS", "100")
-        .args(["sync", "-p", &port, p(&src), &remote("k")])
-        .spawn()
-        .unwrap();
+    let mut child = spawn_sync(&server, 100, p(&src), &remote("k"));
     std::thread::sleep(Duration::from_millis(600));
     child.kill().unwrap();
     child.wait().unwrap();
@@ -479,13 +473,7 @@ fn small_files_are_committed_in_batches_and_a_killed_sender_leaves_only_whole_fi
     assert_same_tree(&src, &back);
 
     // Killed halfway through a push of 330 new files.
-    let port = server.url().rsplit(':').next().unwrap().to_string();
-    let mut child = server
-        .client()
-        .env("SKIFF_TEST_CHUNK_DELAY_MS", "6")
-        .args(["sync", "-p", &port, p(&src), &remote("k")])
-        .spawn()
-        .unwrap();
+    let mut child = spawn_sync(&server, 6, p(&src), &remote("k"));
     std::thread::sleep(Duration::from_millis(1200));
     child.kill().unwrap();
     child.wait().unwrap();
@@ -625,13 +613,7 @@ fn a_first_copy_leaves_its_signature_in_the_cache() {
     fs::write(src.join("big"), &data).unwrap();
     // A first copy killed half way (its signature being cut) leaves no
     // file, no staged file and no cache entry, and the server goes on.
-    let port = server.url().rsplit(':').next().unwrap().to_string();
-    let mut child = server
-        .client()
-        .env("SKIFF_TEST_CHUNK_DELAY_MS", "50")
-        .args(["sync", "-p", &port, p(&src), &remote("d")])
-        .spawn()
-        .unwrap();
+    let mut child = spawn_sync(&server, 50, p(&src), &remote("d"));
     std::thread::sleep(Duration::from_millis(400));
     child.kill().unwrap();
     child.wait().unwrap();
