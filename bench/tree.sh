@@ -2,7 +2,7 @@
 # Small files and latency: skiff put -r / get -r beside the rsync daemon
 # and local cp -r, on tmpfs and on disk, and through a delay relay that adds
 # a fixed round-trip time on loopback. Optionally (--bulk) one large file on
-# tmpfs beside the rsync daemon and socat. Prints a Markdown report.
+# tmpfs beside the rsync daemon, socat and scp. Prints a Markdown report.
 #
 #   bench/tree.sh [--files N] [--dirs D] [--size BYTES] [--runs R]
 #                 [--rtt-ms MS] [--bulk MIB] [--bulk-only] [--no-build]
@@ -255,6 +255,29 @@ bulk_rows() {
     local r s=()
     for r in $(seq "$RUNS"); do s+=("$(socat_secs)"); done
     so=$(gbps "$(median "${s[@]}")")
+    # scp to and from a private sshd, the file on the same tmpfs (OpenSSH
+    # defaults: encrypted, as skiff over TLS).
+    local sc_put="" sc_get=""
+    local sshd_bin
+    sshd_bin=$(command -v sshd || echo /usr/sbin/sshd)
+    if command -v scp >/dev/null && [ -x "$sshd_bin" ]; then
+        local ssh_port ssh_dir="$base/ssh"
+        ssh_port=$(free_port)
+        private_sshd_config "$ssh_dir" "$ssh_port"
+        echo "Subsystem sftp internal-sftp" >>"$ssh_dir/sshd_config"
+        "$sshd_bin" -D -e -f "$ssh_dir/sshd_config" 2>"$base/sshd.log" &
+        PIDS+=("$!")
+        for i in $(seq 100); do python3 -c "import socket; socket.create_connection(('127.0.0.1',$ssh_port),0.2)" 2>/dev/null && break; sleep 0.1; done
+        local scp_cmd=(scp -q -F /dev/null -i "$ssh_dir/client_key" -o StrictHostKeyChecking=no
+            -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR -P "$ssh_port")
+        sc_put=$(gbps "$(med_secs "rm -f '$base/big.scp'" "${scp_cmd[@]}" "$big" "127.0.0.1:$base/big.scp")")
+        cmp -s "$big" "$base/big.scp" || log "WARNING: scp put: the copy differs"
+        sc_get=$(gbps "$(med_secs "rm -f '$base/big.scpgot'" "${scp_cmd[@]}" "127.0.0.1:$base/big.scp" "$base/big.scpgot")")
+        cmp -s "$big" "$base/big.scpgot" || log "WARNING: scp get: the copy differs"
+        rm -f "$base/big.scp" "$base/big.scpgot"
+    else
+        log "no scp or sshd: the scp rows are left out"
+    fi
     # The relay is a userspace copy on the same two cores: a run through
     # it with no delay says what the relay itself costs, so that the
     # delayed run can be judged against the same path without the delay.
@@ -263,8 +286,8 @@ bulk_rows() {
     z_put=$(gbps "$(med_secs "rm -f '$base/skiff/root/big.bin'" "${sk[@]}" put "tcp://127.0.0.1:$RELAY_PORT" "$big" big.bin)")
     start_relay "${SK_URL##*:}"
     d_put=$(gbps "$(med_secs "rm -f '$base/skiff/root/big.bin'" "${sk[@]}" put "tcp://127.0.0.1:$RELAY_PORT" "$big" big.bin)")
-    BULK_REPORT+=("skiff put|$p_put|$(ratio "$p_put" "$r_put")|$(ratio "$p_put" "$so")")
-    BULK_REPORT+=("skiff get|$p_get|$(ratio "$p_get" "$r_get")|$(ratio "$p_get" "$so")")
+    BULK_REPORT+=("skiff put|$p_put|$(ratio "$p_put" "$r_put")|$(ratio "$p_put" "$so")|${sc_put:+$(ratio "$p_put" "$sc_put")}")
+    BULK_REPORT+=("skiff get|$p_get|$(ratio "$p_get" "$r_get")|$(ratio "$p_get" "$so")|${sc_get:+$(ratio "$p_get" "$sc_get")}")
     # Without TLS, as the rsync daemon and socat run: a second server on
     # the same root and users, listening on tcp+plain:// and unix://.
     local pl_out="$base/skiff/plain.out" pl_url pl_sock="$base/skiff/plain.sock" u x_put x_get
@@ -287,6 +310,7 @@ bulk_rows() {
     BULK_REPORT+=("rsync daemon put|$r_put||")
     BULK_REPORT+=("rsync daemon get|$r_get||")
     BULK_REPORT+=("socat raw TCP -> tmpfs file|$so||")
+    [ -z "$sc_put" ] || BULK_REPORT+=("scp put|$sc_put||" "scp get|$sc_get||")
     BULK_REPORT+=("skiff put, through the relay at 0 ms|$z_put|$(ratio "$z_put" "$p_put") of direct|")
     BULK_REPORT+=("skiff put, +$RTT ms RTT|$d_put|$(ratio "$d_put" "$p_put") of no delay, $(ratio "$d_put" "$z_put") of the relay at 0 ms|")
     # One file over several connections (put --streams N), without and
@@ -322,9 +346,12 @@ bulk_rows() {
         echo
         echo "### One $BULK MiB file on tmpfs"
         echo
-        echo "| what | GB/s | vs rsync daemon | vs socat |"
-        echo "| --- | --- | --- | --- |"
-        for r in "${BULK_REPORT[@]}"; do echo "| ${r//|/ | } |"; done
+        echo "| what | GB/s | vs rsync daemon | vs socat | vs scp |"
+        echo "| --- | --- | --- | --- | --- |"
+        for r in "${BULK_REPORT[@]}"; do
+            while [ "$(tr -dc '|' <<<"$r" | wc -c)" -lt 4 ]; do r+="|"; done
+            echo "| ${r//|/ | } |"
+        done
     fi
 } >"$OUT"
 log "done"

@@ -241,7 +241,7 @@ where
         }
     }
     copies.flush(&mut emit)?;
-    digest(&mut whole, &buf[digested..start]);
+    crate::hash::update(&mut whole, &buf[digested..start]);
     Ok((whole.finalize().into(), base + start as u64))
 }
 
@@ -256,22 +256,14 @@ fn hash_spans(
     let one = |&(s, n): &(usize, usize)| Hash::of(&buf[s..s + n]);
     let total: usize = spans.iter().map(|s| s.1).sum();
     if total + undigested.len() < PARALLEL_MIN {
-        digest(whole, &buf[undigested]);
+        crate::hash::update(whole, &buf[undigested]);
         return spans.iter().map(one).collect();
     }
     let (hashes, ()) = rayon::join(
         || spans.par_iter().map(one).collect(),
-        || digest(whole, &buf[undigested]),
+        || crate::hash::update(whole, &buf[undigested]),
     );
     hashes
-}
-
-fn digest(whole: &mut blake3::Hasher, data: &[u8]) {
-    if data.len() >= PARALLEL_MIN {
-        whole.update_rayon(data);
-    } else {
-        whole.update(data);
-    }
 }
 
 #[cfg(test)]

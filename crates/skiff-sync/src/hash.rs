@@ -22,6 +22,19 @@ impl Hash {
     }
 }
 
+/// Data at least this large is hashed across cores (below it, handing the
+/// work to other threads costs more than it saves).
+const PARALLEL_MIN: usize = 128 * 1024;
+
+/// Adds `data` to a running digest, on all cores when it is large.
+pub(crate) fn update(hasher: &mut blake3::Hasher, data: &[u8]) {
+    if data.len() >= PARALLEL_MIN {
+        hasher.update_rayon(data);
+    } else {
+        hasher.update(data);
+    }
+}
+
 impl From<blake3::Hash> for Hash {
     fn from(h: blake3::Hash) -> Self {
         Hash(*h.as_bytes())

@@ -50,11 +50,7 @@ pub fn hash_reader<R: Read>(mut reader: R) -> io::Result<(Hash, u64)> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        if n >= 128 * 1024 {
-            hasher.update_rayon(&buf[..n]);
-        } else {
-            hasher.update(&buf[..n]);
-        }
+        crate::hash::update(&mut hasher, &buf[..n]);
         total += n as u64;
     }
     Ok((hasher.finalize().into(), total))

@@ -105,11 +105,7 @@ where
         if filled == 0 {
             return Ok((hasher.finalize().into(), total));
         }
-        if filled >= 128 * 1024 {
-            hasher.update_rayon(&buf[..filled]);
-        } else {
-            hasher.update(&buf[..filled]);
-        }
+        crate::hash::update(&mut hasher, &buf[..filled]);
         total += filled as u64;
         emit(Piece::Literal(&buf[..filled]))?;
         if filled < buf.len() {
