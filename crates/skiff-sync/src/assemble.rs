@@ -230,7 +230,11 @@ impl<O: ReadAt + Sync, W: Output + Send> Assembler<O, W> {
                 return Ok(0);
             }
             buf.resize(OUT_BUFFER, 0);
-            match read_full(&|b: &mut [u8], o| old.read_at(b, o), &mut buf[..want(at)], at)? {
+            match read_full(
+                &|b: &mut [u8], o| old.read_at(b, o),
+                &mut buf[..want(at)],
+                at,
+            )? {
                 0 => Err(out_of_range()),
                 n => Ok(n),
             }
