@@ -105,20 +105,23 @@ print(s+r)"
 skiff_bytes() { python3 -c "import json,sys; j=json.load(sys.stdin); print(j['bytes_sent']+j['bytes_received'])"; }
 
 # measure FS SCENARIO: runs the three tools on $SRC into their destinations.
+# Every timed run starts with nothing dirty in the page cache (`sync`):
+# skiff makes what it received durable with `syncfs`, which would otherwise
+# also wait for what the tool before it left unwritten.
 measure() {
     local fs="$1" what="$2" t0 t1 out ts tr te bs br be
-    t0=$(now); out=$("$SKIFF" sync --json -p "$SKIFF_PORT" "$SRC" "127.0.0.1:dst" 2>/dev/null); t1=$(now)
+    sync; t0=$(now); out=$("$SKIFF" sync --json -p "$SKIFF_PORT" "$SRC" "127.0.0.1:dst" 2>/dev/null); t1=$(now)
     ts=$(python3 -c "print(round($t1-$t0,3))"); bs=$(skiff_bytes <<<"$out")
-    t0=$(now); out=$(rsync -a --delete --stats "$SRC/" "rsync://127.0.0.1:$RSYNC_PORT/bench/"); t1=$(now)
+    sync; t0=$(now); out=$(rsync -a --delete --stats "$SRC/" "rsync://127.0.0.1:$RSYNC_PORT/bench/"); t1=$(now)
     tr=$(python3 -c "print(round($t1-$t0,3))"); br=$(rsync_bytes <<<"$out")
-    t0=$(now); out=$(rsync -a --delete --stats -e "$RSH" "$SRC/" "127.0.0.1:$ROOT/ssh/"); t1=$(now)
+    sync; t0=$(now); out=$(rsync -a --delete --stats -e "$RSH" "$SRC/" "127.0.0.1:$ROOT/ssh/"); t1=$(now)
     te=$(python3 -c "print(round($t1-$t0,3))"); be=$(rsync_bytes <<<"$out")
     diff -r "$SRC" "$ROOT/skiff/dst" >/dev/null || { echo "skiff's copy differs after: $what" >&2; exit 1; }
     local r1 r2 extra=""
     r1=$(python3 -c "print(f'{$tr/max($ts,1e-6):.2f}x')"); r2=$(python3 -c "print(f'{$te/max($ts,1e-6):.2f}x')")
     if [ -n "$BEFORE" ]; then
         local tb bb
-        t0=$(now); out=$(HOME="$BASE/home-before" "$BEFORE" sync --json -p "$BEFORE_PORT" "$SRC" "127.0.0.1:dst" 2>/dev/null); t1=$(now)
+        sync; t0=$(now); out=$(HOME="$BASE/home-before" "$BEFORE" sync --json -p "$BEFORE_PORT" "$SRC" "127.0.0.1:dst" 2>/dev/null); t1=$(now)
         tb=$(python3 -c "print(round($t1-$t0,3))"); bb=$(skiff_bytes <<<"$out")
         diff -r "$SRC" "$ROOT/before/dst" >/dev/null || { echo "--before's copy differs after: $what" >&2; exit 1; }
         extra=" $tb s | $(python3 -c "print(f'{$tb/max($ts,1e-6):.2f}x')") | $bb |"
@@ -132,13 +135,13 @@ measure() {
 # by skiff and by --before, each to its own server, into a new directory.
 measure_put() {
     local fs="$1" t0 t1 ts extra=""
-    t0=$(now); "$SKIFF" put -r -q -p "$SKIFF_PORT" 127.0.0.1 "$SRC/tree" putr >/dev/null 2>&1; t1=$(now)
+    sync; t0=$(now); "$SKIFF" put -r -q -p "$SKIFF_PORT" 127.0.0.1 "$SRC/tree" putr >/dev/null 2>&1; t1=$(now)
     ts=$(python3 -c "print(round($t1-$t0,3))")
     diff -r "$SRC/tree" "$ROOT/skiff/putr" >/dev/null || { echo "skiff put -r's copy differs" >&2; exit 1; }
     rm -rf "$ROOT/skiff/putr"
     if [ -n "$BEFORE" ]; then
         local tb
-        t0=$(now); HOME="$BASE/home-before" "$BEFORE" put -r -q -p "$BEFORE_PORT" 127.0.0.1 "$SRC/tree" putr >/dev/null 2>&1; t1=$(now)
+        sync; t0=$(now); HOME="$BASE/home-before" "$BEFORE" put -r -q -p "$BEFORE_PORT" 127.0.0.1 "$SRC/tree" putr >/dev/null 2>&1; t1=$(now)
         tb=$(python3 -c "print(round($t1-$t0,3))")
         rm -rf "$ROOT/before/putr"
         extra=" $tb s | $(python3 -c "print(f'{$tb/max($ts,1e-6):.2f}x')") | |"
