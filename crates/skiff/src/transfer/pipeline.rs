@@ -18,7 +18,13 @@ use tokio::task::JoinHandle;
 
 use super::checksum::Checksum;
 use super::chunk_pool::ChunkPool;
+use super::durable;
 use super::{CHUNK, WINDOW};
+
+/// A [`Sink`] hands what it wrote to the device each time this much has
+/// gathered (`sync_file_range`, not waiting), so the disk writes while the
+/// rest arrives and the final fsync finds little left to do.
+const WRITEBACK_STEP: u64 = 8 * 1024 * 1024;
 
 /// Hashes `file[0..len)` (the prefix a resumed transfer already holds), so
 /// the final digest still covers the whole file.
@@ -213,8 +219,9 @@ pub struct SinkDone {
 }
 
 /// Appends chunks to a (partial) file on a blocking thread, hashing the
-/// whole file. Every path through it ends in an fsync, so what a resume
-/// later finds in the partial file was really stored.
+/// whole file and starting its writeback as it goes. Every path through it
+/// ends in an fsync, so what a resume later finds in the partial file was
+/// really stored.
 pub struct Sink {
     tx: Option<mpsc::Sender<Bytes>>,
     task: JoinHandle<io::Result<SinkDone>>,
@@ -230,6 +237,8 @@ impl Sink {
             hash_prefix(&file, offset, &mut sum)?;
             let mut sum = Hashing::new(sum);
             let mut pos = offset;
+            // Written up to here and handed to the device.
+            let mut handed = offset;
             let mut result = Ok(());
             while let Some(chunk) = rx.blocking_recv() {
                 sum.update(&chunk);
@@ -238,6 +247,10 @@ impl Sink {
                     break;
                 }
                 pos += chunk.len() as u64;
+                if pos - handed >= WRITEBACK_STEP {
+                    durable::start_writeback(&file, handed, pos - handed);
+                    handed = pos;
+                }
             }
             drop(rx);
             let digest = sum.finish();
