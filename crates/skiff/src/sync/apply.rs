@@ -330,6 +330,8 @@ pub struct Incoming {
     observed: Observed,
     staged: Option<Staged>,
     asm: Option<Assembler<File, FileOutput>>,
+    /// The staged file handed to the device as it grows.
+    writeback: durable::Writeback,
     /// The old copy's state when it was opened (for the cache).
     old_stamp: Option<Stamp>,
     /// The new file's signature, worked out from the steps.
@@ -401,6 +403,7 @@ impl Incoming {
             observed,
             staged: Some(staged),
             asm: Some(Assembler::new(old, FileOutput::new(out), size)),
+            writeback: durable::Writeback::default(),
             old_stamp,
             derive: None,
             signer: None,
@@ -451,11 +454,17 @@ impl Incoming {
             (Step::Copy { .. }, Some(_)) => self.signer = None,
             _ => {}
         }
+        let asm = self.asm()?;
         match step {
-            Step::Copy { offset, len } => self.asm()?.copy(offset, len),
-            Step::Literal(data) => self.asm()?.literal(&data),
+            Step::Copy { offset, len } => asm.copy(offset, len),
+            Step::Literal(data) => asm.literal(&data),
         }
-        .map_err(|e| assemble_msg(e, &path))
+        .map_err(|e| assemble_msg(e, &path))?;
+        let written = asm.written();
+        if let Some(staged) = &self.staged {
+            self.writeback.wrote(staged.file(), written);
+        }
+        Ok(())
     }
 
     /// Checks size and whole-file BLAKE3 against `expected`, applies mode

@@ -54,6 +54,35 @@ pub fn start_writeback(file: &File, offset: u64, len: u64) {
     let _ = unsafe { libc::sync_file_range(file.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE) };
 }
 
+/// Hands a large file being written to the device as it grows (step 1 of
+/// the module docs), each time [`Writeback::STEP`] more has been written:
+/// the disk then writes while the rest arrives, and the final sync finds
+/// little left to do.
+#[derive(Debug, Default)]
+pub struct Writeback {
+    /// Written up to here and handed to the device.
+    handed: u64,
+}
+
+impl Writeback {
+    /// What gathers before it is handed over.
+    pub const STEP: u64 = 8 * 1024 * 1024;
+
+    /// A file whose first `offset` bytes need no handing over (a resumed
+    /// upload's prefix, already synced).
+    pub fn from(offset: u64) -> Writeback {
+        Writeback { handed: offset }
+    }
+
+    /// The file now holds `end` bytes.
+    pub fn wrote(&mut self, file: &File, end: u64) {
+        if end >= self.handed.saturating_add(Self::STEP) {
+            start_writeback(file, self.handed, end - self.handed);
+            self.handed = end;
+        }
+    }
+}
+
 /// Makes every file's data and metadata durable (step 2 of the module
 /// docs); one result per file, in order. The caller says whether all
 /// `files` are on one file system (`one_fs`): a receiver knows it from

@@ -18,13 +18,8 @@ use tokio::task::JoinHandle;
 
 use super::checksum::Checksum;
 use super::chunk_pool::ChunkPool;
-use super::durable;
+use super::durable::Writeback;
 use super::{CHUNK, WINDOW};
-
-/// A [`Sink`] hands what it wrote to the device each time this much has
-/// gathered (`sync_file_range`, not waiting), so the disk writes while the
-/// rest arrives and the final fsync finds little left to do.
-const WRITEBACK_STEP: u64 = 8 * 1024 * 1024;
 
 /// Hashes `file[0..len)` (the prefix a resumed transfer already holds), so
 /// the final digest still covers the whole file.
@@ -237,8 +232,7 @@ impl Sink {
             hash_prefix(&file, offset, &mut sum)?;
             let mut sum = Hashing::new(sum);
             let mut pos = offset;
-            // Written up to here and handed to the device.
-            let mut handed = offset;
+            let mut writeback = Writeback::from(offset);
             let mut result = Ok(());
             while let Some(chunk) = rx.blocking_recv() {
                 sum.update(&chunk);
@@ -247,10 +241,7 @@ impl Sink {
                     break;
                 }
                 pos += chunk.len() as u64;
-                if pos - handed >= WRITEBACK_STEP {
-                    durable::start_writeback(&file, handed, pos - handed);
-                    handed = pos;
-                }
+                writeback.wrote(&file, pos);
             }
             drop(rx);
             let digest = sum.finish();
