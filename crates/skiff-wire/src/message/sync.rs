@@ -65,6 +65,10 @@ pub struct SyncRoot {
     /// Its mtime.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtime_ns: Option<i64>,
+    /// The receiver takes [`SyncFiles`] batches. Left out when false, so
+    /// a receiver that does not know them is sent files one by one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub files: bool,
 }
 
 /// Sender to receiver: send the next batch of the destination list.

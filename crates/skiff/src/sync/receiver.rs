@@ -182,6 +182,7 @@ impl Role {
                             .saturating_mul(1_000_000_000)
                             .saturating_add(m.mtime_nsec())
                     }),
+                    files: true,
                 },
                 Bytes::new(),
             )

@@ -260,6 +260,7 @@ fn send_tree(
         events.clone(),
     )));
     let dst_root = inbound.borrow_mut().wait(|i| i.root.take())?;
+    let packs = dst_root.files;
     let dst_root = match (dst_root.mode, dst_root.mtime_ns) {
         (Some(mode), Some(mtime_ns)) => Some(Entry {
             mode: mode & MODE_MASK,
@@ -337,6 +338,7 @@ fn send_tree(
         queue: VecDeque::new(),
         asked: 0,
         pack: Pack::default(),
+        packs,
     };
     for action in Merge::new(
         src_iter,
@@ -388,6 +390,8 @@ struct Sender<'a> {
     /// ([`super::pack`]); sent before any other change, so the receiver
     /// sees every change in merge order.
     pack: Pack,
+    /// The receiver takes `sync_files` (it said so in its `sync_root`).
+    packs: bool,
 }
 
 /// A difference waiting its turn.
@@ -726,7 +730,8 @@ impl Sender<'_> {
             update,
             replace,
         };
-        if !update && !self.opts.dry_run && Pack::takes(size) && self.pack_file(&head, &file)? {
+        let packed = self.packs && !update && !self.opts.dry_run && Pack::takes(size);
+        if packed && self.pack_file(&head, &file)? {
             return Ok(());
         }
         // Everything gathered before goes first.
