@@ -713,7 +713,8 @@ fn a_hostile_batch_ends_a_push_with_a_clear_error_and_the_server_goes_on() {
     let own = |v: &[(&str, u64)]| -> Vec<(String, u64)> {
         v.iter().map(|(p, n)| (p.to_string(), *n)).collect()
     };
-    let cases: Vec<(&str, Vec<(String, u64)>, &[u8], &str)> = vec![
+    type Case<'a> = (&'a str, Vec<(String, u64)>, &'a [u8], &'a str);
+    let cases: Vec<Case> = vec![
         (
             "sizes",
             own(&[("a", 2), ("b", 2)]),

@@ -211,7 +211,7 @@ mod tests {
         }
         let mut c = Compressor::new(1).unwrap();
         let (f, raw) = p.take(z.then_some(&mut c)).unwrap().unwrap();
-        assert!(p.is_empty() && p.len() == 0);
+        assert!(p.is_empty() && p.body().is_empty());
         assert_eq!(raw, files.iter().map(|f| f.1.len() as u64).sum::<u64>());
         let head: SyncFiles = f.parse().unwrap();
         (head, f.body().clone())
