@@ -25,6 +25,7 @@ use skiff_wire::message::sync::{SyncBatchFile, SyncFiles};
 use skiff_wire::Frame;
 
 use super::{link, SyncError};
+use crate::transfer::chunk_pool::ChunkPool;
 
 /// A batch is sent before its header would pass this many bytes (frame
 /// headers are limited to 64 KiB, and paths may be long).
@@ -34,11 +35,15 @@ const MAX_HEADER: usize = 48 * 1024;
 const FILE_HEADER: usize = 160;
 
 /// The small files gathered for one `sync_files` frame (sender side).
+/// Bodies are read into buffers recycled once the session has written
+/// them (`transfer::chunk_pool`, as `put -r`'s batches): a fresh 1 MiB
+/// per batch would be faulted in page by page each time.
 #[derive(Default)]
 pub struct Pack {
     files: Vec<SyncBatchFile>,
     body: Vec<u8>,
     header: usize,
+    pool: ChunkPool,
 }
 
 impl Pack {
@@ -71,6 +76,9 @@ impl Pack {
     /// body); [`add`](Self::add) then describes them, or
     /// [`truncate`](Self::truncate) drops them.
     pub fn body(&mut self) -> &mut Vec<u8> {
+        if self.body.capacity() == 0 {
+            self.body = self.pool.buffer(SyncFiles::MAX_BYTES as usize);
+        }
         &mut self.body
     }
 
@@ -101,12 +109,15 @@ impl Pack {
             return Ok(None);
         }
         let files = std::mem::take(&mut self.files);
-        let body = std::mem::take(&mut self.body);
         self.header = 0;
-        let raw = body.len() as u64;
-        let (raw_len, body) = match compressor.and_then(|c| c.compress(&body)) {
-            Some(z) => (u32::try_from(raw).ok(), Bytes::from(z)),
-            None => (None, Bytes::from(body)),
+        let raw = self.body.len() as u64;
+        let (raw_len, body) = match compressor.and_then(|c| c.compress(&self.body)) {
+            Some(z) => {
+                // The plain bytes stay here: the next batch reuses them.
+                self.body.clear();
+                (u32::try_from(raw).ok(), Bytes::from(z))
+            }
+            None => (None, self.pool.lend(std::mem::take(&mut self.body))),
         };
         let head = SyncFiles {
             files,
@@ -245,6 +256,18 @@ mod tests {
         let (f, _) = p.take(Some(&mut c)).unwrap().unwrap();
         assert!(f.parse::<SyncFiles>().unwrap().raw.is_none());
         assert!(Pack::default().take(None).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_sent_batch_lends_its_buffer_to_the_next() {
+        let mut p = Pack::default();
+        p.body().extend_from_slice(b"abc");
+        let at = p.body().as_ptr();
+        p.add(file("a", 3));
+        let (f, _) = p.take(None).unwrap().unwrap();
+        drop(f);
+        assert_eq!(p.body().as_ptr(), at, "the same allocation again");
+        assert!(p.body().is_empty());
     }
 
     #[test]
