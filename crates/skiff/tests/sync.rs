@@ -868,3 +868,53 @@ fn a_file_created_at_the_destination_during_a_sync_is_not_replaced() {
         assert!(srv.staged_files().is_empty(), "{:?}", srv.staged_files());
     }
 }
+
+/// Small new files travel many to a `sync_files` frame: with `-z` a
+/// batch of compressible and random files arrives byte for byte, is
+/// counted as before (every file sent, literal bytes their sizes), and
+/// only the compressible part shrinks on the wire; without `-z` the wire
+/// carries the literal bytes as they are. Both directions.
+#[test]
+fn a_compressed_batch_of_small_files_arrives_whole_both_ways() {
+    let server = TestServer::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    fs::create_dir_all(src.join("text")).unwrap();
+    fs::create_dir_all(src.join("random")).unwrap();
+    let line = b"the same line of text, again and again, compresses well\n";
+    let mut text_bytes = 0u64;
+    let mut random_bytes = 0u64;
+    for i in 0..300u64 {
+        let t = line.repeat(20 + i as usize % 50);
+        text_bytes += t.len() as u64;
+        fs::write(src.join(format!("text/t{i:03}")), &t).unwrap();
+        let size = 1000 + i * 37;
+        random_bytes += size;
+        make_file(&src.join(format!("random/r{i:03}")), size, i + 1);
+    }
+    // One empty file and one at the batch's per-file limit.
+    fs::write(src.join("empty"), b"").unwrap();
+    make_file(&src.join("edge"), 256 * 1024, 99);
+    let total = text_bytes + random_bytes + 256 * 1024;
+    let z = sync_json(&server, &["-z", p(&src), &remote("z")]);
+    assert_eq!(num(&z, "failed"), 0, "{z}");
+    assert_eq!(num(&z, "files_sent"), 602, "{z}");
+    assert_eq!(num(&z, "literal_bytes"), total, "{z}");
+    let wire = num(&z, "literal_wire_bytes");
+    assert!(wire < total - text_bytes / 2, "text shrinks: {z}");
+    assert!(wire > random_bytes, "random data does not: {z}");
+    assert_same_tree(&src, &server.root.join("z"));
+    let plain = sync_json(&server, &[p(&src), &remote("plain")]);
+    assert_eq!(num(&plain, "files_sent"), 602, "{plain}");
+    assert_eq!(num(&plain, "literal_wire_bytes"), total, "{plain}");
+    assert_same_tree(&src, &server.root.join("plain"));
+    // The pull direction, compressed.
+    let back = work.path().join("back");
+    let pulled = sync_json(&server, &["-z", &remote("z"), p(&back)]);
+    assert_eq!(num(&pulled, "files_sent"), 602, "{pulled}");
+    assert_eq!(num(&pulled, "literal_bytes"), total, "{pulled}");
+    assert!(num(&pulled, "literal_wire_bytes") < total - text_bytes / 2);
+    assert_same_tree(&src, &back);
+    let again = sync_json(&server, &["-z", p(&src), &remote("z")]);
+    assert_eq!(num(&again, "files_sent"), 0, "{again}");
+}

@@ -21,8 +21,9 @@ use skiff::session::Session;
 use skiff_sync::list::ListEncoder;
 use skiff_sync::{Entry, Kind};
 use skiff_wire::message::sync::{
-    SyncCopy, SyncData, SyncDelete, SyncEnd, SyncFile, SyncFinish, SyncList, SyncMeta, SyncMkdir,
-    SyncMore, SyncReady, SyncRequest, SyncRoot, SyncSig, SyncSigReq, SyncSummary, SyncSymlink,
+    SyncBatchFile, SyncCopy, SyncData, SyncDelete, SyncEnd, SyncFile, SyncFiles, SyncFinish,
+    SyncList, SyncMeta, SyncMkdir, SyncMore, SyncReady, SyncRequest, SyncRoot, SyncSig, SyncSigReq,
+    SyncSummary, SyncSymlink,
 };
 use skiff_wire::Frame;
 
@@ -505,7 +506,7 @@ fn a_hostile_sender_cannot_write_outside_dst_or_commit_unverified_data() {
 /// keeps everything.
 #[test]
 fn a_hostile_sender_breaking_the_protocol_stops_the_pull() {
-    let cases: [(&str, i32, &str, Frame); 4] = [
+    let cases: [(&str, i32, &str, Frame); 6] = [
         (
             "a delete without --delete",
             255,
@@ -541,6 +542,18 @@ fn a_hostile_sender_breaking_the_protocol_stops_the_pull() {
             255,
             "sync_copy",
             frame(&SyncCopy { offset: 0, size: 4 }),
+        ),
+        (
+            "a batch whose sizes do not add up to its body",
+            255,
+            "the body holds 6 bytes",
+            batch_frame(&[("a", 2, b"ab"), ("b", 2, b"cd")], b"abcdef"),
+        ),
+        (
+            "a batch naming one path twice",
+            255,
+            "appears twice",
+            batch_frame(&[("a", 3, b"abc"), ("a", 3, b"def")], b"abcdef"),
         ),
     ];
     for (what, exit, says, bad) in cases {
@@ -582,6 +595,196 @@ fn a_hostile_sender_breaking_the_protocol_stops_the_pull() {
 
 fn frame<M: skiff_wire::Message>(m: &M) -> Frame {
     Frame::from_message(m, bytes::Bytes::new()).unwrap()
+}
+
+/// One file of a `sync_files` batch: `size` announced, `content` hashed.
+fn batch_file(path: &str, size: u64, content: &[u8]) -> SyncBatchFile {
+    SyncBatchFile {
+        path: path.into(),
+        size,
+        mode: 0o644,
+        mtime_ns: 1_600_000_000_000_000_000,
+        hash: blake3::hash(content).to_hex().to_string(),
+        replace: false,
+    }
+}
+
+/// A `sync_files` frame of `files` (path, announced size, hashed
+/// content) with `body`, however little the two agree.
+fn batch_frame(files: &[(&str, u64, &[u8])], body: &'static [u8]) -> Frame {
+    let head = SyncFiles {
+        files: files
+            .iter()
+            .map(|(path, size, content)| batch_file(path, *size, content))
+            .collect(),
+        raw: None,
+    };
+    Frame::from_message(&head, bytes::Bytes::from_static(body)).unwrap()
+}
+
+/// A pull whose small files come in one batch: each is checked on its
+/// own. The honest file is committed; one whose content is not what its
+/// digest says, one with a digest that is not one, one through the
+/// user's link out of DST, one named `..`-wise out of DST, and one whose
+/// name the user already has (sent as new) each fail and are reported
+/// by name, and nothing outside DST changes.
+#[test]
+fn a_hostile_batch_fails_file_by_file_and_commits_only_verified_files() {
+    let l = layout();
+    let evil = Evil::start(move |_req, mut s| async move {
+        let mut notes = Vec::new();
+        read_receiver_list(&mut s, &mut notes).await;
+        let mut bad_hash = batch_file("badhash", 4, b"evil");
+        bad_hash.hash = "not a digest".into();
+        let files = vec![
+            batch_file("good", 4, b"good"),
+            batch_file("wrong", 4, b"good"),
+            bad_hash,
+            batch_file("out/stolen", 4, b"evil"),
+            batch_file("keep2", 4, b"evil"),
+        ];
+        let head = SyncFiles { files, raw: None };
+        s.send(&head, b"goodevilevilevilevil").await.unwrap();
+        let finish = SyncFinish {
+            checked: 5,
+            total_size: 20,
+            source_errors: 0,
+        };
+        s.send(&finish, &[]).await.unwrap();
+        while let Some(f) = next(&mut s, &mut notes).await {
+            if f.op() == "sync_summary" {
+                let sum: SyncSummary = f.parse().unwrap();
+                notes.push(format!(
+                    "summary failed={} sent={} literal={}",
+                    sum.failed, sum.files_sent, sum.literal_bytes
+                ));
+                break;
+            }
+        }
+        notes
+    });
+    let out = evil.sync(&["evil:src", p(&l.dst)]);
+    let notes = evil.notes();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}\n{notes:?}");
+    let failed = |path: &str, code: &str| {
+        let want = format!("failed \"{path}\" \"{code}\"");
+        assert!(notes.contains(&want), "{want} not in {notes:?}");
+    };
+    failed("wrong", "checksum_mismatch");
+    failed("badhash", "bad_frame");
+    for path in ["out/stolen", "keep2"] {
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.starts_with(&format!("failed \"{path}\""))),
+            "{path} not refused: {notes:?}"
+        );
+    }
+    assert!(
+        notes.contains(&"summary failed=4 sent=1 literal=20".to_string()),
+        "{notes:?}"
+    );
+    l.outside_untouched();
+    assert_eq!(fs::read(l.dst.join("keep2")).unwrap(), KEEP);
+    assert_eq!(fs::read(l.dst.join("good")).unwrap(), b"good");
+    assert_eq!(
+        names(&l.dst),
+        ["good", "keep", "keep2", "out", "secretlink"]
+    );
+}
+
+/// A hostile client pushing batches that do not describe their bodies:
+/// sizes that do not add up, too many files, a file or a batch over the
+/// bounds, a path out of DST or absolute, a path given twice. The server
+/// refuses each batch whole with `bad_frame` and a message naming what
+/// was wrong, writes nothing of it anywhere, and goes on serving: an
+/// honest push afterwards succeeds.
+#[test]
+fn a_hostile_batch_ends_a_push_with_a_clear_error_and_the_server_goes_on() {
+    use common::probe::RawConn;
+    let server =
+        TestServer::start_listening(&["tcp://127.0.0.1:0", "tcp+plain://127.0.0.1:0"], &[]);
+    let big = SyncFiles::MAX_FILE;
+    let many: Vec<(String, u64)> = (0..=SyncFiles::MAX_FILES)
+        .map(|i| (format!("f{i}"), 0))
+        .collect();
+    let over: Vec<(String, u64)> = (0..5).map(|i| (format!("f{i}"), big)).collect();
+    let own = |v: &[(&str, u64)]| -> Vec<(String, u64)> {
+        v.iter().map(|(p, n)| (p.to_string(), *n)).collect()
+    };
+    type Case<'a> = (&'a str, Vec<(String, u64)>, &'a [u8], &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "sizes",
+            own(&[("a", 2), ("b", 2)]),
+            b"abcdef",
+            "the body holds 6 bytes",
+        ),
+        ("count", many, b"", "257 files"),
+        ("file", own(&[("a", big + 1)]), b"", "at most 262144"),
+        ("total", over, b"", "at most 1048576"),
+        ("climb", own(&[("../escaped", 6)]), b"abcdef", "../escaped"),
+        (
+            "deep",
+            own(&[("d/../../escaped", 6)]),
+            b"abcdef",
+            "d/../../escaped",
+        ),
+        (
+            "abs",
+            own(&[("/tmp/escaped", 6)]),
+            b"abcdef",
+            "/tmp/escaped",
+        ),
+        (
+            "twice",
+            own(&[("a", 3), ("a", 3)]),
+            b"abcdef",
+            "appears twice",
+        ),
+    ];
+    for (what, files, body, says) in cases {
+        let mut c = RawConn::login(&server.urls[1], &server.key_file);
+        let req = serde_json::json!({"op":"sync","path":format!("dst-{what}"),"push":true});
+        c.send(&req).unwrap();
+        assert_eq!(c.recv().unwrap()["op"], "sync_ready", "{what}");
+        assert_eq!(c.recv().unwrap()["op"], "sync_root", "{what}");
+        c.send(&serde_json::json!({"op":"sync_more"})).unwrap();
+        let list = c.recv().unwrap();
+        assert_eq!(
+            (&list["op"], &list["done"]),
+            (&"sync_list".into(), &true.into())
+        );
+        let head = SyncFiles {
+            files: files.iter().map(|(p, n)| batch_file(p, *n, body)).collect(),
+            raw: None,
+        };
+        let mut h = serde_json::to_value(&head).unwrap();
+        h["op"] = "sync_files".into();
+        h["len"] = body.len().into();
+        c.send_raw(h.to_string().as_bytes(), body).unwrap();
+        let answer = c.recv().expect("an error, not a silent close");
+        assert_eq!(answer["op"], "error", "{what}: {answer}");
+        assert_eq!(answer["code"], "bad_frame", "{what}: {answer}");
+        let m = answer["message"].as_str().unwrap_or_default();
+        assert!(m.contains("sync_files") && m.contains(says), "{what}: {m}");
+        let dst = server.root.join(format!("dst-{what}"));
+        assert!(names(&dst).is_empty(), "{what}: {:?}", names(&dst));
+    }
+    let mut root = names(&server.root);
+    root.retain(|n| !n.starts_with("dst-"));
+    assert!(root.is_empty(), "nothing beside the destinations: {root:?}");
+    assert!(!Path::new("/tmp/escaped").exists());
+    // The server goes on serving.
+    let work = tempfile::tempdir().unwrap();
+    fs::write(work.path().join("f"), b"honest").unwrap();
+    let port = server.url().rsplit(':').next().unwrap().to_string();
+    let mut cmd = server.client();
+    cmd.args(["sync", "-p", &port, p(work.path()), "127.0.0.1:after"]);
+    let o = run_bounded(cmd, LIMIT);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(fs::read(server.root.join("after/f")).unwrap(), b"honest");
 }
 
 /// What a hostile receiver answers a push with, after `sync_root`.
@@ -641,9 +844,11 @@ async fn hostile_receiver(how: Receiver, mut s: Session<'static>) -> Vec<String>
             }
         }
     }
+    // A receiver that does not take batches: the push sends file by file.
     let root = SyncRoot {
         mode: Some(0o755),
         mtime_ns: Some(0),
+        files: false,
     };
     let _ = s.send(&root, &[]).await;
     let list = |entries: &[(&str, Kind, u64)]| batch(entries, true);

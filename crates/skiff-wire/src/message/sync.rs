@@ -65,6 +65,10 @@ pub struct SyncRoot {
     /// Its mtime.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtime_ns: Option<i64>,
+    /// The receiver takes [`SyncFiles`] batches. Left out when false, so
+    /// a receiver that does not know them is sent files one by one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub files: bool,
 }
 
 /// Sender to receiver: send the next batch of the destination list.
@@ -149,6 +153,50 @@ pub struct SyncFile {
     /// Something of another kind is there and is replaced.
     #[serde(default)]
     pub replace: bool,
+}
+
+/// One file of a [`SyncFiles`] batch: a new file, or one replacing an
+/// entry of another kind, sent whole (no old copy is its basis).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncBatchFile {
+    /// The file.
+    pub path: String,
+    /// Its size: its bytes are the next `size` bytes of the batch.
+    pub size: u64,
+    /// Permission bits.
+    pub mode: u32,
+    /// Modification time.
+    pub mtime_ns: i64,
+    /// BLAKE3 (hex) of its content, checked before it becomes visible.
+    pub hash: String,
+    /// Something of another kind is there and is replaced.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replace: bool,
+}
+
+/// Sender to receiver: many small files sent whole in one frame, instead
+/// of a [`SyncFile`], a [`SyncData`] and a [`SyncEnd`] each. The body is
+/// their bytes, one after another in the order of `files`; with `raw`
+/// the body is zstd and expands to exactly `raw` bytes. Bounded:
+/// [`SyncFiles::MAX_FILES`] files, [`SyncFiles::MAX_FILE`] bytes each,
+/// [`SyncFiles::MAX_BYTES`] in all.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncFiles {
+    /// The files, in body order.
+    pub files: Vec<SyncBatchFile>,
+    /// Uncompressed length of the body when it is compressed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<u32>,
+}
+
+impl SyncFiles {
+    /// Files in one batch, at most.
+    pub const MAX_FILES: usize = 256;
+    /// Size of one file in a batch, at most (a larger one goes as
+    /// `sync_file`).
+    pub const MAX_FILE: u64 = 256 * 1024;
+    /// The files' bytes in one batch (uncompressed), at most.
+    pub const MAX_BYTES: u64 = 1024 * 1024;
 }
 
 /// Sender to receiver: copy `size` bytes at `offset` of the old copy.
@@ -299,6 +347,7 @@ crate::messages!(
     SyncCopy => "sync_copy",
     SyncData => "sync_data",
     SyncEnd => "sync_end",
+    SyncFiles => "sync_files",
     SyncMeta => "sync_meta",
     SyncDelete => "sync_delete",
     SyncNote => "sync_note",
@@ -327,6 +376,8 @@ phase! {
         Data(SyncData, with_body),
         /// The file is complete.
         End(SyncEnd),
+        /// Small files, whole.
+        Files(SyncFiles, with_body),
         /// Set mode and mtime.
         Meta(SyncMeta),
         /// Remove a path.
@@ -385,6 +436,10 @@ mod tests {
         enc(SyncCopy::default());
         enc(SyncData::default());
         enc(SyncEnd::default());
+        enc(SyncFiles {
+            files: vec![SyncBatchFile::default()],
+            raw: Some(1),
+        });
         enc(SyncMeta::default());
         enc(SyncDelete::default());
         enc(SyncNote::default());

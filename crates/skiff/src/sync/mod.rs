@@ -17,6 +17,7 @@ pub mod batch;
 pub mod deferred;
 pub mod disk;
 pub mod link;
+pub mod pack;
 pub mod receiver;
 pub mod sender;
 pub mod sigcache;

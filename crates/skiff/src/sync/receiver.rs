@@ -14,8 +14,8 @@ use skiff_sync::list::ListEncoder;
 use skiff_sync::params::MAX_CHUNK;
 use skiff_sync::{Entry, Hash, Signature, Walker};
 use skiff_wire::message::sync::{
-    NoteKind, SyncData, SyncDelete, SyncEnd, SyncFailed, SyncFile, SyncFinish, SyncList, SyncRoot,
-    SyncSig, SyncSummary, ToReceiver,
+    NoteKind, SyncData, SyncDelete, SyncEnd, SyncFailed, SyncFile, SyncFiles, SyncFinish, SyncList,
+    SyncRoot, SyncSig, SyncSummary, ToReceiver,
 };
 use skiff_wire::{ErrorCode, ErrorMsg, MAX_BODY_LEN};
 use tokio::sync::mpsc;
@@ -26,6 +26,7 @@ use super::batch::{Batch, Committed};
 use super::deferred::Deferred;
 use super::disk::{self, Disk, Job, Outcome, Whole, WHOLE_MAX};
 use super::link::{self, Counters, Inbox, Outbox};
+use super::pack;
 use super::sigcache::{SigCache, Stamp, CACHE_MIN};
 use super::{comparable, with_hash, Event, Events, Options, SyncError, LIST_BATCH};
 use crate::session::{SessionError, SessionReader, SessionWriter};
@@ -181,6 +182,7 @@ impl Role {
                             .saturating_mul(1_000_000_000)
                             .saturating_add(m.mtime_nsec())
                     }),
+                    files: true,
                 },
                 Bytes::new(),
             )
@@ -290,6 +292,7 @@ impl Role {
                         });
                     }
                 }
+                ToReceiver::Files((head, body)) => self.small_files(head, body).await?,
                 ToReceiver::Meta(m) => {
                     if !self.opts.dry_run {
                         let job = Job::Meta {
@@ -321,6 +324,46 @@ impl Role {
                 }
             }
         }
+    }
+
+    /// Hands a `sync_files` batch to the disk thread file by file, once
+    /// the batch as a whole describes its body ([`pack::unpack`]); each
+    /// file is then checked and reported on its own, as a `sync_file`.
+    async fn small_files(&mut self, head: SyncFiles, body: Bytes) -> Result<(), SyncError> {
+        let wire = body.len() as u64;
+        let files = pack::unpack(head, body)?;
+        self.summary.literal_wire_bytes += wire;
+        for (f, data) in files {
+            self.change(if f.replace { '~' } else { '+' }, f.path.clone());
+            if self.opts.dry_run {
+                continue;
+            }
+            (self.events)(Event::Sending {
+                path: f.path.clone(),
+                size: f.size,
+            });
+            self.summary.literal_bytes += f.size;
+            (self.events)(Event::Progress(f.size));
+            let end = f
+                .hash
+                .parse::<Hash>()
+                .map_err(|e| ErrorMsg::new(ErrorCode::BadFrame, format!("{}: {e}", f.path)));
+            let file = SyncFile {
+                path: f.path,
+                size: f.size,
+                mode: f.mode,
+                mtime_ns: f.mtime_ns,
+                update: false,
+                replace: f.replace,
+            };
+            let whole = Whole {
+                file,
+                data: vec![data],
+                end,
+            };
+            self.disk()?.push(Job::Whole(whole)).await?;
+        }
+        Ok(())
     }
 
     /// Decodes a literal step (decompressing it when the sender did).

@@ -27,12 +27,13 @@ use skiff_sync::{
     Signature, Walked, Walker,
 };
 use skiff_wire::message::sync::{
-    NoteKind, SyncCopy, SyncData, SyncDelete, SyncEnd, SyncFile, SyncFinish, SyncList, SyncMeta,
-    SyncMkdir, SyncMore, SyncNote, SyncRoot, SyncSig, SyncSigReq, SyncSummary, SyncSymlink,
-    ToSender,
+    NoteKind, SyncBatchFile, SyncCopy, SyncData, SyncDelete, SyncEnd, SyncFile, SyncFinish,
+    SyncList, SyncMeta, SyncMkdir, SyncMore, SyncNote, SyncRoot, SyncSig, SyncSigReq, SyncSummary,
+    SyncSymlink, ToSender,
 };
 
 use super::link::{self, Counters, Inbox, Outbox};
+use super::pack::Pack;
 use super::receiver::SIG_RECORD;
 use super::{comparable, global_rules, with_hash, Event, Events, Options, SyncError};
 use crate::session::{SessionError, SessionReader, SessionWriter};
@@ -259,6 +260,7 @@ fn send_tree(
         events.clone(),
     )));
     let dst_root = inbound.borrow_mut().wait(|i| i.root.take())?;
+    let packs = dst_root.files;
     let dst_root = match (dst_root.mode, dst_root.mtime_ns) {
         (Some(mode), Some(mtime_ns)) => Some(Entry {
             mode: mode & MODE_MASK,
@@ -335,6 +337,8 @@ fn send_tree(
         tally: tally.clone(),
         queue: VecDeque::new(),
         asked: 0,
+        pack: Pack::default(),
+        packs,
     };
     for action in Merge::new(
         src_iter,
@@ -353,6 +357,7 @@ fn send_tree(
         inbound.borrow_mut().drain()?;
     }
     s.run_queue(true)?;
+    s.send_pack()?;
     drop(s);
     events(Event::Checked(tally.borrow().checked));
     let finish = {
@@ -381,6 +386,12 @@ struct Sender<'a> {
     queue: VecDeque<Queued>,
     /// Signatures asked for and not yet used by a file.
     asked: usize,
+    /// Small new files waiting to go in one `sync_files` frame
+    /// ([`super::pack`]); sent before any other change, so the receiver
+    /// sees every change in merge order.
+    pack: Pack,
+    /// The receiver takes `sync_files` (it said so in its `sync_root`).
+    packs: bool,
 }
 
 /// A difference waiting its turn.
@@ -415,8 +426,25 @@ impl From<SyncError> for FileError {
 }
 
 impl Sender<'_> {
-    fn send<M: skiff_wire::Message>(&self, msg: &M) -> Result<(), SyncError> {
+    /// Sends a change, after the small files gathered before it.
+    fn send<M: skiff_wire::Message>(&mut self, msg: &M) -> Result<(), SyncError> {
+        self.send_pack()?;
         self.out.send_blocking(msg, Bytes::new())
+    }
+
+    /// Hands the gathered small files over as one `sync_files` frame
+    /// (held back with the small frames around it, [`Outbox::cork_blocking`]).
+    fn send_pack(&mut self) -> Result<(), SyncError> {
+        if self.pack.is_empty() {
+            return Ok(());
+        }
+        if self.opts.compress && self.compressor.is_none() {
+            self.compressor = Compressor::new(DEFAULT_LEVEL).ok();
+        }
+        match self.pack.take(self.compressor.as_mut())? {
+            Some((frame, _)) => self.out.cork_blocking(vec![frame]),
+            None => Ok(()),
+        }
     }
 
     /// Tells the user (`-i`, `-n`) about a change as it is sent.
@@ -459,9 +487,14 @@ impl Sender<'_> {
     fn ask(&mut self, q: &mut Queued) -> Result<(), SyncError> {
         if let Action::Update { src, .. } = &q.action {
             self.inbound.borrow_mut().sigs_asked += 1;
-            self.send(&SyncSigReq {
-                path: src.path.clone(),
-            })?;
+            // Not a change: it may pass the small files gathered before
+            // it (as it passes the queued differences ahead of it).
+            self.out.send_blocking(
+                &SyncSigReq {
+                    path: src.path.clone(),
+                },
+                Bytes::new(),
+            )?;
             q.sig = Ask::Asked;
             self.asked += 1;
         }
@@ -532,7 +565,7 @@ impl Sender<'_> {
         }
     }
 
-    fn meta(&self, e: &Entry) -> Result<(), SyncError> {
+    fn meta(&mut self, e: &Entry) -> Result<(), SyncError> {
         if e.kind == Kind::Symlink {
             return Ok(());
         }
@@ -623,6 +656,50 @@ impl Sender<'_> {
         Ok((file.into_std(), md))
     }
 
+    /// Adds a small file with no old copy to the pack, read whole and
+    /// hashed; `false` when it could not be read to its announced size
+    /// (it then goes the usual way, which reports why).
+    fn pack_file(&mut self, head: &SyncFile, file: &std::fs::File) -> Result<bool, SyncError> {
+        if !self.pack.has_room(&head.path, head.size) {
+            self.send_pack()?;
+        }
+        let at = self.pack.len();
+        let body = self.pack.body();
+        // Sizes in a pack are at most `SyncFiles::MAX_FILE`.
+        body.reserve(head.size as usize);
+        let read = file.take(head.size).read_to_end(body);
+        if !matches!(read, Ok(n) if n as u64 == head.size) {
+            self.pack.truncate(at);
+            return Ok(false);
+        }
+        let hash = blake3::hash(&self.pack.body()[at..]).to_hex().to_string();
+        if cfg!(debug_assertions) {
+            // The test hook corrupts a file's first piece after hashing.
+            fault::maybe_delay_blocking();
+            let data = &mut self.pack.body()[at..];
+            let bad = fault::maybe_corrupt(0, Bytes::copy_from_slice(data));
+            data.copy_from_slice(&bad);
+        }
+        let events = self.inbound.borrow().events.clone();
+        events(Event::Sending {
+            path: head.path.clone(),
+            size: head.size,
+        });
+        events(Event::Progress(head.size));
+        self.pack.add(SyncBatchFile {
+            path: head.path.clone(),
+            size: head.size,
+            mode: head.mode,
+            mtime_ns: head.mtime_ns,
+            hash,
+            replace: head.replace,
+        });
+        if self.pack.is_full() {
+            self.send_pack()?;
+        }
+        Ok(true)
+    }
+
     /// Sends one file; `old` is the old copy's size when its signature
     /// was asked for, which is then always taken (even when the file
     /// cannot be read), so the answers stay matched to their files.
@@ -653,6 +730,12 @@ impl Sender<'_> {
             update,
             replace,
         };
+        let packed = self.packs && !update && !self.opts.dry_run && Pack::takes(size);
+        if packed && self.pack_file(&head, &file)? {
+            return Ok(());
+        }
+        // Everything gathered before goes first.
+        self.send_pack()?;
         // A small file's frames go in one hand-over at its end.
         let mut corked = (size <= CORK_MAX && !self.opts.dry_run).then(Vec::new);
         match &mut corked {
