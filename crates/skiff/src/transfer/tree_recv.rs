@@ -64,8 +64,9 @@ const ACK_IDS: usize = 2048;
 const ACK_FAILURES: usize = 32;
 /// A failure's message is cut to this many bytes.
 const MESSAGE_MAX: usize = 512;
-/// Files a batch may gather while the previous one is being synced.
-const PENDING_WHILE_SYNCING: usize = BATCH_FILES / 2;
+/// Files a batch may gather while a pass runs (every pending file holds
+/// a descriptor: with the pass's own, at most twice this many).
+const PENDING_WHILE_SYNCING: usize = BATCH_FILES;
 /// How often a disk thread waiting for input looks in on a batch being
 /// synced, to send its answers promptly.
 const SYNC_POLL: Duration = Duration::from_millis(2);
@@ -393,14 +394,14 @@ impl<P: Place> Receiver<P> {
     /// Finishes the pass in flight if it is over (or waits for it), and
     /// starts the next when one is due: when the batch is full, or, with
     /// files placed and waiting for their entries to be made durable, once
-    /// half a batch has gathered (so a slow disk is kept busy with few,
-    /// large passes). `false` when the answers can no longer be sent.
+    /// half a batch has gathered (a slow disk is then kept busy with
+    /// passes as large as the descriptor bound allows). `false` when the answers can no longer be sent.
     fn step(&mut self, tx: &mpsc::Sender<Out>, wait: bool) -> bool {
         if !self.finish_pass(tx, wait) {
             return false;
         }
         let due = self.batch_full()
-            || (!self.linked.is_empty() && self.batch.len() >= PENDING_WHILE_SYNCING);
+            || (!self.linked.is_empty() && self.batch.len() >= BATCH_FILES / 2);
         if due && self.pass.is_none() {
             self.start_pass();
         }
@@ -972,4 +973,176 @@ fn mismatch(path: &str, sent: &str, computed: &str) -> ErrorMsg {
         path,
         &format!("sender sent {sent}, receiver computed {computed}"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skiff_wire::message::tree::{TreeEnd, TreeFiles};
+    use std::sync::Mutex;
+
+    type Log = Arc<Mutex<Vec<String>>>;
+
+    /// A hidden named file in one directory, renamed at the commit.
+    struct TestSlot {
+        file: File,
+        dir: Arc<Dir>,
+        hidden: String,
+    }
+
+    impl Slot for TestSlot {
+        fn file(&self) -> &File {
+            &self.file
+        }
+        fn dir(&self) -> &Dir {
+            &self.dir
+        }
+        fn dev(&self) -> u64 {
+            1
+        }
+        fn discard(self) {
+            let _ = self.dir.remove_file(&self.hidden);
+        }
+    }
+
+    struct TestPlace {
+        dir: Arc<Dir>,
+        log: Log,
+        next: u64,
+    }
+
+    impl Place for TestPlace {
+        type Slot = TestSlot;
+        fn dir(&mut self, _: &TreeDir) -> Result<Option<Dir>, ErrorMsg> {
+            Ok(None)
+        }
+        fn link(&mut self, _: &TreeLink) -> Result<Option<Dir>, ErrorMsg> {
+            Ok(None)
+        }
+        fn open(&mut self, _: &str) -> Result<TestSlot, ErrorMsg> {
+            self.next += 1;
+            let hidden = format!(".part{}", self.next);
+            let file = self
+                .dir
+                .create(&hidden)
+                .map_err(|e| ErrorMsg::new(ErrorCode::Internal, e.to_string()))?
+                .into_std();
+            Ok(TestSlot {
+                file,
+                dir: self.dir.clone(),
+                hidden,
+            })
+        }
+        fn place(&mut self, s: &TestSlot, path: &str, _: u32, _: Option<i64>) -> Result<(), ErrorMsg> {
+            self.log.lock().unwrap().push(format!("place {path}"));
+            s.dir
+                .rename(&s.hidden, &s.dir, path)
+                .map_err(|e| ErrorMsg::new(ErrorCode::Internal, e.to_string()))
+        }
+        fn record(&mut self, _: &'static str, _: &str, _: Option<&Done>, _: Result<(), &ErrorMsg>) {}
+    }
+
+    fn wait_for(log: &Log, what: &str) {
+        let until = Instant::now() + Duration::from_secs(10);
+        while !log.lock().unwrap().iter().any(|e| e == what) {
+            assert!(Instant::now() < until, "no `{what}` in {:?}", log.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The order the durability guarantee rests on: a file is placed only
+    /// after the pass that made its data durable, and answered only after
+    /// the pass that began after it was placed (which made its directory
+    /// entry durable).
+    #[test]
+    fn a_file_is_placed_after_its_data_pass_and_answered_after_its_entry_pass() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = Arc::new(Dir::open_ambient_dir(t.path(), cap_std::ambient_authority()).unwrap());
+        let log: Log = Arc::default();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let released = Mutex::new(released);
+        let pass_log = log.clone();
+        let sync: SyncFn = Arc::new(move |files: &[&File], _: Option<u64>, dirs: &[Dir]| {
+            let n = files.len();
+            pass_log.lock().unwrap().push(format!("pass {n} files {} dirs", dirs.len()));
+            let _ = released.lock().unwrap().recv_timeout(Duration::from_secs(10));
+            pass_log.lock().unwrap().push("passed".into());
+            ((0..n).map(|_| Ok(())).collect(), Ok(()))
+        });
+        let place = TestPlace {
+            dir: dir.clone(),
+            log: log.clone(),
+            next: 0,
+        };
+        let receiver = Receiver::new(place, HashAlg::Blake3).with_sync(sync);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (job_tx, job_rx) = mpsc::channel(JOBS);
+        let (out_tx, mut out_rx) = mpsc::channel(ACKS);
+        let handle = rt.handle().clone();
+        let disk = std::thread::spawn(move || receiver.run(job_rx, out_tx, handle));
+        let mut files = Vec::new();
+        let mut body = Vec::new();
+        for id in 0..20u64 {
+            let bytes = vec![id as u8; 100];
+            let mut sum = Checksum::new(HashAlg::Blake3);
+            sum.update(&bytes);
+            files.push(TreeFile {
+                id,
+                path: format!("f{id}"),
+                size: bytes.len() as u64,
+                digest: sum.finish_hex(),
+                ..Default::default()
+            });
+            body.extend_from_slice(&bytes);
+        }
+        let input = TreeInput::Files((TreeFiles { files }, Bytes::from(body)));
+        job_tx.blocking_send(input).unwrap();
+        job_tx
+            .blocking_send(TreeInput::Finish(TreeEnd {}))
+            .unwrap();
+
+        // The data pass: nothing placed, nothing answered.
+        wait_for(&log, "pass 20 files 0 dirs");
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!log.lock().unwrap().iter().any(|e| e.starts_with("place")));
+        assert!(out_rx.try_recv().is_err());
+        assert!(!t.path().join("f0").exists());
+        release.send(()).unwrap();
+
+        // The entry pass begins after every file was placed; still no answer.
+        wait_for(&log, "pass 0 files 1 dirs");
+        let events = log.lock().unwrap().clone();
+        let entry_pass = events.iter().position(|e| e == "pass 0 files 1 dirs").unwrap();
+        let placed = events.iter().filter(|e| e.starts_with("place")).count();
+        assert_eq!(placed, 20, "{events:?}");
+        assert!(events[..entry_pass].iter().filter(|e| e.starts_with("place")).count() == 20);
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(out_rx.try_recv().is_err());
+        assert!(t.path().join("f0").exists());
+        release.send(()).unwrap();
+
+        // Only now the answers, then the end.
+        let mut done = Vec::new();
+        loop {
+            match out_rx.blocking_recv() {
+                Some(Out::Ack(a, _)) => {
+                    assert!(a.failed.is_empty());
+                    done.extend(a.done);
+                }
+                Some(Out::Done(d)) => {
+                    assert_eq!(d.files, 20);
+                    break;
+                }
+                Some(Out::Fatal(m)) => panic!("{}", m.message),
+                None => panic!("the receiver stopped"),
+            }
+        }
+        done.sort_unstable();
+        assert_eq!(done, (0..20).collect::<Vec<_>>());
+        disk.join().unwrap();
+    }
 }
