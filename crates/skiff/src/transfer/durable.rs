@@ -171,10 +171,7 @@ fn distinct_dirs<'a>(dirs: impl IntoIterator<Item = &'a cap_std::fs::Dir>) -> Ve
 /// one).
 fn one_dev(distinct: &[DevDir<'_>]) -> Option<u64> {
     let dev = distinct.first()?.1?;
-    distinct
-        .iter()
-        .all(|(_, d)| *d == Some(dev))
-        .then_some(dev)
+    distinct.iter().all(|(_, d)| *d == Some(dev)).then_some(dev)
 }
 
 /// One `syncfs` of device `dev`, through `file` or the first directory.

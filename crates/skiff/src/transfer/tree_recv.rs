@@ -9,12 +9,15 @@
 //! digest before anything is written under its name, writes it to a hidden
 //! file (where is the [`Place`]'s business: the server's staging area, the
 //! client's partial files), starts its writeback, and collects it into a
-//! batch. A batch is committed when it is full or the input pauses: one
-//! durability pass for all its files ([`super::durable`]; for a full
-//! batch on a helper thread, while the next batch is written), the renames,
-//! the directory modes and times that were waiting for them, one fsync
-//! per directory, and only then one `tree_ack` for all of them. A file
-//! answered `done` therefore survives a crash.
+//! batch. Durability passes ([`durable::sync_pass`]) run one at a time on
+//! a worker thread while the next batch is written. A batch is handed to
+//! a pass when it is full or the input pauses; once that pass has made
+//! its data durable the files are renamed or linked into place and the
+//! directory modes and times that waited for them applied; the *next*
+//! pass, which also carries the next batch's data, makes those directory
+//! entries durable, and only then are the files answered in a
+//! `tree_ack`. One `syncfs` per batch thus does the work of two, and a
+//! file answered `done` survives a crash.
 //!
 //! A peer that stops reading the answers stalls the disk thread, which
 //! stops taking input (memory stays bounded); a peer that goes away
@@ -161,8 +164,9 @@ struct Linked {
 /// One durability pass ([`durable::sync_pass`]): makes the data of the
 /// given files durable and, in the same pass, the entries of the given
 /// directories. A test replaces it to watch the order of events.
-pub type SyncFn =
-    Arc<dyn Fn(&[&File], Option<u64>, &[Dir]) -> (Vec<io::Result<()>>, io::Result<()>) + Send + Sync>;
+pub type SyncFn = Arc<
+    dyn Fn(&[&File], Option<u64>, &[Dir]) -> (Vec<io::Result<()>>, io::Result<()>) + Send + Sync,
+>;
 
 /// The disk thread of one tree transfer.
 pub struct Receiver<P: Place> {
@@ -400,8 +404,8 @@ impl<P: Place> Receiver<P> {
         if !self.finish_pass(tx, wait) {
             return false;
         }
-        let due = self.batch_full()
-            || (!self.linked.is_empty() && self.batch.len() >= BATCH_FILES / 2);
+        let due =
+            self.batch_full() || (!self.linked.is_empty() && self.batch.len() >= BATCH_FILES / 2);
         if due && self.pass.is_none() {
             self.start_pass();
         }
@@ -789,15 +793,16 @@ impl<P: Place> Receiver<P> {
         for p in &placed {
             let dir = p.slot.dir();
             let dirs = &mut self.dirty_dirs;
-            let h = cloned
-                .entry(dir.as_fd().as_raw_fd())
-                .or_insert_with(|| match dir.try_clone() {
-                    Ok(d) => {
-                        dirs.push(d);
-                        None
-                    }
-                    Err(e) => Some(e.to_string()),
-                });
+            let h =
+                cloned
+                    .entry(dir.as_fd().as_raw_fd())
+                    .or_insert_with(|| match dir.try_clone() {
+                        Ok(d) => {
+                            dirs.push(d);
+                            None
+                        }
+                        Err(e) => Some(e.to_string()),
+                    });
             held.push(h.clone());
         }
         for (p, h) in placed.into_iter().zip(held) {
@@ -1033,19 +1038,30 @@ mod tests {
                 hidden,
             })
         }
-        fn place(&mut self, s: &TestSlot, path: &str, _: u32, _: Option<i64>) -> Result<(), ErrorMsg> {
+        fn place(
+            &mut self,
+            s: &TestSlot,
+            path: &str,
+            _: u32,
+            _: Option<i64>,
+        ) -> Result<(), ErrorMsg> {
             self.log.lock().unwrap().push(format!("place {path}"));
             s.dir
                 .rename(&s.hidden, &s.dir, path)
                 .map_err(|e| ErrorMsg::new(ErrorCode::Internal, e.to_string()))
         }
-        fn record(&mut self, _: &'static str, _: &str, _: Option<&Done>, _: Result<(), &ErrorMsg>) {}
+        fn record(&mut self, _: &'static str, _: &str, _: Option<&Done>, _: Result<(), &ErrorMsg>) {
+        }
     }
 
     fn wait_for(log: &Log, what: &str) {
         let until = Instant::now() + Duration::from_secs(10);
         while !log.lock().unwrap().iter().any(|e| e == what) {
-            assert!(Instant::now() < until, "no `{what}` in {:?}", log.lock().unwrap());
+            assert!(
+                Instant::now() < until,
+                "no `{what}` in {:?}",
+                log.lock().unwrap()
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -1064,8 +1080,14 @@ mod tests {
         let pass_log = log.clone();
         let sync: SyncFn = Arc::new(move |files: &[&File], _: Option<u64>, dirs: &[Dir]| {
             let n = files.len();
-            pass_log.lock().unwrap().push(format!("pass {n} files {} dirs", dirs.len()));
-            let _ = released.lock().unwrap().recv_timeout(Duration::from_secs(10));
+            pass_log
+                .lock()
+                .unwrap()
+                .push(format!("pass {n} files {} dirs", dirs.len()));
+            let _ = released
+                .lock()
+                .unwrap()
+                .recv_timeout(Duration::from_secs(10));
             pass_log.lock().unwrap().push("passed".into());
             ((0..n).map(|_| Ok(())).collect(), Ok(()))
         });
@@ -1101,9 +1123,7 @@ mod tests {
         }
         let input = TreeInput::Files((TreeFiles { files }, Bytes::from(body)));
         job_tx.blocking_send(input).unwrap();
-        job_tx
-            .blocking_send(TreeInput::Finish(TreeEnd {}))
-            .unwrap();
+        job_tx.blocking_send(TreeInput::Finish(TreeEnd {})).unwrap();
 
         // The data pass: nothing placed, nothing answered.
         wait_for(&log, "pass 20 files 0 dirs");
@@ -1116,10 +1136,19 @@ mod tests {
         // The entry pass begins after every file was placed; still no answer.
         wait_for(&log, "pass 0 files 1 dirs");
         let events = log.lock().unwrap().clone();
-        let entry_pass = events.iter().position(|e| e == "pass 0 files 1 dirs").unwrap();
+        let entry_pass = events
+            .iter()
+            .position(|e| e == "pass 0 files 1 dirs")
+            .unwrap();
         let placed = events.iter().filter(|e| e.starts_with("place")).count();
         assert_eq!(placed, 20, "{events:?}");
-        assert!(events[..entry_pass].iter().filter(|e| e.starts_with("place")).count() == 20);
+        assert!(
+            events[..entry_pass]
+                .iter()
+                .filter(|e| e.starts_with("place"))
+                .count()
+                == 20
+        );
         std::thread::sleep(Duration::from_millis(50));
         assert!(out_rx.try_recv().is_err());
         assert!(t.path().join("f0").exists());
