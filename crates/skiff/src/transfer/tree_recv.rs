@@ -226,6 +226,9 @@ struct PassJob<S> {
 /// A pass's files back, with one result per file and the directories'.
 type PassResult<S> = (Vec<Pending<S>>, Vec<io::Result<()>>, io::Result<()>);
 
+/// A pass that is over, and its result.
+type Finished<S> = (Pass<S>, PassResult<S>);
+
 /// The thread running the passes of one receiver, one at a time.
 struct Worker<S> {
     jobs: std::sync::mpsc::Sender<PassJob<S>>,
@@ -711,7 +714,7 @@ impl<P: Place> Receiver<P> {
     /// is still running and `wait` is off. A worker that died took its
     /// files with it (staged copies are then left for the expiry sweep),
     /// and their entries are failed.
-    fn pass_result(&mut self, wait: bool) -> Option<(Pass<P::Slot>, PassResult<P::Slot>)> {
+    fn pass_result(&mut self, wait: bool) -> Option<Finished<P::Slot>> {
         let pass = self.pass.as_mut()?;
         if let Some(r) = pass.inline.take() {
             return self.pass.take().map(|p| (p, r));
