@@ -112,13 +112,70 @@ pub const DIRS_SYNCFS_MIN: usize = 2;
 /// otherwise, or when the `syncfs` reports an error (so each
 /// directory's own error is found).
 pub fn sync_dirs<'a>(dirs: impl IntoIterator<Item = &'a cap_std::fs::Dir>) -> io::Result<()> {
+    sync_distinct(&distinct_dirs(dirs))
+}
+
+/// [`sync_dirs`] of directories already told apart.
+fn sync_distinct(distinct: &[DevDir<'_>]) -> io::Result<()> {
+    if let Some(dev) = one_dev(distinct) {
+        if distinct.len() >= DIRS_SYNCFS_MIN && syncfs_of(distinct, None, dev).is_ok() {
+            return Ok(());
+        }
+    }
+    fsync_dirs(distinct)
+}
+
+/// One durability pass of a tree receiver: makes `files` durable (step 2)
+/// and, in the same pass, the entries of `dirs` (step 3), which the
+/// caller changed before calling. `files_dev` is the device all `files`
+/// are on, when they share one. One result per file, in order, and the
+/// first directory error.
+///
+/// When everything is on one file system and a `syncfs` is due for
+/// either part ([`SYNCFS_MIN`] files or [`DIRS_SYNCFS_MIN`]
+/// directories), that one `syncfs` covers both: it returns once every
+/// change made to the file system before the call is on stable storage,
+/// the data of the files and the entries already made in the directories
+/// alike (no file-system-specific ordering is assumed). Otherwise, or
+/// when it reports an error, each part is synced on its own as
+/// [`sync_files_known`] and [`sync_dirs`] do.
+pub fn sync_pass(
+    files: &[&File],
+    files_dev: Option<u64>,
+    dirs: &[cap_std::fs::Dir],
+) -> (Vec<io::Result<()>>, io::Result<()>) {
+    let distinct = distinct_dirs(dirs);
+    let dirs_dev = one_dev(&distinct);
+    let dev = match (files.is_empty(), files_dev, distinct.is_empty(), dirs_dev) {
+        (true, _, _, d) => d,
+        (false, f, true, _) => f,
+        (false, Some(f), false, Some(d)) if f == d => Some(f),
+        _ => None,
+    };
+    if let Some(dev) = dev {
+        let due = files.len() >= SYNCFS_MIN || distinct.len() >= DIRS_SYNCFS_MIN;
+        if due && syncfs_of(&distinct, files.first().copied(), dev).is_ok() {
+            return (files.iter().map(|_| Ok(())).collect(), Ok(()));
+        }
+    }
+    (
+        sync_files_known(files, files_dev.is_some()),
+        sync_distinct(&distinct),
+    )
+}
+
+/// A directory handle and its device (`None`: its `fstat` failed).
+type DevDir<'a> = (&'a cap_std::fs::Dir, Option<u64>);
+
+/// The distinct directories among `dirs` (by descriptor, then identity).
+fn distinct_dirs<'a>(dirs: impl IntoIterator<Item = &'a cap_std::fs::Dir>) -> Vec<DevDir<'a>> {
     use cap_std::fs::MetadataExt as _;
     use std::os::fd::AsFd;
     let mut seen = std::collections::HashSet::new();
     // Every handle is borrowed for the whole loop, so equal descriptor
     // numbers are the same open directory.
     let mut seen_fds = std::collections::HashSet::new();
-    let mut distinct: Vec<(&cap_std::fs::Dir, Option<u64>)> = Vec::new();
+    let mut distinct = Vec::new();
     for d in dirs {
         if !seen_fds.insert(d.as_fd().as_raw_fd()) {
             continue;
@@ -136,18 +193,34 @@ pub fn sync_dirs<'a>(dirs: impl IntoIterator<Item = &'a cap_std::fs::Dir>) -> io
             Err(_) => distinct.push((d, None)),
         }
     }
-    if let Some((first, Some(dev))) = distinct.first() {
-        let one_fs = distinct.iter().all(|(_, d)| *d == Some(*dev));
-        // A directory capability may be an `O_PATH` handle, which
-        // `syncfs` refuses (`EBADF`): it is given one opened for reading.
-        let synced = || {
-            let f = super::meta::open_self(first)?;
-            nix::unistd::syncfs(f.as_raw_fd()).map_err(io::Error::from)
-        };
-        if one_fs && distinct.len() >= DIRS_SYNCFS_MIN && synced().is_ok() {
-            return Ok(());
-        }
+    distinct
+}
+
+/// The device every directory is on, if they share one (and there is
+/// one).
+fn one_dev(distinct: &[DevDir<'_>]) -> Option<u64> {
+    let dev = distinct.first()?.1?;
+    distinct.iter().all(|(_, d)| *d == Some(dev)).then_some(dev)
+}
+
+/// One `syncfs` of device `dev`, through `file` or the first directory.
+/// A directory capability may be an `O_PATH` handle, which `syncfs`
+/// refuses (`EBADF`): it is given one opened for reading.
+fn syncfs_of(distinct: &[DevDir<'_>], file: Option<&File>, dev: u64) -> io::Result<()> {
+    if let Some(f) = file {
+        return nix::unistd::syncfs(f.as_raw_fd()).map_err(io::Error::from);
     }
+    match distinct.iter().find(|(_, d)| *d == Some(dev)) {
+        Some((d, _)) => {
+            let f = super::meta::open_self(d)?;
+            nix::unistd::syncfs(f.as_raw_fd()).map_err(io::Error::from)
+        }
+        None => Err(io::Error::other("no handle on the file system")),
+    }
+}
+
+/// An `fsync` per directory; the first error.
+fn fsync_dirs(distinct: &[DevDir<'_>]) -> io::Result<()> {
     let mut first_err = None;
     for (d, _) in distinct {
         let synced = super::meta::open_self(d).and_then(|f| f.sync_all());

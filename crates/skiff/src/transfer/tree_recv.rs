@@ -9,12 +9,15 @@
 //! digest before anything is written under its name, writes it to a hidden
 //! file (where is the [`Place`]'s business: the server's staging area, the
 //! client's partial files), starts its writeback, and collects it into a
-//! batch. A batch is committed when it is full or the input pauses: one
-//! durability pass for all its files ([`super::durable`]; for a full
-//! batch on a helper thread, while the next batch is written), the renames,
-//! the directory modes and times that were waiting for them, one fsync
-//! per directory, and only then one `tree_ack` for all of them. A file
-//! answered `done` therefore survives a crash.
+//! batch. Durability passes ([`durable::sync_pass`]) run one at a time on
+//! a worker thread while the next batch is written. A batch is handed to
+//! a pass when it is full or the input pauses; once that pass has made
+//! its data durable the files are renamed or linked into place and the
+//! directory modes and times that waited for them applied; the *next*
+//! pass, which also carries the next batch's data, makes those directory
+//! entries durable, and only then are the files answered in a
+//! `tree_ack`. One `syncfs` per batch thus does the work of two, and a
+//! file answered `done` survives a crash.
 //!
 //! A peer that stops reading the answers stalls the disk thread, which
 //! stops taking input (memory stays bounded); a peer that goes away
@@ -23,6 +26,8 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -62,8 +67,9 @@ const ACK_IDS: usize = 2048;
 const ACK_FAILURES: usize = 32;
 /// A failure's message is cut to this many bytes.
 const MESSAGE_MAX: usize = 512;
-/// Files a batch may gather while the previous one is being synced.
-const PENDING_WHILE_SYNCING: usize = BATCH_FILES / 2;
+/// Files a batch may gather while a pass runs (every pending file holds
+/// a descriptor: with the pass's own, at most twice this many).
+const PENDING_WHILE_SYNCING: usize = BATCH_FILES;
 /// How often a disk thread waiting for input looks in on a batch being
 /// synced, to send its answers promptly.
 const SYNC_POLL: Duration = Duration::from_millis(2);
@@ -146,50 +152,115 @@ struct Big<S> {
     slot: Option<S>,
 }
 
+/// A file in place (linked or renamed), answered `done` once the next
+/// durability pass has made its directory entry durable.
+struct Linked {
+    id: u64,
+    path: String,
+    size: u64,
+    digest: String,
+}
+
+/// One durability pass ([`durable::sync_pass`]): makes the data of the
+/// given files durable and, in the same pass, the entries of the given
+/// directories. A test replaces it to watch the order of events.
+pub type SyncFn = Arc<
+    dyn Fn(&[&File], Option<u64>, &[Dir]) -> (Vec<io::Result<()>>, io::Result<()>) + Send + Sync,
+>;
+
 /// The disk thread of one tree transfer.
 pub struct Receiver<P: Place> {
     place: P,
     hash: HashAlg,
+    /// Files written and verified, waiting for a pass to make their data
+    /// durable.
     batch: Vec<Pending<P::Slot>>,
     batch_bytes: u64,
-    /// Directory modes and times waiting for the renames of their batch
-    /// (filling a directory changes its mtime).
+    /// Directory modes and times waiting for the links of the batch they
+    /// arrived with (filling a directory changes its mtime).
     dir_meta: Vec<TreeDir>,
     /// When the last entry arrived.
     last_input: Instant,
-    /// How long the last commit took.
+    /// How long the last pass took.
     last_commit: Duration,
-    /// Entries answered but not yet sent (made durable by the next commit).
+    /// Files placed since the last pass began (the next one makes their
+    /// entries durable).
+    linked: Vec<Linked>,
+    /// Entries answered since the last pass began, not yet sent.
     done: Vec<u64>,
     done_files: Vec<String>,
     failed: Vec<TreeFailure>,
-    /// Directories whose entries changed outside the batch (new
-    /// directories, links): fsynced with the next commit.
+    /// Directories whose entries changed since the last pass began (the
+    /// placed files' directories, new directories' parents, links').
     dirty_dirs: Vec<Dir>,
     big: Option<Big<P::Slot>>,
-    /// The batch being made durable, if any.
-    syncing: Option<Syncing<P::Slot>>,
+    /// The pass in flight, if any.
+    pass: Option<Pass<P::Slot>>,
+    /// The thread that runs the passes (started at the first).
+    worker: Option<Worker<P::Slot>>,
+    sync: SyncFn,
     totals: TreeDone,
 }
 
-/// A batch being made durable while the next one is written.
-struct Syncing<S> {
-    dir_meta: Vec<TreeDir>,
+/// A durability pass in flight: what it covers and what waits for it.
+struct Pass<S> {
     started: Instant,
-    synced: Synced<S>,
+    /// Directory modes and times waiting for the links of its files.
+    dir_meta: Vec<TreeDir>,
+    /// Files placed before it began: answered when it is over.
+    linked: Vec<Linked>,
+    /// Other answers recorded before it began.
+    done: Vec<u64>,
+    failed: Vec<TreeFailure>,
+    /// Its result, when it ran on the disk thread itself (no worker).
+    inline: Option<PassResult<S>>,
 }
 
-/// A batch and the result of its durability pass, per file.
-type SyncedBatch<S> = (Vec<Pending<S>>, Vec<std::io::Result<()>>);
+/// What a pass is given: the files whose data it makes durable, and the
+/// directories whose entries it makes durable.
+struct PassJob<S> {
+    written: Vec<Pending<S>>,
+    dirs: Vec<Dir>,
+}
 
-/// The durability pass of a batch: on its thread (which hands the batch
-/// back), or already done.
-enum Synced<S> {
-    Running(
-        std::thread::JoinHandle<()>,
-        std::sync::mpsc::Receiver<SyncedBatch<S>>,
-    ),
-    Done(Vec<Pending<S>>, Vec<std::io::Result<()>>),
+/// A pass's files back, with one result per file and the directories'.
+type PassResult<S> = (Vec<Pending<S>>, Vec<io::Result<()>>, io::Result<()>);
+
+/// A pass that is over, and its result.
+type Finished<S> = (Pass<S>, PassResult<S>);
+
+/// The thread running the passes of one receiver, one at a time.
+struct Worker<S> {
+    jobs: std::sync::mpsc::Sender<PassJob<S>>,
+    results: std::sync::mpsc::Receiver<PassResult<S>>,
+}
+
+impl<S: Slot + Send + 'static> PassJob<S> {
+    fn run(self, sync: &SyncFn) -> PassResult<S> {
+        let files: Vec<&File> = self.written.iter().map(|p| p.slot.file()).collect();
+        let dev = self.written.first().map(|p| p.slot.dev());
+        let one_dev = dev.filter(|d| self.written.iter().all(|p| p.slot.dev() == *d));
+        let (synced, dirs) = sync(&files, one_dev, &self.dirs);
+        drop(files);
+        (self.written, synced, dirs)
+    }
+}
+
+impl<S: Slot + Send + 'static> Worker<S> {
+    fn start(sync: SyncFn) -> io::Result<Worker<S>> {
+        let (jobs, job_rx) = std::sync::mpsc::channel::<PassJob<S>>();
+        let (result_tx, results) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("tree-sync".into())
+            .spawn(move || {
+                while let Ok(job) = job_rx.recv() {
+                    if result_tx.send(job.run(&sync)).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Worker { jobs, results })
+    }
 }
 
 /// A parent directory held open for the files that follow: one handle
@@ -247,14 +318,24 @@ impl<P: Place> Receiver<P> {
             dir_meta: Vec::new(),
             last_input: Instant::now(),
             last_commit: Duration::ZERO,
+            linked: Vec::new(),
             done: Vec::new(),
             done_files: Vec::new(),
             failed: Vec::new(),
             dirty_dirs: Vec::new(),
             big: None,
-            syncing: None,
+            pass: None,
+            worker: None,
+            sync: Arc::new(durable::sync_pass),
             totals: TreeDone::default(),
         }
+    }
+
+    /// The same receiver with another durability pass (tests).
+    #[cfg(test)]
+    fn with_sync(mut self, sync: SyncFn) -> Receiver<P> {
+        self.sync = sync;
+        self
     }
 
     /// Processes entries until `tree_end` (then commits, sends
@@ -266,9 +347,9 @@ impl<P: Place> Receiver<P> {
                 Ok(j) => Some(j),
                 Err(mpsc::error::TryRecvError::Disconnected) => None,
                 Err(mpsc::error::TryRecvError::Empty) => {
-                    // While a batch is being synced, look in on it often.
+                    // While a pass runs, look in on it often.
                     let linger = self.linger_left();
-                    let wait = match (&self.syncing, linger) {
+                    let wait = match (&self.pass, linger) {
                         (Some(_), l) => Some(l.map_or(SYNC_POLL, |l| l.min(SYNC_POLL))),
                         (None, l) => l,
                     };
@@ -281,7 +362,7 @@ impl<P: Place> Receiver<P> {
                                 let ok = if lingered {
                                     self.commit(&tx)
                                 } else {
-                                    self.finish_if_synced(&tx)
+                                    self.step(&tx, false)
                                 };
                                 if !ok {
                                     return self.abort();
@@ -308,29 +389,41 @@ impl<P: Place> Receiver<P> {
                 let _ = tx.blocking_send(Out::Done(std::mem::take(&mut self.totals)));
                 return;
             }
-            // While a batch is synced the next one grows, up to a bound
+            // While a pass runs the next batch grows, up to a bound
             // (every pending file holds a descriptor).
-            let ok = if self.syncing.is_some() && self.batch.len() >= PENDING_WHILE_SYNCING {
-                self.finish_sync(&tx)
-            } else {
-                self.finish_if_synced(&tx)
-            };
-            if !ok {
+            let wait = self.pass.is_some() && self.batch.len() >= PENDING_WHILE_SYNCING;
+            if !self.step(&tx, wait) {
                 return self.abort();
             }
-            if self.batch_full() && self.syncing.is_none() {
-                self.start_sync();
-            }
         }
+    }
+
+    /// Finishes the pass in flight if it is over (or waits for it), and
+    /// starts the next when one is due: when the batch is full, or, with
+    /// files placed and waiting for their entries to be made durable, once
+    /// half a batch has gathered (a slow disk is then kept busy with
+    /// passes as large as the descriptor bound allows). `false` when the answers can no longer be sent.
+    fn step(&mut self, tx: &mpsc::Sender<Out>, wait: bool) -> bool {
+        if !self.finish_pass(tx, wait) {
+            return false;
+        }
+        let due =
+            self.batch_full() || (!self.linked.is_empty() && self.batch.len() >= BATCH_FILES / 2);
+        if due && self.pass.is_none() {
+            self.start_pass();
+        }
+        true
     }
 
     /// How long to wait for more input before committing what is pending:
     /// `None` when nothing is pending.
     fn linger_left(&self) -> Option<Duration> {
         if self.batch.is_empty()
+            && self.linked.is_empty()
             && self.done.is_empty()
             && self.failed.is_empty()
             && self.dir_meta.is_empty()
+            && self.dirty_dirs.is_empty()
         {
             return None;
         }
@@ -341,7 +434,8 @@ impl<P: Place> Receiver<P> {
     fn batch_full(&self) -> bool {
         self.batch.len() >= BATCH_FILES
             || self.batch_bytes >= BATCH_BYTES
-            || self.done.len() + self.failed.len() + self.dir_meta.len() >= BATCH_FILES * 4
+            || self.done.len() + self.failed.len() + self.dir_meta.len() + self.linked.len()
+                >= BATCH_FILES * 4
     }
 
     /// One entry; `Err` for a protocol violation.
@@ -562,125 +656,190 @@ impl<P: Place> Receiver<P> {
         self.batch.push(p);
     }
 
-    /// Commits everything pending (module docs) and waits for it; `false`
-    /// when the answers can no longer be sent.
+    /// Commits everything pending (module docs) and waits for it: passes
+    /// until nothing is left (the last one only for the entries the one
+    /// before let be placed); `false` when the answers can no longer be
+    /// sent.
     fn commit(&mut self, tx: &mpsc::Sender<Out>) -> bool {
-        if !self.finish_sync(tx) {
-            return false;
-        }
-        self.start_sync();
-        self.finish_sync(tx)
-    }
-
-    /// Starts making the current batch durable on a helper thread (one
-    /// `syncfs`, [`durable::sync_files_known`]) while the next batch is
-    /// written: on a busy disk a sync can take longer than writing a
-    /// batch, and the next batch then simply grows until it is done.
-    fn start_sync(&mut self) {
-        let batch = std::mem::take(&mut self.batch);
-        self.batch_bytes = 0;
-        let dir_meta = std::mem::take(&mut self.dir_meta);
-        let started = Instant::now();
-        let names: Vec<(u64, String)> = batch.iter().map(|p| (p.id, p.path.clone())).collect();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let spawned = std::thread::Builder::new()
-            .name("tree-sync".into())
-            .spawn(move || {
-                let files: Vec<&File> = batch.iter().map(|p| p.slot.file()).collect();
-                let one_fs = batch.windows(2).all(|w| w[0].slot.dev() == w[1].slot.dev());
-                let results = durable::sync_files_known(&files, one_fs);
-                drop(files);
-                let _ = tx.send((batch, results));
-            });
-        let synced = match spawned {
-            Ok(t) => Synced::Running(t, rx),
-            Err(e) => {
-                // The batch went with the thread that never started; its
-                // staged copies are left for the expiry sweep.
-                for (id, path) in names {
-                    let m = errors::msg(ErrorCode::Internal, &path, &format!("not synced: {e}"));
-                    self.record("put", id, &path, None, Err(m));
-                }
-                Synced::Done(Vec::new(), Vec::new())
+        loop {
+            if !self.finish_pass(tx, true) {
+                return false;
             }
-        };
-        self.syncing = Some(Syncing {
-            dir_meta,
-            started,
-            synced,
-        });
-    }
-
-    /// [`finish_sync`](Self::finish_sync) if the sync in flight is over.
-    fn finish_if_synced(&mut self, tx: &mpsc::Sender<Out>) -> bool {
-        match &self.syncing {
-            Some(Syncing {
-                synced: Synced::Running(t, _),
-                ..
-            }) if !t.is_finished() => true,
-            _ => self.finish_sync(tx),
+            if self.linger_left().is_none() {
+                return true;
+            }
+            self.start_pass();
         }
     }
 
-    /// Waits for the batch being synced, renames its files into place,
-    /// applies the directory modes and times that waited for them, fsyncs
-    /// the directories and sends the answers; `false` when they can no
-    /// longer be sent.
-    fn finish_sync(&mut self, tx: &mpsc::Sender<Out>) -> bool {
-        let Some(s) = self.syncing.take() else {
+    /// Starts a durability pass over everything done so far (module
+    /// docs): the data of the batch, and the entries placed since the last
+    /// pass began. It runs on the worker thread while the next batch is
+    /// written (on a busy disk a pass takes longer than writing a batch,
+    /// and the next batch then grows until it is done); on the disk thread
+    /// itself if the worker cannot be started.
+    fn start_pass(&mut self) {
+        let job = PassJob {
+            written: std::mem::take(&mut self.batch),
+            dirs: std::mem::take(&mut self.dirty_dirs),
+        };
+        self.batch_bytes = 0;
+        let mut pass = Pass {
+            started: Instant::now(),
+            dir_meta: std::mem::take(&mut self.dir_meta),
+            linked: std::mem::take(&mut self.linked),
+            done: std::mem::take(&mut self.done),
+            failed: std::mem::take(&mut self.failed),
+            inline: None,
+        };
+        if job.written.is_empty() && job.dirs.is_empty() {
+            pass.inline = Some((Vec::new(), Vec::new(), Ok(())));
+        } else {
+            if self.worker.is_none() {
+                self.worker = Worker::start(self.sync.clone()).ok();
+            }
+            let sent = match &self.worker {
+                Some(w) => w.jobs.send(job).map_err(|e| e.0),
+                None => Err(job),
+            };
+            if let Err(job) = sent {
+                self.worker = None;
+                pass.inline = Some(job.run(&self.sync));
+            }
+        }
+        self.pass = Some(pass);
+    }
+
+    /// The result of the pass in flight: `None` when there is none, or it
+    /// is still running and `wait` is off. A worker that died took its
+    /// files with it (staged copies are then left for the expiry sweep),
+    /// and their entries are failed.
+    fn pass_result(&mut self, wait: bool) -> Option<Finished<P::Slot>> {
+        let pass = self.pass.as_mut()?;
+        if let Some(r) = pass.inline.take() {
+            return self.pass.take().map(|p| (p, r));
+        }
+        let r = match &self.worker {
+            Some(w) if wait => w.results.recv().ok(),
+            Some(w) => match w.results.try_recv() {
+                Ok(r) => Some(r),
+                Err(std::sync::mpsc::TryRecvError::Empty) => return None,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => None,
+            },
+            None => None,
+        };
+        let r = r.unwrap_or_else(|| {
+            self.worker = None;
+            let lost = io::Error::other("the durability pass stopped");
+            (Vec::new(), Vec::new(), Err(lost))
+        });
+        self.pass.take().map(|p| (p, r))
+    }
+
+    /// Finishes the pass in flight if it is over (or waits for it, with
+    /// `wait`): answers the files it made durable, places the files whose
+    /// data it made durable (renames or links, for the next pass), and
+    /// applies the directory modes and times that waited for them; `false`
+    /// when the answers can no longer be sent.
+    fn finish_pass(&mut self, tx: &mpsc::Sender<Out>, wait: bool) -> bool {
+        let Some((pass, (written, synced, dirs))) = self.pass_result(wait) else {
             return true;
         };
-        let (batch, synced) = match s.synced {
-            Synced::Done(b, r) => (b, r),
-            Synced::Running(t, rx) => {
-                let _ = t.join();
-                // A thread that died took its batch with it; the files'
-                // staged copies are then left for the expiry sweep.
-                rx.recv().unwrap_or_default()
-            }
-        };
-        let mut renamed = Vec::with_capacity(batch.len());
-        for (p, synced) in batch.into_iter().zip(synced) {
-            let r = synced
-                .map_err(|e| errors::to_msg(&e, &p.path))
-                .and_then(|()| self.place.place(&p.slot, &p.path, p.mode, p.mtime_ns));
-            match r {
-                Ok(()) => renamed.push(p),
-                Err(m) => {
-                    let (id, path) = (p.id, p.path.clone());
-                    p.slot.discard();
-                    self.record("put", id, &path, None, Err(m));
-                }
-            }
-        }
-        for d in s.dir_meta {
-            let r = self.place.dir(&d);
-            self.changed("mkdir", d.id, &d.path, r);
-        }
-        let dirty = std::mem::take(&mut self.dirty_dirs);
-        let dirs = durable::sync_dirs(renamed.iter().map(|p| p.slot.dir()).chain(dirty.iter()));
-        for p in renamed {
+        // Answers recorded since the pass began wait for the next one.
+        let later_done = std::mem::replace(&mut self.done, pass.done);
+        let later_failed = std::mem::replace(&mut self.failed, pass.failed);
+        let later_files = std::mem::take(&mut self.done_files);
+        for l in pass.linked {
             let r = match &dirs {
                 Ok(()) => Ok(()),
                 Err(e) => Err(errors::msg(
                     ErrorCode::Internal,
-                    &p.path,
+                    &l.path,
                     &format!("stored, but its directory could not be synced: {e}"),
                 )),
             };
-            let done = Done {
-                size: p.size,
-                digest: p.digest.clone(),
-            };
             if r.is_ok() {
                 self.totals.files += 1;
-                self.totals.bytes += p.size;
-                self.done_files.push(p.path.clone());
+                self.totals.bytes += l.size;
+                self.done_files.push(l.path.clone());
             }
-            self.record("put", p.id, &p.path, Some(&done), r);
+            let done = Done {
+                size: l.size,
+                digest: l.digest,
+            };
+            self.record("put", l.id, &l.path, Some(&done), r);
         }
-        self.last_commit = s.started.elapsed();
-        self.send_answers(tx)
+        let sent = self.send_answers(tx);
+        self.done = later_done;
+        self.failed = later_failed;
+        self.done_files = later_files;
+        if !sent {
+            return false;
+        }
+        // A file whose data is durable is placed; its directory is made
+        // durable by the next pass. The slots are all open until every
+        // directory is cloned, so equal descriptors are one directory.
+        let mut placed = Vec::with_capacity(written.len());
+        let mut failed = Vec::new();
+        let mut failed_after = Vec::new();
+        for (p, synced) in written.into_iter().zip(synced) {
+            let r = synced
+                .map_err(|e| errors::to_msg(&e, &p.path))
+                .and_then(|()| self.place.place(&p.slot, &p.path, p.mode, p.mtime_ns));
+            match r {
+                Ok(()) => placed.push(p),
+                Err(m) => failed.push((p, m)),
+            }
+        }
+        let mut cloned = HashMap::new();
+        let mut held = Vec::with_capacity(placed.len());
+        for p in &placed {
+            let dir = p.slot.dir();
+            let dirs = &mut self.dirty_dirs;
+            let h =
+                cloned
+                    .entry(dir.as_fd().as_raw_fd())
+                    .or_insert_with(|| match dir.try_clone() {
+                        Ok(d) => {
+                            dirs.push(d);
+                            None
+                        }
+                        Err(e) => Some(e.to_string()),
+                    });
+            held.push(h.clone());
+        }
+        for (p, h) in placed.into_iter().zip(held) {
+            match h {
+                None => self.linked.push(Linked {
+                    id: p.id,
+                    path: p.path,
+                    size: p.size,
+                    digest: p.digest,
+                }),
+                Some(e) => {
+                    let m = errors::msg(
+                        ErrorCode::Internal,
+                        &p.path,
+                        &format!("stored, but its directory could not be synced: {e}"),
+                    );
+                    failed_after.push((p.id, p.path, m));
+                }
+            }
+        }
+        for (p, m) in failed {
+            let (id, path) = (p.id, p.path.clone());
+            p.slot.discard();
+            self.record("put", id, &path, None, Err(m));
+        }
+        for (id, path, m) in failed_after {
+            self.record("put", id, &path, None, Err(m));
+        }
+        for d in pass.dir_meta {
+            let r = self.place.dir(&d);
+            self.changed("mkdir", d.id, &d.path, r);
+        }
+        self.last_commit = pass.started.elapsed();
+        true
     }
 
     /// Sends every answer collected, in frames of bounded size.
@@ -737,15 +896,8 @@ impl<P: Place> Receiver<P> {
 
     /// The peer is gone or broke the protocol: nothing hidden is kept.
     fn abort(mut self) {
-        if let Some(s) = self.syncing.take() {
-            let batch = match s.synced {
-                Synced::Running(t, rx) => {
-                    let _ = t.join();
-                    rx.recv().map(|d| d.0).unwrap_or_default()
-                }
-                Synced::Done(b, _) => b,
-            };
-            for p in batch {
+        if let Some((_, (written, _, _))) = self.pass_result(true) {
+            for p in written {
                 p.slot.discard();
             }
         }
@@ -829,4 +981,200 @@ fn mismatch(path: &str, sent: &str, computed: &str) -> ErrorMsg {
         path,
         &format!("sender sent {sent}, receiver computed {computed}"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skiff_wire::message::tree::{TreeEnd, TreeFiles};
+    use std::sync::Mutex;
+
+    type Log = Arc<Mutex<Vec<String>>>;
+
+    /// A hidden named file in one directory, renamed at the commit.
+    struct TestSlot {
+        file: File,
+        dir: Arc<Dir>,
+        hidden: String,
+    }
+
+    impl Slot for TestSlot {
+        fn file(&self) -> &File {
+            &self.file
+        }
+        fn dir(&self) -> &Dir {
+            &self.dir
+        }
+        fn dev(&self) -> u64 {
+            1
+        }
+        fn discard(self) {
+            let _ = self.dir.remove_file(&self.hidden);
+        }
+    }
+
+    struct TestPlace {
+        dir: Arc<Dir>,
+        log: Log,
+        next: u64,
+    }
+
+    impl Place for TestPlace {
+        type Slot = TestSlot;
+        fn dir(&mut self, _: &TreeDir) -> Result<Option<Dir>, ErrorMsg> {
+            Ok(None)
+        }
+        fn link(&mut self, _: &TreeLink) -> Result<Option<Dir>, ErrorMsg> {
+            Ok(None)
+        }
+        fn open(&mut self, _: &str) -> Result<TestSlot, ErrorMsg> {
+            self.next += 1;
+            let hidden = format!(".part{}", self.next);
+            let file = self
+                .dir
+                .create(&hidden)
+                .map_err(|e| ErrorMsg::new(ErrorCode::Internal, e.to_string()))?
+                .into_std();
+            Ok(TestSlot {
+                file,
+                dir: self.dir.clone(),
+                hidden,
+            })
+        }
+        fn place(
+            &mut self,
+            s: &TestSlot,
+            path: &str,
+            _: u32,
+            _: Option<i64>,
+        ) -> Result<(), ErrorMsg> {
+            self.log.lock().unwrap().push(format!("place {path}"));
+            s.dir
+                .rename(&s.hidden, &s.dir, path)
+                .map_err(|e| ErrorMsg::new(ErrorCode::Internal, e.to_string()))
+        }
+        fn record(&mut self, _: &'static str, _: &str, _: Option<&Done>, _: Result<(), &ErrorMsg>) {
+        }
+    }
+
+    fn wait_for(log: &Log, what: &str) {
+        let until = Instant::now() + Duration::from_secs(10);
+        while !log.lock().unwrap().iter().any(|e| e == what) {
+            assert!(
+                Instant::now() < until,
+                "no `{what}` in {:?}",
+                log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The order the durability guarantee rests on: a file is placed only
+    /// after the pass that made its data durable, and answered only after
+    /// the pass that began after it was placed (which made its directory
+    /// entry durable).
+    #[test]
+    fn a_file_is_placed_after_its_data_pass_and_answered_after_its_entry_pass() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = Arc::new(Dir::open_ambient_dir(t.path(), cap_std::ambient_authority()).unwrap());
+        let log: Log = Arc::default();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let released = Mutex::new(released);
+        let pass_log = log.clone();
+        let sync: SyncFn = Arc::new(move |files: &[&File], _: Option<u64>, dirs: &[Dir]| {
+            let n = files.len();
+            pass_log
+                .lock()
+                .unwrap()
+                .push(format!("pass {n} files {} dirs", dirs.len()));
+            let _ = released
+                .lock()
+                .unwrap()
+                .recv_timeout(Duration::from_secs(10));
+            pass_log.lock().unwrap().push("passed".into());
+            ((0..n).map(|_| Ok(())).collect(), Ok(()))
+        });
+        let place = TestPlace {
+            dir: dir.clone(),
+            log: log.clone(),
+            next: 0,
+        };
+        let receiver = Receiver::new(place, HashAlg::Blake3).with_sync(sync);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (job_tx, job_rx) = mpsc::channel(JOBS);
+        let (out_tx, mut out_rx) = mpsc::channel(ACKS);
+        let handle = rt.handle().clone();
+        let disk = std::thread::spawn(move || receiver.run(job_rx, out_tx, handle));
+        let mut files = Vec::new();
+        let mut body = Vec::new();
+        for id in 0..20u64 {
+            let bytes = vec![id as u8; 100];
+            let mut sum = Checksum::new(HashAlg::Blake3);
+            sum.update(&bytes);
+            files.push(TreeFile {
+                id,
+                path: format!("f{id}"),
+                size: bytes.len() as u64,
+                digest: sum.finish_hex(),
+                ..Default::default()
+            });
+            body.extend_from_slice(&bytes);
+        }
+        let input = TreeInput::Files((TreeFiles { files }, Bytes::from(body)));
+        job_tx.blocking_send(input).unwrap();
+        job_tx.blocking_send(TreeInput::Finish(TreeEnd {})).unwrap();
+
+        // The data pass: nothing placed, nothing answered.
+        wait_for(&log, "pass 20 files 0 dirs");
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!log.lock().unwrap().iter().any(|e| e.starts_with("place")));
+        assert!(out_rx.try_recv().is_err());
+        assert!(!t.path().join("f0").exists());
+        release.send(()).unwrap();
+
+        // The entry pass begins after every file was placed; still no answer.
+        wait_for(&log, "pass 0 files 1 dirs");
+        let events = log.lock().unwrap().clone();
+        let entry_pass = events
+            .iter()
+            .position(|e| e == "pass 0 files 1 dirs")
+            .unwrap();
+        let placed = events.iter().filter(|e| e.starts_with("place")).count();
+        assert_eq!(placed, 20, "{events:?}");
+        assert!(
+            events[..entry_pass]
+                .iter()
+                .filter(|e| e.starts_with("place"))
+                .count()
+                == 20
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(out_rx.try_recv().is_err());
+        assert!(t.path().join("f0").exists());
+        release.send(()).unwrap();
+
+        // Only now the answers, then the end.
+        let mut done = Vec::new();
+        loop {
+            match out_rx.blocking_recv() {
+                Some(Out::Ack(a, _)) => {
+                    assert!(a.failed.is_empty());
+                    done.extend(a.done);
+                }
+                Some(Out::Done(d)) => {
+                    assert_eq!(d.files, 20);
+                    break;
+                }
+                Some(Out::Fatal(m)) => panic!("{}", m.message),
+                None => panic!("the receiver stopped"),
+            }
+        }
+        done.sort_unstable();
+        assert_eq!(done, (0..20).collect::<Vec<_>>());
+        disk.join().unwrap();
+    }
 }
