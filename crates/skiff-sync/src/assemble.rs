@@ -32,10 +32,18 @@ pub trait ReadAt {
     /// Reads up to `buf.len()` bytes at `offset`; 0 at the end.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
 
-    /// The file behind this reader, when it is one: copies from it can
-    /// then stay in the kernel.
-    fn as_file(&self) -> Option<&File> {
-        None
+    /// Reads `buf.len()` bytes at `offset` (fewer only at the end).
+    fn read_full_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match self.read_at(&mut buf[filled..], offset + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(filled)
     }
 }
 
@@ -43,19 +51,11 @@ impl ReadAt for File {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         std::os::unix::fs::FileExt::read_at(self, buf, offset)
     }
-
-    fn as_file(&self) -> Option<&File> {
-        Some(self)
-    }
 }
 
 impl<T: ReadAt + ?Sized> ReadAt for &T {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         (**self).read_at(buf, offset)
-    }
-
-    fn as_file(&self) -> Option<&File> {
-        (**self).as_file()
     }
 }
 
@@ -230,11 +230,7 @@ impl<O: ReadAt + Sync, W: Output + Send> Assembler<O, W> {
                 return Ok(0);
             }
             buf.resize(OUT_BUFFER, 0);
-            match read_full(
-                &|b: &mut [u8], o| old.read_at(b, o),
-                &mut buf[..want(at)],
-                at,
-            )? {
+            match old.read_full_at(&mut buf[..want(at)], at)? {
                 0 => Err(out_of_range()),
                 n => Ok(n),
             }
@@ -299,23 +295,6 @@ impl<O: ReadAt + Sync, W: Output + Send> Assembler<O, W> {
         }
         Ok(self.out)
     }
-}
-
-/// Reads `buf.len()` bytes at `offset` (fewer only at the end).
-fn read_full<F>(read_at: &F, buf: &mut [u8], offset: u64) -> io::Result<usize>
-where
-    F: Fn(&mut [u8], u64) -> io::Result<usize>,
-{
-    let mut filled = 0;
-    while filled < buf.len() {
-        match read_at(&mut buf[filled..], offset + filled as u64) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
 }
 
 #[cfg(test)]

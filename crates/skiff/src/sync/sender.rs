@@ -672,7 +672,7 @@ impl Sender<'_> {
             self.pack.truncate(at);
             return Ok(false);
         }
-        let hash = blake3::hash(&self.pack.body()[at..]).to_hex().to_string();
+        let hash = Hash::of(&self.pack.body()[at..]).to_hex();
         if cfg!(debug_assertions) {
             // The test hook corrupts a file's first piece after hashing.
             fault::maybe_delay_blocking();

@@ -402,7 +402,8 @@ impl<P: Place> Receiver<P> {
     /// starts the next when one is due: when the batch is full, or, with
     /// files placed and waiting for their entries to be made durable, once
     /// half a batch has gathered (a slow disk is then kept busy with
-    /// passes as large as the descriptor bound allows). `false` when the answers can no longer be sent.
+    /// passes as large as the descriptor bound allows). `false` when the
+    /// answers can no longer be sent.
     fn step(&mut self, tx: &mpsc::Sender<Out>, wait: bool) -> bool {
         if !self.finish_pass(tx, wait) {
             return false;
@@ -752,11 +753,7 @@ impl<P: Place> Receiver<P> {
         for l in pass.linked {
             let r = match &dirs {
                 Ok(()) => Ok(()),
-                Err(e) => Err(errors::msg(
-                    ErrorCode::Internal,
-                    &l.path,
-                    &format!("stored, but its directory could not be synced: {e}"),
-                )),
+                Err(e) => Err(unsynced_dir(&l.path, e)),
             };
             if r.is_ok() {
                 self.totals.files += 1;
@@ -817,11 +814,7 @@ impl<P: Place> Receiver<P> {
                     digest: p.digest,
                 }),
                 Some(e) => {
-                    let m = errors::msg(
-                        ErrorCode::Internal,
-                        &p.path,
-                        &format!("stored, but its directory could not be synced: {e}"),
-                    );
+                    let m = unsynced_dir(&p.path, &e);
                     failed_after.push((p.id, p.path, m));
                 }
             }
@@ -908,6 +901,16 @@ impl<P: Place> Receiver<P> {
             s.discard();
         }
     }
+}
+
+/// The failure of a file that is in place but whose directory entry could
+/// not be made durable (or its directory held for that).
+fn unsynced_dir(path: &str, e: &dyn std::fmt::Display) -> ErrorMsg {
+    errors::msg(
+        ErrorCode::Internal,
+        path,
+        &format!("stored, but its directory could not be synced: {e}"),
+    )
 }
 
 /// Runs the network side of a receiver: reads entries into `jobs` (for
