@@ -192,14 +192,16 @@ export SKIFF_HOME="$WORK/home"
 mkdir -p "$SKIFF_HOME" "$WORK/root"
 SKIFF_OUT="$WORK/skiff-serve.out"
 HOME="$SKIFF_HOME" start_bg "$SKIFF" serve --root "$WORK/root" \
-    --listen tcp://127.0.0.1:0 --listen "unix://$WORK/skiff.sock" >"$SKIFF_OUT" 2>"$WORK/skiff-serve.err"
+    --listen tcp://127.0.0.1:0 --listen tcp+plain://127.0.0.1:0 --listen "unix://$WORK/skiff.sock" \
+    >"$SKIFF_OUT" 2>"$WORK/skiff-serve.err"
 SKIFF_PID=${PIDS[-1]}
 for i in $(seq 200); do
-    [ "$(grep -c '^listening on' "$SKIFF_OUT" 2>/dev/null)" -ge 2 ] && break
+    [ "$(grep -c '^listening on' "$SKIFF_OUT" 2>/dev/null)" -ge 3 ] && break
     sleep 0.1
 done
 SKIFF_TLS=$(grep -m1 '^listening on tcp://' "$SKIFF_OUT" | sed 's/^listening on //')
 SKIFF_UNIX=$(grep -m1 '^listening on unix://' "$SKIFF_OUT" | sed 's/^listening on //')
+SKIFF_PLAIN=$(grep -m1 '^listening on tcp+plain://' "$SKIFF_OUT" | sed 's/^listening on //')
 [ -n "$SKIFF_TLS" ] || { echo "compare.sh: skiff serve did not start:"; cat "$SKIFF_OUT" "$WORK/skiff-serve.err"; exit 1; } >&2
 sk() { HOME="$SKIFF_HOME" "$SKIFF" "$@"; }
 # Which services this build has (a subcommand not built yet says so).
@@ -378,10 +380,11 @@ PY_PID=${PIDS[-1]}
 REDIS_PID=${PIDS[-2]}
 # Each run also records CPU microseconds per request, server / client: on a
 # busy machine throughput swings with the scheduler, CPU per request much less.
-skiff_ping() { # CONNS PIPELINE -> json file; sets SK, SKLAT, SKCPU
-    local f="$RESULTS/ping_$1_$2.json" c0 c1
+skiff_ping() { # CONNS PIPELINE [URL] -> json file; sets SK, SKLAT, SKCPU
+    local url=${3:-$SKIFF_TLS}
+    local f="$RESULTS/ping_$1_$2_${url%%:*}.json" c0 c1
     c0=$(proc_cpu "$SKIFF_PID")
-    cpu_run "$RESULTS/cpu" env HOME="$SKIFF_HOME" "$SKIFF" bench ping "$SKIFF_TLS" -c "$1" -d "$SECS" --pipeline "$2" --json >"$f"
+    cpu_run "$RESULTS/cpu" env HOME="$SKIFF_HOME" "$SKIFF" bench ping "$url" -c "$1" -d "$SECS" --pipeline "$2" --json >"$f"
     c1=$(proc_cpu "$SKIFF_PID")
     SK=$(json "$f" "f\"{d['requests_per_sec']:.0f}\"")
     SKLAT=$(json "$f" "f\"{d['latency']['p50_ms']:.3f} / {d['latency']['p99_ms']:.3f} / {d['latency']['p999_ms']:.3f}\"")
@@ -414,6 +417,15 @@ for c in $CONNS_LIST; do
     T_PING+=("skiff bench ping -c $c (TLS, authenticated)|$SK|$SKLAT|$SKCPU|$(ratio "$SK" "$RD")|$(ratio "$SK" "$PY")")
     T_PING+=("redis-benchmark PING -c $c|$RD||$RDCPU||")
     T_PING+=("Python ThreadingTCPServer echo -c $c|$PY|$PYLAT|$PYCPU||")
+    if [ "$c" = 50 ]; then RD50=$RD; PY50=$PY; fi
+done
+# Without encryption, as redis and the Python server run: the same
+# authenticated sessions over plain TCP and over a Unix socket, against
+# the redis and Python figures above at 50 connections.
+for url in "$SKIFF_PLAIN" "$SKIFF_UNIX"; do
+    [ -n "$url" ] || continue
+    skiff_ping 50 1 "$url"
+    T_PING+=("skiff bench ping -c 50 (${url%%:*}, authenticated)|$SK|$SKLAT|$SKCPU|$(ratio "$SK" "${RD50:-}")|$(ratio "$SK" "${PY50:-}")")
 done
 skiff_ping 50 16
 redis_ping 50 16
@@ -476,7 +488,7 @@ MODE=full
     [ -n "$SKIFF_EXEC_P99" ] && { echo "\`skiff bench exec -n $EXEC_RUNS\`: $SKIFF_EXEC_P99."; echo; }
     echo "## Small requests (requests/s, ${SECS} s runs)"
     echo
-    echo "skiff: \`skiff bench ping\` over TLS, authenticated sessions, empty ping bodies; redis-benchmark PING (PING_MBULK, $REDIS_N requests) against redis-server; Python: \`bench/py_echo_server.py\` (socketserver.ThreadingTCPServer, 4-byte length frames, upper-case echo) driven by \`bench/py_echo_client.py\`. Latency is p50 / p99 / p999 in ms."
+    echo "skiff: \`skiff bench ping\` over TLS unless the row says \`tcp+plain\` or \`unix\`, authenticated sessions, empty ping bodies (the plain and unix rows are compared with the 50-connection redis and Python rows); redis-benchmark PING (PING_MBULK, $REDIS_N requests) against redis-server; Python: \`bench/py_echo_server.py\` (socketserver.ThreadingTCPServer, 4-byte length frames, upper-case echo) driven by \`bench/py_echo_client.py\`. Latency is p50 / p99 / p999 in ms."
     echo
     table "| what | requests/s | latency ms | CPU us/request (server / client) | skiff vs redis | skiff vs Python |" "| --- | --- | --- | --- | --- | --- |" "${T_PING[@]}"
     echo "## Small files and latency"

@@ -57,3 +57,30 @@ fn bench_exec_times_true_on_new_connections() {
     assert_eq!(v["count"], 3);
     assert!(v["latency"]["p50_ms"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn bench_ping_opens_more_connections_than_one_address_may_have_in_the_handshake() {
+    // The server drops a connection at once when its source already has
+    // `--per-source-max-startups` (default 16) in the handshake. 64
+    // sessions over plain TCP, where handshakes come fastest, must all
+    // open: the client keeps fewer than that in flight.
+    let server = TestServer::start_listening(&["tcp+plain://127.0.0.1:0"], &[]);
+    for round in 0..3 {
+        let out = server
+            .client()
+            .args([
+                "bench",
+                "ping",
+                server.url(),
+                "-c",
+                "64",
+                "-d",
+                "0.2",
+                "--json",
+            ])
+            .output()
+            .unwrap();
+        let v = json_of(&out);
+        assert_eq!(v["connections"], 64, "round {round}: {v}");
+    }
+}
