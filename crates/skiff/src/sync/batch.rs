@@ -5,15 +5,19 @@
 //!
 //! Order matters. A directory's final mode and mtime arrive after
 //! everything in it, and renaming a file into a directory changes the
-//! directory's mtime; so a commit first makes the files durable, then
-//! puts them in place (an unnamed file by `linkat`, which never replaces
-//! a name; a staged one by rename, by identity: `transfer::commit`), then
-//! applies the
-//! metadata in arrival order, then fsyncs each directory that gained
-//! entries or got new metadata once. Only after that does the batch count
-//! as committed, and only committed files are counted in the summary the
-//! receiver sends at the end: a file the summary reports survives a crash
-//! (docs/FILES.md, "Durability").
+//! directory's mtime. So each commit is one durability pass
+//! ([`durable::sync_pass`]) that makes durable both the data of this
+//! batch's files and the directory entries the previous commit made;
+//! then it puts this batch's files in place (an unnamed file by
+//! `linkat`, which never replaces a name; a staged one by rename, by
+//! identity: `transfer::commit`) and applies its metadata in arrival
+//! order. A file therefore counts as committed one pass after it was
+//! placed, once its entry is durable too, and [`Batch::flush`] runs the
+//! last pass. Only committed files are counted in the summary the
+//! receiver sends at the end: a file the summary reports survives a
+//! crash (docs/FILES.md, "Durability"). One pass per batch instead of a
+//! pass for the data and another for the entries halves the flushes a
+//! tree costs on a disk.
 
 use cap_std::fs::Dir;
 use skiff_wire::{ErrorCode, ErrorMsg};
@@ -26,8 +30,9 @@ use crate::transfer::{durable, errors};
 
 /// Files per batch. Each holds at most three descriptors until its
 /// commit (a staged file, its directory, the destination directory; an
-/// unnamed file holds one, its directory being shared), so this keeps a
-/// client under the usual soft limit of 1024.
+/// unnamed file holds one, its directory being shared), and a placed
+/// file keeps them until the next pass: this keeps a client under the
+/// usual soft limit of 1024.
 pub const BATCH_FILES: usize = 128;
 
 /// Bytes per batch: a large file is committed on its own.
@@ -52,6 +57,12 @@ pub struct Batch {
     metas: Vec<Meta>,
     bytes: u64,
     sigcache: Option<Arc<SigCache>>,
+    /// Files the last commit put in place: the next pass makes their
+    /// entries durable.
+    placed: Vec<Verified>,
+    /// Directories whose metadata the last commit set (the next pass
+    /// makes that durable).
+    touched: Vec<Dir>,
 }
 
 /// What a commit did.
@@ -77,6 +88,8 @@ impl Batch {
             metas: Vec::new(),
             bytes: 0,
             sigcache: None,
+            placed: Vec::new(),
+            touched: Vec::new(),
         }
     }
 
@@ -109,45 +122,36 @@ impl Batch {
             || self.metas.len() >= BATCH_METAS
     }
 
-    /// Whether there is nothing to commit.
+    /// Whether there is nothing to commit (nor a pass owed to what the
+    /// last commit placed).
     pub fn is_empty(&self) -> bool {
-        self.files.is_empty() && self.metas.is_empty()
+        self.files.is_empty()
+            && self.metas.is_empty()
+            && self.placed.is_empty()
+            && self.touched.is_empty()
     }
 
-    /// Makes everything in the batch durable and in place (module docs)
-    /// and empties it. Blocking.
+    /// One durability pass (module docs): the data of the batch's files
+    /// and the entries the previous commit made become durable, the
+    /// previous commit's files count as committed, and this batch's
+    /// files are put in place and its metadata applied. Blocking.
     pub fn commit(&mut self) -> Committed {
         let mut out = Committed::default();
         let files = std::mem::take(&mut self.files);
         let metas = std::mem::take(&mut self.metas);
+        let placed = std::mem::take(&mut self.placed);
+        let touched = std::mem::take(&mut self.touched);
         self.bytes = 0;
         let handles: Vec<&std::fs::File> = files.iter().map(|v| v.file()).collect();
-        let one_fs = files.windows(2).all(|w| w[0].dev() == w[1].dev());
-        let synced = durable::sync_files_known(&handles, one_fs);
+        let files_dev = files
+            .first()
+            .map(Verified::dev)
+            .filter(|dev| files.iter().all(|v| v.dev() == *dev));
+        let entries = placed.iter().map(Verified::dir).chain(touched.iter());
+        let (synced, entries_synced) = durable::sync_pass(&handles, files_dev, entries);
         drop(handles);
-        let mut renamed = Vec::with_capacity(files.len());
-        for (v, synced) in files.into_iter().zip(synced) {
-            let r = synced
-                .map_err(|e| errors::to_msg(&e, &v.path))
-                .and_then(|()| v.place());
-            match r {
-                Ok(()) => renamed.push(v),
-                Err(e) => out.failed_files.push((v.path.clone(), e)),
-            }
-        }
-        let mut dirs = Vec::new();
-        for m in metas {
-            match apply::set_meta(&self.root, &m.path, m.mode, m.mtime_ns) {
-                Ok((d, changed)) => {
-                    out.metas_changed += u64::from(changed);
-                    dirs.extend(d);
-                }
-                Err(e) => out.failed_metas.push((m.path, e)),
-            }
-        }
-        let synced = durable::sync_dirs(renamed.iter().map(|v| v.dir()).chain(dirs.iter()));
-        for v in renamed {
-            match &synced {
+        for v in placed {
+            match &entries_synced {
                 Ok(()) => {
                     out.files += 1;
                     if let (Some(c), Some(sig)) = (&self.sigcache, &v.signature) {
@@ -166,7 +170,45 @@ impl Batch {
                 )),
             }
         }
+        for (v, synced) in files.into_iter().zip(synced) {
+            let r = synced
+                .map_err(|e| errors::to_msg(&e, &v.path))
+                .and_then(|()| v.place());
+            match r {
+                Ok(()) => self.placed.push(v),
+                Err(e) => out.failed_files.push((v.path.clone(), e)),
+            }
+        }
+        for m in metas {
+            match apply::set_meta(&self.root, &m.path, m.mode, m.mtime_ns) {
+                Ok((d, changed)) => {
+                    out.metas_changed += u64::from(changed);
+                    self.touched.extend(d);
+                }
+                Err(e) => out.failed_metas.push((m.path, e)),
+            }
+        }
         out
+    }
+
+    /// Commits everything the batch holds, including the last pass that
+    /// makes the entries of its files durable. Blocking.
+    pub fn flush(&mut self) -> Committed {
+        let mut out = self.commit();
+        while !self.is_empty() {
+            out.add(self.commit());
+        }
+        out
+    }
+}
+
+impl Committed {
+    /// Adds what a later commit did.
+    fn add(&mut self, later: Committed) {
+        self.files += later.files;
+        self.failed_files.extend(later.failed_files);
+        self.failed_metas.extend(later.failed_metas);
+        self.metas_changed += later.metas_changed;
     }
 }
 
@@ -214,7 +256,17 @@ pub(super) mod tests {
         assert!(names(&t.path().join("d"))
             .iter()
             .all(|n| apply::is_temp_name(n)));
+        // The first pass makes the data durable and puts the files in
+        // place; they count once the next pass has made their entries
+        // durable too.
         let c = b.commit();
+        assert_eq!(c.files, 0);
+        assert!(c.failed_files.is_empty() && c.failed_metas.is_empty());
+        assert!(!b.is_empty());
+        assert!(names(&t.path().join("d"))
+            .iter()
+            .all(|n| n.starts_with('f')));
+        let c = b.flush();
         assert_eq!(c.files, durable::SYNCFS_MIN as u64 + 2);
         assert!(c.failed_files.is_empty() && c.failed_metas.is_empty());
         assert!(b.is_empty());

@@ -29,9 +29,10 @@
 //! them after every message it reads, so they never outnumber the jobs in
 //! flight. Dropping the [`Disk`] closes the queue: the thread drops the
 //! uncommitted batch (removing its staged files, its unnamed ones vanish
-//! by themselves, so every destination
-//! keeps what it had) and ends; [`Disk::into_thread`] lets whoever must
-//! wait for that (an atomic sync discarding its new tree) join it.
+//! by themselves, so their destinations keep what they had; files the
+//! last pass already put in place stay, complete and verified, but are
+//! not reported) and ends; [`Disk::into_thread`] lets whoever must wait
+//! for that (an atomic sync discarding its new tree) join it.
 
 use bytes::Bytes;
 use std::sync::Arc;
@@ -225,10 +226,8 @@ fn one(
     batch: &mut Batch,
     out: &mpsc::UnboundedSender<Outcome>,
 ) {
-    let commit = |batch: &mut Batch| {
-        if !batch.is_empty() {
-            let _ = out.send(Outcome::Committed(batch.commit()));
-        }
+    let report = |done: Committed| {
+        let _ = out.send(Outcome::Committed(done));
     };
     {
         match job {
@@ -248,13 +247,15 @@ fn one(
                 mtime_ns,
             } => batch.add_meta(path, mode, mtime_ns),
             Job::Flush => {
-                commit(batch);
+                if !batch.is_empty() {
+                    report(batch.flush());
+                }
                 let _ = out.send(Outcome::Flushed);
                 return;
             }
         }
         if batch.is_full() {
-            commit(batch);
+            report(batch.commit());
         }
     }
 }

@@ -18,11 +18,12 @@
 //!    `syncfs` of their file system for a batch of [`SYNCFS_MIN`] files or
 //!    more, an `fsync` per file below that (or when `syncfs` reports an
 //!    error, so each file's own error is found);
-//! 3. the caller renames (or links) the files into place and then calls
-//!    [`sync_dirs`] with their directories: one `fsync` per distinct
-//!    directory, or one `syncfs` when there are several on one file
-//!    system (each directory `fsync` would be a journal commit of its
-//!    own).
+//! 3. the caller renames (or links) the files into place, and a later
+//!    pass makes their directories' entries durable: one `fsync` per
+//!    distinct directory, or one `syncfs` when there are several on one
+//!    file system (each directory `fsync` would be a journal commit of
+//!    its own). [`sync_pass`] does step 2 for one batch and step 3 for
+//!    the batch placed before it in a single `syncfs`.
 //!
 //! Only after step 3 may a file be reported as stored.
 
@@ -104,18 +105,11 @@ pub const DIRS_SYNCFS_MIN: usize = 2;
 
 /// Makes the entries of each directory durable (step 3); the first
 /// error. A batch names the same few directories hundreds of times, so
-/// repeats are recognised first by descriptor (the handles shared by a
-/// tree's files: no system call), then from the handle's identity (one
-/// `fstat`). On most file systems each directory `fsync` is a journal
-/// commit of its own, so from [`DIRS_SYNCFS_MIN`] directories on one
-/// file system one `syncfs` covers them all; an `fsync` per directory
-/// otherwise, or when the `syncfs` reports an error (so each
-/// directory's own error is found).
-pub fn sync_dirs<'a>(dirs: impl IntoIterator<Item = &'a cap_std::fs::Dir>) -> io::Result<()> {
-    sync_distinct(&distinct_dirs(dirs))
-}
-
-/// [`sync_dirs`] of directories already told apart.
+/// repeats are recognised first (`distinct_dirs`). On most file systems
+/// each directory `fsync` is a journal commit of its own, so from
+/// [`DIRS_SYNCFS_MIN`] directories on one file system one `syncfs`
+/// covers them all; an `fsync` per directory otherwise, or when the
+/// `syncfs` reports an error (so each directory's own error is found).
 fn sync_distinct(distinct: &[DevDir<'_>]) -> io::Result<()> {
     if let Some(dev) = one_dev(distinct) {
         if distinct.len() >= DIRS_SYNCFS_MIN && syncfs_of(distinct, None, dev).is_ok() {
@@ -137,12 +131,12 @@ fn sync_distinct(distinct: &[DevDir<'_>]) -> io::Result<()> {
 /// change made to the file system before the call is on stable storage,
 /// the data of the files and the entries already made in the directories
 /// alike (no file-system-specific ordering is assumed). Otherwise, or
-/// when it reports an error, each part is synced on its own as
-/// [`sync_files_known`] and [`sync_dirs`] do.
-pub fn sync_pass(
+/// when it reports an error, each part is synced on its own: the files
+/// as [`sync_files_known`] does, the directories as step 3 says.
+pub fn sync_pass<'a>(
     files: &[&File],
     files_dev: Option<u64>,
-    dirs: &[cap_std::fs::Dir],
+    dirs: impl IntoIterator<Item = &'a cap_std::fs::Dir>,
 ) -> (Vec<io::Result<()>>, io::Result<()>) {
     let distinct = distinct_dirs(dirs);
     let dirs_dev = one_dev(&distinct);
@@ -255,6 +249,8 @@ mod tests {
         assert!(sync_files_known(&refs, false).iter().all(|r| r.is_ok()));
         let dir =
             cap_std::fs::Dir::open_ambient_dir(t.path(), cap_std::ambient_authority()).unwrap();
-        sync_dirs([&dir, &dir]).unwrap();
+        let (files_ok, dirs_ok) = sync_pass(&refs, None, [&dir, &dir]);
+        assert!(files_ok.iter().all(|r| r.is_ok()));
+        dirs_ok.unwrap();
     }
 }

@@ -326,7 +326,7 @@ impl<P: Place> Receiver<P> {
             big: None,
             pass: None,
             worker: None,
-            sync: Arc::new(durable::sync_pass),
+            sync: Arc::new(|files, dev, dirs| durable::sync_pass(files, dev, dirs)),
             totals: TreeDone::default(),
         }
     }
