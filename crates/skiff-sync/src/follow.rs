@@ -39,8 +39,16 @@ use crate::recipe::{CopyRun, Piece};
 
 /// Read buffer when the file is large enough to fill it.
 const BUFFER: usize = 16 * 1024 * 1024;
-/// Bytes of expected old chunks verified at once (hashed in parallel).
-const ROUND: usize = 4 * 1024 * 1024;
+/// Bytes of expected old chunks verified at once (hashed in parallel):
+/// [`ROUND_CHUNKS`] average chunks, within these bounds. Each refill of
+/// the buffer moves what is still ahead (about two rounds and a maximum
+/// chunk) to its front, so a round much smaller than the buffer keeps
+/// that copy small; a round of several chunks keeps the cores busy.
+const ROUND_MIN: usize = 1024 * 1024;
+/// Upper bound of a round (see [`ROUND_MIN`]).
+const ROUND_MAX: usize = 4 * 1024 * 1024;
+/// Average chunks per round.
+const ROUND_CHUNKS: usize = 4;
 /// Chunks cut at once (at most [`STEP`] bytes) when following fails.
 const CUT_CHUNKS: usize = 16;
 /// Below this many bytes at once, hashing in parallel costs more than it
@@ -112,7 +120,8 @@ where
     let cut_block = STEP.min(CUT_CHUNKS * params.avg as usize);
     // Room for a round emitted but not yet digested, and a round plus a
     // maximum chunk and one byte read ahead.
-    let floor = 2 * ROUND + 2 * max + 2;
+    let round = (ROUND_CHUNKS * params.avg as usize).clamp(ROUND_MIN, ROUND_MAX);
+    let floor = 2 * round + 2 * max + 2;
     let want = size_hint.map_or(BUFFER, |s| (s as usize).saturating_add(1));
     let mut buf = vec![0u8; want.clamp(floor.min(want), BUFFER.max(floor))];
     let mut filled = 0usize;
@@ -132,7 +141,7 @@ where
     };
     loop {
         // Keep a round plus a maximum chunk and one byte ahead, or the end.
-        if !eof && filled - start < ROUND + max + 1 {
+        if !eof && filled - start < round + max + 1 {
             buf.copy_within(digested..filled, 0);
             filled -= digested;
             start -= digested;
@@ -152,7 +161,7 @@ where
                 let mut spans = Vec::new();
                 let mut at = start;
                 let mut i = first;
-                while at - start < ROUND && old.followable(i, params.max) && at + max <= filled {
+                while at - start < round && old.followable(i, params.max) && at + max <= filled {
                     let len = old.chunks[i].len as usize;
                     spans.push((at, len));
                     at += len;
