@@ -262,6 +262,16 @@ pub fn state_dir() -> PathBuf {
         .join("skiff")
 }
 
+/// `$XDG_CACHE_HOME/skiff` or `~/.cache/skiff`: what a client may lose
+/// without harm (the signatures of files it pulled).
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .unwrap_or_else(|| home_dir().join(".cache"))
+        .join("skiff")
+}
+
 /// The client key file when neither `--key` nor `$SKIFF_KEY_FILE` is given.
 pub fn default_key_path() -> PathBuf {
     config_dir().join("key")

@@ -712,6 +712,43 @@ fn a_file_changed_behind_the_signature_cache_still_syncs_exactly() {
     push();
 }
 
+/// A client pulling a large file keeps its signature too
+/// (`~/.cache/skiff/sigcache`), so the next pull of that file after a
+/// change is a delta against the cached chunks, byte-identical.
+#[test]
+fn a_pulled_large_file_leaves_its_signature_in_the_client_cache() {
+    let server = TestServer::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let size = 20usize << 20;
+    let mut data = random_bytes(size, 41);
+    fs::create_dir(server.root.join("s")).unwrap();
+    fs::write(server.root.join("s/big"), &data).unwrap();
+    let dst = work.path().join("pulled");
+    let pull = || {
+        let r = sync_json(&server, &[&remote("s"), p(&dst)]);
+        assert_eq!(num(&r, "failed"), 0, "{r}");
+        assert_eq!(
+            fs::read(dst.join("big")).unwrap(),
+            fs::read(server.root.join("s/big")).unwrap()
+        );
+        r
+    };
+    pull();
+    let cache = server.home.path().join(".cache/skiff/sigcache");
+    let md = fs::metadata(dst.join("big")).unwrap();
+    let entry = cache.join(format!("{:x}-{:x}.sig", md.dev(), md.ino()));
+    assert!(entry.exists(), "{:?}", names(&cache));
+    data[7 << 20..(7 << 20) + 60_000].copy_from_slice(&random_bytes(60_000, 42));
+    fs::write(server.root.join("s/big"), &data).unwrap();
+    let r = pull();
+    assert!(num(&r, "literal_bytes") < size as u64 / 20, "{r}");
+    // The committed delta left the new copy's signature in turn.
+    let md = fs::metadata(dst.join("big")).unwrap();
+    assert!(cache
+        .join(format!("{:x}-{:x}.sig", md.dev(), md.ino()))
+        .exists());
+}
+
 /// A tree of `dirs` x `files` small files whose content says `tag`.
 fn tagged_tree(dir: &Path, dirs: usize, files: usize, tag: &str) {
     for d in 0..dirs {

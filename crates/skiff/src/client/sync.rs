@@ -18,6 +18,7 @@ use crate::session::Session;
 use crate::sync::apply::Stager;
 use crate::sync::atomic::Shadow;
 use crate::sync::link::Counters;
+use crate::sync::sigcache::SigCache;
 use crate::sync::{receiver, sender, Events, Options, Report, SyncError};
 
 /// Which way the tree goes.
@@ -99,7 +100,7 @@ pub async fn sync(
                 root: local,
                 stager: Stager::Beside,
                 shadow,
-                sigcache: None,
+                sigcache: pull_sigcache(),
             };
             receiver::run(reader, writer, dest, opts, events, counters.clone()).await
         }
@@ -153,6 +154,22 @@ fn client_error(e: SyncError) -> ClientError {
 
 /// An empty directory to compare against, for a dry-run pull into a
 /// destination that does not exist (nothing is created there).
+/// The signature cache of files this user pulled,
+/// `~/.cache/skiff/sigcache` (SYNC.md, "The receiver's signature
+/// cache"): the next pull of a changed large file need not read and cut
+/// the old copy first. `None` when it cannot be opened (signatures are
+/// then cut afresh).
+fn pull_sigcache() -> Option<Arc<SigCache>> {
+    let dir = crate::keys::cache_dir().join("sigcache");
+    match SigCache::open(&dir) {
+        Ok(c) => Some(Arc::new(c)),
+        Err(e) => {
+            tracing::debug!("signature cache {}: {e}", dir.display());
+            None
+        }
+    }
+}
+
 fn empty_dir() -> Result<Dir, ClientError> {
     let t = std::env::temp_dir().join(format!("skiff-sync-empty-{}", std::process::id()));
     let local = |e: std::io::Error| ClientError::Local(format!("{}: {e}", t.display()));
