@@ -245,31 +245,29 @@ pub fn home_dir() -> PathBuf {
 
 /// `$XDG_CONFIG_HOME/skiff` or `~/.config/skiff`.
 pub fn config_dir() -> PathBuf {
-    std::env::var_os("XDG_CONFIG_HOME")
+    xdg_dir("XDG_CONFIG_HOME", ".config")
+}
+
+/// `$VAR/skiff` when `VAR` holds an absolute path (the XDG base directory
+/// rule), else `~/FALLBACK/skiff`.
+fn xdg_dir(var: &str, fallback: &str) -> PathBuf {
+    std::env::var_os(var)
         .map(PathBuf::from)
         .filter(|p| p.is_absolute())
-        .unwrap_or_else(|| home_dir().join(".config"))
+        .unwrap_or_else(|| home_dir().join(fallback))
         .join("skiff")
 }
 
 /// `$XDG_STATE_HOME/skiff` or `~/.local/state/skiff`: the server's
 /// certificate and default users file.
 pub fn state_dir() -> PathBuf {
-    std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .unwrap_or_else(|| home_dir().join(".local/state"))
-        .join("skiff")
+    xdg_dir("XDG_STATE_HOME", ".local/state")
 }
 
 /// `$XDG_CACHE_HOME/skiff` or `~/.cache/skiff`: what a client may lose
 /// without harm (the signatures of files it pulled).
 pub fn cache_dir() -> PathBuf {
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .unwrap_or_else(|| home_dir().join(".cache"))
-        .join("skiff")
+    xdg_dir("XDG_CACHE_HOME", ".cache")
 }
 
 /// The client key file when neither `--key` nor `$SKIFF_KEY_FILE` is given.

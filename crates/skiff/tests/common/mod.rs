@@ -176,6 +176,7 @@ pub fn env_for(mut cmd: Command, home: &Path) -> Command {
     cmd.env("HOME", home)
         .env_remove("XDG_CONFIG_HOME")
         .env_remove("XDG_STATE_HOME")
+        .env_remove("XDG_CACHE_HOME")
         .env_remove("SKIFF_KEY_FILE")
         .env_remove("SKIFF_KNOWN_SERVERS")
         .env_remove("SKIFF_CONFIG")
