@@ -495,3 +495,73 @@ fn a_flood_of_batches_from_a_client_that_never_reads_stays_bounded() {
     assert!(names(&server.root.join("dst")).is_empty());
     honest_push(&server, "after");
 }
+
+/// Two pushes at once into a destination whose every name is an empty
+/// directory, each replacing them with its own version of the files
+/// (forced deletes, then `sync_files` batches with `replace`: staged and
+/// renamed by identity). Every path ends a whole file from one of the
+/// two, nothing is left staged or hidden, and each push's failures are
+/// reported; a third push then completes.
+#[test]
+fn two_pushes_replacing_directories_with_files_at_once_leave_whole_files() {
+    let server = server();
+    let dst = server.root.join("dst");
+    let work = tempfile::tempdir().unwrap();
+    let (a, b) = (work.path().join("a"), work.path().join("b"));
+    let content = |tag: &str, i: usize| format!("{tag} {i} ").repeat(i % 40 + 1).into_bytes();
+    for (dir, tag) in [(&a, "a"), (&b, "b")] {
+        fs::create_dir_all(dir).unwrap();
+        for i in 0..150 {
+            fs::write(dir.join(format!("f{i:03}")), content(tag, i)).unwrap();
+        }
+    }
+    for round in 0..2 {
+        let _ = fs::remove_dir_all(&dst);
+        for i in 0..150 {
+            fs::create_dir_all(dst.join(format!("f{i:03}"))).unwrap();
+        }
+        let port = server.url().rsplit(':').next().unwrap().to_string();
+        let spawn = |src: &Path| {
+            server
+                .client()
+                .args(["sync", "-p", &port, p(src), "127.0.0.1:dst"])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (ca, cb) = (spawn(&a), spawn(&b));
+        let (oa, ob) = (
+            ca.wait_with_output().unwrap(),
+            cb.wait_with_output().unwrap(),
+        );
+        for o in [&oa, &ob] {
+            let code = o.status.code();
+            assert!(matches!(code, Some(0 | 1)), "round {round}: {}", stderr(o));
+        }
+        let (mut from_a, mut from_b) = (0, 0);
+        for i in 0..150 {
+            let f = dst.join(format!("f{i:03}"));
+            let got = fs::read(&f).unwrap_or_else(|e| panic!("round {round}: f{i:03}: {e}"));
+            if got == content("a", i) {
+                from_a += 1;
+            } else if got == content("b", i) {
+                from_b += 1;
+            } else {
+                panic!("round {round}: f{i:03} is from neither: {:?}", text(&got));
+            }
+        }
+        assert_eq!(from_a + from_b, 150);
+        assert_eq!(names(&dst).len(), 150, "round {round}: {:?}", names(&dst));
+        nothing_left(&server);
+    }
+    let o = bounded_sync(&server, &[p(&a), "127.0.0.1:dst"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for i in 0..150 {
+        assert_eq!(
+            fs::read(dst.join(format!("f{i:03}"))).unwrap(),
+            content("a", i)
+        );
+    }
+}
