@@ -205,3 +205,55 @@ fn a_server_shut_down_mid_tree_lets_it_finish_and_exits() {
     }
     assert!(server.staged_files().is_empty());
 }
+
+/// A `tree_files` frame whose sizes wrap around when added up (one of
+/// `u64::MAX` bytes, the next making the sum come out at the body's
+/// length) is a protocol violation, answered `bad_frame` before any of
+/// it is written, not a crash of the receiver; nothing of the tree is
+/// left and the server goes on serving.
+#[test]
+fn a_tree_batch_whose_sizes_wrap_around_is_refused() {
+    use common::probe::RawConn;
+    use serde_json::json;
+    let server =
+        TestServer::start_listening(&["tcp://127.0.0.1:0", "tcp+plain://127.0.0.1:0"], &[]);
+    let mut conn = RawConn::login(&server.urls[1], &server.key_file);
+    conn.send(&json!({"op":"put_tree"})).unwrap();
+    assert_eq!(conn.recv().unwrap()["op"], "tree_ready");
+    let digest = blake3::hash(b"abcde").to_hex().to_string();
+    let body = b"abcde";
+    let files = json!([
+        {"id": 1, "path": "ok", "size": 0, "digest": blake3::hash(b"").to_hex().to_string()},
+        {"id": 2, "path": "huge", "size": u64::MAX, "digest": digest},
+        {"id": 3, "path": "wrap", "size": body.len() as u64 + 1, "digest": digest},
+    ]);
+    let header = json!({"op":"tree_files","files":files,"len":body.len()}).to_string();
+    conn.send_raw(header.as_bytes(), body).unwrap();
+    let _ = conn.send(&json!({"op":"tree_end"}));
+    let mut answers = Vec::new();
+    while let Some(v) = conn.recv() {
+        let last = v["op"] == "error" || v["op"] == "tree_done";
+        answers.push(v);
+        if last {
+            break;
+        }
+    }
+    let last = answers.last().cloned().unwrap_or_default();
+    assert_eq!(last["op"], "error", "{answers:?}");
+    assert_eq!(last["code"], "bad_frame", "{answers:?}");
+    assert!(names(&server.root).is_empty(), "{:?}", names(&server.root));
+    eventually(Duration::from_secs(10), "staged files removed", || {
+        server.staged_files().is_empty()
+    });
+    let work = tempfile::tempdir().unwrap();
+    tree(&work.path().join("t"), 1, 5);
+    let mut cmd = server.client();
+    cmd.args([
+        "put",
+        "-r",
+        server.url(),
+        p(&work.path().join("t")),
+        "after",
+    ]);
+    ok(&run_bounded(cmd, LIMIT));
+}

@@ -503,10 +503,13 @@ impl<P: Place> Receiver<P> {
     }
 
     fn small_files(&mut self, files: Vec<TreeFile>, body: Bytes) -> Result<(), ErrorMsg> {
-        let total: u64 = files.iter().map(|f| f.size).sum();
-        if total != body.len() as u64 {
+        // Added without wrapping: sizes from the peer that overflow
+        // cannot come out at the body's length.
+        let total = files.iter().try_fold(0u64, |t, f| t.checked_add(f.size));
+        if total != Some(body.len() as u64) {
+            let announced = total.map_or_else(|| "more than 2^64".into(), |t| t.to_string());
             return Err(bad(&format!(
-                "tree_files announces {total} bytes of files but carries {}",
+                "tree_files announces {announced} bytes of files but carries {}",
                 body.len()
             )));
         }
@@ -1070,6 +1073,38 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// Sizes that wrap around when added up (a peer's `u64::MAX` and
+    /// the body's length plus one) are a protocol violation, found
+    /// before any file is opened, not a panic.
+    #[test]
+    fn sizes_that_wrap_around_are_a_protocol_error() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = Arc::new(Dir::open_ambient_dir(t.path(), cap_std::ambient_authority()).unwrap());
+        let place = TestPlace {
+            dir,
+            log: Arc::default(),
+            next: 0,
+        };
+        let mut receiver = Receiver::new(place, HashAlg::Blake3);
+        let file = |id, size| TreeFile {
+            id,
+            path: format!("f{id}"),
+            size,
+            ..Default::default()
+        };
+        let body = Bytes::from_static(b"abcde");
+        for files in [
+            vec![file(1, u64::MAX), file(2, 6)],
+            vec![file(1, 0), file(2, u64::MAX), file(3, u64::MAX), file(4, 7)],
+        ] {
+            let e = receiver.small_files(files, body.clone()).unwrap_err();
+            assert_eq!(e.code, ErrorCode::BadFrame, "{}", e.message);
+            assert!(e.message.contains("more than 2^64"), "{}", e.message);
+        }
+        assert_eq!(receiver.place.next, 0, "no file opened");
+        assert!(receiver.batch.is_empty());
     }
 
     /// The order the durability guarantee rests on: a file is placed only
