@@ -287,3 +287,40 @@ fn a_sync_onto_a_full_disk_commits_whole_files_and_reports_the_rest() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(all_names(&dst).len(), 20);
 }
+
+/// A pull of 40 small new files onto a full 2 MiB client file system
+/// (the client is the receiver: unnamed files in DST, or staged beside
+/// their destination): each file is whole or reported failed, the
+/// summary agrees with the disk, and nothing hidden is left in DST.
+#[test]
+fn a_pull_onto_a_full_disk_commits_whole_files_and_reports_the_rest() {
+    let server = TestServer::start(&[]);
+    let src = server.root.join("src");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..40 {
+        make_file(&src.join(format!("f{i:02}")), 100 << 10, 200 + i);
+    }
+    let work = tempfile::tempdir().unwrap();
+    let Some(_fs) = Tmpfs::mount(&work.path().join("small"), 2 << 20) else {
+        return;
+    };
+    let dst = work.path().join("small/dst");
+    let o = sync(&server, &["--json", "127.0.0.1:src", p(&dst)]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("no_space"), "{err}");
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let mut present = 0;
+    for i in 0..40 {
+        let name = format!("f{i:02}");
+        if dst.join(&name).exists() {
+            assert_eq!(hash(&dst.join(&name)), hash(&src.join(&name)), "{name}");
+            present += 1;
+        }
+    }
+    eprintln!("pull: {present} of 40 files stored");
+    assert!(present < 40, "everything fit?");
+    assert_eq!(summary["files_sent"].as_u64(), Some(present), "{summary}");
+    assert_eq!(summary["failed"].as_u64(), Some(40 - present), "{summary}");
+    no_hidden(&work.path().join("small"));
+}
