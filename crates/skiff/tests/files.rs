@@ -847,3 +847,61 @@ fn full_disk_is_no_space_and_leaves_nothing() {
     make_file(&small, 1 << 20, 5);
     ok(&run(&server, &["put", &url, p(&small), "small"]));
 }
+
+/// A server answering `get -r` with a `tree_files` frame whose sizes
+/// wrap around when added up (`u64::MAX`, then the body's length plus
+/// one): the client refuses it as a malformed frame, with a clear error
+/// and no panic, and writes nothing.
+#[test]
+fn client_refuses_a_tree_batch_whose_sizes_wrap_around() {
+    use skiff::session::Session;
+    use skiff_wire::message::files::{Entry, EntryKind, StatReply};
+    use skiff_wire::message::tree::{TreeEnd, TreeFile, TreeFiles, TreeReady};
+
+    let work = tempfile::tempdir().unwrap();
+    let fake = FakeServer::start(work.path(), move |mut s: Session<'static>| async move {
+        while let Ok(Some(f)) = s.recv().await {
+            match f.op() {
+                "stat" => {
+                    let entry = Entry {
+                        path: "t".into(),
+                        kind: EntryKind::Dir,
+                        mode: 0o755,
+                        ..Default::default()
+                    };
+                    s.send(&StatReply { entry }, &[]).await.unwrap();
+                }
+                "get_tree" => {
+                    s.queue(&TreeReady { window: 1 << 26 }, &[]).unwrap();
+                    let digest = blake3::hash(b"evil").to_hex().to_string();
+                    let file = |id, path: &str, size| TreeFile {
+                        id,
+                        path: path.into(),
+                        size,
+                        digest: digest.clone(),
+                        ..Default::default()
+                    };
+                    let files = vec![file(1, "huge", u64::MAX), file(2, "wrap", 5)];
+                    s.queue(&TreeFiles { files }, b"evil").unwrap();
+                    let _ = s.send(&TreeEnd {}, &[]).await;
+                }
+                _ => {}
+            }
+        }
+    });
+    let local = work.path().join("local");
+    let out = fake.run(&["get", "-r"], &["t", p(&local)]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("bad_frame") || err.contains("tree_files"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    let left = if local.exists() {
+        common::names(&local)
+    } else {
+        Vec::new()
+    };
+    assert!(left.is_empty(), "{left:?}");
+}

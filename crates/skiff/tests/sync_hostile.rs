@@ -1001,3 +1001,95 @@ fn a_hostile_receiver_cannot_make_a_push_misbehave() {
         );
     }
 }
+
+/// A pull whose batches meet the user's links at DST: a file sent as a
+/// replacement over the user's link to a secret outside DST replaces the
+/// link, never its target; a file through a link the server just made
+/// (pointing inside DST) is refused; a new file over a link is a
+/// conflict. Then a batch that is a zstd bomb (64 MiB of zeros
+/// announcing 1 MiB) ends a pull with `bad_frame` before anything of it
+/// is written. Nothing outside DST changes and no staged file is left.
+#[test]
+fn batches_of_a_hostile_sender_meet_the_users_links_and_bombs_safely() {
+    let l = layout();
+    let evil = Evil::start(move |_req, mut s| async move {
+        let mut notes = Vec::new();
+        read_receiver_list(&mut s, &mut notes).await;
+        let m = SyncSymlink {
+            path: "inner".into(),
+            target: ".".into(),
+            replace: false,
+        };
+        s.send(&m, &[]).await.unwrap();
+        let mut over = batch_file("secretlink", 4, b"mine");
+        over.replace = true;
+        let files = vec![
+            over,
+            batch_file("inner/through", 4, b"evil"),
+            batch_file("out", 4, b"evil"),
+        ];
+        let head = SyncFiles { files, raw: None };
+        s.send(&head, b"mineevilevil").await.unwrap();
+        let finish = SyncFinish {
+            checked: 3,
+            total_size: 12,
+            source_errors: 0,
+        };
+        s.send(&finish, &[]).await.unwrap();
+        drain(&mut s, &mut notes).await;
+        notes
+    });
+    let out = evil.sync(&["evil:src", p(&l.dst)]);
+    let notes = evil.notes();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}\n{notes:?}");
+    for path in ["inner/through", "out"] {
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.starts_with(&format!("failed \"{path}\""))),
+            "{path} not refused: {notes:?}"
+        );
+    }
+    assert_eq!(fs::read(l.dst.join("secretlink")).unwrap(), b"mine");
+    assert!(fs::symlink_metadata(l.dst.join("secretlink"))
+        .unwrap()
+        .is_file());
+    assert_eq!(
+        fs::read_link(l.dst.join("inner")).unwrap(),
+        PathBuf::from(".")
+    );
+    assert!(!l.dst.join("through").exists());
+    fs::remove_file(l.dst.join("inner")).unwrap();
+    fs::remove_file(l.dst.join("secretlink")).unwrap();
+    symlink("../outside/secret", l.dst.join("secretlink")).unwrap();
+    l.outside_untouched();
+
+    let evil = Evil::start(move |_req, mut s| async move {
+        let mut notes = Vec::new();
+        read_receiver_list(&mut s, &mut notes).await;
+        let mut z = skiff_sync::compress::Compressor::new(1).unwrap();
+        let bomb = z.compress(&vec![0u8; 64 << 20]).unwrap();
+        let files = (0..4)
+            .map(|i| batch_file(&format!("bomb{i}"), SyncFiles::MAX_FILE, b""))
+            .collect();
+        let head = SyncFiles {
+            files,
+            raw: Some(SyncFiles::MAX_BYTES as u32),
+        };
+        let _ = s.send(&head, &bomb).await;
+        drain(&mut s, &mut notes).await;
+        notes
+    });
+    let out = evil.sync(&["evil:src", p(&l.dst)]);
+    let notes = evil.notes();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(255), "{err}\n{notes:?}");
+    assert!(err.contains("sync_files"), "{err}");
+    assert!(
+        notes.iter().any(|n| n.starts_with("error ")),
+        "the server is told why: {notes:?}"
+    );
+    l.outside_untouched();
+    assert!(!names(&l.dst).iter().any(|n| n.starts_with("bomb")));
+}

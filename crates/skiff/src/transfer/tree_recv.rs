@@ -20,9 +20,11 @@
 //! file answered `done` survives a crash.
 //!
 //! A peer that stops reading the answers stalls the disk thread, which
-//! stops taking input (memory stays bounded); a peer that goes away
-//! mid-tree leaves nothing at any path it did not get a `done` for: every
-//! hidden file of the unfinished batch is removed.
+//! stops taking input (memory stays bounded), and so does a pass that
+//! takes long while entries keep coming (each holds a directory handle);
+//! a peer that goes away mid-tree leaves nothing partial: every hidden
+//! file of the unfinished batch is removed (a file already placed whose
+//! answer waited for the next pass stays, whole and verified).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -70,6 +72,10 @@ const MESSAGE_MAX: usize = 512;
 /// Files a batch may gather while a pass runs (every pending file holds
 /// a descriptor: with the pass's own, at most twice this many).
 const PENDING_WHILE_SYNCING: usize = BATCH_FILES;
+/// Other entries (answers, directory changes, and the directory handles
+/// they hold) that may gather for the next pass, while one runs or
+/// before one is due.
+const ENTRIES_WHILE_SYNCING: usize = BATCH_FILES * 4;
 /// How often a disk thread waiting for input looks in on a batch being
 /// synced, to send its answers promptly.
 const SYNC_POLL: Duration = Duration::from_millis(2);
@@ -390,8 +396,11 @@ impl<P: Place> Receiver<P> {
                 return;
             }
             // While a pass runs the next batch grows, up to a bound
-            // (every pending file holds a descriptor).
-            let wait = self.pass.is_some() && self.batch.len() >= PENDING_WHILE_SYNCING;
+            // (every pending file holds a descriptor, and so does every
+            // directory a directory or link entry changed).
+            let wait = self.pass.is_some()
+                && (self.batch.len() >= PENDING_WHILE_SYNCING
+                    || self.entries_pending() + self.dirty_dirs.len() >= ENTRIES_WHILE_SYNCING);
             if !self.step(&tx, wait) {
                 return self.abort();
             }
@@ -435,8 +444,12 @@ impl<P: Place> Receiver<P> {
     fn batch_full(&self) -> bool {
         self.batch.len() >= BATCH_FILES
             || self.batch_bytes >= BATCH_BYTES
-            || self.done.len() + self.failed.len() + self.dir_meta.len() + self.linked.len()
-                >= BATCH_FILES * 4
+            || self.entries_pending() >= ENTRIES_WHILE_SYNCING
+    }
+
+    /// Answers and directory changes gathered for the next pass.
+    fn entries_pending(&self) -> usize {
+        self.done.len() + self.failed.len() + self.dir_meta.len() + self.linked.len()
     }
 
     /// One entry; `Err` for a protocol violation.
@@ -503,10 +516,13 @@ impl<P: Place> Receiver<P> {
     }
 
     fn small_files(&mut self, files: Vec<TreeFile>, body: Bytes) -> Result<(), ErrorMsg> {
-        let total: u64 = files.iter().map(|f| f.size).sum();
-        if total != body.len() as u64 {
+        // Added without wrapping: sizes from the peer that overflow
+        // cannot come out at the body's length.
+        let total = files.iter().try_fold(0u64, |t, f| t.checked_add(f.size));
+        if total != Some(body.len() as u64) {
+            let announced = total.map_or_else(|| "more than 2^64".into(), |t| t.to_string());
             return Err(bad(&format!(
-                "tree_files announces {total} bytes of files but carries {}",
+                "tree_files announces {announced} bytes of files but carries {}",
                 body.len()
             )));
         }
@@ -1025,7 +1041,11 @@ mod tests {
     impl Place for TestPlace {
         type Slot = TestSlot;
         fn dir(&mut self, _: &TreeDir) -> Result<Option<Dir>, ErrorMsg> {
-            Ok(None)
+            // As a real place: the changed directory, a descriptor each.
+            let d = self.dir.try_clone();
+            Ok(Some(d.map_err(|e| {
+                ErrorMsg::new(ErrorCode::Internal, e.to_string())
+            })?))
         }
         fn link(&mut self, _: &TreeLink) -> Result<Option<Dir>, ErrorMsg> {
             Ok(None)
@@ -1070,6 +1090,145 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// Sizes that wrap around when added up (a peer's `u64::MAX` and
+    /// the body's length plus one) are a protocol violation, found
+    /// before any file is opened, not a panic.
+    #[test]
+    fn sizes_that_wrap_around_are_a_protocol_error() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = Arc::new(Dir::open_ambient_dir(t.path(), cap_std::ambient_authority()).unwrap());
+        let place = TestPlace {
+            dir,
+            log: Arc::default(),
+            next: 0,
+        };
+        let mut receiver = Receiver::new(place, HashAlg::Blake3);
+        let file = |id, size| TreeFile {
+            id,
+            path: format!("f{id}"),
+            size,
+            ..Default::default()
+        };
+        let body = Bytes::from_static(b"abcde");
+        for files in [
+            vec![file(1, u64::MAX), file(2, 6)],
+            vec![file(1, 0), file(2, u64::MAX), file(3, u64::MAX), file(4, 7)],
+        ] {
+            let e = receiver.small_files(files, body.clone()).unwrap_err();
+            assert_eq!(e.code, ErrorCode::BadFrame, "{}", e.message);
+            assert!(e.message.contains("more than 2^64"), "{}", e.message);
+        }
+        assert_eq!(receiver.place.next, 0, "no file opened");
+        assert!(receiver.batch.is_empty());
+    }
+
+    /// A pass that blocks (a slow disk) while the peer goes on sending
+    /// directory entries: each holds a directory handle until the next
+    /// pass, so the receiver stops taking input once a bounded number
+    /// has gathered, rather than holding a descriptor per entry without
+    /// bound.
+    #[test]
+    fn entries_sent_while_a_pass_is_slow_are_bounded() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = Arc::new(Dir::open_ambient_dir(t.path(), cap_std::ambient_authority()).unwrap());
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let released = Mutex::new(released);
+        let started = Arc::new(Mutex::new(0usize));
+        let passes = started.clone();
+        let sync: SyncFn = Arc::new(move |files: &[&File], _: Option<u64>, _: &[Dir]| {
+            *passes.lock().unwrap() += 1;
+            let _ = released
+                .lock()
+                .unwrap()
+                .recv_timeout(Duration::from_secs(10));
+            (files.iter().map(|_| Ok(())).collect(), Ok(()))
+        });
+        let place = TestPlace {
+            dir,
+            log: Arc::default(),
+            next: 0,
+        };
+        let receiver = Receiver::new(place, HashAlg::Blake3).with_sync(sync);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (job_tx, job_rx) = mpsc::channel(JOBS);
+        let (out_tx, mut out_rx) = mpsc::channel(ACKS);
+        let handle = rt.handle().clone();
+        // As on a blocking task of the runtime (timers need its context).
+        let disk = std::thread::spawn(move || {
+            let _in = handle.enter();
+            receiver.run(job_rx, out_tx, handle.clone())
+        });
+        // A full batch starts a pass, which then blocks.
+        let empty = {
+            let mut sum = Checksum::new(HashAlg::Blake3);
+            sum.update(b"");
+            sum.finish_hex()
+        };
+        let files = (0..BATCH_FILES as u64)
+            .map(|id| TreeFile {
+                id,
+                path: format!("f{id}"),
+                digest: empty.clone(),
+                ..Default::default()
+            })
+            .collect();
+        let input = TreeInput::Files((TreeFiles { files }, Bytes::new()));
+        job_tx.blocking_send(input).unwrap();
+        let until = Instant::now() + Duration::from_secs(10);
+        while *started.lock().unwrap() == 0 {
+            assert!(Instant::now() < until, "no pass started");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // Directory entries, as fast as they are taken.
+        let mut taken = 0u64;
+        let mut full_since: Option<Instant> = None;
+        let flood = Instant::now();
+        while taken < 50_000 && flood.elapsed() < Duration::from_secs(5) {
+            let d = TreeDir {
+                id: 1_000_000 + taken,
+                path: "d".into(),
+                ..Default::default()
+            };
+            match job_tx.try_send(TreeInput::Dir(d)) {
+                Ok(()) => {
+                    taken += 1;
+                    full_since = None;
+                }
+                Err(_) => {
+                    let since = *full_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > Duration::from_millis(300) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+        assert!(
+            taken <= (ENTRIES_WHILE_SYNCING + JOBS + 1) as u64,
+            "{taken} entries taken while a pass was blocked"
+        );
+        for _ in 0..100 {
+            let _ = release.send(());
+        }
+        job_tx.blocking_send(TreeInput::Finish(TreeEnd {})).unwrap();
+        loop {
+            match out_rx.blocking_recv() {
+                Some(Out::Ack(..)) => {}
+                Some(Out::Done(d)) => {
+                    assert_eq!(d.files, BATCH_FILES as u64);
+                    break;
+                }
+                Some(Out::Fatal(m)) => panic!("{}", m.message),
+                None => panic!("the receiver stopped"),
+            }
+        }
+        disk.join().unwrap();
     }
 
     /// The order the durability guarantee rests on: a file is placed only
