@@ -581,7 +581,7 @@ impl Role {
         self.summary.checked = m.checked;
         self.summary.total_size = m.total_size;
         // What the sender could not read counts as failed too.
-        self.summary.failed += m.source_errors;
+        self.summary.failed = self.summary.failed.saturating_add(m.source_errors);
         let skip = if m.source_errors > 0 {
             Some(format!(
                 "{} source paths could not be read, so the source list is incomplete",
