@@ -17,9 +17,10 @@
 # and, against it, the client commands of a typical use (sync of a small
 # tree and of a changed one, both ways; put/get of a file and of a tree;
 # exec; ping; ls; stat), each under callgrind, the server too. The list:
-# first the functions both sides ran, then the server's own, then the
-# client's own, each group hottest first (instructions executed), so each
-# process touches one contiguous stretch of code plus its own.
+# what a `sync` push ran on the client only, on both sides, on the server
+# only (so each side runs one contiguous stretch), then the native variants
+# of the crypto code (below), then the same three groups for the other
+# commands; each group hottest first (instructions executed).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -83,21 +84,33 @@ with open(os.path.join(w, "file"), "wb") as f:
     f.write(os.urandom(6 << 20))
 EOF
 
-log "server under callgrind"
-"${CG[@]}" --callgrind-out-file="$WORK/cg.server.%p" "$BIN" serve --root "$WORK/root" \
-    --state-dir "$WORK/state" --listen tcp://127.0.0.1:0 >"$WORK/serve.out" 2>"$WORK/serve.err" &
-SPID=$!
-PIDS+=("$SPID")
-for _ in $(seq 600); do grep -q '^listening on tcp://' "$WORK/serve.out" 2>/dev/null && break; sleep 0.1; done
-URL=$(grep -m1 '^listening on tcp://' "$WORK/serve.out" | sed 's/^listening on //') ||
-    { echo "link_order.sh: the server did not start" >&2; cat "$WORK/serve.err" >&2; exit 1; }
-for _ in $(seq 100); do [ -s "$HOME/.config/skiff/key" ] && break; sleep 0.1; done
-PORT=${URL##*:}
+start_server() { # PHASE: a server under callgrind; sets SPID, URL, PORT
+    log "server under callgrind ($1)"
+    : >"$WORK/serve.out"
+    "${CG[@]}" --callgrind-out-file="$WORK/cg.$1-server.%p" "$BIN" serve --root "$WORK/root" \
+        --state-dir "$WORK/state" --listen tcp://127.0.0.1:0 >"$WORK/serve.out" 2>"$WORK/serve.err" &
+    SPID=$!
+    PIDS+=("$SPID")
+    for _ in $(seq 600); do grep -q '^listening on tcp://' "$WORK/serve.out" 2>/dev/null && break; sleep 0.1; done
+    URL=$(grep -m1 '^listening on tcp://' "$WORK/serve.out" | sed 's/^listening on //') ||
+        { echo "link_order.sh: the server did not start" >&2; cat "$WORK/serve.err" >&2; exit 1; }
+    for _ in $(seq 100); do [ -s "$HOME/.config/skiff/key" ] && break; sleep 0.1; done
+    PORT=${URL##*:}
+}
+stop_server() {
+    kill "$SPID"
+    wait "$SPID" 2>/dev/null || true
+    PIDS=()
+}
 
+PHASE=sync
 client() { # ARGS...: one client command under callgrind
     log "client: $*"
-    "${CG[@]}" --callgrind-out-file="$WORK/cg.client.%p" "$BIN" "$@" >/dev/null </dev/null
+    "${CG[@]}" --callgrind-out-file="$WORK/cg.$PHASE-client.%p" "$BIN" "$@" >/dev/null </dev/null
 }
+# Phase "sync": pushing trees with `sync`, what bench/sync_rss.sh measures;
+# phase "other": everything else, with a server of its own.
+start_server sync
 client sync -q -p "$PORT" "$WORK/empty" 127.0.0.1:empty
 client sync -q -p "$PORT" "$WORK/empty" 127.0.0.1:empty
 client sync -q -p "$PORT" "$WORK/src" 127.0.0.1:dst
@@ -113,6 +126,9 @@ with open(os.path.join(src, "big"), "r+b") as f:
     f.write(os.urandom(100000))
 EOF
 client sync -q --delete -p "$PORT" "$WORK/src" 127.0.0.1:dst
+stop_server
+PHASE=other
+start_server other
 client sync -q -p "$PORT" 127.0.0.1:dst "$WORK/back"
 client put -q "$URL" "$WORK/file" file
 client get -q "$URL" file "$WORK/file.back"
@@ -125,19 +141,17 @@ client ls "$URL" /
 client stat "$URL" file
 cmp -s "$WORK/file" "$WORK/file.back" || log "WARNING: get returned a different file"
 diff -r "$WORK/src" "$WORK/back" || log "WARNING: sync back gave a different tree"
-kill "$SPID"
-wait "$SPID" 2>/dev/null || true
-PIDS=()
+stop_server
 
 log "writing $OUT"
 python3 - "$BIN" "$OUT" "$WORK"/cg.* <<'EOF'
 import collections, os, subprocess, sys
 
 binary, out, files = os.path.realpath(sys.argv[1]), sys.argv[2], sys.argv[3:]
-cost = {"server": collections.Counter(), "client": collections.Counter()}
+cost = collections.defaultdict(collections.Counter)  # "sync-client" etc.
 for path in files:
-    side = "server" if ".server." in os.path.basename(path) else "client"
-    ob = cfn_ob = None
+    tag = os.path.basename(path).split(".")[1]
+    ob = None
     fn = None
     skip = False
     with open(path, errors="replace") as f:
@@ -150,17 +164,25 @@ for path in files:
             elif line.startswith("fn="):
                 fn = line[3:].strip() if ob == binary else None
                 if fn:
-                    cost[side][fn] += 0
+                    cost[tag][fn] += 0
             elif line.startswith("calls="):
                 skip = True
             elif fn and line[:1].isdigit():
                 parts = line.split()
                 if len(parts) >= 2:
-                    cost[side][fn] += int(parts[1])
-server, client = cost["server"], cost["client"]
-both = collections.Counter({k: server[k] + client[k] for k in server.keys() & client.keys()})
-groups = [both, collections.Counter({k: v for k, v in server.items() if k not in client}),
-          collections.Counter({k: v for k, v in client.items() if k not in server})]
+                    cost[tag][fn] += int(parts[1])
+
+
+def split(server, client):
+    """(client only, both, server only): laid out in that order, the client
+    runs one stretch and the server the stretch beside it."""
+    both = collections.Counter({k: server[k] + client[k] for k in server.keys() & client.keys()})
+    return [collections.Counter({k: v for k, v in client.items() if k not in server}), both,
+            collections.Counter({k: v for k, v in server.items() if k not in client})]
+
+
+groups = split(cost["sync-server"], cost["sync-client"])
+groups_other = split(cost["other-server"], cost["other-client"])
 # Under valgrind the CPU has no AVX-512, VAES or SHA-NI, so ring, the
 # x25519 field code, sha2 and blake3 took other variants than they take
 # natively: all of those families follow the groups.
@@ -176,7 +198,7 @@ with open(out, "w") as f:
     # The entry point (callgrind calls it "(below main)").
     seen.add("_start")
     f.write("_start\n")
-    for g in groups + [collections.Counter(dict.fromkeys(natively, 0))]:
+    for g in groups + [collections.Counter(dict.fromkeys(natively, 0))] + groups_other:
         for name, _ in sorted(g.items(), key=lambda kv: (-kv[1], kv[0])):
             # callgrind names a function after one symbol at its address;
             # "'2" suffixes mark levels of recursion, not symbols.
@@ -185,6 +207,6 @@ with open(out, "w") as f:
             if name not in seen and not name.startswith(("0x", "(")):
                 seen.add(name)
                 f.write(name + "\n")
-print(f"{len(seen)} functions: {len(both)} on both sides, "
-      f"{len(groups[1])} server only, {len(groups[2])} client only", file=sys.stderr)
+print(f"{len(seen)} functions; sync: {len(groups[0])} client only, {len(groups[1])} both, "
+      f"{len(groups[2])} server only", file=sys.stderr)
 EOF
