@@ -65,7 +65,8 @@ fn links_with_lld() -> bool {
 fn link_order() {
     println!("cargo:rerun-if-changed=link-order.txt");
     println!("cargo:rerun-if-env-changed=SKIFF_LINK_ORDER");
-    let list = Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default()).join("link-order.txt");
+    let list =
+        Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default()).join("link-order.txt");
     if std::env::var("PROFILE").as_deref() != Ok("release")
         || std::env::var("SKIFF_LINK_ORDER").as_deref() == Ok("0")
         || !list.is_file()
@@ -73,7 +74,10 @@ fn link_order() {
     {
         return;
     }
-    println!("cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}", list.display());
+    println!(
+        "cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}",
+        list.display()
+    );
     println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
 }
 
