@@ -85,6 +85,26 @@ fn all_names(dir: &Path) -> Vec<String> {
     out
 }
 
+/// After a sync of the 40 files `f00`..`f39` from `src` into `dst` that
+/// ran out of room: every file in `dst` is whole, not all of them fit,
+/// and the `--json` summary counts exactly those as sent and the rest as
+/// failed.
+fn whole_and_counted(what: &str, o: &std::process::Output, src: &Path, dst: &Path) {
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let mut present = 0;
+    for i in 0..40 {
+        let name = format!("f{i:02}");
+        if dst.join(&name).exists() {
+            assert_eq!(hash(&dst.join(&name)), hash(&src.join(&name)), "{name}");
+            present += 1;
+        }
+    }
+    eprintln!("{what}: {present} of 40 files stored");
+    assert!(present < 40, "everything fit?");
+    assert_eq!(summary["files_sent"].as_u64(), Some(present), "{summary}");
+    assert_eq!(summary["failed"].as_u64(), Some(40 - present), "{summary}");
+}
+
 /// No hidden file of a transfer in progress anywhere under `dir`.
 fn no_hidden(dir: &Path) {
     let hidden: Vec<String> = all_names(dir)
@@ -268,20 +288,8 @@ fn a_sync_onto_a_full_disk_commits_whole_files_and_reports_the_rest() {
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("no_space"), "{err}");
-    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let dst = server.root.join("small/dst");
-    let mut present = 0;
-    for i in 0..40 {
-        let name = format!("f{i:02}");
-        if dst.join(&name).exists() {
-            assert_eq!(hash(&dst.join(&name)), hash(&src.join(&name)), "{name}");
-            present += 1;
-        }
-    }
-    eprintln!("sync: {present} of 40 files stored");
-    assert!(present < 40, "everything fit?");
-    assert_eq!(summary["files_sent"].as_u64(), Some(present), "{summary}");
-    assert_eq!(summary["failed"].as_u64(), Some(40 - present), "{summary}");
+    whole_and_counted("sync", &o, &src, &dst);
     no_hidden(&server.root);
     server_let_go(&server, fds);
     // With room, a rerun completes what is missing.
@@ -317,18 +325,6 @@ fn a_pull_onto_a_full_disk_commits_whole_files_and_reports_the_rest() {
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("no_space"), "{err}");
-    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let mut present = 0;
-    for i in 0..40 {
-        let name = format!("f{i:02}");
-        if dst.join(&name).exists() {
-            assert_eq!(hash(&dst.join(&name)), hash(&src.join(&name)), "{name}");
-            present += 1;
-        }
-    }
-    eprintln!("pull: {present} of 40 files stored");
-    assert!(present < 40, "everything fit?");
-    assert_eq!(summary["files_sent"].as_u64(), Some(present), "{summary}");
-    assert_eq!(summary["failed"].as_u64(), Some(40 - present), "{summary}");
+    whole_and_counted("pull", &o, &src, &dst);
     no_hidden(&work.path().join("small"));
 }

@@ -12,44 +12,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::probe::{rss_kib, run_bounded, RawConn};
-use common::{hash, make_file, ok, p, run, stderr, TestServer};
+use common::{files_under, hash, make_file, ok, p, run, small_tree, stderr, TestServer};
 use serde_json::json;
-
-/// `dirs` directories of `per_dir` small files (sizes vary, some empty).
-fn small_tree(top: &Path, dirs: usize, per_dir: usize) {
-    for d in 0..dirs {
-        let dir = top.join(format!("d{d:02}"));
-        fs::create_dir_all(&dir).unwrap();
-        for i in 0..per_dir {
-            let size = ((d * per_dir + i) * 37 % 5000) as u64;
-            make_file(&dir.join(format!("f{i:03}")), size, (d * 1000 + i) as u64);
-        }
-    }
-}
-
-/// Every regular file under `top`, relative.
-fn files_under(top: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![top.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
-            let ft = e.file_type().unwrap();
-            if ft.is_dir() {
-                stack.push(e.path());
-            } else if ft.is_file() {
-                out.push(
-                    e.path()
-                        .strip_prefix(top)
-                        .unwrap()
-                        .to_string_lossy()
-                        .into_owned(),
-                );
-            }
-        }
-    }
-    out.sort();
-    out
-}
 
 fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;

@@ -18,37 +18,6 @@ use common::*;
 /// Longest any client run here may take.
 const LIMIT: Duration = Duration::from_secs(60);
 
-/// `dirs` directories of `per_dir` small files of varied sizes.
-fn tree(top: &Path, dirs: usize, per_dir: usize) {
-    for d in 0..dirs {
-        let dir = top.join(format!("d{d:02}"));
-        fs::create_dir_all(&dir).unwrap();
-        for i in 0..per_dir {
-            let size = ((d * per_dir + i) * 53 % 6000) as u64;
-            make_file(&dir.join(format!("f{i:03}")), size, (d * 1000 + i) as u64);
-        }
-    }
-}
-
-/// Every regular file under `top`, relative.
-fn files_under(top: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![top.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
-            let ft = e.file_type().unwrap();
-            if ft.is_dir() {
-                stack.push(e.path());
-            } else {
-                let rel = e.path().strip_prefix(top).unwrap().to_owned();
-                out.push(rel.to_string_lossy().into_owned());
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 /// Waits (`limit` at most) until `cond` holds.
 fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
@@ -108,7 +77,7 @@ fn clients_killed_mid_tree_again_and_again_leak_no_thread_or_descriptor() {
     let server = TestServer::start(&[]);
     let work = tempfile::tempdir().unwrap();
     let small = work.path().join("small");
-    tree(&small, 20, 15);
+    small_tree(&small, 20, 15);
     let big = work.path().join("big");
     fs::create_dir_all(&big).unwrap();
     make_file(&big.join("a-large"), 48 << 20, 3);
@@ -168,7 +137,7 @@ fn a_server_shut_down_mid_tree_lets_it_finish_and_exits() {
     let mut server = TestServer::start(&[]);
     let work = tempfile::tempdir().unwrap();
     let src = work.path().join("src");
-    tree(&src, 10, 20);
+    small_tree(&src, 10, 20);
     let dest = server.root.join("t");
     let child = spawn_put(&server, &src, "t", 10);
     eventually(Duration::from_secs(20), "the first files land", || {
@@ -246,7 +215,7 @@ fn a_tree_batch_whose_sizes_wrap_around_is_refused() {
         server.staged_files().is_empty()
     });
     let work = tempfile::tempdir().unwrap();
-    tree(&work.path().join("t"), 1, 5);
+    small_tree(&work.path().join("t"), 1, 5);
     let mut cmd = server.client();
     cmd.args([
         "put",

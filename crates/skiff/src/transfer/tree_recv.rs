@@ -1032,6 +1032,40 @@ mod tests {
         }
     }
 
+    /// A receiver with the durability pass `sync`, running on a thread
+    /// of its own as on a blocking task of a runtime (timers need its
+    /// context), fed and drained by the test.
+    struct Running {
+        _rt: tokio::runtime::Runtime,
+        jobs: mpsc::Sender<TreeInput>,
+        out: mpsc::Receiver<Out>,
+        disk: std::thread::JoinHandle<()>,
+    }
+
+    impl Running {
+        fn start(place: TestPlace, sync: SyncFn) -> Running {
+            let receiver = Receiver::new(place, HashAlg::Blake3).with_sync(sync);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            let (jobs, job_rx) = mpsc::channel(JOBS);
+            let (out_tx, out) = mpsc::channel(ACKS);
+            let handle = rt.handle().clone();
+            let disk = std::thread::spawn(move || {
+                let _in = handle.enter();
+                receiver.run(job_rx, out_tx, handle.clone())
+            });
+            Running {
+                _rt: rt,
+                jobs,
+                out,
+                disk,
+            }
+        }
+    }
+
     struct TestPlace {
         dir: Arc<Dir>,
         log: Log,
@@ -1150,20 +1184,12 @@ mod tests {
             log: Arc::default(),
             next: 0,
         };
-        let receiver = Receiver::new(place, HashAlg::Blake3).with_sync(sync);
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let (job_tx, job_rx) = mpsc::channel(JOBS);
-        let (out_tx, mut out_rx) = mpsc::channel(ACKS);
-        let handle = rt.handle().clone();
-        // As on a blocking task of the runtime (timers need its context).
-        let disk = std::thread::spawn(move || {
-            let _in = handle.enter();
-            receiver.run(job_rx, out_tx, handle.clone())
-        });
+        let Running {
+            _rt,
+            jobs: job_tx,
+            out: mut out_rx,
+            disk,
+        } = Running::start(place, sync);
         // A full batch starts a pass, which then blocks.
         let empty = {
             let mut sum = Checksum::new(HashAlg::Blake3);
@@ -1261,16 +1287,12 @@ mod tests {
             log: log.clone(),
             next: 0,
         };
-        let receiver = Receiver::new(place, HashAlg::Blake3).with_sync(sync);
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let (job_tx, job_rx) = mpsc::channel(JOBS);
-        let (out_tx, mut out_rx) = mpsc::channel(ACKS);
-        let handle = rt.handle().clone();
-        let disk = std::thread::spawn(move || receiver.run(job_rx, out_tx, handle));
+        let Running {
+            _rt,
+            jobs: job_tx,
+            out: mut out_rx,
+            disk,
+        } = Running::start(place, sync);
         let mut files = Vec::new();
         let mut body = Vec::new();
         for id in 0..20u64 {

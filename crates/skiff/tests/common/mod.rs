@@ -404,3 +404,39 @@ pub fn names(dir: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// `dirs` directories of `per_dir` small files (sizes vary, some empty).
+pub fn small_tree(top: &Path, dirs: usize, per_dir: usize) {
+    for d in 0..dirs {
+        let dir = top.join(format!("d{d:02}"));
+        fs::create_dir_all(&dir).unwrap();
+        for i in 0..per_dir {
+            let size = ((d * per_dir + i) * 37 % 5000) as u64;
+            make_file(&dir.join(format!("f{i:03}")), size, (d * 1000 + i) as u64);
+        }
+    }
+}
+
+/// Every regular file under `top`, relative.
+pub fn files_under(top: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![top.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if ft.is_file() {
+                out.push(
+                    e.path()
+                        .strip_prefix(top)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+            }
+        }
+    }
+    out.sort();
+    out
+}
