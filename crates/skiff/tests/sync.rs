@@ -747,6 +747,30 @@ fn a_pulled_large_file_leaves_its_signature_in_the_client_cache() {
     assert!(cache
         .join(format!("{:x}-{:x}.sig", md.dev(), md.ino()))
         .exists());
+
+    // The local copy changed behind the cache's back, in place, with its
+    // size and mtime put back: the next pull cuts it again and still
+    // makes it byte-identical instead of copying stale ranges.
+    let local = dst.join("big");
+    let before = fs::metadata(&local).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let mut mine = fs::read(&local).unwrap();
+    mine[12 << 20..(12 << 20) + 4096].copy_from_slice(&[0u8; 4096]);
+    fs::write(&local, &mine).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&local)
+        .unwrap()
+        .set_modified(before.modified().unwrap())
+        .unwrap();
+    let after = fs::metadata(&local).unwrap();
+    assert_eq!(
+        (after.ino(), after.len(), after.mtime_nsec()),
+        (before.ino(), before.len(), before.mtime_nsec())
+    );
+    data[3 << 20..(3 << 20) + 60_000].copy_from_slice(&random_bytes(60_000, 43));
+    fs::write(server.root.join("s/big"), &data).unwrap();
+    pull();
 }
 
 /// A tree of `dirs` x `files` small files whose content says `tag`.
